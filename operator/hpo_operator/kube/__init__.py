@@ -1,0 +1,1 @@
+"""The operator: HPOStudy resources to HPOTrials and trial Jobs."""
