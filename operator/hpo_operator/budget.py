@@ -1,0 +1,157 @@
+"""Auto-configuration: from a wall-clock budget to an ASHA plan that fits it.
+
+The cost model, in epochs (resource units) of GPU time, for the ``stop`` variant: a trial trains to
+the first rung; a share ``eta**-k`` of trials passes k rungs, so one trial costs on average
+
+    E = sum_k (L_k - L_{k-1}) * eta**-k      over the levels L = rungs + [R], L_{-1} = 0.
+
+The first trials at an empty rung always continue, so the plan charges the first trial a full
+training (R) instead of E. With n trials over P slots the predicted wall clock is
+
+    (R + (n - 1) * E) * epoch_seconds / P  +  (1 - 1/P) * R * epoch_seconds
+
+(the second term: the last full training may run alone while the other slots idle). The plan takes
+the largest n whose prediction stays within ``headroom`` x budget, so it never predicts a finish
+past the budget; the longest chain, one training to R, must fit on its own or there is no plan.
+Re-planning is the same computation with a measured epoch time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .asha import rung_resources
+from .config import DEFAULT_REDUCTION_FACTOR
+
+# Share of the budget the plan may fill; the rest absorbs start-up, scheduling and noise.
+HEADROOM = 0.9
+# An upper bound on trials, so that a huge budget does not plan an unbounded study.
+MAX_TRIALS = 10_000
+
+
+class BudgetTooSmall(ValueError):
+    """The budget does not hold one full training; ``smallest_budget`` is the least that does."""
+
+    def __init__(self, budget_seconds: float, train_seconds: float) -> None:
+        self.budget_seconds = budget_seconds
+        self.smallest_budget = train_seconds / HEADROOM
+        super().__init__(
+            f"a budget of {budget_seconds:.0f}s is too small for even one full training "
+            f"({train_seconds:.0f}s); the smallest workable budget is {self.smallest_budget:.0f}s"
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An ASHA configuration sized to a budget."""
+
+    eta: int
+    min_resource: float
+    max_resource: float
+    rungs: tuple[float, ...]
+    planned_trials: int
+    parallelism: int
+    epoch_seconds: float
+    budget_seconds: float
+    predicted_gpu_seconds: float
+    predicted_seconds: float
+
+    def to_status(self) -> dict[str, Any]:
+        """camelCase keys, as in the HPOStudy status and `hpo plan --json`."""
+        return {
+            "eta": self.eta,
+            "minimumResource": self.min_resource,
+            "maximumResource": self.max_resource,
+            "rungs": list(self.rungs),
+            "plannedTrials": self.planned_trials,
+            "parallelism": self.parallelism,
+            "epochSeconds": round(self.epoch_seconds, 3),
+            "budgetSeconds": round(self.budget_seconds, 3),
+            "predictedGpuSeconds": round(self.predicted_gpu_seconds, 3),
+            "predictedSeconds": round(self.predicted_seconds, 3),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expected_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: int) -> float:
+    """E: the average resource one trial consumes under the stop rule."""
+    total, previous = 0.0, 0.0
+    for k, level in enumerate((*rungs, max_resource)):
+        total += (level - previous) * eta**-k
+        previous = level
+    return total
+
+
+def predicted_seconds(
+    n: int, slots: int, epoch_seconds: float, per_trial: float, max_resource: float
+) -> float:
+    parallel = max(1, min(slots, n))
+    gpu_epochs = max_resource + (n - 1) * per_trial
+    return gpu_epochs * epoch_seconds / parallel + (1 - 1 / parallel) * max_resource * epoch_seconds
+
+
+def default_min_resource(max_resource: float) -> float:
+    """One epoch: the smallest resource that gives a signal, or R itself below one epoch."""
+    return 1 if max_resource >= 1 else max_resource
+
+
+def make_plan(
+    budget_seconds: float,
+    slots: int,
+    epoch_seconds: float,
+    max_resource: float,
+    min_resource: float | None = None,
+    eta: int | None = None,
+) -> Plan:
+    """The plan with the most trials whose predicted finish fits the budget.
+
+    Raises BudgetTooSmall when one full training does not fit, ValueError on impossible inputs.
+    """
+    if budget_seconds <= 0 or epoch_seconds <= 0 or slots < 1 or max_resource <= 0:
+        raise ValueError(
+            f"need a positive budget, epoch time, slot count and R; got budget={budget_seconds}, "
+            f"epoch={epoch_seconds}, slots={slots}, R={max_resource}"
+        )
+    eta = eta or DEFAULT_REDUCTION_FACTOR
+    r = min_resource if min_resource is not None else default_min_resource(max_resource)
+    if r > max_resource:
+        raise ValueError(f"minimum resource {r} exceeds the maximum resource {max_resource}")
+    rungs = rung_resources(r, eta, max_resource)
+    per_trial = expected_trial_resource(rungs, max_resource, eta)
+    limit = HEADROOM * budget_seconds
+    train_seconds = max_resource * epoch_seconds
+    if train_seconds > limit:
+        raise BudgetTooSmall(budget_seconds, train_seconds)
+
+    def fits(n: int) -> bool:
+        return predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource) <= limit
+
+    # The prediction grows with n (below the slot count it is R*e + (n-1)/n * E*e), and n = 1 fits:
+    # find the largest fitting n by doubling, then bisection.
+    low, high = 1, 2
+    while high <= MAX_TRIALS and fits(high):
+        low, high = high, 2 * high
+    high = min(high, MAX_TRIALS + 1)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid
+    n = low
+    parallel = min(slots, n)
+    return Plan(
+        eta=eta,
+        min_resource=r,
+        max_resource=max_resource,
+        rungs=rungs,
+        planned_trials=n,
+        parallelism=parallel,
+        epoch_seconds=epoch_seconds,
+        budget_seconds=budget_seconds,
+        predicted_gpu_seconds=(max_resource + (n - 1) * per_trial) * epoch_seconds,
+        predicted_seconds=predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource),
+    )

@@ -1,0 +1,324 @@
+"""The decision core: from what has been observed to what to do next.
+
+``decide(observation)`` reads the study's start, "now", the free slots and every trial with its
+state and reports, and returns the actions to take: start trials, prune trials, stop trials at the
+deadline, finalize with the best. It has no clock, no I/O and no state of its own; the same
+observation always gives the same decision, so adapters call it as often as they like (after a
+restart too). Trial ``k``'s hyper-parameters depend only on ``(seed, k)``: trial 0 takes the
+defaults, as OTX tries the current configuration first.
+
+The budget: with ``deadline`` or ``train_time`` it is known from the start; otherwise trial 0 runs
+alone and its first report measures one epoch, hence one training (R epochs), hence the budget. The
+deadline is hard: no trial starts that cannot finish its first rung before it, and at the deadline
+every running trial is stopped and the study finalized from what was reported.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .asha import RungDecision, replay_stop, rung_records, rung_resources, score
+from .budget import BudgetTooSmall, Plan, default_min_resource, make_plan
+from .config import StudyConfig
+
+
+class TrialStatus(str, Enum):
+    PENDING = "Pending"  # created, not running yet (e.g. waiting for a GPU)
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    PRUNED = "Pruned"
+    FAILED = "Failed"
+    STOPPED = "Stopped"  # stopped at the deadline
+
+    @property
+    def active(self) -> bool:
+        return self in (TrialStatus.PENDING, TrialStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Report:
+    resource: float
+    value: float
+    time: float
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial as an adapter sees it. ``started_at`` is when it began running (None: not yet)."""
+
+    index: int
+    status: TrialStatus
+    reports: tuple[Report, ...] = ()
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The world as the adapter sees it; all times in seconds on one clock."""
+
+    started_at: float
+    now: float
+    free_slots: int
+    trials: tuple[TrialView, ...] = ()
+
+
+@dataclass(frozen=True)
+class StartTrial:
+    index: int
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PruneTrial:
+    index: int
+    rung: int
+    resource: float
+    value: float
+    cutoff: float
+
+
+@dataclass(frozen=True)
+class StopTrial:
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Best:
+    index: int
+    value: float
+    resource: float
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Finalize:
+    """The study is over. ``succeeded`` is False when it ended without a usable result."""
+
+    reason: str
+    best: Best | None
+    succeeded: bool = True
+
+
+Action = StartTrial | PruneTrial | StopTrial | Finalize
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: list[Action]
+    plan: Plan | None
+    deadline: float | None  # on the observation's clock; None while the first trial measures it
+    best: Best | None
+    message: str = ""  # why nothing more starts, when that is worth saying
+    rung_decisions: dict[int, list[RungDecision]] = field(default_factory=dict)
+
+    @property
+    def finalize(self) -> Finalize | None:
+        return next((a for a in self.actions if isinstance(a, Finalize)), None)
+
+
+class StudyError(ValueError):
+    """The study cannot run as configured (for example a budget smaller than one training)."""
+
+
+class Study:
+    """A study's decision core for a given config and slot count."""
+
+    def __init__(self, config: StudyConfig, slots: int) -> None:
+        self.config = config
+        self.slots = max(1, slots)
+        self.eta = config.reduction_factor or 3
+
+    # --- hyper-parameters -----------------------------------------------------------------
+
+    def params_for(self, index: int) -> dict[str, Any]:
+        """Trial ``index``'s configuration: the defaults for trial 0, else a draw seeded by (seed, index)."""
+        if index == 0:
+            return self.config.space.initial()
+        return self.config.space.sample(random.Random(f"hpo:{self.config.seed}:{index}"))
+
+    # --- the budget -------------------------------------------------------------------------
+
+    def measured_epoch_seconds(self, trials: Sequence[TrialView]) -> float | None:
+        """The median time per resource unit over every trial's reports, or None before any."""
+        rates: list[float] = []
+        for t in trials:
+            if t.started_at is None:
+                continue
+            last_time, last_resource = t.started_at, 0.0
+            for r in sorted(t.reports, key=lambda r: (r.time, r.resource)):
+                if r.resource > last_resource and r.time >= last_time:
+                    rates.append((r.time - last_time) / (r.resource - last_resource))
+                    last_time, last_resource = r.time, r.resource
+        return statistics.median(rates) if rates else None
+
+    def budget_seconds(self, trials: Sequence[TrialView]) -> float | None:
+        """The budget; without train time or deadline, from trial 0's first report."""
+        known = self.config.budget.seconds()
+        if known is not None:
+            return known
+        first = next((t for t in trials if t.index == 0), None)
+        if first is None or first.started_at is None or not first.reports:
+            return None
+        report = min(first.reports, key=lambda r: r.time)
+        if report.resource <= 0:
+            return None
+        epoch = max(report.time - first.started_at, 1e-6) / report.resource
+        return self.config.budget.time_ratio * epoch * self.config.max_resource
+
+    def plan(self, trials: Sequence[TrialView]) -> Plan | None:
+        """The plan for the budget and the best epoch-time estimate so far (None: not known yet)."""
+        budget = self.budget_seconds(trials)
+        if budget is None:
+            return None
+        epoch = self.measured_epoch_seconds(trials)
+        if epoch is None and self.config.budget.train_time is not None:
+            epoch = self.config.budget.train_time / self.config.max_resource
+        if epoch is None:
+            # A deadline but no measurement yet: plan as if one training took the whole budget.
+            epoch = budget / self.config.max_resource * 0.9
+        try:
+            return make_plan(
+                budget_seconds=budget,
+                slots=self.parallel_limit(),
+                epoch_seconds=epoch,
+                max_resource=self.config.max_resource,
+                min_resource=self.config.min_resource,
+                eta=self.eta,
+            )
+        except BudgetTooSmall as err:
+            raise StudyError(str(err)) from err
+
+    def parallel_limit(self) -> int:
+        if self.config.parallel_trials is not None:
+            return max(1, min(self.config.parallel_trials, self.slots))
+        return self.slots
+
+    # --- ASHA and the best ------------------------------------------------------------------
+
+    def rung_decisions(
+        self, trials: Sequence[TrialView], plan_rungs: Sequence[float]
+    ) -> dict[int, list[RungDecision]]:
+        records = []
+        for t in trials:
+            if t.reports:
+                records += rung_records(
+                    t.index, [(r.resource, r.value, r.time) for r in t.reports], plan_rungs
+                )
+        return replay_stop(records, self.eta, self.config.mode)
+
+    def best(self, trials: Sequence[TrialView], rungs: Sequence[float]) -> Best | None:
+        """The best of the trials that trained furthest: compared at the highest level (rung or R)
+        any trial reached, by its first report at that level; ties go to the lower index."""
+        levels = (*rungs, self.config.max_resource)
+        candidates: list[tuple[int, float, int, Report]] = []
+        for t in trials:
+            ordered = sorted(t.reports, key=lambda r: (r.time, r.resource))
+            if not ordered:
+                continue
+            top = max(r.resource for r in ordered)
+            level = max((k for k, lv in enumerate(levels) if top >= lv), default=-1)
+            at = ordered[-1] if level < 0 else next(r for r in ordered if r.resource >= levels[level])
+            candidates.append((level, score(at.value, self.config.mode), -t.index, at))
+        if not candidates:
+            return None
+        level, s, neg_index, report = max(candidates, key=lambda c: (c[0], c[1], c[2]))
+        if math.isinf(s):
+            return None
+        return Best(
+            index=-neg_index, value=report.value, resource=report.resource, params=self.params_for(-neg_index)
+        )
+
+    # --- the decision -----------------------------------------------------------------------
+
+    def decide(self, obs: Observation) -> Decision:
+        trials = sorted(obs.trials, key=lambda t: t.index)
+        plan = self.plan(trials)
+        rungs = plan.rungs if plan else self._rungs_without_plan()
+        rung_decisions = self.rung_decisions(trials, rungs)
+        actions: list[Action] = []
+        active = {t.index for t in trials if t.status.active}
+
+        for t in trials:
+            last = rung_decisions.get(t.index, [])
+            if t.status.active and last and not last[-1].promoted:
+                d = last[-1]
+                actions.append(PruneTrial(t.index, d.rung, d.resource, d.value, d.cutoff))
+                active.discard(t.index)
+
+        budget = self.budget_seconds(trials)
+        deadline = None if budget is None else obs.started_at + budget
+        best = self.best(trials, rungs)
+
+        if deadline is not None and obs.now >= deadline:
+            actions += [StopTrial(i, "deadline") for i in sorted(active)]
+            return Decision(
+                [*actions, Finalize("deadline", best, best is not None)],
+                plan,
+                deadline,
+                best,
+                "the budget is used up",
+                rung_decisions,
+            )
+
+        failed = sum(1 for t in trials if t.status is TrialStatus.FAILED)
+        limit = self.config.max_failed_trials
+        if limit is not None and failed >= limit:
+            actions += [StopTrial(i, "too many failed trials") for i in sorted(active)]
+            message = f"{failed} trials failed (maxFailedTrials is {limit})"
+            return Decision(
+                [*actions, Finalize(message, best, False)], plan, deadline, best, message, rung_decisions
+            )
+
+        started = len(trials)
+        next_index = max((t.index for t in trials), default=-1) + 1
+        message = ""
+        free = min(obs.free_slots, self.parallel_limit() - len(active))
+        if plan is None:
+            # The budget is measured by trial 0, which runs alone until its first report.
+            if next_index == 0 and free > 0:
+                actions.append(StartTrial(0, self.params_for(0)))
+                active.add(0)
+            elif next_index > 0:
+                message = "measuring one epoch of the first trial to size the budget"
+        else:
+            epoch = plan.epoch_seconds
+            while free > 0 and started < plan.planned_trials:
+                assert deadline is not None
+                if obs.now + plan.min_resource * epoch > deadline:
+                    message = "no time left for another trial to reach its first rung"
+                    break
+                actions.append(StartTrial(next_index, self.params_for(next_index)))
+                active.add(next_index)
+                next_index += 1
+                started += 1
+                free -= 1
+            if started >= plan.planned_trials:
+                message = f"all {plan.planned_trials} planned trials started"
+
+        if not active:
+            out_of_time = (
+                deadline is not None
+                and obs.now + (plan.min_resource * plan.epoch_seconds if plan else 0) > deadline
+            )
+            if plan is not None and (started >= plan.planned_trials or out_of_time):
+                reason = (
+                    "all planned trials finished"
+                    if started >= plan.planned_trials
+                    else "no time for another trial"
+                )
+                actions.append(Finalize(reason, best, best is not None))
+            elif plan is None and next_index > 0:
+                # Trial 0 ended without the report that sizes the budget.
+                actions.append(Finalize("the first trial ended before its first report", best, False))
+        return Decision(actions, plan, deadline, best, message, rung_decisions)
+
+    def _rungs_without_plan(self) -> tuple[float, ...]:
+        r = self.config.min_resource or default_min_resource(self.config.max_resource)
+        return rung_resources(r, self.eta, self.config.max_resource)
