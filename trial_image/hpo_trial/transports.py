@@ -1,0 +1,204 @@
+"""Where a report goes: a file the local runner watches, the trial's HPOTrial status, or the log.
+
+A transport sends one report once and raises :class:`SendError` when that failed; retrying is the
+reporter's job (reporting.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from hpo_trial import env
+
+log = logging.getLogger("hpo_trial")
+
+#: Overrides of the in-cluster configuration, for tests and for clusters that need them.
+HPO_API_URL = "HPO_API_URL"
+HPO_SA_DIR = "HPO_SA_DIR"
+DEFAULT_SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+API_GROUP_VERSION = "hpo.dev/v1alpha1"
+JSON_PATCH = "application/json-patch+json"
+
+# 401 is retried because the token file may have rotated between reading and sending;
+# 408/429/5xx are the API server's ways of saying "later".
+_RETRYABLE_STATUS = frozenset({401, 408, 429, 500, 502, 503, 504})
+_UNPROCESSABLE = 422
+
+
+class SendError(Exception):
+    """A report was not delivered; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Transport(Protocol):
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None: ...
+
+    def describe(self) -> str: ...
+
+
+class NullTransport:
+    """Outside any study: the report is logged and goes nowhere else."""
+
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
+        log.info("report (no study, not sent): %s", json.dumps(report, sort_keys=True))
+
+    def describe(self) -> str:
+        return "log only (no study)"
+
+
+@dataclass(frozen=True)
+class FileTransport:
+    """Local backend: one JSON line appended to the file the runner watches."""
+
+    path: Path
+
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
+        line = json.dumps(report, allow_nan=False) + "\n"
+        try:
+            # One write of a whole line to a file opened for appending, so a watcher never sees
+            # two reports interleaved; opened per report so the file may be rotated or recreated.
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+        except OSError as exc:
+            raise SendError(f"cannot append to {self.path}: {exc}", retryable=True) from exc
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+@dataclass(frozen=True)
+class ClusterTransport:
+    """Cluster: a JSON patch that appends the report to the trial's HPOTrial ``status.reports``."""
+
+    api_url: str
+    namespace: str
+    trial: str
+    sa_dir: Path
+
+    @property
+    def status_url(self) -> str:
+        ns = urllib.parse.quote(self.namespace, safe="")
+        name = urllib.parse.quote(self.trial, safe="")
+        return f"{self.api_url.rstrip('/')}/apis/{API_GROUP_VERSION}/namespaces/{ns}/hpotrials/{name}/status"
+
+    def describe(self) -> str:
+        return f"HPOTrial {self.namespace}/{self.trial} status at {self.api_url}"
+
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
+        append = [{"op": "add", "path": "/status/reports/-", "value": report}]
+        status = self._patch(append, timeout)
+        if status == _UNPROCESSABLE:
+            # The list (or the whole status) does not exist yet: create it, then append.
+            self._init_reports(timeout)
+            status = self._patch(append, timeout)
+        self._raise_for(status, "append report")
+
+    def _init_reports(self, timeout: float) -> None:
+        # A `test` for null passes only while the member is missing (or null), so an init racing
+        # with another writer's never replaces a list that already holds reports.
+        init_list: list[dict[str, Any]] = [
+            {"op": "test", "path": "/status/reports", "value": None},
+            {"op": "add", "path": "/status/reports", "value": []},
+        ]
+        status = self._patch(init_list, timeout)
+        if status == _UNPROCESSABLE:
+            # Either /status itself is missing or someone else created the list first.
+            init_status: list[dict[str, Any]] = [
+                {"op": "test", "path": "/status", "value": None},
+                {"op": "add", "path": "/status", "value": {"reports": []}},
+            ]
+            status = self._patch(init_status, timeout)
+            if status == _UNPROCESSABLE:
+                return  # /status exists now, so the list was created concurrently
+        self._raise_for(status, "create status.reports")
+
+    def _raise_for(self, status: int, what: str) -> None:
+        if 200 <= status < 300:
+            return
+        retryable = status in _RETRYABLE_STATUS
+        raise SendError(f"{what}: HTTP {status} from {self.status_url}", retryable=retryable)
+
+    def _patch(self, ops: list[dict[str, Any]], timeout: float) -> int:
+        """Sends one JSON patch; returns the HTTP status, raises SendError when no answer came."""
+        request = urllib.request.Request(
+            self.status_url,
+            data=json.dumps(ops, allow_nan=False).encode(),
+            method="PATCH",
+            headers={"Content-Type": JSON_PATCH, "Accept": "application/json", **self._auth_header()},
+        )
+        try:
+            with self._opener().open(request, timeout=timeout) as response:
+                response.read()
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            exc.read()
+            return int(exc.code)
+        except (OSError, ValueError) as exc:  # URLError, timeouts, TLS errors are OSErrors
+            raise SendError(f"PATCH {self.status_url}: {exc}", retryable=True) from exc
+
+    def _auth_header(self) -> dict[str, str]:
+        # Re-read on every request: projected service-account tokens are rotated by the kubelet.
+        try:
+            token = (self.sa_dir / "token").read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SendError(f"cannot read the service-account token: {exc}", retryable=True) from exc
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        # No proxy: the API server is the cluster's own service address, and an HTTP(S)_PROXY set
+        # for outbound traffic (data downloads) must not capture it.
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.api_url.startswith("https:"):
+            ca_file = self.sa_dir / "ca.crt"
+            context = ssl.create_default_context(cafile=str(ca_file) if ca_file.is_file() else None)
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        return urllib.request.build_opener(*handlers)
+
+
+def _in_cluster_api_url(environ: Mapping[str, str]) -> str | None:
+    override = environ.get(HPO_API_URL, "").strip()
+    if override:
+        return override
+    host = environ.get("KUBERNETES_SERVICE_HOST", "").strip()
+    port = environ.get("KUBERNETES_SERVICE_PORT", "").strip()
+    if not host or not port:
+        return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+def transport_from_env(environ: Mapping[str, str] | None = None) -> Transport:
+    """The transport the environment asks for: report file, then in-cluster, then log only."""
+    environ = os.environ if environ is None else environ
+    report_file = environ.get(env.HPO_REPORT_FILE, "").strip()
+    if report_file:
+        return FileTransport(Path(report_file))
+    trial, namespace = env.trial_name(environ), env.namespace(environ)
+    if trial and namespace:
+        sa_dir = Path(environ.get(HPO_SA_DIR, "").strip() or DEFAULT_SA_DIR)
+        api_url = _in_cluster_api_url(environ)
+        if api_url and (sa_dir / "token").is_file():
+            return ClusterTransport(api_url=api_url, namespace=namespace, trial=trial, sa_dir=sa_dir)
+        log.warning(
+            "HPO_TRIAL and HPO_NAMESPACE are set but there is no in-cluster API access "
+            "(KUBERNETES_SERVICE_HOST/PORT or %s, and %s/token): reports are only logged",
+            HPO_API_URL,
+            sa_dir,
+        )
+    return NullTransport()
