@@ -123,7 +123,8 @@ def make_plan(
     per_trial = expected_trial_resource(rungs, max_resource, eta)
     limit = HEADROOM * budget_seconds
     train_seconds = max_resource * epoch_seconds
-    if train_seconds > limit:
+    # The tolerance: a caller's "one training fills the limit exactly" must not fail on rounding.
+    if train_seconds > limit * (1 + 1e-9):
         raise BudgetTooSmall(budget_seconds, train_seconds)
 
     def fits(n: int) -> bool:
