@@ -1,0 +1,227 @@
+"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler as local processes."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .binaries import Binaries, find_binaries
+from .pki import Pki, make_pki
+from .procs import ManagedProcess
+from .rest import ApiError, Kube
+from .waiting import wait_for
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Grace periods of the node-lifecycle machinery.
+
+    Short by default so that a test of node loss takes seconds, not minutes; the node agents
+    heartbeat every second, so a healthy node stays far inside these margins.
+    """
+
+    node_monitor_period_s: int = 1
+    """How often the node-lifecycle controller looks at Leases and conditions (upstream: 5s)."""
+    node_monitor_grace_period_s: int = 10
+    """How long a node may go without a heartbeat before it is NotReady/Unknown (upstream: 40s)."""
+    not_ready_toleration_s: int = 5
+    """The toleration admission adds to every pod for not-ready/unreachable nodes (upstream: 300s)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def kubeconfig_text(server: str, ca_crt: Path, token: str, name: str = "hpo-local") -> str:
+    ca = base64.b64encode(ca_crt.read_bytes()).decode()
+    return (
+        "apiVersion: v1\n"
+        "kind: Config\n"
+        "clusters:\n"
+        f"- name: {name}\n"
+        f"  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\n"
+        "users:\n"
+        f"- name: {name}-admin\n"
+        f"  user:\n    token: {token}\n"
+        "contexts:\n"
+        f"- name: {name}\n"
+        f"  context:\n    cluster: {name}\n    user: {name}-admin\n    namespace: default\n"
+        f"current-context: {name}\n"
+    )
+
+
+class ControlPlaneError(RuntimeError):
+    pass
+
+
+@dataclass
+class ControlPlane:
+    """The control plane of one cluster; all its state lives under ``root``."""
+
+    root: Path
+    timings: Timings = field(default_factory=Timings)
+    binaries: Binaries | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+    admin_token: str = ""
+    apiserver_port: int = 0
+    pki: Pki | None = None
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "admin.kubeconfig"
+
+    @property
+    def ca_crt(self) -> Path:
+        assert self.pki is not None
+        return self.pki.ca_crt
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "logs"
+
+    def admin(self) -> Kube:
+        return Kube(self.server, self.admin_token, str(self.ca_crt))
+
+    def start(self, timeout: float = 60.0) -> None:
+        bins = self.binaries or find_binaries()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pki = pki = make_pki(self.root / "pki")
+        self.admin_token = secrets.token_hex(24)
+        (self.root / "tokens.csv").write_text(f"{self.admin_token},admin,admin,system:masters\n")
+        etcd_client, etcd_peer = free_port(), free_port()
+        self.apiserver_port = free_port()
+        self.kubeconfig.write_text(kubeconfig_text(self.server, pki.ca_crt, self.admin_token))
+        self.kubeconfig.chmod(0o600)
+        logs = self.log_dir
+        etcd_url = f"http://127.0.0.1:{etcd_client}"
+        self._spawn(
+            "etcd",
+            [
+                str(bins.etcd),
+                "--name=hpo-local",
+                f"--data-dir={self.root / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=hpo-local=http://127.0.0.1:{etcd_peer}",
+                "--log-level=warn",
+                "--logger=zap",
+            ],
+            logs / "etcd.log",
+        )
+        t = self.timings
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(bins.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                "--insecure-port=0",
+                f"--cert-dir={self.root / 'apiserver-certs'}",
+                f"--tls-cert-file={pki.server_crt}",
+                f"--tls-private-key-file={pki.server_key}",
+                f"--token-auth-file={self.root / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                f"--default-not-ready-toleration-seconds={t.not_ready_toleration_s}",
+                f"--default-unreachable-toleration-seconds={t.not_ready_toleration_s}",
+                "--profiling=false",
+                "--v=1",
+            ],
+            logs / "kube-apiserver.log",
+        )
+        admin = self.admin()
+
+        def apiserver_ready() -> bool:
+            self._check_alive()
+            try:
+                return bool(admin.request("GET", "/readyz") == "ok")
+            except (ApiError, OSError):
+                return False
+
+        wait_for(apiserver_ready, timeout, 0.1, "kube-apiserver /readyz")
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(bins.kube_controller_manager),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--root-ca-file={pki.ca_crt}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--port=0",
+                f"--node-monitor-period={t.node_monitor_period_s}s",
+                f"--node-monitor-grace-period={t.node_monitor_grace_period_s}s",
+                "--pod-eviction-timeout=5s",
+                # Claims bound by the node agents' provisioner are picked up within a couple of seconds.
+                "--pvclaimbinder-sync-period=2s",
+                "--v=1",
+            ],
+            logs / "kube-controller-manager.log",
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(bins.kube_scheduler),
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--port=0",
+                "--v=1",
+            ],
+            logs / "kube-scheduler.log",
+        )
+
+        def controllers_ready() -> bool:
+            # The token controller has run once the default ServiceAccount has its token Secret.
+            self._check_alive()
+            sa = admin.get_or_none("/api/v1/namespaces/default/serviceaccounts/default")
+            return bool(sa and sa.get("secrets"))
+
+        wait_for(
+            controllers_ready,
+            timeout,
+            0.1,
+            "the default ServiceAccount (controller-manager)",
+            ignore=(ApiError, OSError),
+        )
+        admin.close()
+
+    def _spawn(self, name: str, argv: list[str], log: Path) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, log)
+        self.processes.append(proc)
+        return proc
+
+    def _check_alive(self) -> None:
+        for proc in self.processes:
+            if not proc.running():
+                raise ControlPlaneError(
+                    f"{proc.name} exited with {proc.popen.returncode}; log {proc.log_path}:\n{proc.tail()}"
+                )
+
+    def stop(self) -> None:
+        """Stop every process by its own pid, the most dependent first."""
+        while self.processes:
+            proc = self.processes.pop()
+            proc.stop(timeout=5.0)
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.processes}
