@@ -77,23 +77,25 @@ class RungDecision:
 
 
 @dataclass(frozen=True)
-class _Report:
+class Report:
+    """One report of a trial: its value at a resource, and when (seconds, on the study's clock)."""
+
     resource: float
     value: float
     time: float
 
 
-def rung_records(
-    trial: int, reports: Sequence[tuple[float, float, float]], rungs: Sequence[float]
-) -> list[RungRecord]:
-    """A trial's records: for each rung, its first report (resource, value, time) reaching it."""
+def report_order(report: Report) -> tuple[float, float]:
+    return (report.time, report.resource)
+
+
+def rung_records(trial: int, reports: Sequence[Report], rungs: Sequence[float]) -> list[RungRecord]:
+    """A trial's records: for each rung, its first report reaching it. ``reports`` in time order."""
     records: list[RungRecord] = []
-    ordered = sorted((_Report(*r) for r in reports), key=lambda r: (r.time, r.resource))
-    for k, rung_resource in enumerate(rungs):
-        first = next((r for r in ordered if r.resource >= rung_resource), None)
-        if first is None:
-            break
-        records.append(RungRecord(trial, k, rung_resource, first.value, first.time))
+    for report in reports:
+        while len(records) < len(rungs) and report.resource >= rungs[len(records)]:
+            k = len(records)
+            records.append(RungRecord(trial, k, rungs[k], report.value, report.time))
     return records
 
 

@@ -138,7 +138,8 @@ def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            problems.append(f"{loc}: unknown key" + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+            hint = f" (allowed: {', '.join(allowed)})" if allowed and len(e["loc"]) == 1 else ""
+            problems.append(f"{loc}: unknown key{hint}")
         elif e["type"] == "missing":
             problems.append(f"{loc}: required")
         elif e["type"] == "literal_error":
@@ -152,7 +153,7 @@ def _check_resources(
     max_resource: float | None, min_resource: float | None, names: tuple[str, str]
 ) -> list[str]:
     if max_resource is not None and min_resource is not None and min_resource > max_resource:
-        return [f"{names[1]} ({min_resource}) must not exceed {names[0]} ({max_resource})"]
+        return [f"{names[1]} ({min_resource:g}) must not exceed {names[0]} ({max_resource:g})"]
     return []
 
 
@@ -322,5 +323,17 @@ def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:
     try:
         model = StudySpec.model_validate(dict(spec))
     except ValidationError as err:
-        raise ConfigError(["spec." + p for p in _pydantic_problems(err)], "spec") from err
+        problems = [
+            "spec." + p
+            for p in _pydantic_problems(err, sorted(f.alias or n for n, f in StudySpec.model_fields.items()))
+        ]
+        # The search space's own rules too, so that one round of fixes is enough.
+        space = spec.get("hpSpace")
+        if isinstance(space, Mapping) and not any(p.startswith("spec.hpSpace") for p in problems):
+            raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in space.items()}
+            try:
+                parse_space(raw)
+            except SpaceError as space_err:
+                problems += [e.replace("hp_space.", "spec.hpSpace.", 1) for e in space_err.problems]
+        raise ConfigError(problems, "spec") from err
     return model.to_study_config()

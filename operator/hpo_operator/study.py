@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .asha import RungDecision, replay_stop, rung_records, rung_resources, score
+from .asha import Report as Report
+from .asha import RungDecision, replay_stop, report_order, rung_records, rung_resources, score
 from .budget import BudgetTooSmall, Plan, default_min_resource, make_plan
 from .config import StudyConfig
 
@@ -42,20 +43,19 @@ class TrialStatus(str, Enum):
 
 
 @dataclass(frozen=True)
-class Report:
-    resource: float
-    value: float
-    time: float
-
-
-@dataclass(frozen=True)
 class TrialView:
-    """One trial as an adapter sees it. ``started_at`` is when it began running (None: not yet)."""
+    """One trial as an adapter sees it. ``started_at`` is when it began running (None: not yet).
+
+    ``reports`` are kept in time order whatever order they are given in.
+    """
 
     index: int
     status: TrialStatus
     reports: tuple[Report, ...] = ()
     started_at: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reports", tuple(sorted(self.reports, key=report_order)))
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class Study:
             if t.started_at is None:
                 continue
             last_time, last_resource = t.started_at, 0.0
-            for r in sorted(t.reports, key=lambda r: (r.time, r.resource)):
+            for r in t.reports:
                 if r.resource > last_resource and r.time >= last_time:
                     rates.append((r.time - last_time) / (r.resource - last_resource))
                     last_time, last_resource = r.time, r.resource
@@ -166,7 +166,7 @@ class Study:
         first = next((t for t in trials if t.index == 0), None)
         if first is None or first.started_at is None or not first.reports:
             return None
-        report = min(first.reports, key=lambda r: r.time)
+        report = first.reports[0]
         if report.resource <= 0:
             return None
         epoch = max(report.time - first.started_at, 1e-6) / report.resource
@@ -207,10 +207,7 @@ class Study:
     ) -> dict[int, list[RungDecision]]:
         records = []
         for t in trials:
-            if t.reports:
-                records += rung_records(
-                    t.index, [(r.resource, r.value, r.time) for r in t.reports], plan_rungs
-                )
+            records += rung_records(t.index, t.reports, plan_rungs)
         return replay_stop(records, self.eta, self.config.mode)
 
     def best(self, trials: Sequence[TrialView], rungs: Sequence[float]) -> Best | None:
@@ -219,12 +216,11 @@ class Study:
         levels = (*rungs, self.config.max_resource)
         candidates: list[tuple[int, float, int, Report]] = []
         for t in trials:
-            ordered = sorted(t.reports, key=lambda r: (r.time, r.resource))
-            if not ordered:
+            if not t.reports:
                 continue
-            top = max(r.resource for r in ordered)
+            top = max(r.resource for r in t.reports)
             level = max((k for k, lv in enumerate(levels) if top >= lv), default=-1)
-            at = ordered[-1] if level < 0 else next(r for r in ordered if r.resource >= levels[level])
+            at = t.reports[-1] if level < 0 else next(r for r in t.reports if r.resource >= levels[level])
             candidates.append((level, score(at.value, self.config.mode), -t.index, at))
         if not candidates:
             return None
@@ -245,12 +241,14 @@ class Study:
         actions: list[Action] = []
         active = {t.index for t in trials if t.status.active}
 
+        pruned_now = 0
         for t in trials:
             last = rung_decisions.get(t.index, [])
             if t.status.active and last and not last[-1].promoted:
                 d = last[-1]
                 actions.append(PruneTrial(t.index, d.rung, d.resource, d.value, d.cutoff))
                 active.discard(t.index)
+                pruned_now += 1
 
         budget = self.budget_seconds(trials)
         deadline = None if budget is None else obs.started_at + budget
@@ -279,7 +277,8 @@ class Study:
         started = len(trials)
         next_index = max((t.index for t in trials), default=-1) + 1
         message = ""
-        free = min(obs.free_slots, self.parallel_limit() - len(active))
+        # A trial pruned by this decision frees its slot for a trial started by it.
+        free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
         if plan is None:
             # The budget is measured by trial 0, which runs alone until its first report.
             if next_index == 0 and free > 0:

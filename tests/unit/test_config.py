@@ -1,0 +1,196 @@
+"""hpo_config.yaml and HPOStudy spec loading: the OTX files, every documented default, every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hpo_operator.config import (
+    DEFAULT_MAX_RESOURCE,
+    BudgetSpec,
+    ConfigError,
+    config_from_mapping,
+    format_duration,
+    load_config,
+    parse_duration,
+    study_config_from_spec,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "otx-classification"
+
+FLOW_STYLE = """\
+metric: accuracy
+search_algorithm: asha
+hp_space:
+  learning_parameters.learning_rate: {param_type: qloguniform, range: [0.0007, 0.07, 0.0001]}
+  learning_parameters.batch_size: {param_type: qloguniform, range: [32, 128, 2]}
+"""
+
+
+def test_the_otx_default_file_loads_in_block_and_flow_style(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW_STYLE)
+    block, raw = load_config(EXAMPLES / "hpo_config.yaml")
+    same, _ = load_config(flow)
+    assert block == same
+    assert raw["search_algorithm"] == "asha"
+    assert block.metric == "accuracy"
+    assert block.space.names() == ["learning_parameters.learning_rate", "learning_parameters.batch_size"]
+
+
+def test_the_narrow_variant_loads() -> None:
+    config, _ = load_config(EXAMPLES / "hpo_config_narrow.yaml")
+    lr = config.space.params[0]
+    assert (lr.type, lr.low, lr.high, lr.step) == ("quniform", 0.001, 0.01, 0.001)
+
+
+def test_documented_defaults() -> None:
+    config = config_from_mapping({"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}})
+    assert config.metric == "mAP"
+    assert config.mode == "max"
+    assert config.max_resource == DEFAULT_MAX_RESOURCE == 10
+    assert config.min_resource is None  # auto: one epoch
+    assert config.reduction_factor is None  # auto: 3
+    assert config.seed == 0
+    assert config.budget == BudgetSpec(time_ratio=4.0, train_time=None, deadline=None)
+    assert config.parallel_trials is None
+    assert config.max_failed_trials is None
+
+
+def test_all_problems_of_a_file_are_reported_together() -> None:
+    data = {
+        "metric": "accuracy",
+        "mode": "maximum",
+        "search_algorithm": "bohb",
+        "colour": "blue",
+        "maximum_resource": 5,
+        "minimum_resource": 9,
+        "hp_space": {"lr": {"param_type": "loguniform", "range": [-1, 1]}},
+    }
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping(data, "my.yaml")
+    text = "\n".join(err.value.problems)
+    assert "mode: input should be 'max' or 'min', got 'maximum'" in text
+    assert "search_algorithm: input should be 'asha', got 'bohb'" in text
+    assert "colour: unknown key" in text
+    assert "hp_space.lr: loguniform bounds must be positive" in text
+    assert err.value.summary().startswith("my.yaml: ")
+
+
+def test_min_resource_above_max_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"minimum_resource \(9\) must not exceed maximum_resource \(5\)"):
+        config_from_mapping(
+            {
+                "maximum_resource": 5,
+                "minimum_resource": 9,
+                "hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}},
+            }
+        )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1, 2], "must be a mapping"),
+        ({"metric": "a"}, "hp_space: required"),
+        (
+            {"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}, "reduction_factor": 1},
+            "reduction_factor",
+        ),
+        (
+            {"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}, "maximum_resource": 0},
+            "maximum_resource",
+        ),
+    ],
+)
+def test_malformed_files(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_from_mapping(data)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hp_space: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("20m", 1200),
+        ("1h30m", 5400),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("45", 45),
+        (30, 30),
+        ("1.5h", 5400),
+    ],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "20x", "m20", "-5", 0, "1h 2x", "soon"])
+def test_bad_durations(text: str | int) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0, 59, 60, 3661, 5400)] == ["0s", "59s", "1m", "1h1m1s", "1h30m"]
+
+
+SPEC: dict[str, Any] = {
+    "metric": "accuracy",
+    "hpSpace": {"lr": {"paramType": "loguniform", "range": [0.001, 0.1]}},
+    "maximumResource": 30,
+    "budget": {"timeRatio": 2, "trainTime": "20m"},
+    "parallelTrials": 2,
+    "trialTemplate": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+}
+
+
+def test_a_study_spec_becomes_the_same_core_config() -> None:
+    config = study_config_from_spec(SPEC)
+    assert config.max_resource == 30
+    assert config.budget.seconds() == 2 * 1200
+    assert config.parallel_trials == 2
+    assert config.space.params[0].type == "loguniform"
+
+
+def test_study_spec_defaults() -> None:
+    config = study_config_from_spec({k: v for k, v in SPEC.items() if k not in ("budget", "parallelTrials")})
+    assert config.budget == BudgetSpec(time_ratio=4.0)
+    assert config.parallel_trials is None
+
+
+def test_study_spec_errors_name_spec_fields() -> None:
+    spec = {**SPEC, "hpSpace": {"lr": {"paramType": "loguniform", "range": [0, 0.1]}}}
+    with pytest.raises(ConfigError) as err:
+        study_config_from_spec(spec)
+    assert err.value.problems == ["spec.hpSpace.lr: loguniform bounds must be positive, got [0, 0.1]"]
+    with pytest.raises(ConfigError) as err:
+        study_config_from_spec({**SPEC, "parallelTrials": 0, "budget": {"trainTime": "soon"}, "mode": "up"})
+    text = "\n".join(err.value.problems)
+    assert "spec.parallelTrials" in text and "spec.budget.trainTime" in text and "spec.mode" in text
+
+
+def test_the_examples_round_trip_through_yaml() -> None:
+    config, raw = load_config(EXAMPLES / "hpo_config.yaml")
+    assert config_from_mapping(yaml.safe_load(yaml.safe_dump(raw, sort_keys=False))) == config
+
+
+def test_study_spec_type_errors_and_space_errors_come_together() -> None:
+    spec = {**SPEC, "gpusPerTrial": "one", "hpSpace": {"lr": {"paramType": "uniform", "range": [1, 0]}}}
+    with pytest.raises(ConfigError) as err:
+        study_config_from_spec(spec)
+    text = "\n".join(err.value.problems)
+    assert "spec.gpusPerTrial" in text
+    assert "spec.hpSpace.lr: min (1) must be smaller than max (0)" in text

@@ -1,0 +1,196 @@
+"""The five parameter types: grid membership, bounds, distributions, and every validation error."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from hpo_operator.space import Param, SearchSpace, SpaceError, parse_space
+
+N = 20_000
+
+
+def one(spec: dict[str, Any], name: str = "p") -> Param:
+    return parse_space({name: spec}).params[0]
+
+
+def draws(param: Param, n: int = N, seed: int = 1) -> list[Any]:
+    rng = random.Random(seed)
+    return [param.sample(rng) for _ in range(n)]
+
+
+def test_uniform_is_uniform_in_bounds() -> None:
+    p = one({"param_type": "uniform", "range": [2.0, 6.0]})
+    xs = draws(p)
+    assert all(2.0 <= x <= 6.0 for x in xs)
+    # Each quarter of the range holds a quarter of the draws (binomial sd ~0.3%).
+    quarters = Counter(min(int((x - 2.0) / 1.0), 3) for x in xs)
+    assert all(abs(quarters[q] / N - 0.25) < 0.02 for q in range(4))
+
+
+def test_quniform_is_uniform_over_the_grid_without_float_noise() -> None:
+    p = one({"param_type": "quniform", "range": [0.001, 0.01, 0.001]})
+    xs = draws(p)
+    expected = {0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.01}
+    assert set(xs) == expected  # exact decimal values, endpoints included
+    counts = Counter(xs)
+    assert all(abs(c / N - 0.1) < 0.015 for c in counts.values())
+
+
+def test_quantised_values_start_on_the_grid_from_min() -> None:
+    p = one({"param_type": "quniform", "range": [0.0007, 0.0015, 0.0001]})
+    assert p.grid_value(3) == 0.001  # 0.0007 + 3*0.0001, not 0.0010000000000000002
+    assert sorted(set(draws(p, 2000))) == [
+        0.0007,
+        0.0008,
+        0.0009,
+        0.001,
+        0.0011,
+        0.0012,
+        0.0013,
+        0.0014,
+        0.0015,
+    ]
+
+
+def test_quniform_grid_stops_inside_max() -> None:
+    p = one({"param_type": "quniform", "range": [0, 10, 3]})
+    assert sorted(set(draws(p, 2000))) == [0, 3, 6, 9]
+
+
+def test_integer_bounds_and_step_give_ints() -> None:
+    p = one({"param_type": "qloguniform", "range": [32, 128, 2]})
+    xs = draws(p)
+    assert all(type(x) is int and x % 2 == 0 and 32 <= x <= 128 for x in xs)
+    assert min(xs) == 32 and max(xs) == 128
+
+
+def test_float_step_gives_floats() -> None:
+    p = one({"param_type": "quniform", "range": [1, 5, 0.5]})
+    assert all(type(x) is float for x in draws(p, 100))
+
+
+@pytest.mark.parametrize("ptype", ["loguniform", "qloguniform"])
+def test_log_types_are_uniform_in_log_space(ptype: str) -> None:
+    spec_range: list[float] = [1e-4, 1e-1] if ptype == "loguniform" else [1e-4, 1e-1, 1e-5]
+    p = one({"param_type": ptype, "range": spec_range})
+    xs = draws(p)
+    assert all(1e-4 <= x <= 1e-1 for x in xs)
+    # Each decade holds a third of the draws; a linear sampler would put ~90% in the last one.
+    decades = Counter(min(int(math.log10(x / 1e-4)), 2) for x in xs)
+    assert all(abs(decades[d] / N - 1 / 3) < 0.03 for d in range(3)), decades
+
+
+def test_log_base_does_not_change_the_distribution() -> None:
+    a = one({"param_type": "loguniform", "range": [1.0, 100.0, 2]})
+    b = one({"param_type": "loguniform", "range": [1.0, 100.0]})
+    assert draws(a, 50) == draws(b, 50)
+
+
+def test_qloguniform_values_lie_on_the_grid() -> None:
+    p = one({"param_type": "qloguniform", "range": [0.0007, 0.07, 0.0001]})
+    for x in draws(p, 5000):
+        assert p.contains(x)
+        assert repr(x) == repr(round(x, 4))  # no float noise
+
+
+def test_choice_draws_each_value_equally_and_keeps_types() -> None:
+    p = one({"param_type": "choice", "range": ["adam", 3, True, None, {"a": 1}]})
+    counts = Counter(repr(x) for x in draws(p))
+    assert set(counts) == {"'adam'", "3", "True", "None", "{'a': 1}"}
+    assert all(abs(c / N - 0.2) < 0.02 for c in counts.values())
+
+
+def test_sampling_is_seeded() -> None:
+    space = parse_space(
+        {"a": {"param_type": "uniform", "range": [0, 1]}, "b": {"param_type": "choice", "range": [1, 2]}}
+    )
+    assert space.sample(random.Random(7)) == space.sample(random.Random(7))
+    assert space.sample(random.Random(7)) != space.sample(random.Random(8))
+
+
+def test_initial_is_the_default_or_the_middle() -> None:
+    space = parse_space(
+        {
+            "lr": {"param_type": "qloguniform", "range": [0.0007, 0.07, 0.0001]},
+            "bs": {"param_type": "qloguniform", "range": [32, 128, 2]},
+            "u": {"param_type": "uniform", "range": [0, 1]},
+            "q": {"param_type": "quniform", "range": [0, 10, 4]},
+            "c": {"param_type": "choice", "range": ["x", "y"]},
+            "d": {"param_type": "uniform", "range": [0, 1], "default": 0.25},
+        }
+    )
+    assert space.initial() == {"lr": 0.007, "bs": 64, "u": 0.5, "q": 4, "c": "x", "d": 0.25}
+
+
+def test_dotted_names_are_kept() -> None:
+    space = parse_space({"learning_parameters.learning_rate": {"param_type": "uniform", "range": [0, 1]}})
+    assert space.names() == ["learning_parameters.learning_rate"]
+    assert isinstance(space, SearchSpace)
+
+
+BAD = [
+    ({"param_type": "normal", "range": [0, 1]}, "unknown param_type 'normal'"),
+    ({"range": [0, 1]}, "param_type is missing"),
+    ({"param_type": "uniform", "range": [0, 1, 2]}, "uniform range needs 2 values, got 3"),
+    ({"param_type": "quniform", "range": [0, 1]}, "quniform range needs 3 values, got 2"),
+    ({"param_type": "loguniform", "range": [1]}, "loguniform range needs 2 or 3 values, got 1"),
+    ({"param_type": "qloguniform", "range": [1, 2, 0.1, 10, 3]}, "qloguniform range needs 3 or 4 values"),
+    ({"param_type": "uniform", "range": [1, 1]}, "min (1) must be smaller than max (1)"),
+    ({"param_type": "uniform", "range": [2, 1]}, "min (2) must be smaller than max (1)"),
+    ({"param_type": "quniform", "range": [0, 1, 0]}, "step (0) must be positive"),
+    ({"param_type": "quniform", "range": [0, 1, -0.1]}, "step (-0.1) must be positive"),
+    ({"param_type": "quniform", "range": [0, 1, 2]}, "step (2) is larger than max - min"),
+    ({"param_type": "loguniform", "range": [0, 1]}, "loguniform bounds must be positive"),
+    ({"param_type": "qloguniform", "range": [-1, 1, 0.5]}, "qloguniform bounds must be positive"),
+    ({"param_type": "loguniform", "range": [1, 10, 1]}, "log_base (1) must be greater than 1"),
+    ({"param_type": "qloguniform", "range": [1, 10, 1, 0.5]}, "log_base (0.5) must be greater than 1"),
+    ({"param_type": "choice", "range": []}, "choice needs at least one value"),
+    ({"param_type": "uniform", "range": "0..1"}, "range must be a list"),
+    ({"param_type": "uniform", "range": [0, "one"]}, "range values must be finite numbers"),
+    ({"param_type": "uniform", "range": [0, float("inf")]}, "range values must be finite numbers"),
+    ({"param_type": "uniform", "range": [0, True]}, "range values must be finite numbers"),
+    ({"param_type": "uniform", "range": [0, 1], "scale": 2}, "unknown key 'scale'"),
+    ({"param_type": "quniform", "range": [0, 1, 0.5], "default": 0.3}, "default 0.3 is not a value of"),
+    ({"param_type": "choice", "range": [1, 2], "default": 3}, "default 3 is not a value of"),
+    ("uniform", "must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), BAD, ids=[m for _, m in BAD])
+def test_each_bad_parameter_gets_an_error_naming_it(spec: Any, message: str) -> None:
+    with pytest.raises(SpaceError) as err:
+        parse_space({"learning_rate": spec})
+    assert len(err.value.problems) >= 1
+    assert err.value.problems[0].startswith("hp_space.learning_rate: ")
+    assert message in err.value.problems[0]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SpaceError) as err:
+        parse_space(
+            {
+                "a": {"param_type": "loguniform", "range": [0, 1, 1]},
+                "b": {"param_type": "choice", "range": []},
+                "c": {"param_type": "uniform", "range": [0, 1]},
+            }
+        )
+    problems = err.value.problems
+    assert len(problems) == 3
+    assert sum(p.startswith("hp_space.a:") for p in problems) == 2
+    assert any(p.startswith("hp_space.b:") for p in problems)
+
+
+@pytest.mark.parametrize("raw", [{}, None, [1, 2], "x"])
+def test_an_empty_or_malformed_space_is_an_error(raw: Any) -> None:
+    with pytest.raises(SpaceError, match="hp_space: must be a non-empty mapping"):
+        parse_space(raw)
+
+
+def test_empty_parameter_names_are_rejected() -> None:
+    with pytest.raises(SpaceError, match="non-empty strings"):
+        parse_space({" ": {"param_type": "uniform", "range": [0, 1]}})

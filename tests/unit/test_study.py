@@ -1,0 +1,246 @@
+"""The decision core: observations in, actions out; and whole studies on the virtual clock."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from hpo_operator.config import BudgetSpec, Mode, StudyConfig, config_from_mapping
+from hpo_operator.simulate import simulate, with_budget
+from hpo_operator.study import (
+    Finalize,
+    Observation,
+    PruneTrial,
+    Report,
+    StartTrial,
+    StopTrial,
+    Study,
+    StudyError,
+    TrialStatus,
+    TrialView,
+)
+
+RUNNING, COMPLETED, PRUNED, FAILED = (
+    TrialStatus.RUNNING,
+    TrialStatus.COMPLETED,
+    TrialStatus.PRUNED,
+    TrialStatus.FAILED,
+)
+
+
+def config(mode: Mode = "max", **kw: Any) -> StudyConfig:
+    base = config_from_mapping(
+        {
+            "metric": "accuracy",
+            "mode": mode,
+            "maximum_resource": 9,
+            "hp_space": {
+                "lr": {"param_type": "loguniform", "range": [0.0001, 0.1]},
+                "bs": {"param_type": "quniform", "range": [16, 112, 16]},
+            },
+        }
+    )
+    budget = kw.pop("budget", BudgetSpec(train_time=90.0))  # 10 s an epoch, 360 s budget
+    return replace(base, budget=budget, **kw)
+
+
+def obs(now: float, free: int, *trials: TrialView) -> Observation:
+    return Observation(started_at=0.0, now=now, free_slots=free, trials=trials)
+
+
+def trial(
+    index: int, status: TrialStatus, *reports: tuple[float, float, float], started: float = 0.0
+) -> TrialView:
+    return TrialView(index, status, tuple(Report(*r) for r in reports), started)
+
+
+def starts(actions: list[Any]) -> list[int]:
+    return [a.index for a in actions if isinstance(a, StartTrial)]
+
+
+def test_the_first_trial_gets_the_defaults_and_the_rest_are_seeded() -> None:
+    study = Study(config(), slots=4)
+    decision = study.decide(obs(0, 4))
+    assert starts(decision.actions) == [0, 1, 2, 3]
+    first = decision.actions[0]
+    assert isinstance(first, StartTrial)
+    assert first.params == {"lr": pytest.approx(math.sqrt(0.0001 * 0.1)), "bs": 64}
+    again = Study(config(), slots=4).decide(obs(0, 4))
+    assert decision.actions == again.actions  # same seed, same observation -> same actions
+    other = Study(config(seed=1), slots=4).decide(obs(0, 4))
+    assert other.actions[0] == first and other.actions[1] != decision.actions[1]
+
+
+def test_parameters_depend_on_the_trial_index_only() -> None:
+    study = Study(config(), slots=1)
+    assert study.params_for(5) == Study(config(), slots=8).params_for(5)
+
+
+def test_free_slots_and_parallel_trials_bound_the_starts() -> None:
+    assert starts(Study(config(), slots=4).decide(obs(0, 2)).actions) == [0, 1]
+    assert starts(Study(config(parallel_trials=1), slots=4).decide(obs(0, 4)).actions) == [0]
+    running = trial(0, RUNNING)
+    assert starts(Study(config(parallel_trials=1), slots=4).decide(obs(5, 3, running)).actions) == []
+
+
+def test_a_report_below_the_cutoff_prunes_its_trial() -> None:
+    study = Study(config(), slots=2)  # rungs 1, 3 (R = 9)
+    a = trial(0, RUNNING, (1, 0.8, 10.0))
+    b = trial(1, RUNNING, (1, 0.6, 11.0))
+    decision = study.decide(obs(11, 0, a, b))
+    # The pruned trial's slot goes to the next trial in the same decision.
+    assert decision.actions == [PruneTrial(1, 0, 1, 0.6, 0.8), StartTrial(2, study.params_for(2))]
+    # Already pruned: no second prune.
+    b_pruned = replace(b, status=PRUNED)
+    assert not [x for x in study.decide(obs(12, 0, a, b_pruned)).actions if isinstance(x, PruneTrial)]
+
+
+def test_min_mode_prunes_the_higher_value() -> None:
+    study = Study(config("min"), slots=2)
+    decision = study.decide(obs(11, 0, trial(0, RUNNING, (1, 0.8, 10.0)), trial(1, RUNNING, (1, 0.6, 11.0))))
+    assert [a for a in decision.actions if isinstance(a, PruneTrial)] == []
+    decision = study.decide(obs(11, 0, trial(0, RUNNING, (1, 0.6, 10.0)), trial(1, RUNNING, (1, 0.8, 11.0))))
+    assert decision.actions[0] == PruneTrial(1, 0, 1, 0.8, 0.6)
+
+
+def test_the_deadline_stops_every_running_trial_and_finalizes() -> None:
+    study = Study(config(), slots=2)
+    a = trial(0, RUNNING, (1, 0.8, 10.0), (3, 0.9, 30.0))
+    b = trial(1, RUNNING, (1, 0.85, 11.0))
+    decision = study.decide(obs(360, 0, a, b))
+    assert decision.deadline == 360
+    stops = [x for x in decision.actions if isinstance(x, StopTrial)]
+    assert [s.index for s in stops] == [0, 1] and all(s.reason == "deadline" for s in stops)
+    final = decision.finalize
+    assert final is not None and final.reason == "deadline" and final.succeeded
+    assert final.best is not None and (final.best.index, final.best.value, final.best.resource) == (0, 0.9, 3)
+
+
+def test_no_trial_starts_that_cannot_reach_its_first_rung_in_time() -> None:
+    study = Study(config(), slots=2)
+    done = trial(0, COMPLETED, (9, 0.5, 90.0))
+    # 10 s an epoch, r = 1: at t = 351 a new trial would report at 361 > 360.
+    decision = study.decide(obs(351, 2, done))
+    assert starts(decision.actions) == []
+    assert decision.finalize is not None and decision.finalize.reason == "no time for another trial"
+    assert starts(study.decide(obs(349, 2, done)).actions) == [1, 2]
+
+
+def test_the_study_finalizes_when_every_planned_trial_ended() -> None:
+    study = Study(replace(config(), budget=BudgetSpec(train_time=90.0, time_ratio=1.2)), slots=1)
+    plan = study.plan([])
+    assert plan is not None and plan.planned_trials == 1
+    done = trial(0, COMPLETED, (9, 0.5, 90.0))
+    final = study.decide(obs(95, 1, done)).finalize
+    assert final is not None and final.reason == "all planned trials finished"
+    assert final.best is not None and final.best.params == study.params_for(0)
+
+
+def test_without_train_time_the_first_trial_measures_the_budget() -> None:
+    study = Study(config(budget=BudgetSpec(time_ratio=4)), slots=4)
+    first = study.decide(obs(0, 4))
+    assert starts(first.actions) == [0] and first.deadline is None
+    waiting = study.decide(obs(5, 3, trial(0, RUNNING, started=1.0)))
+    assert starts(waiting.actions) == [] and "measuring" in waiting.message
+    # Trial 0 started at t=1 and reported epoch 1 at t=11: 10 s an epoch, 90 s a training, 360 s budget.
+    measured = study.decide(obs(11, 3, trial(0, RUNNING, (1, 0.5, 11.0), started=1.0)))
+    assert measured.deadline == 360
+    assert starts(measured.actions) == [1, 2, 3]
+
+
+def test_a_first_trial_that_dies_before_reporting_ends_the_study() -> None:
+    study = Study(config(budget=BudgetSpec(time_ratio=4)), slots=2)
+    final = study.decide(obs(5, 2, trial(0, FAILED, started=1.0))).finalize
+    assert final is not None and not final.succeeded and final.best is None
+
+
+def test_a_budget_below_one_training_is_a_study_error() -> None:
+    study = Study(config(budget=BudgetSpec(train_time=90.0, time_ratio=1.0)), slots=1)
+    with pytest.raises(StudyError, match="smallest workable budget is 100s"):
+        study.decide(obs(0, 1))
+
+
+def test_too_many_failed_trials_end_the_study() -> None:
+    study = Study(config(max_failed_trials=2), slots=3)
+    failed = [trial(i, FAILED, started=0) for i in range(2)]
+    decision = study.decide(obs(20, 2, *failed, trial(2, RUNNING, (1, 0.3, 15.0))))
+    assert [a for a in decision.actions if isinstance(a, StopTrial)] == [
+        StopTrial(2, "too many failed trials")
+    ]
+    final = decision.finalize
+    assert final is not None and not final.succeeded and "2 trials failed" in final.reason
+
+
+def test_the_best_comes_from_the_trials_that_trained_furthest() -> None:
+    study = Study(config(), slots=3)
+    deep = trial(0, COMPLETED, (1, 0.5, 10.0), (3, 0.6, 30.0), (9, 0.7, 90.0))
+    shallow_but_high = trial(1, PRUNED, (1, 0.95, 11.0))
+    also_deep = trial(2, COMPLETED, (1, 0.4, 12.0), (3, 0.5, 32.0), (9, 0.72, 95.0))
+    best = study.best([deep, shallow_but_high, also_deep], (1, 3))
+    assert best is not None and (best.index, best.value, best.resource) == (2, 0.72, 9)
+    best_min = Study(config("min"), slots=3).best([deep, shallow_but_high, also_deep], (1, 3))
+    assert best_min is not None and best_min.index == 0
+
+
+def test_nan_reports_never_make_the_best() -> None:
+    study = Study(config(), slots=2)
+    assert study.best([trial(0, COMPLETED, (9, math.nan, 90.0))], (1, 3)) is None
+
+
+def test_decide_is_pure() -> None:
+    study = Study(config(), slots=2)
+    o = obs(11, 1, trial(0, RUNNING, (1, 0.8, 10.0)), trial(1, RUNNING, (1, 0.6, 11.0)))
+    assert study.decide(o).actions == study.decide(o).actions
+
+
+# --- whole studies on the virtual clock -------------------------------------------------------
+
+
+def objective(params: dict[str, Any], epoch: int) -> float:
+    """Higher is better; best near lr = 0.01, saturating with epochs."""
+    quality = 1 - abs(math.log10(params["lr"]) + 2) / 3
+    return quality * (1 - math.exp(-epoch / 3))
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+@pytest.mark.parametrize("seed", range(3))
+def test_simulated_studies_finish_inside_their_budget(slots: int, seed: int) -> None:
+    cfg = config(seed=seed, max_resource=27)
+    cfg = with_budget(cfg, train_time=270.0, time_ratio=4.0)
+    result = simulate(cfg, slots, objective, epoch_seconds=10.0)
+    assert result.deadline == 1080
+    assert result.finished_at <= 1080
+    assert result.finalize.best is not None
+    assert all(not t.status.active for t in result.trials)
+    # ASHA pruned something, and the best trained to R.
+    assert any(t.status is PRUNED for t in result.trials)
+    assert result.finalize.best.resource == 27
+
+
+def test_more_gpus_run_more_trials_in_the_same_budget() -> None:
+    cfg = with_budget(config(max_resource=27), train_time=270.0, time_ratio=4.0)
+    counts = [len(simulate(cfg, slots, objective, epoch_seconds=10.0).trials) for slots in (1, 2, 4)]
+    assert counts[0] < counts[1] < counts[2]
+
+
+def test_the_stop_decisions_match_a_replay_of_the_reports() -> None:
+    cfg = with_budget(config(max_resource=27), train_time=270.0, time_ratio=4.0)
+    result = simulate(cfg, 4, objective, epoch_seconds=lambda p: 5.0 + p["bs"] / 16)
+    study = Study(cfg, 4)
+    replay = study.rung_decisions([t.view() for t in result.trials], (1, 3, 9))
+    for t in result.trials:
+        pruned_by_replay = bool(replay.get(t.index)) and not replay[t.index][-1].promoted
+        assert (t.status is PRUNED) == pruned_by_replay, t.index
+
+
+def test_a_simulated_study_with_a_measured_budget() -> None:
+    cfg = with_budget(config(max_resource=9), train_time=None, time_ratio=3.0)
+    result = simulate(cfg, 2, objective, epoch_seconds=10.0, start_seconds=2.0)
+    # Trial 0 measured (12 - 2) s for epoch 1: 90 s a training, 270 s budget.
+    assert result.deadline == 270
+    assert result.finished_at <= 270
+    assert len(result.trials) > 2
+    assert isinstance(result.finalize, Finalize)
