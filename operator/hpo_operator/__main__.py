@@ -1,0 +1,5 @@
+"""`python -m hpo_operator` runs the `hpo` command line."""
+
+from .cli import main
+
+main()
