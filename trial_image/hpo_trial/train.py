@@ -113,7 +113,14 @@ class Plan:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    epochs = args.epochs if args.epochs is not None else (env.max_resource() or DEFAULT_EPOCHS)
+    defaults = hparams.HParams(args.lr, args.batch_size, args.weight_decay)
+    try:
+        hp = hparams.resolve(hpo_trial.hyperparameters(), defaults)
+        start = env.start_resource()
+        max_resource = env.max_resource()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    epochs = args.epochs if args.epochs is not None else (max_resource or DEFAULT_EPOCHS)
     if epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {epochs}")
     metric = args.metric or env.metric_name() or "accuracy"
@@ -121,12 +128,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
         raise ConfigError(f"metric {metric!r} is not one this trainer reports: use {' or '.join(METRICS)}")
     if not 0 < args.val_fraction < 1:
         raise ConfigError(f"--val-fraction must be between 0 and 1, got {args.val_fraction}")
-    defaults = hparams.HParams(args.lr, args.batch_size, args.weight_decay)
-    try:
-        hp = hparams.resolve(hpo_trial.hyperparameters(), defaults)
-        start = env.start_resource()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
     image_size = args.image_size
     if image_size is None:
         # Digits are 8x8: upsample just enough that the model's strides leave some spatial extent.
