@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .binaries import REPO_ROOT
-from .controlplane import ControlPlane, Timings
+from .controlplane import ControlPlane, Timings, kubeconfig_text
 from .kubelet import GPU, NOT_READY_TAINT, PROVISIONER, STORAGE_CLASS, AgentConfig
 from .procs import ManagedProcess, pid_alive, wait_pid_gone
 from .rest import ApiError, Kube
@@ -108,6 +108,19 @@ class LocalCluster:
         token: str = resp["status"]["token"]
         return token
 
+    def service_account_kubeconfig(
+        self, namespace: str, service_account: str = "default", path: Path | None = None
+    ) -> Path:
+        """A kubeconfig that acts as the ServiceAccount, for a local process (kopf, kubectl, a script)."""
+        token = self.service_account_token(namespace, service_account)
+        path = path or self.root / "kubeconfigs" / f"{namespace}_{service_account}.kubeconfig"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            kubeconfig_text(self.server, self.ca_file, token, name=f"{namespace}-{service_account}")
+        )
+        path.chmod(0o600)
+        return path
+
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (kubectl, helm, kopf) that should talk to this cluster as admin."""
         return {"KUBECONFIG": str(self.kubeconfig)}
@@ -117,10 +130,7 @@ class LocalCluster:
     def up(self, timeout: float = 90.0) -> None:
         started = time.monotonic()
         try:
-            self.control_plane.start(timeout)
-            self._create_storage_class()
-            for name in self.node_names:
-                self.start_node(name, wait=False)
+            self.control_plane.start(timeout, on_apiserver_ready=self._boot_nodes)
             for name in self.node_names:
                 self.wait_node_ready(name, timeout)
         except BaseException:
@@ -128,6 +138,11 @@ class LocalCluster:
             raise
         self.bring_up_s = time.monotonic() - started
         self._write_state()
+
+    def _boot_nodes(self) -> None:
+        self._create_storage_class()
+        for name in self.node_names:
+            self.start_node(name, wait=False)
 
     def _create_storage_class(self) -> None:
         sc = {
@@ -175,7 +190,7 @@ class LocalCluster:
         env["PYTHONUNBUFFERED"] = "1"
         self.agents[name] = ManagedProcess(
             f"agent-{name}",
-            [sys.executable, "-m", "tests.cluster.kubelet", str(cfg_path)],
+            [sys.executable, "-m", "tests.cluster.node_agent", str(cfg_path)],
             self.log_dir / f"agent-{name}.log",
             env=env,
             cwd=REPO_ROOT,

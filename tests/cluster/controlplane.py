@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,7 +93,12 @@ class ControlPlane:
     def admin(self) -> Kube:
         return Kube(self.server, self.admin_token, str(self.ca_crt))
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, on_apiserver_ready: Callable[[], None] | None = None) -> None:
+        """Start everything and wait until it serves.
+
+        ``on_apiserver_ready`` runs as soon as the apiserver answers, while the controllers start, so
+        that node agents can boot in parallel with them.
+        """
         bins = self.binaries or find_binaries()
         self.root.mkdir(parents=True, exist_ok=True)
         self.pki = pki = make_pki(self.root / "pki")
@@ -156,6 +162,8 @@ class ControlPlane:
                 return False
 
         wait_for(apiserver_ready, timeout, 0.1, "kube-apiserver /readyz")
+        if on_apiserver_ready is not None:
+            on_apiserver_ready()
         self._spawn(
             "kube-controller-manager",
             [

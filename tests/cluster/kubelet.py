@@ -1,6 +1,6 @@
 """The process kubelet: one agent per node that plays that node's kubelet with local processes.
 
-Run as ``python -m tests.cluster.kubelet CONFIG.json``. The agent registers its Node (capacity with
+Run as ``python -m tests.cluster.node_agent CONFIG.json``. The agent registers its Node (capacity with
 ``nvidia.com/gpu``, Ready, the not-ready taint removed), renews its Lease and Ready condition every
 heartbeat, and runs every pod bound to the node: each container's command as a local process with the
 pod's environment and volumes, its lifecycle reported in the pod's status. Stopping the agent stops
@@ -836,17 +836,25 @@ class Agent:
             if e.status != 409:
                 raise
         self.post_status()
-        node = self.kube.get(f"/api/v1/nodes/{self.cfg.node}")
-        taints = node["spec"].get("taints") or []
-        kept = [t for t in taints if not (t["key"] == NOT_READY_TAINT and t["effect"] == "NoSchedule")]
-        if kept != taints:
-            self.kube.patch(
-                f"/api/v1/nodes/{self.cfg.node}",
-                {
-                    "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
-                    "spec": {"taints": kept or None},
-                },
-            )
+        for _ in range(20):
+            node = self.kube.get(f"/api/v1/nodes/{self.cfg.node}")
+            taints = node["spec"].get("taints") or []
+            kept = [t for t in taints if not (t["key"] == NOT_READY_TAINT and t["effect"] == "NoSchedule")]
+            if kept == taints:
+                break
+            try:
+                # resourceVersion makes this a compare-and-swap: a taint added meanwhile is not lost.
+                self.kube.patch(
+                    f"/api/v1/nodes/{self.cfg.node}",
+                    {
+                        "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+                        "spec": {"taints": kept or None},
+                    },
+                )
+                break
+            except ApiError as e:
+                if e.status != 409:
+                    raise
         self.renew_lease()
 
     def post_status(self) -> None:
