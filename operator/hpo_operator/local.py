@@ -1,0 +1,863 @@
+"""The embedded backend: a study's trials as processes on this machine (`hpo run`).
+
+A thin adapter around the decision core. It starts each trial as a subprocess with the trial
+environment of docs/architecture.md, one per slot (a GPU, via ``CUDA_VISIBLE_DEVICES``, or a share
+of the CPU), reads the JSON-lines reports the trials append to their report files, and asks the core
+what to do on every change and at least every ``poll`` seconds. A pruned or stopped trial gets
+SIGTERM, then, after ``grace`` seconds, SIGKILL of its whole process group.
+
+The deadline is hard: the core is shown a clock ``stop_margin`` seconds ahead of the real one, so it
+stops trials early enough that the grace period and the reaping end before the real deadline.
+
+Everything learned is written to ``DIR/study.json`` (atomically, after every change) and
+``DIR/best.json``; each trial's output goes to ``DIR/trials/<trial>/log.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol, cast
+
+from .budget import Plan
+from .study import (
+    Best,
+    Decision,
+    Finalize,
+    Observation,
+    PruneTrial,
+    Report,
+    StartTrial,
+    StopTrial,
+    Study,
+    StudyError,
+    TrialStatus,
+    TrialView,
+)
+
+DEFAULT_GRACE_SECONDS = 5.0
+DEFAULT_POLL_SECONDS = 0.2
+# More CPU slots than this rarely pay: trials then compete for memory and memory bandwidth.
+MAX_DEFAULT_CPU_SLOTS = 8
+# Present whenever the NVIDIA kernel driver is loaded.
+NVIDIA_DRIVER = Path("/proc/driver/nvidia")
+LOG_TAIL_LINES = 20
+LOG_TAIL_BYTES = 8192
+STUDY_FILE = "study.json"
+BEST_FILE = "best.json"
+FORMAT_VERSION = 1
+
+# The thread pools a trial may start; each is limited to its slot's share of the CPU.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+EXIT_OK = 0
+EXIT_NO_RESULT = 1
+EXIT_INTERRUPTED = 130
+
+
+# --- slots -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one trial runs: a GPU (its ``CUDA_VISIBLE_DEVICES`` entry) or a CPU slot."""
+
+    number: int
+    gpu: str | None
+    threads: int
+
+    def describe(self) -> str:
+        return f"GPU {self.gpu}" if self.gpu is not None else f"CPU slot {self.number}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "gpu": self.gpu, "threads": self.threads}
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity mask, which containers narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs trials may use, as ``CUDA_VISIBLE_DEVICES`` entries.
+
+    A ``CUDA_VISIBLE_DEVICES`` already set narrows the choice to its entries; otherwise
+    ``nvidia-smi -L`` counts the GPUs, and torch does when nvidia-smi is not installed.
+    """
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every GPU.
+        valid = []
+        for entry in entries:
+            if entry.startswith("-"):
+                break
+            valid.append(entry)
+        return valid
+    smi = shutil.which("nvidia-smi")
+    if smi is not None:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if out.returncode != 0:
+            return []
+        count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        return [str(i) for i in range(count)]
+    # Without nvidia-smi ask torch, but only where an NVIDIA driver is loaded: importing torch
+    # takes seconds, and without a driver there is no GPU to find.
+    if not NVIDIA_DRIVER.exists():
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    try:
+        return [str(i) for i in range(int(torch.cuda.device_count()))]
+    except Exception:  # a broken CUDA install means no usable GPU, not a failed study
+        return []
+
+
+def default_cpu_slots(cores: int) -> int:
+    """One single-threaded trial per core, up to MAX_DEFAULT_CPU_SLOTS.
+
+    A trial's start (interpreter, imports, data loading) is single-threaded and small models gain
+    little from a second thread, so on a 2-core machine two one-thread trials get more done than one
+    two-thread trial; and ASHA prunes better with more trials in flight.
+    """
+    return max(1, min(cores, MAX_DEFAULT_CPU_SLOTS))
+
+
+def make_slots(
+    gpus: str, cpu_slots: int | None, *, cores: int | None = None, detected: Sequence[str] | None = None
+) -> list[Slot]:
+    """Slots from ``--gpus auto|N|0`` and ``--cpu-slots``; raises ValueError on an impossible ask."""
+    cores = cpu_count() if cores is None else cores
+    wanted: int | None
+    if gpus == "auto":
+        wanted = None
+    else:
+        try:
+            wanted = int(gpus)
+        except ValueError:
+            raise ValueError(f"--gpus must be 'auto', 0 or a number of GPUs, got {gpus!r}") from None
+        if wanted < 0:
+            raise ValueError(f"--gpus must not be negative, got {wanted}")
+    if cpu_slots is not None and cpu_slots < 1:
+        raise ValueError(f"--cpu-slots must be at least 1, got {cpu_slots}")
+    if wanted != 0:
+        found = list(detect_gpus() if detected is None else detected)
+        if wanted is not None and wanted > len(found):
+            raise ValueError(
+                f"--gpus {wanted} asks for more GPUs than the {len(found)} found "
+                "(nvidia-smi -L, CUDA_VISIBLE_DEVICES); use --gpus 0 to run on the CPU"
+            )
+        use = found if wanted is None else found[:wanted]
+        if use:
+            threads = max(1, cores // len(use))
+            return [Slot(i, gpu, threads) for i, gpu in enumerate(use)]
+    n = cpu_slots if cpu_slots is not None else default_cpu_slots(cores)
+    threads = max(1, cores // n)
+    return [Slot(i, None, threads) for i in range(n)]
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportReader:
+    """Reads a trial's report file incrementally; keeps the first report of each ``seq``."""
+
+    path: Path
+    offset: int = 0
+    partial: bytes = b""
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+    rejected: list[str] = field(default_factory=list)
+
+    def read(self, final: bool = False) -> list[dict[str, Any]]:
+        """New valid reports since the last read. ``final``: the writer is gone, so a last line
+        without its newline is complete as far as it will ever be."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if final and self.partial.strip():
+            lines.append(self.partial)
+            self.partial = b""
+        new = []
+        for line in lines:
+            if not line.strip():
+                continue
+            report = self._parse(line)
+            if report is None or report["seq"] in self.seen:
+                continue
+            self.seen.add(report["seq"])
+            self.reports.append(report)
+            new.append(report)
+        return new
+
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.rejected.append(f"not JSON: {line[:200]!r}")
+            return None
+        if not isinstance(raw, dict):
+            self.rejected.append(f"not a JSON object: {line[:200]!r}")
+            return None
+        seq, resource, value, at = raw.get("seq"), raw.get("resource"), raw.get("value"), raw.get("time")
+        if not _is_int(seq) or not _is_number(resource) or not _is_number(at):
+            self.rejected.append(f"needs integer seq, numeric resource and time: {line[:200]!r}")
+            return None
+        if value is not None and not _is_number(value):
+            self.rejected.append(f"value must be a number or null: {line[:200]!r}")
+            return None
+        extra = raw.get("extra")
+        return {
+            "seq": seq,
+            "resource": resource,
+            "value": value,  # null: not finite, the worst value
+            "time": float(cast(float, at)),  # a number, checked above
+            "extra": extra if isinstance(extra, dict) else {},
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# --- trials ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalTrial:
+    """One trial and its process, as the runner tracks it."""
+
+    index: int
+    name: str
+    params: dict[str, Any]
+    slot: Slot
+    folder: Path
+    reader: ReportReader
+    started_at: float
+    process: subprocess.Popen[bytes] | None = None
+    status: TrialStatus = TrialStatus.RUNNING
+    ended_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None  # why it ended, when the runner ended it or it failed
+    pruned: PruneTrial | None = None
+    term_sent_at: float | None = None
+    killed: bool = False
+    log_tail: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        """The process still runs (and holds its slot)."""
+        return self.process is not None and self.exit_code is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "log.txt"
+
+    def view(self) -> TrialView:
+        reports = tuple(
+            Report(
+                resource=float(r["resource"]),
+                value=math.nan if r["value"] is None else float(r["value"]),
+                time=float(r["time"]),
+            )
+            for r in self.reader.reports
+        )
+        return TrialView(self.index, self.status, reports, self.started_at)
+
+
+def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log (at most LOG_TAIL_BYTES read)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - LOG_TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    """Where the runner tells a person what happens."""
+
+    def log(self, message: str) -> None:
+        """One event, as a line."""
+
+    def update(self, document: Mapping[str, Any]) -> None:
+        """The study as in study.json, after a change or at least every second."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+class SilentProgress:
+    def log(self, message: str) -> None:
+        pass
+
+    def update(self, document: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# --- the runner --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How `hpo run` runs a study; every duration in seconds."""
+
+    name: str
+    command: tuple[str, ...]
+    out_dir: Path
+    slots: tuple[Slot, ...]
+    grace: float = DEFAULT_GRACE_SECONDS
+    """SIGTERM to SIGKILL: time a trial gets to stop on its own."""
+    poll: float = DEFAULT_POLL_SECONDS
+    """Longest pause between two looks at the trials."""
+    config_summary: Mapping[str, Any] = field(default_factory=dict)
+    """The config as study.json records it."""
+    cwd: Path | None = None
+    """The trials' working directory (None: this process's)."""
+
+    @property
+    def stop_margin(self) -> float:
+        """How far ahead of the deadline trials are stopped: the grace period, and a few polls to
+        notice the deadline, escalate to SIGKILL and reap the processes."""
+        return self.grace + 3 * self.poll
+
+
+@dataclass(frozen=True)
+class RunResult:
+    state: str  # Succeeded | Failed | Interrupted
+    exit_code: int
+    best: Best | None
+    document: dict[str, Any]
+
+
+class LocalRunner:
+    """Runs one study on this machine. ``run()`` returns when it is over."""
+
+    def __init__(
+        self,
+        study: Study,
+        options: RunOptions,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.study = study
+        self.options = options
+        self.progress: Progress = progress or SilentProgress()
+        self.clock = clock
+        self.trials: dict[int, LocalTrial] = {}
+        self.started_at = 0.0
+        self.finished_at: float | None = None
+        self.state = "Running"
+        self.reason = ""
+        self.message = ""
+        self.error: str | None = None
+        self.plan: Plan | None = None
+        self.deadline: float | None = None
+        self.best: Best | None = None
+        self.finalize: Finalize | None = None
+        self.interrupts = 0
+        self._last_update = 0.0
+        self._announced_plan: tuple[int, int] | None = None
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        out = self.options.out_dir
+        (out / "trials").mkdir(parents=True, exist_ok=True)
+        self.started_at = self.clock()
+        self._write()
+        with self._signals():
+            try:
+                self._loop()
+            except BaseException as err:
+                # Whatever went wrong, no trial outlives the runner and what was learned is kept.
+                self.state = "Failed"
+                self.error = self.error or f"{type(err).__name__}: {err}"
+                self._stop_all("the runner failed", TrialStatus.STOPPED)
+                self._drain(escalate_now=isinstance(err, KeyboardInterrupt))
+                self._conclude()
+                raise
+        self._conclude()
+        return RunResult(self.state, self._exit_code(), self.best, self.document())
+
+    def _loop(self) -> None:
+        while True:
+            now = self.clock()
+            changed = self._poll(now)
+            if self.interrupts and self.state == "Running":
+                self.state = "Interrupted"
+                self.reason = "interrupted"
+                running = self._stop_all("interrupted", TrialStatus.STOPPED)
+                self.progress.log(f"interrupted: stopping {running} running trial(s)")
+                changed = True
+            if self.interrupts > 1:
+                self._kill_all()
+            if self.state == "Running":
+                changed |= self._decide(now)
+            if self.state != "Running" and not any(t.alive for t in self.trials.values()):
+                return
+            if changed:
+                self._write()
+            if changed or now - self._last_update >= 1.0:
+                self._last_update = now
+                self.progress.update(self.document())
+            time.sleep(self.options.poll)
+
+    def _conclude(self) -> None:
+        """Final reads, the best from every report, and the last write."""
+        now = self.clock()
+        for trial in self.trials.values():
+            self._read_reports(trial, final=True)
+        self.finished_at = now
+        try:
+            final = self._observe(now, free_slots=0)
+            self.best = final.best
+            self.plan = final.plan or self.plan
+            self.deadline = final.deadline if final.deadline is not None else self.deadline
+        except StudyError:
+            pass  # keep the last best decided
+        if self.state == "Running":  # the loop ended without a decision to finalize
+            self.state = "Failed"
+        self._write()
+        self.progress.update(self.document())
+        self.progress.close()
+
+    def _exit_code(self) -> int:
+        if self.state == "Interrupted":
+            return EXIT_INTERRUPTED
+        return EXIT_OK if self.state == "Succeeded" else EXIT_NO_RESULT
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the study cleanly; a second one kills the trials at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self.interrupts += 1
+
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # --- looking at the trials -------------------------------------------------------------------
+
+    def _poll(self, now: float) -> bool:
+        changed = False
+        for trial in self.trials.values():
+            if not trial.alive:
+                continue
+            changed |= self._read_reports(trial)
+            assert trial.process is not None
+            code = trial.process.poll()
+            if code is not None:
+                self._ended(trial, code, self.clock())
+                changed = True
+            elif (
+                trial.term_sent_at is not None
+                and not trial.killed
+                and now >= trial.term_sent_at + self.options.grace
+            ):
+                self._signal_group(trial, signal.SIGKILL)
+                trial.killed = True
+        return changed
+
+    def _read_reports(self, trial: LocalTrial, final: bool = False) -> bool:
+        rejected = len(trial.reader.rejected)
+        new = trial.reader.read(final=final)
+        for line in trial.reader.rejected[rejected:]:
+            self.progress.log(f"{trial.name}: ignored a report line: {line}")
+        for report in new:
+            value = "null" if report["value"] is None else f"{report['value']:.4g}"
+            self.progress.log(
+                f"{trial.name} reported {self.study.config.metric} {value} at {report['resource']:g}"
+            )
+        return bool(new)
+
+    def _ended(self, trial: LocalTrial, code: int, now: float) -> None:
+        self._read_reports(trial, final=True)
+        trial.exit_code = code
+        trial.ended_at = now
+        # Children the trial left behind (data loaders, shells) must not outlive it.
+        self._signal_group(trial, signal.SIGKILL)
+        if trial.status is TrialStatus.RUNNING:
+            if code == 0:
+                trial.status = TrialStatus.COMPLETED
+                self.progress.log(f"{trial.name} completed")
+            else:
+                trial.status = TrialStatus.FAILED
+                trial.reason = describe_exit(code)
+                trial.log_tail = read_log_tail(trial.log_path)
+                last = trial.log_tail.splitlines()[-1] if trial.log_tail else "(no output)"
+                self.progress.log(f"{trial.name} failed ({trial.reason}): {last}")
+        elif trial.killed:
+            trial.log_tail = read_log_tail(trial.log_path)
+
+    def _observe(self, now: float, free_slots: int) -> Decision:
+        # The core sees the clock stop_margin ahead, so its deadline stops leave time to stop.
+        observation = Observation(
+            started_at=self.started_at,
+            now=now + self.options.stop_margin,
+            free_slots=free_slots,
+            trials=tuple(t.view() for t in self.trials.values()),
+        )
+        return self.study.decide(observation)
+
+    # --- deciding --------------------------------------------------------------------------------
+
+    def _free_slots(self) -> list[Slot]:
+        busy = {t.slot.number for t in self.trials.values() if t.alive}
+        return [s for s in self.options.slots if s.number not in busy]
+
+    def _decide(self, now: float) -> bool:
+        free = self._free_slots()
+        try:
+            decision = self._observe(now, len(free))
+        except StudyError as err:
+            self.error = str(err)
+            self.state = "Failed"
+            self.reason = str(err)
+            self._stop_all("the study cannot continue", TrialStatus.STOPPED)
+            raise
+        changed = (decision.plan, decision.deadline, decision.best, decision.message) != (
+            self.plan,
+            self.deadline,
+            self.best,
+            self.message,
+        )
+        self.plan, self.deadline, self.best, self.message = (
+            decision.plan,
+            decision.deadline,
+            decision.best,
+            decision.message,
+        )
+        self._announce_plan()
+        for action in decision.actions:
+            changed = True
+            if isinstance(action, PruneTrial):
+                self._prune(action)
+            elif isinstance(action, StopTrial):
+                self._stop(self.trials[action.index], action.reason, TrialStatus.STOPPED)
+            elif isinstance(action, StartTrial):
+                if not free:
+                    # The slot of a trial still stopping: the core asks again once it is free.
+                    continue
+                self._start(action, free.pop(0))
+            elif isinstance(action, Finalize):
+                self.finalize = action
+                self.state = "Succeeded" if action.succeeded else "Failed"
+                self.reason = action.reason
+                self.best = action.best
+                self.progress.log(f"study over: {action.reason}")
+        return changed
+
+    def _announce_plan(self) -> None:
+        plan = self.plan
+        if plan is None or self.deadline is None:
+            return
+        key = (plan.planned_trials, len(plan.rungs))
+        if key == self._announced_plan:
+            return
+        self._announced_plan = key
+        rungs = ", ".join(f"{r:g}" for r in plan.rungs) or "none"
+        self.progress.log(
+            f"plan: {plan.planned_trials} trials, {plan.parallelism} at once, eta {plan.eta}, "
+            f"rungs {rungs}, R {plan.max_resource:g}; budget {plan.budget_seconds:.0f}s "
+            f"(epoch {plan.epoch_seconds:.2f}s)"
+        )
+
+    def _prune(self, action: PruneTrial) -> None:
+        trial = self.trials[action.index]
+        if not trial.status.active:
+            return
+        trial.pruned = action
+        worse = "below" if self.study.config.mode == "max" else "above"
+        self.progress.log(
+            f"{trial.name} pruned at rung {action.rung} (resource {action.resource:g}): "
+            f"{action.value:.4g} is {worse} the cut-off {action.cutoff:.4g}"
+        )
+        self._stop(trial, f"pruned at rung {action.rung}", TrialStatus.PRUNED)
+
+    def _stop(self, trial: LocalTrial, reason: str, status: TrialStatus) -> None:
+        if not trial.status.active:
+            return
+        trial.status = status
+        trial.reason = reason
+        if trial.alive:
+            if status is TrialStatus.STOPPED:
+                self.progress.log(f"{trial.name} stopped: {reason}")
+            trial.term_sent_at = self.clock()
+            self._signal_group(trial, signal.SIGTERM)
+
+    def _stop_all(self, reason: str, status: TrialStatus) -> int:
+        running = [t for t in self.trials.values() if t.status.active]
+        for trial in running:
+            self._stop(trial, reason, status)
+        return len(running)
+
+    def _kill_all(self) -> None:
+        for trial in self.trials.values():
+            if trial.alive and not trial.killed:
+                self._signal_group(trial, signal.SIGKILL)
+                trial.killed = True
+
+    def _drain(self, escalate_now: bool = False) -> None:
+        """Waits for every process to end, escalating to SIGKILL after the grace period."""
+        if escalate_now:
+            self._kill_all()
+        while any(t.alive for t in self.trials.values()):
+            self._poll(self.clock())
+            time.sleep(min(self.options.poll, 0.05))
+
+    @staticmethod
+    def _signal_group(trial: LocalTrial, signum: int) -> None:
+        if trial.process is None:
+            return
+        with suppress(ProcessLookupError, PermissionError):  # already gone
+            os.killpg(trial.process.pid, signum)
+
+    # --- starting ------------------------------------------------------------------------------
+
+    def trial_environment(
+        self, name: str, params: Mapping[str, Any], slot: Slot, folder: Path
+    ) -> dict[str, str]:
+        """This process's environment, with the trial contract's variables and the slot's limits."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+        checkpoints = folder / "checkpoints"
+        env |= {
+            "HPO_STUDY": self.options.name,
+            "HPO_TRIAL": name,
+            "HPO_HYPERPARAMETERS": json.dumps(dict(params)),
+            "HPO_METRIC": self.study.config.metric,
+            "HPO_MAX_RESOURCE": _resource_text(self.study.config.max_resource),
+            "HPO_CHECKPOINT_DIR": str(checkpoints.resolve()),
+            "HPO_REPORT_FILE": str((folder / "reports.jsonl").resolve()),
+            # Live logs: a crashing trial's last lines are in its log, not lost in a buffer.
+            "PYTHONUNBUFFERED": "1",
+        }
+        # One trial per slot: a GPU trial sees only its GPU, a CPU trial none.
+        env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+        for variable in THREAD_VARIABLES:
+            env[variable] = str(slot.threads)
+        return env
+
+    def _start(self, action: StartTrial, slot: Slot) -> None:
+        name = f"{self.options.name}-{action.index}"
+        folder = self.options.out_dir / "trials" / name
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        reports = folder / "reports.jsonl"
+        reports.write_bytes(b"")
+        env = self.trial_environment(name, action.params, slot, folder)
+        trial = LocalTrial(
+            index=action.index,
+            name=name,
+            params=dict(action.params),
+            slot=slot,
+            folder=folder,
+            reader=ReportReader(reports),
+            started_at=self.clock(),
+        )
+        self.trials[action.index] = trial
+        with trial.log_path.open("wb") as log:
+            try:
+                trial.process = subprocess.Popen(
+                    list(self.options.command),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.options.cwd,
+                    start_new_session=True,  # its own process group, out of reach of the terminal's ^C
+                )
+            except OSError as err:
+                log.write(f"cannot start {self.options.command[0]}: {err}\n".encode())
+                trial.status = TrialStatus.FAILED
+                trial.exit_code = 127 if isinstance(err, FileNotFoundError) else 126
+                trial.ended_at = trial.started_at
+                trial.reason = f"cannot start: {err.strerror or err}"
+                self.progress.log(f"{name} failed: {trial.reason}")
+                return
+        params = ", ".join(f"{k}={v}" for k, v in action.params.items())
+        self.progress.log(f"{name} started on {slot.describe()}: {params}")
+
+    # --- results -------------------------------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        """study.json: the config, the plan, every trial with its reports and outcome, the best."""
+        now = self.clock()
+        end = self.finished_at if self.finished_at is not None else now
+        rungs = self.plan.rungs if self.plan else ()
+        counts = {s.value.lower(): 0 for s in TrialStatus}
+        for t in self.trials.values():
+            counts[t.status.value.lower()] += 1
+        counts["total"] = len(self.trials)
+        budget: dict[str, Any] = {
+            "seconds": None if self.deadline is None else _round(self.deadline - self.started_at),
+            "usedSeconds": _round(end - self.started_at),
+            "stopMarginSeconds": _round(self.options.stop_margin),
+            "finishedInsideSeconds": None,
+        }
+        if self.deadline is not None and self.finished_at is not None:
+            budget["finishedInsideSeconds"] = _round(self.deadline - self.finished_at)
+        return {
+            "format": FORMAT_VERSION,
+            "name": self.options.name,
+            "state": self.state,
+            "reason": self.reason,
+            "message": self.message,
+            "error": self.error,
+            "config": dict(self.options.config_summary),
+            "command": list(self.options.command),
+            "slots": [s.as_dict() for s in self.options.slots],
+            "graceSeconds": self.options.grace,
+            "startedAt": _round(self.started_at),
+            "deadline": None if self.deadline is None else _round(self.deadline),
+            "finishedAt": None if self.finished_at is None else _round(self.finished_at),
+            "updatedAt": _round(now),
+            "plan": self.plan.to_status() if self.plan else None,
+            "budget": budget,
+            "counts": counts,
+            "best": self._best_document(),
+            "trials": [
+                self._trial_document(t, rungs) for t in sorted(self.trials.values(), key=lambda t: t.index)
+            ],
+        }
+
+    def _best_document(self) -> dict[str, Any] | None:
+        best = self.best
+        if best is None:
+            return None
+        trial = self.trials.get(best.index)
+        return {
+            "trial": trial.name if trial else f"{self.options.name}-{best.index}",
+            "index": best.index,
+            "metric": self.study.config.metric,
+            "mode": self.study.config.mode,
+            "value": _finite(best.value),
+            "resource": best.resource,
+            "hyperparameters": best.params,
+        }
+
+    def _trial_document(self, t: LocalTrial, rungs: Sequence[float]) -> dict[str, Any]:
+        pruned = t.pruned
+        # The highest rung the trial was recorded at: a pruned trial's reports past its rung
+        # (sent before SIGTERM took effect) do not count.
+        top = max((r["resource"] for r in t.reader.reports), default=None)
+        rung = None if top is None else sum(1 for r in rungs if top >= r) - 1
+        if pruned is not None:
+            rung = pruned.rung
+        return {
+            "index": t.index,
+            "name": t.name,
+            "status": t.status.value,
+            "reason": t.reason,
+            "params": t.params,
+            "slot": t.slot.as_dict(),
+            "startedAt": _round(t.started_at),
+            "endedAt": None if t.ended_at is None else _round(t.ended_at),
+            "exitCode": t.exit_code,
+            "killed": t.killed,
+            "rung": None if rung is None or rung < 0 else rung,
+            "pruned": None
+            if pruned is None
+            else {
+                "rung": pruned.rung,
+                "resource": pruned.resource,
+                "value": _finite(pruned.value),
+                "cutoff": _finite(pruned.cutoff),
+            },
+            "reports": t.reader.reports,
+            "rejectedReports": len(t.reader.rejected),
+            "log": str(t.log_path.relative_to(self.options.out_dir)),
+            "logTail": t.log_tail,
+        }
+
+    def _write(self) -> None:
+        document = self.document()
+        write_json_atomic(self.options.out_dir / STUDY_FILE, document)
+        if document["best"] is not None:
+            write_json_atomic(
+                self.options.out_dir / BEST_FILE, {"study": self.options.name, **document["best"]}
+            )
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Writes JSON to a temporary file beside ``path`` and renames it over ``path``: a reader (or a
+    crash) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a non-finite value (the worst) is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def _round(seconds: float) -> float:
+    return round(seconds, 3)
+
+
+def _resource_text(resource: float) -> str:
+    return str(int(resource)) if float(resource).is_integer() else str(resource)
