@@ -292,3 +292,216 @@ def manifest(
         metadata["namespace"] = namespace
     doc = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "HPOStudy", "metadata": metadata, "spec": spec}
     click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
+
+
+# --- the local backend: hpo run | status | plot -------------------------------------------------
+
+
+def _default_study_name(config: Path) -> str:
+    """The config's folder for the conventional name hpo_config.yaml, else the file's stem."""
+    import re
+
+    base = config.resolve().parent.name if config.stem == "hpo_config" else config.stem
+    name = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")
+    return name or "study"
+
+
+def _config_summary(path: Path, study: StudyConfig) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "metric": study.metric,
+        "mode": study.mode,
+        "maximumResource": study.max_resource,
+        "minimumResource": study.min_resource,
+        "reductionFactor": study.reduction_factor,
+        "seed": study.seed,
+        "hpSpace": {p.name: p.describe() for p in study.space.params},
+        "budget": {
+            "timeRatio": study.budget.time_ratio,
+            "trainTime": study.budget.train_time,
+            "deadline": study.budget.deadline,
+        },
+    }
+
+
+def _check_command(argv: tuple[str, ...]) -> None:
+    import os
+    import shutil
+
+    program = argv[0]
+    if "/" in program:
+        if not (Path(program).is_file() and os.access(program, os.X_OK)):
+            fail(f"the trial command {program!r} is not an executable file")
+    elif shutil.which(program) is None:
+        fail(f"the trial command {program!r} is not on PATH")
+
+
+@main.command(name="run")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@_plan_options
+@click.option(
+    "--gpus",
+    default="auto",
+    show_default=True,
+    help="GPUs to use, one trial each: 'auto' (all found), N (the first N), or 0 (CPU slots)",
+)
+@click.option(
+    "--cpu-slots",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Trials at once without GPUs [one per core, at most 8]; each gets cores/slots threads",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Results folder [./hpo-runs/NAME-TIMESTAMP]",
+)
+@click.option("--name", default=None, help="The study's name, prefix of trial names [from the config's path]")
+@click.option(
+    "--grace", type=DURATION, default=5.0, show_default=True, help="SIGTERM to SIGKILL for a stopped trial"
+)
+@click.option(
+    "--poll", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between looks"
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@bad_input_exits
+def run_command(
+    config: Path,
+    train_time: float | None,
+    time_ratio: float | None,
+    budget: float | None,
+    max_resource: float | None,
+    gpus: str,
+    cpu_slots: int | None,
+    out_dir: Path | None,
+    name: str | None,
+    grace: float,
+    poll: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run a study on this machine: each trial is COMMAND (after --) as a subprocess.
+
+    Trials get the trial environment (HPO_HYPERPARAMETERS, HPO_REPORT_FILE, ...) and report with
+    hpo_trial.report(). Results go to DIR/study.json, DIR/best.json and DIR/trials/<trial>/log.txt.
+    Exit status: 0 with a best configuration, 1 without one, 2 for bad input or a budget too small
+    for one training, 130 when interrupted (Ctrl-C or SIGTERM; results are still written).
+    """
+    import re
+    import time as _time
+
+    from .config import BudgetSpec
+    from .local import LocalRunner, RunOptions, make_slots
+    from .progress import LineProgress, TerminalProgress
+    from .study import Study, StudyError
+
+    study_config = _with_max_resource(load_config(config)[0], max_resource)
+    if budget is not None and train_time is not None:
+        fail("give either --budget or --train-time (with --time-ratio), not both")
+    budget_seconds(study_config, train_time, time_ratio, budget)  # checks the combination
+    study_config = replace(
+        study_config,
+        budget=BudgetSpec(
+            time_ratio=time_ratio if time_ratio is not None else study_config.budget.time_ratio,
+            train_time=train_time,
+            deadline=budget,
+        ),
+    )
+    _check_command(command)
+    name = name or _default_study_name(config)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        fail(f"--name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit")
+    if out_dir is None:
+        out_dir = Path("hpo-runs") / f"{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    if (out_dir / "study.json").exists():
+        fail(f"{out_dir} already holds a study (study.json): choose another --out")
+    try:
+        slots = make_slots(gpus, cpu_slots)
+    except ValueError as err:
+        fail(str(err))
+    study = Study(study_config, slots=len(slots))
+    try:
+        study.plan(())  # a budget given up front must hold one training
+    except StudyError as err:
+        fail(str(err))
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LineProgress(sys.stderr)
+    where = ", ".join(s.describe() for s in slots)
+    click.echo(f"study {name}: {len(slots)} slot(s) ({where}); results in {out_dir}", err=True)
+    options = RunOptions(
+        name=name,
+        command=command,
+        out_dir=out_dir,
+        slots=tuple(slots),
+        grace=grace,
+        poll=poll,
+        config_summary=_config_summary(config, study_config),
+    )
+    try:
+        result = LocalRunner(study, options, progress).run()
+    except StudyError as err:
+        fail(f"{err} (results so far in {out_dir})")
+    best = result.document["best"]
+    if best is None:
+        click.echo(f"no trial reported a usable {study_config.metric}; see {out_dir}/study.json", err=True)
+    else:
+        where = f"at resource {best['resource']:g}"
+        click.echo(f"best trial {best['trial']}: {best['metric']} {best['value']} {where}")
+        for key, value in best["hyperparameters"].items():
+            click.echo(f"  {key}: {value}")
+    click.echo(f"results: {out_dir}/study.json and best.json; hpo status|plot {out_dir}", err=True)
+    sys.exit(result.exit_code)
+
+
+def _load_local_study(target: Path) -> dict[str, Any]:
+    path = target / "study.json" if target.is_dir() else target
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as err:
+        fail(f"{path}: cannot read: {err.strerror}")
+    except json.JSONDecodeError as err:
+        fail(f"{path}: not a study.json: {err}")
+    if not isinstance(doc, dict) or "trials" not in doc or "startedAt" not in doc:
+        fail(f"{path}: not a study.json written by hpo run")
+    return dict(doc)
+
+
+@main.command(name="status")
+@click.argument("target")
+def status_command(target: str) -> None:
+    """Show a study: TARGET is a local study's folder (hpo run --out) or its study.json."""
+    import time as _time
+
+    from .progress import render
+
+    path = Path(target)
+    if not (path.is_dir() or path.name == "study.json"):
+        fail(f"{target}: no such study folder (give the folder hpo run wrote, holding study.json)")
+    doc = _load_local_study(path)
+    now = _time.time()
+    for line in render(doc, now):
+        click.echo(line)
+    if doc.get("finishedAt") is None and now - float(doc.get("updatedAt", now)) > 30:
+        click.echo(f"(last updated {now - float(doc['updatedAt']):.0f}s ago: is its hpo run still running?)")
+    for trial in doc["trials"]:
+        if trial["status"] == "Failed" and trial.get("logTail"):
+            click.echo(f"\n{trial['name']} ({trial.get('reason')}), last lines of {trial['log']}:")
+            for line in str(trial["logTail"]).splitlines():
+                click.echo(f"  {line}")
+
+
+@main.command(name="plot")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[DIR/study.png]"
+)
+def plot_command(directory: Path, output: Path | None) -> None:
+    """Draw a local study's learning curves and trials over time to a PNG."""
+    doc = _load_local_study(directory)
+    try:
+        from .plot import plot_study
+
+        written = plot_study(doc, output or directory / "study.png")
+    except ImportError:
+        fail("hpo plot needs matplotlib: pip install 'hpo-operator[plot]'")
+    click.echo(str(written))
