@@ -1,0 +1,153 @@
+"""The work queue that runs reconciles: one study at a time per key, as soon as something changes.
+
+Watch events (studies, their HPOTrials, Jobs and pods) enqueue the study's key; a key already
+queued is not queued twice, and a key that changes while it is being reconciled runs once more
+right after. Each reconcile says when it wants to run again (the deadline, a resync); a periodic
+listing of every study catches anything a watch missed. The queue holds no state of a study: a
+fresh engine after a restart reconciles the same studies to the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import ApiError
+from .metrics import Metrics, NullMetrics
+from .reconcile import reconcile
+from .resources import GROUP, STUDY_PLURAL, VERSION
+from .world import Cluster, study_path
+
+log = logging.getLogger("hpo_operator")
+Key = tuple[str, str]  # (namespace, study name)
+
+
+@dataclass
+class EngineSettings:
+    workers: int = 4
+    """Studies reconciled at once (each reconcile runs in a thread: the API client is blocking)."""
+    resync_seconds: float = 30.0
+    """How often every study is listed and reconciled, whatever the watches said."""
+    error_backoff_seconds: float = 1.0
+    """Delay before a reconcile that raised is tried again."""
+
+
+@dataclass
+class Engine:
+    cluster: Cluster
+    namespaces: tuple[str, ...] = ()  # () = every namespace
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=NullMetrics)
+    _queue: asyncio.Queue[Key] = field(default_factory=asyncio.Queue, init=False)
+    _queued: set[Key] = field(default_factory=set, init=False)
+    _running: set[Key] = field(default_factory=set, init=False)
+    _dirty: set[Key] = field(default_factory=set, init=False)
+    _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict, init=False)
+    _generations: dict[Key, Any] = field(default_factory=dict, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+
+    # --- triggers -------------------------------------------------------------------------------
+
+    def enqueue(self, key: Key) -> None:
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def enqueue_after(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.enqueue(key)
+
+    def study_event(self, kind: str | None, body: Any) -> None:
+        """A study changed: reconcile it unless only its status did (the operator's own write)."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if kind == "DELETED":
+            self._generations.pop(key, None)
+            return
+        if self._generations.get(key) != meta.get("generation") or kind is None:
+            self._generations[key] = meta.get("generation")
+            self.enqueue(key)
+
+    def child_event(self, namespace: str | None, study: str | None) -> None:
+        if namespace and study:
+            self.enqueue((namespace, study))
+
+    # --- running --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
+        self._tasks.append(asyncio.create_task(self._resync()))
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            try:
+                again = await asyncio.to_thread(self.reconcile_once, key)
+            except Exception as err:  # a failed reconcile is retried; the operator keeps going
+                log.warning("reconcile of %s/%s failed: %s", *key, err)
+                self.metrics.failed(*key, err)
+                again = self.settings.error_backoff_seconds
+            finally:
+                self._running.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.enqueue(key)
+            elif again is not None:
+                self.enqueue_after(key, again)
+
+    def reconcile_once(self, key: Key) -> float | None:
+        """Read, decide, write; returns when to look again (None: only when something changes)."""
+        started = time.monotonic()
+        world = self.cluster.read(*key)
+        if world is None:
+            return None
+        outcome = reconcile(world, self.clock())
+        self.cluster.apply(world, outcome)
+        self.metrics.observe(world, outcome, time.monotonic() - started)
+        return outcome.requeue_after
+
+    async def _resync(self) -> None:
+        while True:
+            try:
+                for key in await asyncio.to_thread(self._list_studies):
+                    self.enqueue(key)
+            except (ApiError, OSError) as err:
+                log.warning("listing studies failed: %s", err)
+            await asyncio.sleep(self.settings.resync_seconds)
+
+    def _list_studies(self) -> list[Key]:
+        paths = [study_path(ns) for ns in self.namespaces] or [f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"]
+        return [
+            (study["metadata"]["namespace"], study["metadata"]["name"])
+            for path in paths
+            for study in self.cluster.api.list(path)
+        ]

@@ -1,0 +1,66 @@
+"""The kopf handlers: watch events in, keys onto the engine's queue out.
+
+kopf serves the watches, the login and the liveness probe; it stores nothing on the objects (no
+progress annotations, no finalizers), so a study can be deleted while the operator is down. A
+study is validated in every reconcile, so one created while the operator was away is handled on
+its start exactly like a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from .engine import Engine
+from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION
+
+CHILD = {STUDY_LABEL: kopf.PRESENT}
+
+
+def _engine(memo: Any) -> Engine:
+    engine: Engine = memo.engine
+    return engine
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.scanning.disabled = True  # no CRD/namespace watching: nothing beyond the chart's RBAC
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    await _engine(memo).start()
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    await _engine(memo).stop()
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """The same credentials as the engine's API client (kubeconfig or in-cluster)."""
+    info: kopf.ConnectionInfo = memo.connection
+    return info
+
+
+@kopf.on.event(GROUP, VERSION, STUDY_PLURAL)
+async def study_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _engine(memo).study_event(type, body)
+
+
+@kopf.on.event(GROUP, VERSION, TRIAL_PLURAL)
+async def trial_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    # A report appended by the trial lands here: the reconcile that may prune it starts now.
+    _engine(memo).child_event(namespace, body.get("spec", {}).get("study"))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD)
+async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _engine(memo).child_event(namespace, labels.get(STUDY_LABEL))
+
+
+@kopf.on.event("", "v1", "pods", labels=CHILD)
+async def pod_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    # A pod that ends frees its GPU before its Job says it is complete: start the next trial now.
+    _engine(memo).child_event(namespace, labels.get(STUDY_LABEL))

@@ -1,0 +1,179 @@
+"""From API objects to the decision core's view of a trial: pure functions of dicts.
+
+A trial's state is the HPOTrial's own verdict once the operator wrote one (Completed, Pruned,
+Failed, Stopped); before that it is read from its Job and pod, the pod first because it says
+"finished" a moment before the Job controller does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..study import Report, TrialStatus, TrialView
+from .resources import TERMINAL_TRIAL_PHASES
+
+JSON = dict[str, Any]
+
+
+def to_timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def to_rfc3339(seconds: float, micro: bool = False) -> str:
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.isoformat(timespec="microseconds" if micro else "seconds").replace("+00:00", "Z")
+
+
+def reports_of(trial: Mapping[str, Any]) -> tuple[Report, ...]:
+    """The trial's reports, the first of each ``seq`` (a retried report may arrive twice)."""
+    seen: set[int] = set()
+    out = []
+    for raw in (trial.get("status") or {}).get("reports") or []:
+        seq = raw.get("seq")
+        if seq in seen or raw.get("resource") is None or raw.get("time") is None:
+            continue
+        seen.add(seq)
+        value = raw.get("value")
+        out.append(
+            Report(float(raw["resource"]), math.nan if value is None else float(value), float(raw["time"]))
+        )
+    return tuple(out)
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind and c.get("status") == "True":
+            return c  # type: ignore[no-any-return]
+    return None
+
+
+def newest_pod(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = (status.get("state") or {}).get("terminated")
+        if state and state.get("exitCode", 0) != 0:
+            return state  # type: ignore[no-any-return]
+    return None
+
+
+def pod_started_at(pod: Mapping[str, Any]) -> float | None:
+    """When the trial's container began running (or the pod started, where that is all there is)."""
+    status = pod.get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        started = (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        if started:
+            return to_timestamp(started)
+    if status.get("phase") in ("Running", "Succeeded", "Failed"):
+        return to_timestamp(status.get("startTime"))
+    return None
+
+
+def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
+    if (pod.get("status") or {}).get("phase") != "Pending":
+        return None
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if (
+            c.get("type") == "PodScheduled"
+            and c.get("status") == "False"
+            and c.get("reason") == "Unschedulable"
+        ):
+            return str(c.get("message") or "Unschedulable")
+    return None
+
+
+@dataclass(frozen=True)
+class TrialState:
+    """A trial as read from the API: what the core sees, and what the HPOTrial status should say."""
+
+    name: str
+    view: TrialView
+    status: JSON  # the HPOTrial status fields the operator owns, as they should be now
+    has_pod: bool
+    job_exists: bool
+    unschedulable: str | None = None
+
+
+def _finished(phase: str, reason: str, message: str, exit_code: int | None = None) -> JSON:
+    out: JSON = {"phase": phase, "reason": reason, "message": message}
+    if exit_code is not None:
+        out["exitCode"] = exit_code
+    return out
+
+
+def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, started: bool) -> JSON:
+    """Phase (and reason) of a trial the operator has not settled yet, from its Job and pod."""
+    pod_phase = (pod.get("status") or {}).get("phase") if pod else None
+    failed = _condition(job, "Failed") if job else None
+    if failed and failed.get("reason") == "DeadlineExceeded":
+        return _finished(
+            "Stopped", "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
+        )
+    if (job and _condition(job, "Complete")) or pod_phase == "Succeeded":
+        return _finished("Completed", "Completed", "the trial exited with status 0", 0)
+    if failed or pod_phase == "Failed":
+        state = _terminated(pod) if pod else None
+        code = state.get("exitCode") if state else None
+        why = (state or {}).get("reason") or (failed or {}).get("reason") or "Failed"
+        detail = (failed or {}).get("message") or ""
+        message = f"exit code {code}" if code is not None else "the trial's pod failed"
+        return _finished("Failed", str(why), message + (f": {detail}" if detail else ""), code)
+    if job is None and started:
+        return _finished("Failed", "JobDeleted", "its Job was deleted while the trial ran")
+    if pod_phase == "Running":
+        return {"phase": "Running"}
+    return {"phase": "Pending"}
+
+
+def observe_trial(
+    trial: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: float
+) -> TrialState:
+    meta, current = trial["metadata"], trial.get("status") or {}
+    reports = reports_of(trial)
+    pod = newest_pod([p for p in pods if not p["metadata"].get("deletionTimestamp")]) or newest_pod(pods)
+    started_text = current.get("startedAt")
+    started_at = to_timestamp(started_text)
+    if started_at is None and pod is not None:
+        started_at = pod_started_at(pod)
+        started_text = to_rfc3339(started_at) if started_at is not None else None
+    if current.get("phase") in TERMINAL_TRIAL_PHASES:
+        status: JSON = {"phase": current["phase"]}
+    else:
+        status = _verdict(job, pod, started_text is not None)
+        if status["phase"] in TERMINAL_TRIAL_PHASES:
+            status["finishedAt"] = to_rfc3339(now)
+    if started_text:
+        status["startedAt"] = started_text
+    if reports:
+        last = max(reports, key=lambda r: (r.time, r.resource))
+        status["resource"] = max(r.resource for r in reports)
+        status["lastValue"] = None if math.isnan(last.value) else last.value
+    view = TrialView(
+        index=int(trial["spec"]["index"]),
+        status=TrialStatus(status["phase"]),
+        reports=reports,
+        started_at=started_at,
+    )
+    return TrialState(
+        name=meta["name"],
+        view=view,
+        status=status,
+        has_pod=pod is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
+        job_exists=job is not None,
+        unschedulable=unschedulable_message(pod) if pod else None,
+    )
+
+
+def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> JSON:
+    """The keys of ``desired`` whose values differ from ``current`` (a merge patch; {} if none)."""
+    current = current or {}
+    return {k: v for k, v in desired.items() if current.get(k) != v}

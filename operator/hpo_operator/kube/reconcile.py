@@ -1,0 +1,402 @@
+"""One study's reconcile, as a pure function: the world as read from the API -> the writes to make.
+
+Level-based: it reads everything it needs (the study, its HPOTrials, their Jobs and pods, the GPU
+capacity), asks the decision core, and returns only the writes that change something. State lives
+in the API (the study's ``status.budget.startedAt``, the HPOTrials and their reports), so any
+operator, restarted or not, computes the same writes from the same world. world.py does the I/O.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError, StudyConfig, study_config_from_spec
+from ..study import (
+    Decision,
+    Finalize,
+    Observation,
+    PruneTrial,
+    StartTrial,
+    StopTrial,
+    Study,
+    StudyError,
+)
+from .builders import build_job, build_trial, build_trial_access
+from .capacity import Capacity
+from .observe import TrialState, observe_trial, status_patch, to_rfc3339, to_timestamp
+from .resources import TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
+
+JSON = dict[str, Any]
+
+# How often a running study is looked at even when nothing it watches changes: other workloads'
+# pods free GPUs without an event the operator watches.
+RESYNC_SECONDS = 5.0
+# While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
+ACCESS_RETRY_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything one reconcile of a study reads."""
+
+    study: JSON
+    trials: tuple[JSON, ...] = ()
+    jobs: Mapping[str, JSON] = field(default_factory=dict)  # by name (= the trial's name)
+    pods: Mapping[str, tuple[JSON, ...]] = field(default_factory=dict)  # by trial name
+    capacity: Capacity = field(default_factory=lambda: Capacity(0, 0))
+    access: str = "missing"  # the trials' ServiceAccount: "missing", "waiting" (for its token) or "ready"
+
+
+# --- the writes ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    type: str = "Normal"
+
+
+@dataclass(frozen=True)
+class CreateAccess:
+    objects: tuple[JSON, ...]
+
+
+@dataclass(frozen=True)
+class CreateTrial:
+    """Create the HPOTrial (409: it exists), then its Job owned by it; the event only if new."""
+
+    trial: JSON
+    job: JSON
+    event: Event
+
+
+@dataclass(frozen=True)
+class CreateJob:
+    trial: str
+    job: JSON
+
+
+@dataclass(frozen=True)
+class PatchTrialStatus:
+    trial: str
+    patch: JSON
+    event: Event | None = None
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    """Background propagation: the Job goes at once, the garbage collector deletes its pod."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class PatchJobDeadline:
+    name: str
+    seconds: int
+
+
+Write = CreateAccess | CreateTrial | CreateJob | PatchTrialStatus | DeleteJob | PatchJobDeadline
+
+
+@dataclass(frozen=True)
+class Outcome:
+    writes: list[Write] = field(default_factory=list)
+    status: JSON | None = None  # a merge patch of the study's status, None when nothing changed
+    first_status: JSON | None = None  # written before anything else: the budget's start
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    decision: Decision | None = None
+
+
+# --- conditions ---------------------------------------------------------------------------------
+
+
+def condition(current: list[JSON], kind: str, status: bool, reason: str, message: str, now: float) -> JSON:
+    """A condition whose lastTransitionTime moves only when its status does."""
+    text = "True" if status else "False"
+    old = next((c for c in current if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == text else to_rfc3339(now)
+    return {"type": kind, "status": text, "reason": reason, "message": message, "lastTransitionTime": since}
+
+
+def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], now: float) -> list[JSON]:
+    kinds = {w[0] for w in wanted}
+    kept = [c for c in current if c.get("type") not in kinds]
+    return kept + [condition(current, *w, now=now) for w in wanted]
+
+
+# --- the reconcile ------------------------------------------------------------------------------
+
+
+def reconcile(world: World, now: float) -> Outcome:
+    study = world.study
+    status = study.get("status") or {}
+    if status.get("phase") in TERMINAL_STUDY_PHASES:
+        return _settled(world, now)
+    try:
+        config = study_config_from_spec(study.get("spec") or {})
+    except ConfigError as err:
+        return _invalid(world, "InvalidSpec", "; ".join(err.problems), now)
+
+    started_text = (status.get("budget") or {}).get("startedAt")
+    started_at = to_timestamp(started_text) or now
+    first_status = None if started_text else {"budget": {"startedAt": to_rfc3339(started_at, micro=True)}}
+
+    jobs, pods = world.jobs, world.pods
+    states = [observe_trial(t, jobs.get(t["metadata"]["name"]), pods.get(t["metadata"]["name"], ()), now)
+              for t in world.trials]  # fmt: skip
+    gpus = int(study["spec"].get("gpusPerTrial", 1))
+    core = Study(config, _slots(config, gpus, world.capacity))
+    observation = Observation(
+        started_at=started_at,
+        now=now,
+        free_slots=_free_slots(gpus, world.capacity, states),
+        trials=tuple(s.view for s in states),
+    )
+    try:
+        decision = core.decide(observation)
+    except StudyError as err:
+        outcome = _invalid(world, "BudgetTooSmall", str(err), now, states)
+        return Outcome(outcome.writes, outcome.status, first_status, outcome.events)
+    writes, events = _trial_writes(world, states, decision, now)
+    requeue = RESYNC_SECONDS
+    starts = [a for a in decision.actions if isinstance(a, StartTrial)]
+    if starts and world.access != "ready":
+        # Trial pods need their ServiceAccount (and, before 1.24, its token) to be admitted.
+        writes = [w for w in writes if not isinstance(w, CreateTrial)]
+        if world.access == "missing":
+            writes.insert(0, CreateAccess(tuple(build_trial_access(study))))
+        requeue = ACCESS_RETRY_SECONDS
+    if decision.deadline is not None and decision.finalize is None:
+        requeue = min(requeue, max(0.05, decision.deadline - now + 0.05))
+    new_status = _study_status(study, states, decision, started_at, now, writes)
+    finalize = decision.finalize
+    if finalize is not None:
+        events.append(_finish_event(finalize))
+    return Outcome(
+        writes=writes,
+        status=status_patch(status, new_status) or None,
+        first_status=first_status,
+        events=events,
+        requeue_after=None if finalize else requeue,
+        decision=decision,
+    )
+
+
+def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
+    """Trials the cluster could run at once; without GPUs per trial, parallelTrials (or one)."""
+    if gpus <= 0:
+        return config.parallel_trials or 1
+    return max(1, capacity.total // gpus)
+
+
+def _free_slots(gpus: int, capacity: Capacity, states: list[TrialState]) -> int:
+    if gpus <= 0:
+        return 1 << 16
+    # A trial created but without a pod yet has not taken its GPUs in the capacity count.
+    promised = sum(gpus for s in states if s.view.status.active and not s.has_pod)
+    return max(0, capacity.free - promised) // gpus
+
+
+def _trial_writes(
+    world: World, states: list[TrialState], decision: Decision, now: float
+) -> tuple[list[Write], list[Event]]:
+    study, name = world.study, world.study["metadata"]["name"]
+    current = {t["metadata"]["name"]: t.get("status") or {} for t in world.trials}
+    trials = {t["metadata"]["name"]: t for t in world.trials}
+    writes: list[Write] = []
+    events: list[Event] = []
+    settled: dict[str, JSON] = {}
+    for action in decision.actions:
+        if isinstance(action, PruneTrial):
+            settled[trial_name(name, action.index)] = {
+                "phase": "Pruned",
+                "rung": action.rung,
+                "cutoff": action.cutoff,
+                "reason": "Pruned",
+                "message": f"{action.value:g} at resource {action.resource:g} missed rung {action.rung}'s "
+                f"cut-off {action.cutoff:g}",
+                "finishedAt": to_rfc3339(now),
+            }
+        elif isinstance(action, StopTrial):
+            settled[trial_name(name, action.index)] = {
+                "phase": "Stopped",
+                "reason": "Deadline" if action.reason == "deadline" else "Stopped",
+                "message": f"stopped: {action.reason}",
+                "finishedAt": to_rfc3339(now),
+            }
+    for state in states:
+        desired = {**state.status, **settled.get(state.name, {})}
+        patch = status_patch(current[state.name], desired)
+        phase = desired["phase"]
+        event = _trial_event(state.name, phase, desired) if "phase" in patch else None
+        if patch:
+            writes.append(PatchTrialStatus(state.name, patch, event))
+        job = world.jobs.get(state.name)
+        if phase in ("Pruned", "Stopped") and job is not None and not _job_finished(job):
+            writes.append(DeleteJob(state.name))  # after the verdict, so a restart never reruns it
+        elif phase in ("Pending", "Running") and job is None and "startedAt" not in desired:
+            writes.append(CreateJob(state.name, build_job(study, trials[state.name], decision.deadline, now)))
+        elif (
+            phase in ("Pending", "Running")
+            and job is not None
+            and decision.deadline is not None
+            and "activeDeadlineSeconds" not in job.get("spec", {})
+        ):
+            seconds = build_job(study, trials[state.name], decision.deadline, now)["spec"]
+            writes.append(PatchJobDeadline(state.name, seconds["activeDeadlineSeconds"]))
+    for action in decision.actions:
+        if isinstance(action, StartTrial):
+            trial = build_trial(study, action.index, action.params)
+            job = build_job(study, trial, decision.deadline, now)
+            started = Event("TrialStarted", f"trial {trial['metadata']['name']}: {action.params}")
+            writes.append(CreateTrial(trial, job, started))
+    return writes, events
+
+
+def _job_finished(job: JSON) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+
+
+def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
+    message = f"trial {name}: {status.get('message') or phase.lower()}"
+    if phase == "Pruned":
+        return Event("TrialPruned", message)
+    if phase == "Failed":
+        return Event("TrialFailed", message, "Warning")
+    if phase == "Stopped":
+        return Event("TrialStopped", message)
+    if phase == "Completed":
+        return Event("TrialCompleted", message)
+    return None
+
+
+def _finish_event(finalize: Finalize) -> Event:
+    best = finalize.best
+    detail = f"; best {best.value:g} by trial {best.index} at resource {best.resource:g}" if best else ""
+    if finalize.succeeded:
+        return Event("StudySucceeded", f"{finalize.reason}{detail}")
+    return Event("StudyFailed", f"{finalize.reason}{detail}", "Warning")
+
+
+def _phase_counts(states: list[TrialState], writes: list[Write]) -> Counter[str]:
+    phases = {s.name: s.status["phase"] for s in states}
+    for w in writes:
+        if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
+            phases[w.trial] = w.patch["phase"]
+        elif isinstance(w, CreateTrial):
+            phases[w.trial["metadata"]["name"]] = "Pending"
+    return Counter(phases.values())
+
+
+def _study_status(
+    study: JSON,
+    states: list[TrialState],
+    decision: Decision,
+    started_at: float,
+    now: float,
+    writes: list[Write],
+) -> JSON:
+    current = study.get("status") or {}
+    conditions = current.get("conditions") or []
+    counts = _phase_counts(states, writes)
+    total = sum(counts.values())
+    plan, deadline, best = decision.plan, decision.deadline, decision.best
+    finalize = decision.finalize
+    finished = sum(counts[p] for p in TERMINAL_TRIAL_PHASES)
+    unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
+    wanted = [("Invalid", False, "Valid", "the spec is valid")]
+    if finalize is not None:
+        wanted += [
+            ("Ready", False, "Finished", finalize.reason),
+            ("Complete", True, "Succeeded" if finalize.succeeded else "Failed", finalize.reason),
+        ]
+    elif unschedulable:
+        wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))
+    else:
+        wanted.append(("Ready", True, "Running", decision.message or "trials are running"))
+    budget: JSON = {
+        "startedAt": to_rfc3339(started_at, micro=True),
+        "deadline": to_rfc3339(deadline) if deadline is not None else None,
+        "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
+        "usedSeconds": float(round(now - started_at)),
+    }
+    if finalize is not None:
+        budget["finishedAt"] = to_rfc3339(now, micro=True)
+        budget["usedSeconds"] = round(now - started_at, 3)
+        if deadline is not None:
+            budget["finishedInsideSeconds"] = round(deadline - now, 3)
+    phase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
+    return {
+        "phase": phase,
+        "message": (finalize.reason if finalize else decision.message) or None,
+        "progress": f"{finished}/{plan.planned_trials if plan else '?'}",
+        "observedGeneration": study["metadata"].get("generation"),
+        "conditions": _conditions(conditions, wanted, now),
+        "plan": plan.to_status() | {"deadline": budget["deadline"]} if plan else None,
+        "trials": {
+            "pending": counts["Pending"],
+            "running": counts["Running"],
+            "completed": counts["Completed"],
+            "pruned": counts["Pruned"],
+            "failed": counts["Failed"],
+            "stopped": counts["Stopped"],
+            "total": total,
+        },
+        "best": None
+        if best is None
+        else {
+            "trial": trial_name(study["metadata"]["name"], best.index),
+            "index": best.index,
+            "value": best.value,
+            "resource": best.resource,
+            "hyperparameters": best.params,
+        },
+        "budget": budget,
+    }
+
+
+def _invalid(
+    world: World, reason: str, message: str, now: float, states: list[TrialState] | None = None
+) -> Outcome:
+    """A study that cannot run: phase Failed, an Invalid condition naming every problem, no trial."""
+    current = world.study.get("status") or {}
+    conditions = _conditions(
+        current.get("conditions") or [],
+        [("Invalid", True, reason, message), ("Ready", False, reason, message)],
+        now,
+    )
+    writes: list[Write] = []
+    for state in states or []:
+        if state.view.status.active:
+            stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
+            writes += [PatchTrialStatus(state.name, stop), DeleteJob(state.name)]
+    status = {"phase": "Failed", "message": message, "conditions": conditions}
+    return Outcome(
+        writes=writes,
+        status=status_patch(current, status) or None,
+        events=[Event(reason, message, "Warning")],
+    )
+
+
+def _settled(world: World, now: float) -> Outcome:
+    """A finished study: make sure no trial of it still runs (a crash may have interrupted the end)."""
+    writes: list[Write] = []
+    for trial in world.trials:
+        name = trial["metadata"]["name"]
+        phase = (trial.get("status") or {}).get("phase")
+        job = world.jobs.get(name)
+        if phase not in TERMINAL_TRIAL_PHASES:
+            stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
+            writes.append(PatchTrialStatus(name, stop))
+        if job is not None and not _job_finished(job) and phase != "Completed":
+            writes.append(DeleteJob(name))
+    return Outcome(writes=writes)

@@ -1,0 +1,153 @@
+"""Names, labels and the models of what the operator writes: HPOTrial spec, trial and study status.
+
+The HPOStudy spec is ``config.StudySpec``; these models complete the two resources so that their
+CRD schemas are generated from one place (crd.py) and the operator writes nothing the schema would
+prune.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ..config import API_GROUP, API_VERSION
+
+GROUP = API_GROUP
+VERSION = API_VERSION
+API = f"{GROUP}/{VERSION}"
+STUDY_KIND, STUDY_PLURAL = "HPOStudy", "hpostudies"
+TRIAL_KIND, TRIAL_PLURAL = "HPOTrial", "hpotrials"
+
+STUDY_LABEL = f"{GROUP}/study"
+TRIAL_LABEL = f"{GROUP}/trial"
+GPU = "nvidia.com/gpu"
+
+StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+TrialPhase = Literal["Pending", "Running", "Completed", "Pruned", "Failed", "Stopped"]
+TERMINAL_TRIAL_PHASES = frozenset({"Completed", "Pruned", "Failed", "Stopped"})
+TERMINAL_STUDY_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+def trial_name(study: str, index: int) -> str:
+    """Deterministic, so that a repeated create is a 409 and never a second trial."""
+    return f"{study}-{index}"
+
+
+def trial_access_name(study: str) -> str:
+    """The ServiceAccount, Role and RoleBinding the study's trial pods report with."""
+    return f"{study}-trial"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+
+
+class Condition(_Model):
+    """A condition as in Kubernetes' own objects; lastTransitionTime changes only with status."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase, machine-readable")
+    message: str = ""
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class PlanStatus(_Model):
+    """The ASHA plan auto-configured for the budget; re-planned as epoch times are measured."""
+
+    eta: int
+    minimum_resource: float
+    maximum_resource: float
+    rungs: list[float]
+    planned_trials: int
+    parallelism: int
+    epoch_seconds: float
+    budget_seconds: float
+    predicted_gpu_seconds: float
+    predicted_seconds: float
+    deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class TrialCounts(_Model):
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    pruned: int = 0
+    failed: int = 0
+    stopped: int = 0
+    total: int = 0
+
+
+class BestStatus(_Model):
+    """The best configuration so far, compared at the highest resource any trial reached."""
+
+    trial: str
+    index: int
+    value: float
+    resource: float
+    hyperparameters: dict[str, Any]
+
+
+class BudgetStatus(_Model):
+    """Where the study stands against its wall-clock budget (seconds)."""
+
+    started_at: str = Field(
+        json_schema_extra={"format": "date-time"}, description="The budget's clock starts here"
+    )
+    deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    budget_seconds: float | None = None
+    used_seconds: float = 0
+    finished_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    finished_inside_seconds: float | None = Field(
+        default=None, description="deadline - finishedAt: how far inside the budget the study ended"
+    )
+
+
+class StudyStatus(_Model):
+    """status of an HPOStudy: aggregates only; per-trial history lives on the HPOTrials."""
+
+    phase: StudyPhase | None = None
+    message: str | None = None
+    progress: str | None = Field(default=None, description="finished/planned trials")
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    plan: PlanStatus | None = None
+    trials: TrialCounts | None = None
+    best: BestStatus | None = None
+    budget: BudgetStatus | None = None
+
+
+class TrialSpec(_Model):
+    """spec of an HPOTrial, written by the operator."""
+
+    study: str
+    index: int = Field(ge=0)
+    hyperparameters: dict[str, Any]
+
+
+class ReportModel(_Model):
+    """One report as the trial SDK appends it (docs/architecture.md, the trial contract)."""
+
+    seq: int
+    resource: float
+    value: float | None
+    time: float
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrialStatusModel(_Model):
+    """status of an HPOTrial: the reports (appended by the trial) and the operator's verdict."""
+
+    phase: TrialPhase | None = None
+    reports: list[ReportModel] = Field(default_factory=list)
+    started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    finished_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    resource: float | None = Field(default=None, description="The highest resource reported")
+    last_value: float | None = None
+    rung: int | None = Field(default=None, description="The rung a pruned trial stopped at")
+    cutoff: float | None = Field(default=None, description="The value it needed to continue")
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None

@@ -1,0 +1,173 @@
+"""The reconcile's I/O: read a study's world from the API, and apply an Outcome's writes.
+
+Writes go in an order that keeps a crash at any point harmless: the budget's start first, then
+trial verdicts before the Job deletions they cause, then creates (409 is "already done"), the
+study's status last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import Api, ApiError, ns_path
+from .builders import owner_reference
+from .capacity import gpu_capacity
+from .observe import to_rfc3339
+from .reconcile import (
+    CreateAccess,
+    CreateJob,
+    CreateTrial,
+    DeleteJob,
+    Event,
+    Outcome,
+    PatchJobDeadline,
+    PatchTrialStatus,
+    World,
+    Write,
+)
+from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_access_name
+
+log = logging.getLogger("hpo_operator")
+JSON = dict[str, Any]
+COMPONENT = "hpo-operator"
+
+
+def study_path(namespace: str, name: str = "") -> str:
+    return ns_path(GROUP, VERSION, namespace, STUDY_PLURAL, name)
+
+
+def trial_path(namespace: str, name: str = "") -> str:
+    return ns_path(GROUP, VERSION, namespace, TRIAL_PLURAL, name)
+
+
+def job_path(namespace: str, name: str = "") -> str:
+    return ns_path("batch", "v1", namespace, "jobs", name)
+
+
+@dataclass
+class Cluster:
+    """Reads and writes for the reconciles of every study; one per operator."""
+
+    api: Api
+    clock: Callable[[], float] = time.time
+    _needs_token_secret: bool | None = field(default=None, init=False)
+
+    def needs_token_secret(self) -> bool:
+        """Before 1.24 a pod is admitted only once its ServiceAccount has a token Secret."""
+        if self._needs_token_secret is None:
+            self._needs_token_secret = self.api.version() < (1, 24)
+        return self._needs_token_secret
+
+    def read(self, namespace: str, name: str) -> World | None:
+        study = self.api.get_or_none(study_path(namespace, name))
+        if study is None:
+            return None
+        selector = {"labelSelector": f"{STUDY_LABEL}={name}"}
+        trials = self.api.list(trial_path(namespace), **selector)
+        jobs = {j["metadata"]["name"]: j for j in self.api.list(job_path(namespace), **selector)}
+        pods: dict[str, list[JSON]] = defaultdict(list)
+        for pod in self.api.list(ns_path("", "v1", namespace, "pods"), **selector):
+            pods[pod["metadata"].get("labels", {}).get(f"{GROUP}/trial", "")].append(pod)
+        nodes = self.api.list("/api/v1/nodes")
+        active = self.api.list("/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed")
+        return World(
+            study=study,
+            trials=tuple(trials),
+            jobs=jobs,
+            pods={k: tuple(v) for k, v in pods.items()},
+            capacity=gpu_capacity(nodes, active),
+            access=self._access(namespace, name),
+        )
+
+    def _access(self, namespace: str, study: str) -> str:
+        account = self.api.get_or_none(
+            ns_path("", "v1", namespace, "serviceaccounts", trial_access_name(study))
+        )
+        if account is None:
+            return "missing"
+        if self.needs_token_secret() and not account.get("secrets"):
+            return "waiting"
+        return "ready"
+
+    def apply(self, world: World, outcome: Outcome) -> None:
+        study = world.study
+        namespace, name = study["metadata"]["namespace"], study["metadata"]["name"]
+        if outcome.first_status:
+            self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.first_status})
+        for write in outcome.writes:
+            self._write(study, write)
+        if outcome.status:
+            self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.status})
+        for event in outcome.events:
+            self.event(study, event)
+
+    def _write(self, study: JSON, write: Write) -> None:
+        namespace = study["metadata"]["namespace"]
+        if isinstance(write, CreateAccess):
+            for obj in write.objects:
+                group, _, version = obj["apiVersion"].rpartition("/")
+                plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}
+                self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
+        elif isinstance(write, CreateTrial):
+            created = self.api.create(trial_path(namespace), write.trial)
+            trial = created or self.api.get(trial_path(namespace, write.trial["metadata"]["name"]))
+            job = {
+                **write.job,
+                "metadata": {**write.job["metadata"], "ownerReferences": [owner_reference(trial)]},
+            }
+            self.api.create(job_path(namespace), job)
+            if created is not None:
+                log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
+                self.event(study, write.event)
+        elif isinstance(write, CreateJob):
+            trial = self.api.get(trial_path(namespace, write.trial))
+            job = {
+                **write.job,
+                "metadata": {**write.job["metadata"], "ownerReferences": [owner_reference(trial)]},
+            }
+            self.api.create(job_path(namespace), job)
+        elif isinstance(write, PatchTrialStatus):
+            self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
+            if write.event is not None:
+                log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
+                self.event(study, write.event)
+        elif isinstance(write, DeleteJob):
+            self.api.delete(job_path(namespace, write.name), propagation="Background")
+        elif isinstance(write, PatchJobDeadline):
+            self.api.patch(
+                job_path(namespace, write.name), {"spec": {"activeDeadlineSeconds": write.seconds}}
+            )
+
+    def event(self, study: JSON, event: Event) -> None:
+        """A core/v1 Event on the study, for humans (`kubectl describe hpo`); never fails a reconcile."""
+        meta = study["metadata"]
+        stamp = to_rfc3339(self.clock())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": study["apiVersion"],
+                "kind": study["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": event.reason,
+            "message": event.message[:1000],
+            "type": event.type,
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": {"component": COMPONENT},
+        }
+        try:
+            self.api.create(ns_path("", "v1", meta["namespace"], "events"), body)
+        except ApiError as err:
+            log.warning("cannot post event %s: %s", event.reason, err)
