@@ -259,7 +259,8 @@ class PodWorker(threading.Thread):
             Container(c, self.key, log_dir, init=True) for c in spec.get("initContainers") or []
         ]
         self.containers = [Container(c, self.key, log_dir) for c in spec["containers"]]
-        self.gpus: list[int] = []
+        self.gpus: dict[str, list[int]] = {}
+        """GPU indices held by each container, from its first start until the pod ends."""
         self.start_time: str = (pod.get("status") or {}).get("startTime") or now()
         self.phase = "Pending"
         self.reason: str | None = None
@@ -360,6 +361,9 @@ class PodWorker(threading.Thread):
                         self._terminal("Failed", None, f"init container {c.name} failed")
                     return
             self.initialized = True
+            # Init containers have finished: their GPUs go back for the app containers.
+            for c in self.init_containers:
+                self.agent.gpus.give(self.gpus.pop(c.name, []))
         for c in self.containers:
             self._drive(c, policy)
         if any(c.running for c in self.containers):
@@ -412,15 +416,15 @@ class PodWorker(threading.Thread):
         env = dict(base_env)
         env.update(self._container_env(c.spec, env))
         if need:
-            if not self.gpus or len(self.gpus) < need:
+            if c.name not in self.gpus:
                 got = self.agent.gpus.take(need)
                 if got is None:
                     c.state = {
                         "waiting": {"reason": "ContainerCreating", "message": f"waiting for {need} {GPU}"}
                     }
                     return
-                self.gpus.extend(got)
-            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus[:need])
+                self.gpus[c.name] = got
+            env["NVIDIA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpus[c.name])
         argv = [expand(a, env) for a in (c.spec.get("command") or []) + (c.spec.get("args") or [])]
         if not argv:
             c.state = {
@@ -457,9 +461,9 @@ class PodWorker(threading.Thread):
         self._release_gpus()
 
     def _release_gpus(self) -> None:
-        if self.gpus:
-            self.agent.gpus.give(self.gpus)
-            self.gpus = []
+        for ids in self.gpus.values():
+            self.agent.gpus.give(ids)
+        self.gpus = {}
 
     def _kill_all(self, grace: float) -> None:
         everyone = self.init_containers + self.containers

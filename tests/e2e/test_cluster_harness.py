@@ -292,6 +292,34 @@ def test_a_crashing_deployment_pod_is_restarted(kube: Kube, namespace: str, clus
     assert "crashing" in (runs / "0.log").read_text()
 
 
+def test_on_failure_restarts_in_place_after_init_containers_ran(
+    kube: Kube, namespace: str, cluster: LocalCluster
+) -> None:
+    manifest = pod(
+        "retry",
+        ["sh", "-c", "cat /work/init; if [ -e /work/once ]; then exit 0; fi; touch /work/once; exit 1"],
+        restart="OnFailure",
+        gpus=1,
+    )
+    manifest["spec"]["containers"][0]["volumeMounts"] = [{"name": "work", "mountPath": "/work"}]
+    manifest["spec"]["initContainers"] = [
+        {
+            **container(["sh", "-c", "echo from-init > /work/init"]),
+            "name": "init",
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+        }
+    ]
+    manifest["spec"]["volumes"] = [{"name": "work", "emptyDir": {}}]
+    kube.create(f"/api/v1/namespaces/{namespace}/pods", manifest)
+    p = wait_phase(kube, namespace, "retry", "Succeeded", timeout=30)
+    (status,) = p["status"]["containerStatuses"]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+    assert status["state"]["terminated"]["exitCode"] == 0
+    assert p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert cluster.container_log(namespace, "retry", "main").read_text().strip() == "from-init"
+
+
 # --- what a process in a pod sees ----------------------------------------------------------------
 
 
