@@ -6,8 +6,9 @@ plain ones) over the command line's defaults; one report per epoch of the valida
 
 Exit status: 0 when trained to ``--epochs`` (or ``--stop-after``); 2 for a configuration error (bad
 hyper-parameters, unknown metric, unreadable data, missing checkpoint); 128 + the signal number
-when stopped by SIGTERM or SIGINT, which takes effect after the current batch, keeps the last
-epoch's checkpoint and sends no report for the unfinished epoch.
+when stopped by SIGTERM or SIGINT during training, which takes effect after the current batch,
+keeps the last epoch's checkpoint and sends no report for the unfinished epoch. During start-up
+(imports, data loading) the signals keep their default actions, which end the process at once.
 """
 
 from __future__ import annotations
@@ -274,6 +275,8 @@ def run(plan: Plan, stop: StopSignal) -> int:
         nesterov=plan.momentum > 0,
     )
     done = resume(plan, model, optimizer, ds)
+    # From here a signal stops at a batch boundary; before, its default action ends start-up at once.
+    stop.install()
     log.info(
         "training %s on %s (%d train / %d val images, %d classes, %dpx) on %s: epochs %d..%d, %s",
         plan.model, plan.dataset, len(ds.train_y), len(ds.val_y), len(ds.classes), plan.image_size,
@@ -323,10 +326,8 @@ def run(plan: Plan, stop: StopSignal) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    stop = StopSignal()
-    stop.install()
     try:
-        return run(make_plan(args), stop)
+        return run(make_plan(args), StopSignal())
     except ConfigError as exc:
         log.error("%s", exc)
         return 2

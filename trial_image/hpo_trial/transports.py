@@ -69,6 +69,7 @@ class FileTransport:
     def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
         line = json.dumps(report, allow_nan=False) + "\n"
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             # One write of a whole line to a file opened for appending, so a watcher never sees
             # two reports interleaved; opened per report so the file may be rotated or recreated.
             with self.path.open("a", encoding="utf-8") as handle:
