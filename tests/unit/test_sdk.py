@@ -170,7 +170,10 @@ def test_in_cluster_needs_the_trial_the_namespace_the_api_and_a_token(tmp_path: 
     (tmp_path / "token").write_text("t")
     transport = transport_from_env(environ)
     assert isinstance(transport, ClusterTransport)
-    assert transport.status_url == "https://[fd00::1]:443/apis/hpo.dev/v1alpha1/namespaces/ns/hpotrials/s-0/status"
+    assert (
+        transport.status_url
+        == "https://[fd00::1]:443/apis/hpo.dev/v1alpha1/namespaces/ns/hpotrials/s-0/status"
+    )
     assert isinstance(transport_from_env({**environ, "HPO_NAMESPACE": ""}), NullTransport)
 
 

@@ -246,8 +246,24 @@ def test_an_unreachable_api_is_given_up_after_the_bound(sa_dir: Path) -> None:
 def test_https_verifies_the_server_with_the_service_account_ca(api: FakeApi, sa_dir: Path) -> None:
     key, cert = sa_dir / "server.key", sa_dir / "ca.crt"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
     )
