@@ -1,0 +1,229 @@
+"""Search quality on a virtual clock: every contender, same budget, same parallelism, many seeds.
+
+    .venv/bin/python -m benchmarks.search_quality --workers 2 8 --seeds 10
+
+writes ``benchmarks/results/search_quality.json`` (per-run summaries and per-group statistics), one
+anytime-regret plot per problem (``search_quality_<problem>.png``) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .contenders import DEFAULT_CONTENDERS, Unavailable, contender
+from .functions import PROBLEMS, Problem
+from .metrics import RunSummary, mean_ci, ratio_ci, summarize
+
+RESULTS = Path(__file__).parent / "results"
+CURVE_POINTS = 60
+REFERENCE = "ours"
+
+
+def curve_times(problem: Problem, ratio: float) -> list[float]:
+    deadline = ratio * problem.train_seconds()
+    return [deadline * (i + 1) / CURVE_POINTS for i in range(CURVE_POINTS)]
+
+
+def run_all(
+    problems: Sequence[str],
+    workers: Sequence[int],
+    seeds: Sequence[int],
+    names: Sequence[str],
+    ratio: float,
+    log: Any = sys.stderr,
+) -> tuple[list[RunSummary], dict[str, str]]:
+    runs: list[RunSummary] = []
+    skipped: dict[str, str] = {}
+    for problem_name in problems:
+        problem = PROBLEMS[problem_name]
+        times = curve_times(problem, ratio)
+        for w in workers:
+            for name in names:
+                if name in skipped:
+                    continue
+                started = time.monotonic()
+                for seed in seeds:
+                    try:
+                        trace = contender(name).run(problem, w, ratio, seed)
+                    except Unavailable as err:
+                        skipped[name] = str(err)
+                        print(f"skipping {name}: {err}", file=log)
+                        break
+                    runs.append(summarize(trace, problem, times))
+                print(
+                    f"{problem_name} workers={w} {name}: {len(seeds)} seeds in "
+                    f"{time.monotonic() - started:.1f}s",
+                    file=log,
+                    flush=True,
+                )
+    return runs, skipped
+
+
+def group_stats(runs: Sequence[RunSummary], reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """Per (problem, workers, contender): regret, time to target, busy fraction, overrun, and the
+    ratio of the reference's mean final regret to this contender's over the same seeds."""
+    groups: dict[tuple[str, int, str], list[RunSummary]] = {}
+    for r in runs:
+        groups.setdefault((r.problem, r.workers, r.contender), []).append(r)
+    out = []
+    for (problem, workers, name), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.seed)
+        regrets = [r.final_regret for r in rs]
+        mean, half = mean_ci(regrets)
+        reached = [r.time_to_target for r in rs if r.time_to_target is not None]
+        busy_mean, busy_half = mean_ci([r.busy_fraction for r in rs])
+        over_mean, over_half = mean_ci([r.overrun for r in rs])
+        row: dict[str, Any] = {
+            "problem": problem,
+            "workers": workers,
+            "contender": name,
+            "seeds": len(rs),
+            "final_regret_mean": mean,
+            "final_regret_ci95": half,
+            "final_regret_median": statistics.median(regrets),
+            "target_regret": PROBLEMS[problem].target_regret,
+            "reached_target": len(reached),
+            "time_to_target_median": statistics.median(reached) if reached else None,
+            "busy_fraction_mean": busy_mean,
+            "busy_fraction_ci95": busy_half,
+            "overrun_mean": over_mean,
+            "overrun_ci95": over_half,
+            "overrun_max": max(r.overrun for r in rs),
+            "trials_mean": statistics.fmean(r.trials for r in rs),
+        }
+        ref = {r.seed: r.final_regret for r in groups.get((problem, workers, reference), [])}
+        common = [r for r in rs if r.seed in ref]
+        if name != reference and common:
+            ratio, low, high = ratio_ci([ref[r.seed] for r in common], [r.final_regret for r in common])
+            row.update(ratio_ours_to_this=ratio, ratio_ci95=[low, high])
+        out.append(row)
+    return out
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def markdown_table(stats: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| problem | workers | contender | final regret mean ± 95% CI | median | ours / this (95% CI) "
+        "| reached target | median time to target (s) | busy | overrun max (s) | trials |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sorted(stats, key=lambda s: (s["problem"], s["workers"], s["contender"] != REFERENCE)):
+        ratio = (
+            f"{_fmt(s['ratio_ours_to_this'])} ({_fmt(s['ratio_ci95'][0])}–{_fmt(s['ratio_ci95'][1])})"
+            if "ratio_ours_to_this" in s
+            else ""
+        )
+        lines.append(
+            f"| {s['problem']} | {s['workers']} | {s['contender']} "
+            f"| {_fmt(s['final_regret_mean'])} ± {_fmt(s['final_regret_ci95'], 2)} "
+            f"| {_fmt(s['final_regret_median'])} | {ratio} "
+            f"| {s['reached_target']}/{s['seeds']} | {_fmt(s['time_to_target_median'], 4)} "
+            f"| {s['busy_fraction_mean']:.2f} | {s['overrun_max']:.0f} | {s['trials_mean']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: Sequence[RunSummary], ratio: float, directory: Path, prefix: str) -> list[Path]:
+    """One PNG per problem: median incumbent regret over time (and its quartiles), per workers."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is in the bench extra
+        return []
+    paths = []
+    for problem_name in sorted({r.problem for r in runs}):
+        problem = PROBLEMS[problem_name]
+        times = curve_times(problem, ratio)
+        worker_counts = sorted({r.workers for r in runs if r.problem == problem_name})
+        fig, axes = plt.subplots(1, len(worker_counts), figsize=(6 * len(worker_counts), 4), squeeze=False)
+        for ax, w in zip(axes[0], worker_counts, strict=True):
+            names = sorted(
+                {r.contender for r in runs if r.problem == problem_name and r.workers == w},
+                key=lambda n: (n != REFERENCE, n),
+            )
+            for name in names:
+                key = (problem_name, w, name)
+                curves = [r.curve for r in runs if (r.problem, r.workers, r.contender) == key]
+                med, q1, q3 = [], [], []
+                for i in range(len(times)):
+                    column = sorted(c[i] for c in curves if math.isfinite(c[i]))
+                    if len(column) < len(curves) / 2:
+                        med.append(math.nan), q1.append(math.nan), q3.append(math.nan)
+                        continue
+                    med.append(statistics.median(column))
+                    q = statistics.quantiles(column, n=4) if len(column) > 1 else [column[0]] * 3
+                    q1.append(q[0]), q3.append(q[2])
+                style = {"linewidth": 2.5, "color": "black"} if name == REFERENCE else {"linewidth": 1.2}
+                line = ax.plot(times, med, label=name, **style)[0]
+                ax.fill_between(times, q1, q3, alpha=0.12, color=line.get_color())
+            ax.set_yscale("log")
+            ax.set_xlabel("virtual seconds")
+            ax.set_ylabel("simple regret (median, quartiles)")
+            ax.set_title(f"{problem_name}, {w} workers, budget {ratio:g}x one training")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        path = directory / f"{prefix}_{problem_name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--workers", nargs="+", type=int, default=[2, 8])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--ratio", type=float, default=4.0, help="budget as a multiple of one training")
+    parser.add_argument(
+        "--contenders", nargs="+", default=list(DEFAULT_CONTENDERS), help="names, or ours:<sampler>"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.json")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    runs, skipped = run_all(args.problems, args.workers, range(args.seeds), args.contenders, args.ratio)
+    stats = group_stats(runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks.search_quality " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": command.strip(),
+                "ratio": args.ratio,
+                "seconds": round(time.monotonic() - started, 1),
+                "skipped": skipped,
+                "stats": stats,
+                "runs": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in runs],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    if not args.no_plots:
+        for path in plot(runs, args.ratio, args.out.parent, args.out.stem):
+            print(f"wrote {path}", file=sys.stderr)
+    print(markdown_table(stats))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
