@@ -1,0 +1,141 @@
+"""Smoke tests of benchmarks/: the functions' published optima, and one tiny run of each contender."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+from benchmarks.budget_adherence import run_one
+from benchmarks.contenders import Unavailable, contender
+from benchmarks.functions import (
+    BRANIN_MIN,
+    BRANIN_MINIMISERS,
+    HARTMANN6_MIN,
+    HARTMANN6_MINIMISER,
+    HARTMANN6_PRESETS,
+    PROBLEMS,
+    mf_branin,
+    mf_hartmann6,
+)
+from benchmarks.metrics import mean_ci, ratio_ci, summarize
+from benchmarks.search_quality import main as search_quality_main
+
+HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
+HAS_RAY = importlib.util.find_spec("ray") is not None
+
+
+@pytest.mark.parametrize("x", BRANIN_MINIMISERS)
+def test_branin_at_full_fidelity_has_its_published_minimum_at_each_minimiser(x: tuple[float, float]) -> None:
+    assert mf_branin(*x, 1.0) == pytest.approx(BRANIN_MIN, abs=1e-6)
+    assert PROBLEMS["branin"].regret({"x1": x[0], "x2": x[1]}) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_branin_at_low_fidelity_differs_from_branin() -> None:
+    x = BRANIN_MINIMISERS[0]
+    assert mf_branin(*x, 0.0) != pytest.approx(mf_branin(*x, 1.0), abs=1e-3)
+
+
+@pytest.mark.parametrize("preset", sorted(HARTMANN6_PRESETS))
+def test_hartmann6_at_full_fidelity_has_its_published_minimum(preset: str) -> None:
+    assert mf_hartmann6(HARTMANN6_MINIMISER, 1.0, HARTMANN6_PRESETS[preset]) == pytest.approx(
+        HARTMANN6_MIN, abs=1e-4
+    )
+    problem = PROBLEMS[f"hartmann6-{preset}"]
+    params = {f"x{j + 1}": v for j, v in enumerate(HARTMANN6_MINIMISER)}
+    assert problem.value(params, problem.max_resource) == pytest.approx(HARTMANN6_MIN, abs=1e-4)
+
+
+def test_bad_hartmann6_prefers_the_local_minimum_at_low_fidelity() -> None:
+    bad = HARTMANN6_PRESETS["bad"]
+    local = (0.4047, 0.8828, 0.8732, 0.5743, 0.1091, 0.0381)  # the basin of P_4
+    assert mf_hartmann6(local, 1.0, bad) > mf_hartmann6(HARTMANN6_MINIMISER, 1.0, bad)
+    assert mf_hartmann6(local, 1 / 3, bad) < mf_hartmann6(HARTMANN6_MINIMISER, 1 / 3, bad)
+
+
+def test_noise_is_fixed_per_configuration_epoch_and_seed_and_absent_at_full_fidelity() -> None:
+    problem = PROBLEMS["hartmann6-bad"]
+    params = problem.default_params()
+    assert problem.value(params, 3, seed=1) == problem.value(params, 3, seed=1)
+    assert problem.value(params, 3, seed=1) != problem.value(params, 3, seed=2)
+    assert problem.value(params, problem.max_resource, seed=1) == problem.true_value(params)
+
+
+def test_cost_model_averages_the_base_epoch_time() -> None:
+    problem = PROBLEMS["branin"]
+    assert problem.epoch_seconds({"x1": -5.0, "x2": 0.0}) == pytest.approx(0.5 * problem.base_seconds)
+    assert problem.epoch_seconds({"x1": 10.0, "x2": 0.0}) == pytest.approx(1.5 * problem.base_seconds)
+    assert problem.train_seconds() == pytest.approx(problem.max_resource * problem.base_seconds)
+
+
+def _check_run(name: str) -> None:
+    problem = PROBLEMS["branin"]
+    trace = contender(name).run(problem, 2, 2.0, 0)
+    summary = summarize(trace, problem, [trace.deadline])
+    assert trace.trials and math.isfinite(summary.final_regret) and summary.final_regret >= 0
+    assert trace.trials[0].params == {"x1": 2.5, "x2": 7.5}  # the defaults come first
+    assert 0 < summary.busy_fraction <= 1 + 1e-9
+    for t in trace.trials:
+        assert [e for e, _, _ in t.reports] == list(range(1, len(t.reports) + 1))
+        assert all(e <= problem.max_resource for e, _, _ in t.reports)
+
+
+@pytest.mark.parametrize("name", ["ours", "random"])
+def test_core_contenders_run_within_the_deadline(name: str) -> None:
+    _check_run(name)
+    if name == "ours":
+        trace = contender(name).run(PROBLEMS["branin"], 2, 2.0, 0)
+        assert trace.finished_at <= trace.deadline
+
+
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna is not installed (the bench extra)")
+@pytest.mark.parametrize("name", ["optuna-sh-random", "optuna-sh-tpe", "optuna-hb-random", "optuna-hb-tpe"])
+def test_optuna_contenders_run(name: str) -> None:
+    _check_run(name)
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="ray[tune] is not installed (the bench extra)")
+@pytest.mark.parametrize("name", ["ray-asha", "ray-hyperband"])
+def test_ray_contenders_run_and_stop_at_the_deadline(name: str) -> None:
+    _check_run(name)
+    trace = contender(name).run(PROBLEMS["branin"], 2, 2.0, 0)
+    assert trace.finished_at <= trace.deadline
+
+
+def test_a_sampler_the_core_does_not_have_is_reported_unavailable_or_runs() -> None:
+    try:
+        trace = contender("ours:random").run(PROBLEMS["branin"], 2, 2.0, 0)
+    except Unavailable as err:
+        assert "sampler" in str(err)
+    else:
+        assert trace.contender == "ours:random" and trace.trials
+
+
+def test_statistics() -> None:
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(2.484, abs=1e-2)  # t(0.975, 2) = 4.303
+    ratio, low, high = ratio_ci([1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert ratio == pytest.approx(0.5) and low == pytest.approx(0.5) and high == pytest.approx(0.5)
+
+
+def test_search_quality_harness_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "sq.json"
+    code = search_quality_main(
+        ["--problems", "branin", "--workers", "2", "--seeds", "2", "--ratio", "2",
+         "--contenders", "ours", "random", "--out", str(out), "--no-plots"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out.read_text())
+    names = {s["contender"] for s in data["stats"]}
+    assert names == {"ours", "random"}
+    random_row = next(s for s in data["stats"] if s["contender"] == "random")
+    assert "ratio_ours_to_this" in random_row and len(data["runs"]) == 4
+
+
+def test_budget_adherence_refuses_one_training_and_never_passes_the_deadline() -> None:
+    problem = PROBLEMS["hartmann6-good"]
+    assert "refused" in run_one(problem, 1.0, 2, "exact", 0)
+    row = run_one(problem, 2.0, 2, "noisy", 0)
+    assert "refused" in row or row["overrun"] <= 0
