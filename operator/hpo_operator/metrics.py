@@ -213,7 +213,8 @@ class OperatorMetrics:
 
         ``best`` is the best value of ``metric`` so far (None: nothing reported yet);
         ``budget_ratio`` is used seconds over budget seconds (None: the budget is not known yet);
-        ``trials`` counts trials by phase as the study's status does.
+        ``trials`` counts trials by phase as the study's status does. The first observation of a
+        study also creates its counters at 0.
         """
         state = StudyState(
             phase=phase,
@@ -225,7 +226,14 @@ class OperatorMetrics:
             trials=dict(trials or {}),
         )
         with self._lock:
+            new = (namespace, study) not in self._studies
             self._studies[(namespace, study)] = state
+        if new:
+            # The study's counters start at 0, so that increase() and rate() see its first trial end.
+            self._started.labels(namespace, study)
+            self._reconcile_errors.labels(namespace, study)
+            for outcome in TRIAL_OUTCOMES:
+                self._finished.labels(namespace, study, outcome)
 
     def forget_study(self, namespace: str, study: str) -> None:
         """Drop every series of a deleted study, counters included."""

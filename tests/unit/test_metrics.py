@@ -148,6 +148,22 @@ def test_observe_study_sets_the_study_gauges_and_counts_phases(
     assert value(samples, "hpo_study_budget_used_ratio", **bert) is None
 
 
+def test_a_studys_counters_exist_at_zero_once_it_is_observed(
+    metrics: OperatorMetrics, server: MetricsServer
+) -> None:
+    """So that increase() over the counters counts a study's very first failed trial."""
+    metrics.observe_study("ns", "s", "Running", running=0, gpus=0)
+    samples = scrape(server)
+    assert value(samples, "hpo_trials_started_total", namespace="ns", study="s") == 0.0
+    assert value(samples, "hpo_reconcile_errors_total", namespace="ns", study="s") == 0.0
+    for outcome in ("completed", "pruned", "failed", "stopped"):
+        assert value(samples, "hpo_trials_finished_total", namespace="ns", study="s", outcome=outcome) == 0.0
+    metrics.trial_failed("ns", "s")
+    metrics.observe_study("ns", "s", "Running", running=0, gpus=0)  # later observations keep the counts
+    samples = scrape(server)
+    assert value(samples, "hpo_trials_finished_total", namespace="ns", study="s", outcome="failed") == 1.0
+
+
 def test_a_later_observation_replaces_the_earlier_one(
     metrics: OperatorMetrics, server: MetricsServer
 ) -> None:
