@@ -48,6 +48,8 @@ from .study import (
 
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
+# Added to the stop margin: a loaded machine delays the loop (a decision, a write, a slow kill).
+STOP_SLACK_SECONDS = 0.5
 # More CPU slots than this rarely pay: trials then compete for memory and memory bandwidth.
 MAX_DEFAULT_CPU_SLOTS = 8
 # Present whenever the NVIDIA kernel driver is loaded.
@@ -293,7 +295,7 @@ class LocalTrial:
             )
             for r in self.reader.reports
         )
-        return TrialView(self.index, self.status, reports, self.started_at)
+        return TrialView(self.index, self.status, reports, self.started_at, params=self.params)
 
 
 def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -368,9 +370,9 @@ class RunOptions:
 
     @property
     def stop_margin(self) -> float:
-        """How far ahead of the deadline trials are stopped: the grace period, and a few polls to
-        notice the deadline, escalate to SIGKILL and reap the processes."""
-        return self.grace + 3 * self.poll
+        """How far ahead of the deadline trials are stopped: the grace period, three polls (to
+        notice the deadline, escalate to SIGKILL, reap) and a slack for a busy machine's delays."""
+        return self.grace + 3 * self.poll + STOP_SLACK_SECONDS
 
 
 @dataclass(frozen=True)
@@ -810,6 +812,7 @@ class LocalRunner:
             "slot": t.slot.as_dict(),
             "startedAt": _round(t.started_at),
             "endedAt": None if t.ended_at is None else _round(t.ended_at),
+            "pid": None if t.process is None else t.process.pid,
             "exitCode": t.exit_code,
             "killed": t.killed,
             "rung": None if rung is None or rung < 0 else rung,
