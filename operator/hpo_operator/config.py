@@ -28,6 +28,8 @@ DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_TIME_RATIO = 4.0
 
 Mode = Literal["max", "min"]
+SamplerName = Literal["random", "qmc", "tpe"]
+DEFAULT_SAMPLER: SamplerName = "random"
 
 
 class ConfigError(ValueError):
@@ -114,6 +116,7 @@ class StudyConfig:
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     parallel_trials: int | None = None  # None: as many as free slots allow
     max_failed_trials: int | None = None
+    sampler: SamplerName = DEFAULT_SAMPLER
 
 
 class _Strict(BaseModel):
@@ -131,6 +134,7 @@ class HpoConfigFile(_Strict):
     minimum_resource: float | None = Field(default=None, gt=0)
     reduction_factor: int | None = Field(default=None, ge=2)
     seed: int = 0
+    sampler: SamplerName = DEFAULT_SAMPLER
 
 
 def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -> list[str]:
@@ -190,6 +194,7 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
         min_resource=model.minimum_resource,
         reduction_factor=model.reduction_factor,
         seed=model.seed,
+        sampler=model.sampler,
     )
 
 
@@ -266,6 +271,9 @@ class StudySpec(_Camel):
     gpus_per_trial: int = Field(default=1, ge=0)
     max_failed_trials: int | None = Field(default=None, ge=1)
     seed: int = 0
+    sampler: SamplerName = Field(
+        default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube) or tpe (model-based)"
+    )
     trial_template: TrialTemplate
 
     @field_validator("parallel_trials")
@@ -315,6 +323,7 @@ class StudySpec(_Camel):
             ),
             parallel_trials=None if self.parallel_trials == "auto" else int(self.parallel_trials),
             max_failed_trials=self.max_failed_trials,
+            sampler=self.sampler,
         )
 
 

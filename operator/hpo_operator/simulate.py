@@ -42,7 +42,7 @@ class SimTrial:
     ended_at: float | None = None
 
     def view(self) -> TrialView:
-        return TrialView(self.index, self.status, tuple(self.reports), self.started_at)
+        return TrialView(self.index, self.status, tuple(self.reports), self.started_at, self.params)
 
 
 @dataclass

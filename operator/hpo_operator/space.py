@@ -116,6 +116,34 @@ class Param:
     def initial(self) -> Any:
         return self.middle() if self.default is None else self.default
 
+    def from_unit(self, u: float) -> Any:
+        """The value at position ``u`` in [0, 1) of this parameter's own scale (log scale for log
+        types, grid cells of equal width for quantised types, an index for choices)."""
+        u = min(max(u, 0.0), math.nextafter(1.0, 0.0))
+        if self.type == "choice":
+            return self.choices[int(u * len(self.choices))]
+        if self.type == "quniform":
+            return self.grid_value(int(u * self.grid_size()))
+        if self.log:
+            x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
+        else:
+            x = self.low + u * (self.high - self.low)
+        if self.type == "qloguniform":
+            return self.grid_value(self.nearest_grid_index(x))
+        return min(max(x, self.low), self.high)
+
+    def to_unit(self, value: Any) -> float:
+        """The inverse of from_unit: where ``value`` lies in [0, 1) (the middle of its cell)."""
+        if self.type == "choice":
+            index = next(i for i, c in enumerate(self.choices) if c == value and type(c) is type(value))
+            return (index + 0.5) / len(self.choices)
+        if self.type == "quniform":
+            return (self.nearest_grid_index(float(value)) + 0.5) / self.grid_size()
+        if self.log:
+            span = math.log(self.high) - math.log(self.low)
+            return min(max((math.log(float(value)) - math.log(self.low)) / span, 0.0), 1.0)
+        return min(max((float(value) - self.low) / (self.high - self.low), 0.0), 1.0)
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` is a value this parameter can take."""
         if self.type == "choice":
@@ -148,6 +176,9 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         return {p.name: p.sample(rng) for p in self.params}
+
+    def from_unit(self, point: list[float]) -> dict[str, Any]:
+        return {p.name: p.from_unit(u) for p, u in zip(self.params, point, strict=True)}
 
     def initial(self) -> dict[str, Any]:
         """The configuration tried first: each parameter's default, or the middle of its range."""

@@ -16,7 +16,6 @@ every running trial is stopped and the study finalized from what was reported.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from .asha import Report as Report
 from .asha import RungDecision, replay_stop, report_order, rung_records, rung_resources, score
 from .budget import BudgetTooSmall, Plan, default_min_resource, make_plan
 from .config import StudyConfig
+from .sampler import Observed, Sampler
 
 
 class TrialStatus(str, Enum):
@@ -53,6 +53,7 @@ class TrialView:
     status: TrialStatus
     reports: tuple[Report, ...] = ()
     started_at: float | None = None
+    params: dict[str, Any] | None = None  # as started; None: the adapter relies on params_for(index)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reports", tuple(sorted(self.reports, key=report_order)))
@@ -134,14 +135,25 @@ class Study:
         self.config = config
         self.slots = max(1, slots)
         self.eta = config.reduction_factor or 3
+        self.sampler = Sampler(config.space, config.sampler, config.seed, config.mode)
 
     # --- hyper-parameters -----------------------------------------------------------------
 
-    def params_for(self, index: int) -> dict[str, Any]:
-        """Trial ``index``'s configuration: the defaults for trial 0, else a draw seeded by (seed, index)."""
-        if index == 0:
-            return self.config.space.initial()
-        return self.config.space.sample(random.Random(f"hpo:{self.config.seed}:{index}"))
+    def params_for(
+        self, index: int, trials: Sequence[TrialView] = (), rungs: Sequence[float] = ()
+    ) -> dict[str, Any]:
+        """Trial ``index``'s configuration: the defaults for trial 0, else the sampler's proposal from
+        the trials so far (random and qmc depend on (seed, index) only)."""
+        tried = [Observed(self.trial_params(t), t.reports) for t in trials]
+        return self.sampler.propose(index, tried, rungs, self.config.max_resource)
+
+    def trial_params(self, trial: TrialView) -> dict[str, Any]:
+        """A trial's configuration as started (re-derived when the adapter did not keep it)."""
+        if trial.params is not None:
+            return trial.params
+        if self.config.sampler == "tpe" and trial.index > 0:
+            raise ValueError(f"trial {trial.index}: the tpe sampler needs the params each trial started with")
+        return self.sampler.propose(trial.index, [], (), self.config.max_resource)
 
     # --- the budget -------------------------------------------------------------------------
 
@@ -227,8 +239,10 @@ class Study:
         level, s, neg_index, report = max(candidates, key=lambda c: (c[0], c[1], c[2]))
         if math.isinf(s):
             return None
+        index = -neg_index
+        trial = next(t for t in trials if t.index == index)
         return Best(
-            index=-neg_index, value=report.value, resource=report.resource, params=self.params_for(-neg_index)
+            index=index, value=report.value, resource=report.resource, params=self.trial_params(trial)
         )
 
     # --- the decision -----------------------------------------------------------------------
@@ -288,12 +302,16 @@ class Study:
                 message = "measuring one epoch of the first trial to size the budget"
         else:
             epoch = plan.epoch_seconds
+            tried = list(trials)
             while free > 0 and started < plan.planned_trials:
                 assert deadline is not None
                 if obs.now + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
-                actions.append(StartTrial(next_index, self.params_for(next_index)))
+                params = self.params_for(next_index, tried, rungs)
+                actions.append(StartTrial(next_index, params))
+                # Later proposals of this decision see this one, so they do not repeat it.
+                tried.append(TrialView(next_index, TrialStatus.PENDING, params=params))
                 active.add(next_index)
                 next_index += 1
                 started += 1

@@ -1,0 +1,228 @@
+"""What to try next: random, quasi-random (Latin hypercube) and model-based (TPE over rungs) proposals.
+
+Every sampler works in the unit cube: a point ``u`` in [0, 1)^d maps to a configuration through each
+parameter's own scale (``Param.from_unit``: log scale for log types, the grid for quantised types,
+an index for choices), so every proposal is a value the search space can take.
+
+The model-based sampler is a Parzen-estimator density ratio in the manner of TPE and BOHB, fit on
+ASHA's rung results: trials are ranked as ASHA ranks them, by the highest rung each reached and then
+by its value at that rung (values compared only at equal resource), the best ``gamma`` share forms
+the good density l and the rest the bad density g, and the proposal is the candidate drawn from l
+that maximises ``l(u) / g(u)``. So a trial that reached a higher rung always counts as better than
+one pruned below it, and every report informs the model, the sparse top rung included. A
+quasi-random start and a share of random proposals keep it from collapsing. Proposals never repeat
+a configuration already tried while the space has others.
+
+Pure: the inputs are the trials so far and a generator seeded by (seed, trial index), so the same
+observations always give the same proposal.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, get_args
+
+import numpy as np
+
+from .asha import Report, rung_records, score
+from .config import Mode, SamplerName
+from .space import SearchSpace
+
+SAMPLERS: tuple[SamplerName, ...] = get_args(SamplerName)
+
+# Latin-hypercube block: every block of this many consecutive trials covers each dimension's strata.
+QMC_BLOCK = 16
+# TPE settings (BOHB's and Optuna's published defaults where they exist).
+GAMMA = 0.15  # share of observations that count as good
+RANDOM_FRACTION = 1 / 4  # proposals drawn at random, so the model never collapses
+CANDIDATES = 32  # candidates drawn from the good density per proposal
+MIN_BANDWIDTH = 0.03  # in unit-cube coordinates
+CHOICE_KEEP = 0.8  # a choice's kernel: this much mass on its own category, the rest spread evenly
+PRIOR_WEIGHT = 1.0  # weight of the uniform prior in each density
+DUPLICATE_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A trial as the samplers see it: its configuration and its reports."""
+
+    params: dict[str, Any]
+    reports: tuple[Report, ...]
+
+
+def startup_trials(space: SearchSpace) -> int:
+    """Quasi-random proposals before the model takes over."""
+    return max(8, 2 * len(space) + 2)
+
+
+def min_observations(space: SearchSpace) -> int:
+    """Observations a rung needs before the model is fit on it."""
+    return max(6, len(space) + 2)
+
+
+def latin_hypercube_point(dims: int, index: int, seed: int) -> list[float]:
+    """Point ``index`` of a sequence of Latin hypercubes, one per block of QMC_BLOCK indices."""
+    block, position = divmod(index, QMC_BLOCK)
+    point = []
+    for d in range(dims):
+        perm = list(range(QMC_BLOCK))
+        random.Random(f"hpo-lhs:{seed}:{block}:{d}").shuffle(perm)
+        jitter = random.Random(f"hpo-lhs-jitter:{seed}:{index}:{d}").random()
+        point.append((perm[position] + jitter) / QMC_BLOCK)
+    return point
+
+
+def _key(params: dict[str, Any]) -> str:
+    return repr(sorted(params.items()))
+
+
+def _unit_of(space: SearchSpace, params: dict[str, Any]) -> list[float] | None:
+    try:
+        return [p.to_unit(params[p.name]) for p in space.params]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+class _Parzen:
+    """A product of per-dimension densities on [0, 1]: Gaussian kernels for numeric parameters,
+    smoothed frequencies for choices, mixed with a uniform prior. Vectorised: scoring a batch of
+    candidates against n points costs one (candidates x n) array per dimension."""
+
+    def __init__(self, space: SearchSpace, points: Sequence[list[float]]) -> None:
+        self.space = space
+        self.points = np.asarray(points, dtype=float).reshape(len(points), len(space))
+        n = max(len(points), 1)
+        # Scott-like bandwidth shrinking with the number of points, floored so it never degenerates.
+        self.bandwidth: float = max(MIN_BANDWIDTH, 0.5 * float(n) ** (-1 / (len(space) + 4)))
+        self.total = len(points) + PRIOR_WEIGHT
+        self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
+
+    def sample(self, rng: random.Random) -> list[float]:
+        pick = int(rng.uniform(0, self.total))
+        if pick < len(self.points):
+            return [self._around(rng, d, float(x)) for d, x in enumerate(self.points[pick])]
+        return [rng.random() for _ in self.space.params]
+
+    def _around(self, rng: random.Random, d: int, x: float) -> float:
+        if self.sizes[d]:
+            # Keep the category most of the time; otherwise any category.
+            return x if rng.random() < CHOICE_KEEP else rng.random()
+        for _ in range(8):
+            y = rng.gauss(x, self.bandwidth)
+            if 0.0 <= y < 1.0:
+                return y
+        return min(max(x, 0.0), math.nextafter(1.0, 0.0))
+
+    def log_density(self, candidates: Sequence[list[float]]) -> list[float]:
+        """log of the density at each candidate."""
+        c = np.asarray(candidates, dtype=float)
+        kernel = np.ones((len(c), len(self.points)))
+        for d, size in enumerate(self.sizes):
+            a, b = c[:, d][:, None], self.points[:, d][None, :]
+            if size:
+                same = np.floor(a * size) == np.floor(b * size)
+                kernel *= np.where(same, CHOICE_KEEP * size, 0.0) + (1 - CHOICE_KEEP)
+            else:
+                z = (a - b) / self.bandwidth
+                kernel *= np.exp(-0.5 * z * z) / (self.bandwidth * math.sqrt(2 * math.pi))
+        # The uniform prior has density 1 everywhere.
+        density = (PRIOR_WEIGHT + kernel.sum(axis=1)) / self.total
+        return [float(v) for v in np.log(density)]
+
+
+class Sampler:
+    """Proposes trial configurations for one study."""
+
+    def __init__(self, space: SearchSpace, kind: SamplerName, seed: int, mode: Mode) -> None:
+        self.space = space
+        self.kind = kind
+        self.seed = seed
+        self.mode = mode
+
+    def _rng(self, index: int) -> random.Random:
+        return random.Random(f"hpo:{self.seed}:{index}")
+
+    def random_params(self, index: int) -> dict[str, Any]:
+        return self.space.sample(self._rng(index))
+
+    def quasi_random(self, index: int) -> dict[str, Any]:
+        return self.space.from_unit(latin_hypercube_point(len(self.space), index, self.seed))
+
+    def propose(
+        self, index: int, tried: Sequence[Observed], rungs: Sequence[float], max_resource: float
+    ) -> dict[str, Any]:
+        """Trial ``index``'s configuration given every trial tried so far (the defaults for 0)."""
+        if index == 0:
+            return self.space.initial()
+        if self.kind == "random":
+            return self.random_params(index)
+        seen = {_key(t.params) for t in tried}
+        if self.kind == "qmc" or index < startup_trials(self.space):
+            return self._unseen(self.quasi_random(index), index, seen)
+        rng = self._rng(index)
+        if rng.random() < RANDOM_FRACTION:
+            return self._unseen(self.space.sample(rng), index, seen)
+        proposal = self._model_based(rng, tried, rungs, max_resource, seen)
+        if proposal is None:
+            return self._unseen(self.quasi_random(index), index, seen)
+        return proposal
+
+    def _unseen(self, proposal: dict[str, Any], index: int, seen: set[str]) -> dict[str, Any]:
+        """The proposal, or a random one not tried yet when it repeats a configuration."""
+        rng = random.Random(f"hpo-dedup:{self.seed}:{index}")
+        for _ in range(DUPLICATE_RETRIES):
+            if _key(proposal) not in seen:
+                return proposal
+            proposal = self.space.sample(rng)
+        return proposal  # a small space that is (nearly) exhausted: a repeat is allowed
+
+    def _ranked(
+        self, tried: Sequence[Observed], rungs: Sequence[float], max_resource: float
+    ) -> list[list[float]] | None:
+        """Unit points of the tried trials, best first: ranked by the highest level (rung or R) each
+        reached, then by its value there, as ASHA itself ranks them. None while too few reported."""
+        levels = (*rungs, max_resource)
+        ranked: list[tuple[int, float, int, list[float]]] = []
+        for i, t in enumerate(tried):
+            u = _unit_of(self.space, t.params)
+            records = rung_records(0, t.reports, levels)
+            if u is None or not records:
+                continue
+            last = records[-1]
+            ranked.append((last.rung, score(last.value, self.mode), -i, u))
+        if len(ranked) < min_observations(self.space):
+            return None
+        ranked.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
+        return [r[3] for r in ranked]
+
+    def _model_based(
+        self,
+        rng: random.Random,
+        tried: Sequence[Observed],
+        rungs: Sequence[float],
+        max_resource: float,
+        seen: set[str],
+    ) -> dict[str, Any] | None:
+        ranked = self._ranked(tried, rungs, max_resource)
+        if ranked is None:
+            return None
+        n_good = max(1, math.ceil(GAMMA * len(ranked)))
+        good = _Parzen(self.space, ranked[:n_good])
+        bad = _Parzen(self.space, ranked[n_good:])
+        proposals: list[dict[str, Any]] = []
+        units: list[list[float]] = []
+        for _ in range(CANDIDATES):
+            u = good.sample(rng)
+            params = self.space.from_unit(u)
+            if _key(params) in seen:
+                continue
+            proposals.append(params)
+            # Score the snapped configuration, not the raw draw, so quantised spaces compare fairly.
+            units.append(_unit_of(self.space, params) or u)
+        if not proposals:
+            return None
+        ratios = [g - b for g, b in zip(good.log_density(units), bad.log_density(units), strict=True)]
+        return proposals[max(range(len(ratios)), key=lambda i: (ratios[i], -i))]

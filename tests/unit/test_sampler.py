@@ -1,0 +1,142 @@
+"""Samplers: unit-cube mapping per parameter type, Latin hypercube strata, TPE proposals."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import pytest
+
+from hpo_operator.asha import Report
+from hpo_operator.sampler import QMC_BLOCK, Observed, Sampler, latin_hypercube_point, startup_trials
+from hpo_operator.space import SearchSpace, parse_space
+
+ALL_TYPES = parse_space(
+    {
+        "u": {"param_type": "uniform", "range": [-1.0, 3.0]},
+        "q": {"param_type": "quniform", "range": [0.0007, 0.0015, 0.0001]},
+        "lu": {"param_type": "loguniform", "range": [1e-5, 1e-1]},
+        "qlu": {"param_type": "qloguniform", "range": [32, 128, 2]},
+        "c": {"param_type": "choice", "range": ["sgd", "adam", 3]},
+    }
+)
+
+
+@pytest.mark.parametrize("param", ALL_TYPES.params, ids=lambda p: p.type)
+def test_every_unit_point_maps_to_a_value_of_the_space(param: Any) -> None:
+    for i in range(1001):
+        value = param.from_unit(i / 1000)
+        assert param.contains(value), (param.name, value)
+        assert 0.0 <= param.to_unit(value) <= 1.0
+        # The round trip lands in the same grid cell / choice / value.
+        assert param.from_unit(param.to_unit(value)) == pytest.approx(value)
+
+
+def test_log_types_map_the_unit_interval_on_a_log_scale() -> None:
+    lu = ALL_TYPES.params[2]
+    assert lu.from_unit(0.5) == pytest.approx(math.sqrt(1e-5 * 1e-1))
+
+
+def test_latin_hypercube_blocks_cover_every_stratum_once() -> None:
+    for block in range(3):
+        points = [latin_hypercube_point(3, block * QMC_BLOCK + i, seed=5) for i in range(QMC_BLOCK)]
+        for d in range(3):
+            assert sorted(int(p[d] * QMC_BLOCK) for p in points) == list(range(QMC_BLOCK))
+    assert latin_hypercube_point(3, 7, seed=5) == latin_hypercube_point(3, 7, seed=5)
+    assert latin_hypercube_point(3, 7, seed=5) != latin_hypercube_point(3, 7, seed=6)
+
+
+def test_trial_zero_gets_the_defaults_for_every_sampler() -> None:
+    for kind in ("random", "qmc", "tpe"):
+        assert Sampler(ALL_TYPES, kind, 0, "max").propose(0, [], (1, 3), 9) == ALL_TYPES.initial()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["random", "qmc", "tpe"])
+def test_proposals_are_deterministic_and_valid(kind: Any) -> None:
+    tried = history(ALL_TYPES, 40, lambda p: -abs(p["u"] - 2.0))
+    a = Sampler(ALL_TYPES, kind, 3, "max")
+    b = Sampler(ALL_TYPES, kind, 3, "max")
+    for index in range(1, 60):
+        proposal = a.propose(index, tried, (1, 3), 9)
+        assert proposal == b.propose(index, tried, (1, 3), 9)
+        assert all(p.contains(proposal[p.name]) for p in ALL_TYPES.params)
+
+
+def history(space: SearchSpace, n: int, value: Any, seed: int = 11) -> list[Observed]:
+    """n random trials that each reported at resources 1, 3 and 9 (the rungs and R)."""
+    sampler = Sampler(space, "random", seed, "max")
+    out = []
+    for i in range(1, n + 1):
+        params = sampler.propose(i, [], (), 9)
+        v = value(params)
+        out.append(
+            Observed(params, (Report(1, v - 0.2, i), Report(3, v - 0.1, i + 0.5), Report(9, v, i + 0.9)))
+        )
+    return out
+
+
+def test_tpe_proposes_near_the_good_region() -> None:
+    space = parse_space(
+        {"x": {"param_type": "uniform", "range": [0, 1]}, "y": {"param_type": "uniform", "range": [0, 1]}}
+    )
+    tried = history(space, 80, lambda p: -((p["x"] - 0.8) ** 2 + (p["y"] - 0.2) ** 2))
+
+    def distances(kind: Any) -> list[float]:
+        s = Sampler(space, kind, 0, "max")
+        props = [s.propose(i, tried, (1, 3), 9) for i in range(100, 200)]
+        return [math.hypot(p["x"] - 0.8, p["y"] - 0.2) for p in props]
+
+    tpe, rnd = statistics.median(distances("tpe")), statistics.median(distances("random"))
+    assert tpe < 0.5 * rnd, (tpe, rnd)
+
+
+def test_tpe_respects_min_mode() -> None:
+    space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
+    tried = history(space, 60, lambda p: p["x"])  # higher x, higher value: min mode wants low x
+    for mode, near in (("min", 0.0), ("max", 1.0)):
+        s = Sampler(space, mode, 0, mode)  # type: ignore[arg-type]
+        s = Sampler(space, "tpe", 0, mode)  # type: ignore[arg-type]
+        xs = [s.propose(i, tried, (1, 3), 9)["x"] for i in range(100, 160)]
+        assert statistics.median(abs(x - near) for x in xs) < 0.25, (mode, statistics.median(xs))
+
+
+def test_tpe_ranks_trials_by_the_rung_they_reached_first() -> None:
+    space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
+    tried = []
+    for i in range(1, 41):
+        x = i / 41
+        # Trials with x > 0.7 reached R with a mediocre value; the others were pruned at rung 1
+        # with higher (but not comparable) values.
+        reports = (
+            (Report(1, 0.9, i), Report(3, 0.5, i + 0.5), Report(9, 0.5, i + 0.9))
+            if x > 0.7
+            else (Report(1, 0.9, i),)
+        )
+        tried.append(Observed({"x": x}, reports))
+    s = Sampler(space, "tpe", 0, "max")
+    xs = [s.propose(i, tried, (1, 3), 9)["x"] for i in range(100, 160)]
+    assert statistics.median(xs) > 0.7
+
+
+def test_the_start_is_quasi_random() -> None:
+    space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
+    s = Sampler(space, "tpe", 0, "max")
+    n = startup_trials(space)
+    assert n >= 8
+    # Before the model takes over, proposals equal the Latin hypercube's.
+    assert [s.propose(i, [], (), 9) for i in range(1, n)] == [s.quasi_random(i) for i in range(1, n)]
+
+
+@pytest.mark.parametrize("kind", ["random", "qmc", "tpe"])
+def test_no_duplicates_while_the_space_has_unused_values(kind: Any) -> None:
+    space = parse_space({"c": {"param_type": "choice", "range": ["a", "b", "c", "d"]}})
+    s = Sampler(space, kind, 0, "max")
+    tried = [Observed({"c": v}, (Report(9, 0.5, 1.0),)) for v in ("a", "b", "c")]
+    if kind == "random":
+        pytest.skip("plain random sampling may repeat; only qmc and tpe avoid duplicates")
+    for index in range(1, 30):
+        assert s.propose(index, tried, (1, 3), 9) == {"c": "d"}
+    # Exhausted: a repeat is allowed rather than failing.
+    full = [*tried, Observed({"c": "d"}, ())]
+    assert s.propose(5, full, (1, 3), 9)["c"] in "abcd"
