@@ -147,7 +147,7 @@ def test_the_deployment_runs_one_hpo_operator_with_its_ports_and_liveness_probe(
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     main = container(objects)
     assert main["image"] == "hpo-operator:0.1.0"
-    assert "command" not in main  # the image's ENTRYPOINT is `hpo operator`
+    assert main["command"] == ["hpo", "operator"]
     assert main["args"] == ["--resync=30", "--metrics-port=8080", "--liveness-port=8081"]
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"metrics": 8080, "healthz": 8081}
     probe = main["livenessProbe"]
