@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal
+from functools import cached_property
 from typing import Any
 
 PARAM_TYPES = ("uniform", "quniform", "loguniform", "qloguniform", "choice")
@@ -74,6 +75,7 @@ class Param:
     def log(self) -> bool:
         return self.type in ("loguniform", "qloguniform")
 
+    @cached_property
     def grid_size(self) -> int:
         """Number of grid points of a quantised parameter."""
         assert self.step is not None
@@ -88,14 +90,14 @@ class Param:
     def nearest_grid_index(self, x: float) -> int:
         assert self.step is not None
         k = round((x - self.low) / self.step)
-        return min(max(k, 0), self.grid_size() - 1)
+        return min(max(k, 0), self.grid_size - 1)
 
     def sample(self, rng: random.Random) -> Any:
         """Draws one value; the only randomness is ``rng``."""
         if self.type == "choice":
             return self.choices[rng.randrange(len(self.choices))]
         if self.type == "quniform":
-            return self.grid_value(rng.randrange(self.grid_size()))
+            return self.grid_value(rng.randrange(self.grid_size))
         if self.type == "uniform":
             return rng.uniform(self.low, self.high)
         x = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
@@ -123,7 +125,7 @@ class Param:
         if self.type == "choice":
             return self.choices[int(u * len(self.choices))]
         if self.type == "quniform":
-            return self.grid_value(int(u * self.grid_size()))
+            return self.grid_value(int(u * self.grid_size))
         if self.log:
             x = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
         else:
@@ -138,7 +140,7 @@ class Param:
             index = next(i for i, c in enumerate(self.choices) if c == value and type(c) is type(value))
             return (index + 0.5) / len(self.choices)
         if self.type == "quniform":
-            return (self.nearest_grid_index(float(value)) + 0.5) / self.grid_size()
+            return (self.nearest_grid_index(float(value)) + 0.5) / self.grid_size
         if self.log:
             span = math.log(self.high) - math.log(self.low)
             return min(max((math.log(float(value)) - math.log(self.low)) / span, 0.0), 1.0)
@@ -251,7 +253,7 @@ def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
         if not param.contains(default):
             problems.append(f"{where}: default {default!r} is not a value of {param.describe()}")
             return None
-        param = Param(**{**param.__dict__, "default": default})
+        param = replace(param, default=default)
     return param
 
 
