@@ -468,15 +468,19 @@ def _load_local_study(target: Path) -> dict[str, Any]:
 
 @main.command(name="status")
 @click.argument("target")
-def status_command(target: str) -> None:
-    """Show a study: TARGET is a local study's folder (hpo run --out) or its study.json."""
+@click.option("-n", "--namespace", default=None, help="The HPOStudy's namespace (cluster studies)")
+@click.option("--kubeconfig", default=None, help="For cluster studies; default $KUBECONFIG or ~/.kube/config")
+def status_command(target: str, namespace: str | None, kubeconfig: str | None) -> None:
+    """Show a study: TARGET is a local study's folder (hpo run --out) or its study.json, else the
+    name of an HPOStudy in the cluster."""
     import time as _time
 
     from .progress import render
 
     path = Path(target)
     if not (path.is_dir() or path.name == "study.json"):
-        fail(f"{target}: no such study folder (give the folder hpo run wrote, holding study.json)")
+        _cluster_status(target, namespace, kubeconfig)
+        return
     doc = _load_local_study(path)
     now = _time.time()
     for line in render(doc, now):
@@ -505,3 +509,24 @@ def plot_command(directory: Path, output: Path | None) -> None:
     except ImportError:
         fail("hpo plot needs matplotlib: pip install 'hpo-operator[plot]'")
     click.echo(str(written))
+
+
+def _cluster_status(name: str, namespace: str | None, kubeconfig: str | None) -> None:
+    try:
+        from .kube.show import study_lines
+    except ImportError:
+        fail(f"{name}: no such study folder (and the operator extra, needed for cluster studies, is missing)")
+    try:
+        lines = study_lines(kubeconfig, namespace, name)
+    except Exception as err:  # no kubeconfig, no cluster: say so in one line
+        fail(f"{name}: no such study folder, and the cluster cannot be asked: {err}")
+    if lines is None:
+        fail(f"{name}: no such study folder nor HPOStudy (namespace {namespace or 'of the context'})")
+    for line in lines or []:
+        click.echo(line)
+
+
+# The operator's own commands: `hpo operator`, `hpo crds`.
+from .kube.commands import register as _register_kube_commands  # noqa: E402
+
+_register_kube_commands(main)

@@ -151,7 +151,8 @@ def build_job(study: Mapping[str, Any], trial: Mapping[str, Any], deadline: floa
             "name": meta["name"],
             "namespace": meta["namespace"],
             "labels": labels(study["metadata"]["name"], meta["name"]),
-            "ownerReferences": [owner_reference(trial)],
+            # A trial about to be created has no uid yet: its creator adds the reference then.
+            **({"ownerReferences": [owner_reference(trial)]} if "uid" in meta else {}),
         },
         "spec": spec,
     }

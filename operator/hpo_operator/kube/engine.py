@@ -25,6 +25,7 @@ from .world import Cluster, study_path
 
 log = logging.getLogger("hpo_operator")
 Key = tuple[str, str]  # (namespace, study name)
+SLOW_SECONDS = 0.5  # a reconcile slower than this is logged: it delays pruning and the deadline
 
 
 @dataclass
@@ -113,7 +114,9 @@ class Engine:
             try:
                 again = await asyncio.to_thread(self.reconcile_once, key)
             except Exception as err:  # a failed reconcile is retried; the operator keeps going
-                log.warning("reconcile of %s/%s failed: %s", *key, err)
+                log.warning(
+                    "reconcile of %s/%s failed: %s", *key, err, exc_info=not isinstance(err, ApiError)
+                )
                 self.metrics.failed(*key, err)
                 again = self.settings.error_backoff_seconds
             finally:
@@ -132,7 +135,10 @@ class Engine:
             return None
         outcome = reconcile(world, self.clock())
         self.cluster.apply(world, outcome)
-        self.metrics.observe(world, outcome, time.monotonic() - started)
+        took = time.monotonic() - started
+        self.metrics.observe(world, outcome, took)
+        if took > SLOW_SECONDS:
+            log.info("reconcile of %s/%s took %.2fs (%d writes)", *key, took, len(outcome.writes))
         return outcome.requeue_after
 
     async def _resync(self) -> None:

@@ -28,6 +28,9 @@ def _engine(memo: Any) -> Engine:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.scanning.disabled = True  # no CRD/namespace watching: nothing beyond the chart's RBAC
     settings.posting.level = logging.WARNING
+    # kopf logs every handled event at INFO; with a report every fraction of a second that is noise
+    # and CPU the reconciles need.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     await _engine(memo).start()
 

@@ -153,15 +153,12 @@ def observe_trial(
             status["finishedAt"] = to_rfc3339(now)
     if started_text:
         status["startedAt"] = started_text
-    if reports:
-        last = max(reports, key=lambda r: (r.time, r.resource))
-        status["resource"] = max(r.resource for r in reports)
-        status["lastValue"] = None if math.isnan(last.value) else last.value
     view = TrialView(
         index=int(trial["spec"]["index"]),
         status=TrialStatus(status["phase"]),
         reports=reports,
         started_at=started_at,
+        params=dict(trial["spec"].get("hyperparameters") or {}),
     )
     return TrialState(
         name=meta["name"],
@@ -171,6 +168,26 @@ def observe_trial(
         job_exists=job is not None,
         unschedulable=unschedulable_message(pod) if pod else None,
     )
+
+
+def progress(reports: Sequence[Report], levels: Sequence[float], final: bool) -> JSON:
+    """status.resource and lastValue: the highest level (rung or R) reached and the value there, or
+    for a finished trial its last report. Written at rungs, not at every report, to spare the API."""
+    if not reports:
+        return {}
+    ordered = sorted(reports, key=lambda r: (r.time, r.resource))
+    if final:
+        at = ordered[-1]
+        return {"resource": max(r.resource for r in ordered), "lastValue": _finite(at.value)}
+    top = max((lv for lv in levels if any(r.resource >= lv for r in ordered)), default=None)
+    if top is None:
+        return {}
+    at = next(r for r in ordered if r.resource >= top)
+    return {"resource": at.resource, "lastValue": _finite(at.value)}
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> JSON:

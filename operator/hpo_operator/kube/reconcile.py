@@ -26,7 +26,7 @@ from ..study import (
 )
 from .builders import build_job, build_trial, build_trial_access
 from .capacity import Capacity
-from .observe import TrialState, observe_trial, status_patch, to_rfc3339, to_timestamp
+from .observe import TrialState, observe_trial, progress, status_patch, to_rfc3339, to_timestamp
 from .resources import TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
 
 JSON = dict[str, Any]
@@ -34,6 +34,9 @@ JSON = dict[str, Any]
 # How often a running study is looked at even when nothing it watches changes: other workloads'
 # pods free GPUs without an event the operator watches.
 RESYNC_SECONDS = 5.0
+# The reconcile decides for the moment its writes will have landed, this much after it read the
+# world, so that a study stopped "at the deadline" is finished at the deadline, not just after it.
+LEAD_SECONDS = 1.0
 # While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
 
@@ -89,9 +92,12 @@ class PatchTrialStatus:
 
 @dataclass(frozen=True)
 class DeleteJob:
-    """Background propagation: the Job goes at once, the garbage collector deletes its pod."""
+    """The Job goes at once (background propagation), and its pods are deleted by name right after
+    instead of waiting for the garbage collector: the GPU is free sooner, and a pod started in the
+    same reconcile never finds the old one still wanted."""
 
     name: str
+    pods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def reconcile(world: World, now: float) -> Outcome:
     core = Study(config, _slots(config, gpus, world.capacity))
     observation = Observation(
         started_at=started_at,
-        now=now,
+        now=now + LEAD_SECONDS,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
     )
@@ -163,7 +169,9 @@ def reconcile(world: World, now: float) -> Outcome:
     except StudyError as err:
         outcome = _invalid(world, "BudgetTooSmall", str(err), now, states)
         return Outcome(outcome.writes, outcome.status, first_status, outcome.events)
-    writes, events = _trial_writes(world, states, decision, now)
+    plan = decision.plan
+    levels = (*plan.rungs, plan.max_resource) if plan else (config.max_resource,)
+    writes, events = _trial_writes(world, states, decision, levels, now)
     requeue = RESYNC_SECONDS
     starts = [a for a in decision.actions if isinstance(a, StartTrial)]
     if starts and world.access != "ready":
@@ -173,19 +181,29 @@ def reconcile(world: World, now: float) -> Outcome:
             writes.insert(0, CreateAccess(tuple(build_trial_access(study))))
         requeue = ACCESS_RETRY_SECONDS
     if decision.deadline is not None and decision.finalize is None:
-        requeue = min(requeue, max(0.05, decision.deadline - now + 0.05))
+        requeue = min(requeue, max(0.05, decision.deadline - LEAD_SECONDS - now + 0.02))
     new_status = _study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
         events.append(_finish_event(finalize))
+    patch = status_patch(status, new_status)
+    if set(patch) == {"budget"} and _only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
+        patch = {}
     return Outcome(
         writes=writes,
-        status=status_patch(status, new_status) or None,
+        status=patch or None,
         first_status=first_status,
         events=events,
         requeue_after=None if finalize else requeue,
         decision=decision,
     )
+
+
+def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
+    """True when the budget changed by usedSeconds alone, and by less than a resync: not worth a write."""
+    others = {k: v for k, v in desired.items() if k != "usedSeconds"}
+    moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
+    return status_patch(current, others) == {} and moved < RESYNC_SECONDS
 
 
 def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
@@ -204,7 +222,7 @@ def _free_slots(gpus: int, capacity: Capacity, states: list[TrialState]) -> int:
 
 
 def _trial_writes(
-    world: World, states: list[TrialState], decision: Decision, now: float
+    world: World, states: list[TrialState], decision: Decision, levels: tuple[float, ...], now: float
 ) -> tuple[list[Write], list[Event]]:
     study, name = world.study, world.study["metadata"]["name"]
     current = {t["metadata"]["name"]: t.get("status") or {} for t in world.trials}
@@ -232,14 +250,16 @@ def _trial_writes(
             }
     for state in states:
         desired = {**state.status, **settled.get(state.name, {})}
-        patch = status_patch(current[state.name], desired)
         phase = desired["phase"]
+        desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
+        patch = status_patch(current[state.name], desired)
         event = _trial_event(state.name, phase, desired) if "phase" in patch else None
         if patch:
             writes.append(PatchTrialStatus(state.name, patch, event))
         job = world.jobs.get(state.name)
         if phase in ("Pruned", "Stopped") and job is not None and not _job_finished(job):
-            writes.append(DeleteJob(state.name))  # after the verdict, so a restart never reruns it
+            # After the verdict, so a restart never reruns it.
+            writes.append(DeleteJob(state.name, _live_pods(world, state.name)))
         elif phase in ("Pending", "Running") and job is None and "startedAt" not in desired:
             writes.append(CreateJob(state.name, build_job(study, trials[state.name], decision.deadline, now)))
         elif (
@@ -257,6 +277,15 @@ def _trial_writes(
             started = Event("TrialStarted", f"trial {trial['metadata']['name']}: {action.params}")
             writes.append(CreateTrial(trial, job, started))
     return writes, events
+
+
+def _live_pods(world: World, trial: str) -> tuple[str, ...]:
+    return tuple(
+        p["metadata"]["name"]
+        for p in world.pods.get(trial, ())
+        if not p["metadata"].get("deletionTimestamp")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    )
 
 
 def _job_finished(job: JSON) -> bool:
@@ -378,7 +407,10 @@ def _invalid(
     for state in states or []:
         if state.view.status.active:
             stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
-            writes += [PatchTrialStatus(state.name, stop), DeleteJob(state.name)]
+            writes += [
+                PatchTrialStatus(state.name, stop),
+                DeleteJob(state.name, _live_pods(world, state.name)),
+            ]
     status = {"phase": "Failed", "message": message, "conditions": conditions}
     return Outcome(
         writes=writes,
@@ -398,5 +430,5 @@ def _settled(world: World, now: float) -> Outcome:
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
         if job is not None and not _job_finished(job) and phase != "Completed":
-            writes.append(DeleteJob(name))
+            writes.append(DeleteJob(name, _live_pods(world, name)))
     return Outcome(writes=writes)

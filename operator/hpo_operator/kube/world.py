@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class Cluster:
     api: Api
     clock: Callable[[], float] = time.time
     _needs_token_secret: bool | None = field(default=None, init=False)
+    # Studies whose trial ServiceAccount was seen ready: a cache of an API fact, never re-checked.
+    _access_ready: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _events: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "events"), init=False)
 
     def needs_token_secret(self) -> bool:
         """Before 1.24 a pod is admitted only once its ServiceAccount has a token Secret."""
@@ -86,6 +90,8 @@ class Cluster:
         )
 
     def _access(self, namespace: str, study: str) -> str:
+        if (namespace, study) in self._access_ready:
+            return "ready"
         account = self.api.get_or_none(
             ns_path("", "v1", namespace, "serviceaccounts", trial_access_name(study))
         )
@@ -93,6 +99,7 @@ class Cluster:
             return "missing"
         if self.needs_token_secret() and not account.get("secrets"):
             return "waiting"
+        self._access_ready.add((namespace, study))
         return "ready"
 
     def apply(self, world: World, outcome: Outcome) -> None:
@@ -116,22 +123,13 @@ class Cluster:
                 self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
         elif isinstance(write, CreateTrial):
             created = self.api.create(trial_path(namespace), write.trial)
-            trial = created or self.api.get(trial_path(namespace, write.trial["metadata"]["name"]))
-            job = {
-                **write.job,
-                "metadata": {**write.job["metadata"], "ownerReferences": [owner_reference(trial)]},
-            }
-            self.api.create(job_path(namespace), job)
-            if created is not None:
-                log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
-                self.event(study, write.event)
+            if created is None:
+                return  # it existed: the next reconcile makes its Job from the trial as stored
+            self._create_job(namespace, created, write.job)
+            log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
+            self.event(study, write.event)
         elif isinstance(write, CreateJob):
-            trial = self.api.get(trial_path(namespace, write.trial))
-            job = {
-                **write.job,
-                "metadata": {**write.job["metadata"], "ownerReferences": [owner_reference(trial)]},
-            }
-            self.api.create(job_path(namespace), job)
+            self._create_job(namespace, self.api.get(trial_path(namespace, write.trial)), write.job)
         elif isinstance(write, PatchTrialStatus):
             self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
             if write.event is not None:
@@ -139,13 +137,20 @@ class Cluster:
                 self.event(study, write.event)
         elif isinstance(write, DeleteJob):
             self.api.delete(job_path(namespace, write.name), propagation="Background")
+            for pod in write.pods:
+                self.api.delete(ns_path("", "v1", namespace, "pods", pod))
         elif isinstance(write, PatchJobDeadline):
             self.api.patch(
                 job_path(namespace, write.name), {"spec": {"activeDeadlineSeconds": write.seconds}}
             )
 
+    def _create_job(self, namespace: str, trial: JSON, job: JSON) -> None:
+        owned = {**job, "metadata": {**job["metadata"], "ownerReferences": [owner_reference(trial)]}}
+        self.api.create(job_path(namespace), owned)
+
     def event(self, study: JSON, event: Event) -> None:
-        """A core/v1 Event on the study, for humans (`kubectl describe hpo`); never fails a reconcile."""
+        """A core/v1 Event on the study, for humans (`kubectl describe hpo`), posted in the background:
+        it never delays or fails a reconcile."""
         meta = study["metadata"]
         stamp = to_rfc3339(self.clock())
         body = {
@@ -167,7 +172,10 @@ class Cluster:
             "lastTimestamp": stamp,
             "source": {"component": COMPONENT},
         }
+        self._events.submit(self._post_event, meta["namespace"], body)
+
+    def _post_event(self, namespace: str, body: JSON) -> None:
         try:
-            self.api.create(ns_path("", "v1", meta["namespace"], "events"), body)
-        except ApiError as err:
-            log.warning("cannot post event %s: %s", event.reason, err)
+            self.api.create(ns_path("", "v1", namespace, "events"), body)
+        except (ApiError, OSError) as err:
+            log.warning("cannot post event %s: %s", body["reason"], err)

@@ -1,0 +1,58 @@
+"""The operator's commands of the `hpo` CLI: `hpo operator` and `hpo crds`.
+
+They import kopf and the Kubernetes client only when run, so the rest of `hpo` works without the
+`operator` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command(name="operator")
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Serve this namespace (repeatable); default: every namespace",
+)
+@click.option("--kubeconfig", default=None, help="Default: in-cluster, else $KUBECONFIG or ~/.kube/config")
+@click.option("--liveness-port", type=click.IntRange(1, 65535), default=None, help="Serve /healthz here")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics here")
+@click.option("--resync", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Seconds")
+def operator_command(
+    namespaces: tuple[str, ...],
+    kubeconfig: str | None,
+    liveness_port: int | None,
+    metrics_port: int | None,
+    resync: float,
+) -> None:
+    """Run the operator: HPOStudy resources to GPU trial Jobs, until interrupted."""
+    try:
+        from .engine import EngineSettings
+        from .main import run_operator
+    except ImportError as err:
+        click.echo(
+            f"error: hpo operator needs the operator extra ({err}): pip install 'hpo-operator[operator]'"
+        )
+        sys.exit(2)
+    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, EngineSettings(resync_seconds=resync))
+
+
+@click.command(name="crds")
+@click.argument("directories", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--check", is_flag=True, help="Only check that the files match the models (exit 1 if not)")
+def crds_command(directories: tuple[Path, ...], check: bool) -> None:
+    """Write the CRDs generated from the models into DIRECTORIES (default: crds)."""
+    from .crd import main
+
+    sys.exit(main([*map(str, directories), *(["--check"] if check else [])]))
+
+
+def register(group: click.Group) -> None:
+    group.add_command(operator_command)
+    group.add_command(crds_command)

@@ -1,0 +1,78 @@
+"""`hpo status STUDY`: a study and its trials, read from the API, as lines of text."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .resources import STUDY_LABEL
+from .world import study_path, trial_path
+
+JSON = dict[str, Any]
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float | int) else str(value)
+
+
+def render_study(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) -> list[str]:
+    meta, spec, status = study["metadata"], study.get("spec") or {}, study.get("status") or {}
+    lines = [f"HPOStudy {meta['namespace']}/{meta['name']}: {status.get('phase') or 'Pending'}"]
+    if status.get("message"):
+        lines.append(f"  {status['message']}")
+    for c in status.get("conditions") or []:
+        lines.append(f"  condition {c['type']}={c['status']} ({c['reason']}): {c.get('message', '')}")
+    plan = status.get("plan")
+    if plan:
+        rungs = ", ".join(_num(r) for r in plan["rungs"])
+        lines.append(
+            f"  plan: {plan['plannedTrials']} trials, {plan['parallelism']} at once, eta {plan['eta']}, "
+            f"rungs {rungs or '-'}, R {_num(plan['maximumResource'])}"
+        )
+    budget = status.get("budget") or {}
+    if budget:
+        line = f"  budget: used {_num(budget.get('usedSeconds'))}s of {_num(budget.get('budgetSeconds'))}s"
+        if budget.get("finishedInsideSeconds") is not None:
+            line += f", finished {_num(budget['finishedInsideSeconds'])}s inside"
+        lines.append(line)
+    best = status.get("best")
+    if best:
+        lines.append(
+            f"  best: {best['trial']} {spec.get('metric', 'value')} {_num(best['value'])} "
+            f"at resource {_num(best['resource'])}"
+        )
+        lines += [f"    {k}: {v}" for k, v in sorted(best["hyperparameters"].items())]
+    if trials:
+        lines.append(f"  {'TRIAL':<28} {'PHASE':<10} {'RESOURCE':>8} {'VALUE':>10}  NOTE")
+    for t in sorted(trials, key=lambda t: int(t["spec"]["index"])):
+        ts = t.get("status") or {}
+        note = ts.get("message") or ""
+        lines.append(
+            f"  {t['metadata']['name']:<28} {ts.get('phase') or 'Pending':<10} "
+            f"{_num(ts.get('resource')):>8} {_num(ts.get('lastValue')):>10}  {note}"
+        )
+    return lines
+
+
+def study_lines(kubeconfig: str | None, namespace: str | None, name: str) -> list[str] | None:
+    """The study's lines, or None when there is no such study."""
+    from .api import Api, load_configuration
+
+    configuration = load_configuration(kubeconfig)
+    namespace = namespace or _default_namespace(kubeconfig)
+    api = Api(configuration)
+    study = api.get_or_none(study_path(namespace, name))
+    if study is None:
+        return None
+    trials = api.list(trial_path(namespace), labelSelector=f"{STUDY_LABEL}={name}")
+    return render_study(study, trials)
+
+
+def _default_namespace(kubeconfig: str | None) -> str:
+    from kubernetes import config as kube_config
+
+    try:
+        _, active = kube_config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return str(active.get("context", {}).get("namespace") or "default")
+    except (kube_config.ConfigException, OSError):
+        return "default"

@@ -1,0 +1,148 @@
+"""The operator, as its Helm chart installs it, running against the local cluster.
+
+The CRDs and the chart's RBAC are applied with kubectl; the operator runs as a subprocess
+(`hpo operator`) with a kubeconfig that holds a TokenRequest token of the chart's ServiceAccount, so
+it has exactly the rights the chart grants and none of the test's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.cluster import LocalCluster
+from tests.cluster.rest import Kube
+from tests.cluster.waiting import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "hpo-operator"
+OPERATOR_NAMESPACE = "hpo-system"
+RELEASE = "hpo"
+SERVICE_ACCOUNT = f"{RELEASE}-hpo-operator"
+
+
+def kubectl(cluster: LocalCluster, *args: str, stdin: str | None = None) -> str:
+    done = subprocess.run(
+        ["kubectl", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cluster.env()},
+        timeout=60,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def helm_template() -> str:
+    helm = shutil.which("helm")
+    if helm is None:
+        pytest.skip("helm is not on PATH (scripts/install-cluster-tools installs it)")
+    done = subprocess.run(
+        [helm, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """`hpo operator` as a child process; started, killed and restarted by its pid only."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log_path = log_path
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hpo_operator", "operator", "--kubeconfig", str(self.kubeconfig),
+             "--liveness-port", str(self.port), "--resync", "5"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+        )  # fmt: skip
+        log.close()
+        wait_for(self._healthy, timeout, 0.1, lambda: f"operator /healthz; log:\n{self.tail()}")
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup handler runs, as when a node dies under the operator."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: LocalCluster, kube: Kube) -> Path:
+    """CRDs and the chart's RBAC applied; a kubeconfig acting as the chart's ServiceAccount."""
+    kubectl(cluster, "apply", "-f", str(CHART / "crds"))
+    for crd in ("hpostudies.hpo.dev", "hpotrials.hpo.dev"):
+        kubectl(cluster, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+    kubectl(cluster, "create", "namespace", OPERATOR_NAMESPACE)
+    kubectl(cluster, "apply", "-f", "-", stdin=helm_template())
+    return cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
+
+
+@pytest.fixture(scope="session")
+def hpo_operator(cluster: LocalCluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(operator_kubeconfig, cluster.log_dir / "hpo-operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def operator(hpo_operator: OperatorProcess) -> OperatorProcess:
+    """The session's operator, running (a test that killed it leaves it restarted or dead)."""
+    if not hpo_operator.alive():
+        hpo_operator.start()
+    return hpo_operator

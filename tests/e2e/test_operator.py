@@ -1,0 +1,435 @@
+"""The operator end to end: HPOStudy in, GPU trial Jobs out, against the local cluster (2 nodes x 2 GPUs).
+
+The trials run a small trainer built on the SDK (a quadratic in ``x``, a report every fraction of
+a second), so a study takes seconds; the operator runs as a subprocess with the chart's RBAC
+(tests/e2e/conftest.py). Times of pod events are taken from a watch in the test process.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster import LocalCluster
+from tests.cluster.rest import ApiError, Kube
+from tests.cluster.waiting import wait_for
+from tests.e2e.conftest import OperatorProcess
+
+pytestmark = pytest.mark.e2e
+
+JSON = dict[str, Any]
+GROUP_PATH = "/apis/hpo.dev/v1alpha1"
+
+# A trial: reads its x, trains R "epochs" of EPOCH_SECONDS each, reports 1 - (x - 0.3)^2 scaled by
+# how far it trained. Any x near 0.3 is best; values rise with the resource, as real curves do.
+FAKE_TRAINER = """
+import os, time, hpo_trial
+x = float(hpo_trial.hyperparameters()["x"])
+epoch = float(os.environ["EPOCH_SECONDS"])
+for resource in range(1, int(os.environ["HPO_MAX_RESOURCE"]) + 1):
+    time.sleep(epoch)
+    hpo_trial.report(resource, round((1 - (x - 0.3) ** 2) * (1 - 0.5 ** resource), 6))
+"""
+
+
+def study_manifest(
+    name: str,
+    *,
+    deadline: str = "30s",
+    parallel: int | str = "auto",
+    max_resource: int = 9,
+    epoch_seconds: float = 0.2,
+    hp_space: JSON | None = None,
+) -> JSON:
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "metric": "accuracy",
+            "mode": "max",
+            "hpSpace": hp_space or {"x": {"paramType": "uniform", "range": [0.0, 1.0]}},
+            "minimumResource": 1,
+            "maximumResource": max_resource,
+            "reductionFactor": 3,
+            "budget": {"deadline": deadline},
+            "parallelTrials": parallel,
+            "gpusPerTrial": 1,
+            "seed": 7,
+            "trialTemplate": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trial",
+                            "image": "hpo-fake-trainer:local",
+                            "command": ["python", "-c", FAKE_TRAINER],
+                            "env": [{"name": "EPOCH_SECONDS", "value": str(epoch_seconds)}],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+
+
+def create_study(kube: Kube, namespace: str, manifest: JSON) -> JSON:
+    created: JSON = kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", manifest)
+    return created
+
+
+def get_study(kube: Kube, namespace: str, name: str) -> JSON:
+    study: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
+    return study
+
+
+def trials_of(kube: Kube, namespace: str) -> list[JSON]:
+    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
+    return sorted(items, key=lambda t: int(t["spec"]["index"]))
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, phases: set[str], timeout: float) -> JSON:
+    def done() -> JSON | None:
+        study = get_study(kube, namespace, name)
+        return study if (study.get("status") or {}).get("phase") in phases else None
+
+    def why() -> str:
+        study = get_study(kube, namespace, name)
+        return f"study {name} in {phases}; status now: {study.get('status')}"
+
+    return wait_for(done, timeout, 0.2, why)
+
+
+# --- watching pods ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PodTimes:
+    """When the test saw each step of one trial pod's life (time.time(), this machine's clock)."""
+
+    trial: str
+    added: float
+    running: float | None = None
+    ended: float | None = None  # phase Succeeded or Failed
+    phase: str | None = None
+    deleting: float | None = None  # deletionTimestamp set
+    gone: float | None = None
+
+    def holds_gpu_until(self) -> float:
+        return min(t for t in (self.ended, self.gone, float("inf")) if t is not None)
+
+
+@dataclass
+class PodWatch:
+    """A watch on the namespace's pods in a thread, recording every trial pod's steps."""
+
+    kube: Kube
+    namespace: str
+    pods: dict[str, PodTimes] = field(default_factory=dict)
+    added_per_trial: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> PodWatch:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the pod watch did not start"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        version = self.kube.get(path)["metadata"]["resourceVersion"]
+        self._ready.set()
+        while not self._stop.is_set():
+            try:
+                for event in self.kube.watch(path, timeout_seconds=5, resourceVersion=version):
+                    version = event["object"]["metadata"].get("resourceVersion", version)
+                    self._record(event["type"], event["object"], time.time())
+                    if self._stop.is_set():
+                        return
+            except (ApiError, OSError):
+                version = self.kube.get(path)["metadata"]["resourceVersion"]
+
+    def _record(self, kind: str, pod: JSON, now: float) -> None:
+        name = pod["metadata"]["name"]
+        trial = pod["metadata"].get("labels", {}).get("hpo.dev/trial")
+        if trial is None:
+            return
+        if name not in self.pods:
+            self.pods[name] = PodTimes(trial, now)
+            self.added_per_trial[trial] = self.added_per_trial.get(trial, 0) + 1
+        times = self.pods[name]
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Running" and times.running is None:
+            times.running = now
+        if phase in ("Succeeded", "Failed") and times.ended is None:
+            times.ended, times.phase = now, phase
+        if pod["metadata"].get("deletionTimestamp") and times.deleting is None:
+            times.deleting = now
+        if kind == "DELETED" and times.gone is None:
+            times.gone = now
+
+    def by_trial(self) -> dict[str, PodTimes]:
+        return {p.trial: p for p in list(self.pods.values())}
+
+    def max_at_once(self, since: str = "running") -> int:
+        """The most trial pods at one moment: running ones (``since="running"``), or the ones wanted,
+        from their creation until they end or their deletion starts (``since="added"``)."""
+        spans = []
+        for p in list(self.pods.values()):
+            start = p.running if since == "running" else p.added
+            end = (
+                p.holds_gpu_until()
+                if since == "running"
+                else min(p.holds_gpu_until(), p.deleting or float("inf"))
+            )
+            if start is not None:
+                spans += [(start, 1), (end, -1)]
+        edges = sorted(spans, key=lambda e: (e[0], e[1]))
+        most = current = 0
+        for _, step in edges:
+            current += step
+            most = max(most, current)
+        return most
+
+
+# --- checks of a finished study -------------------------------------------------------------------
+
+
+def first_report_at(trial: JSON, resource: float) -> JSON:
+    reports = sorted((trial.get("status") or {}).get("reports") or [], key=lambda r: r["time"])
+    return next(r for r in reports if r["resource"] >= resource)
+
+
+def expected_best(trials: list[JSON], levels: list[float]) -> tuple[str, float]:
+    """The best as documented: at the highest level any trial reached, by its first report there."""
+    reached = {
+        t["metadata"]["name"]: max(r["resource"] for r in t["status"]["reports"])
+        for t in trials
+        if (t.get("status") or {}).get("reports")
+    }
+    top = max(lv for lv in levels if any(r >= lv for r in reached.values()))
+    candidates = [
+        (first_report_at(t, top)["value"], -int(t["spec"]["index"]), t["metadata"]["name"])
+        for t in trials
+        if reached.get(t["metadata"]["name"], 0) >= top
+    ]
+    value, _, name = max(candidates)
+    return name, value
+
+
+def summary(label: str, values: list[float]) -> str:
+    if not values:
+        return f"{label}: no samples"
+    return (
+        f"{label}: n={len(values)} median {statistics.median(values) * 1000:.0f} ms, "
+        f"max {max(values) * 1000:.0f} ms"
+    )
+
+
+def next_pod_latencies(watch: PodWatch) -> list[float]:
+    """For each trial pod that ended while others waited for a GPU: its end -> the next pod's creation."""
+    pods = sorted(watch.pods.values(), key=lambda p: p.added)
+    ends = sorted(p.holds_gpu_until() for p in pods if p.holds_gpu_until() != float("inf"))
+    out = []
+    for end in ends:
+        later = [p.added for p in pods if p.added >= end]
+        if later and later[0] - end < 30:
+            out.append(later[0] - end)
+    return out
+
+
+def reporting(kube: Kube, namespace: str) -> int:
+    return sum(bool((t.get("status") or {}).get("reports")) for t in trials_of(kube, namespace))
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+
+def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    started = time.time()
+    with PodWatch(kube, namespace) as watch:
+        create_study(kube, namespace, study_manifest("digits", deadline="40s"))
+        study = wait_phase(kube, namespace, "digits", {"Succeeded", "Failed"}, 90)
+        wait_for(
+            lambda: all(p.gone or p.ended for p in watch.pods.values()), 30, 0.2, "every trial pod ended"
+        )
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    trials = trials_of(kube, namespace)
+    assert len(trials) >= 6, [t["metadata"]["name"] for t in trials]
+
+    # Inside the budget, and the budget says by how much.
+    budget = status["budget"]
+    assert budget["finishedInsideSeconds"] >= 0, budget
+    assert budget["usedSeconds"] <= budget["budgetSeconds"], budget
+
+    # At most the 4 GPUs' worth of trial pods at once, and the GPUs were used. A pruned trial's
+    # successor is created as its pod's deletion starts, so "wanted" pods are counted from there.
+    assert 3 <= watch.max_at_once("running") <= 4, watch.max_at_once("running")
+    assert watch.max_at_once("added") <= 4, watch.max_at_once("added")
+    assert all(n == 1 for n in watch.added_per_trial.values()), watch.added_per_trial
+
+    # The best in status agrees with the reports.
+    plan = status["plan"]
+    name, value = expected_best(trials, [*plan["rungs"], plan["maximumResource"]])
+    assert (status["best"]["trial"], status["best"]["value"]) == (name, value), status["best"]
+    best_trial = next(t for t in trials if t["metadata"]["name"] == name)
+    assert status["best"]["hyperparameters"] == best_trial["spec"]["hyperparameters"]
+
+    # Pruned trials' pods went within seconds of the report that pruned them.
+    pods = watch.by_trial()
+    pruned = [t for t in trials if t["status"].get("phase") == "Pruned"]
+    assert pruned, "a study of this size prunes"
+    to_deleting, to_gone = [], []
+    for trial in pruned:
+        reported = first_report_at(trial, plan["rungs"][trial["status"]["rung"]])["time"]
+        pod = pods[trial["metadata"]["name"]]
+        assert pod.gone is not None, f"{trial['metadata']['name']}'s pod still exists"
+        if pod.deleting is not None:
+            to_deleting.append(pod.deleting - reported)
+        to_gone.append(pod.gone - reported)
+    print()
+    print(summary("pruning report -> pod deletionTimestamp", to_deleting))
+    print(summary("pruning report -> pod gone", to_gone))
+    print(summary("trial pod end -> next trial pod created", next_pod_latencies(watch)))
+    print(f"study: {len(trials)} trials, {len(pruned)} pruned, {time.time() - started:.1f}s, budget {budget}")
+    assert max(to_gone) < 5, to_gone
+
+    # Events for humans: starts, prunes, the finish.
+    events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    reasons = {e["reason"] for e in events if e["involvedObject"].get("kind") == "HPOStudy"}
+    assert {"TrialStarted", "TrialPruned", "StudySucceeded"} <= reasons, reasons
+
+
+def test_parallel_trials_one_runs_one_trial_at_a_time(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    with PodWatch(kube, namespace) as watch:
+        create_study(
+            kube, namespace, study_manifest("sequential", deadline="15s", parallel=1, max_resource=3)
+        )
+        study = wait_phase(kube, namespace, "sequential", {"Succeeded", "Failed"}, 60)
+        wait_for(
+            lambda: all(p.gone or p.ended for p in watch.pods.values()), 30, 0.2, "every trial pod ended"
+        )
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    assert len(watch.pods) >= 3
+    assert watch.max_at_once("running") == 1
+    assert watch.max_at_once("added") == 1
+    print()
+    print(summary("sequential: trial pod end -> next trial pod created", next_pod_latencies(watch)))
+
+
+def test_invalid_study_gets_its_condition_and_no_pod(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str
+) -> None:
+    # Wrong types never get in: the CRD's schema rejects them at apply.
+    bad_type = study_manifest("typo")
+    bad_type["spec"]["maximumResource"] = "ten"
+    with pytest.raises(ApiError) as rejected:
+        create_study(kube, namespace, bad_type)
+    assert rejected.value.status == 422 and "maximumResource" in rejected.value.body
+
+    # Well-typed but wrong: the operator says every problem in a condition and starts nothing.
+    space = {
+        "lr": {"paramType": "loguniform", "range": [0, 0.1]},
+        "bs": {"paramType": "quniform", "range": [64, 32, 2]},
+    }
+    create_study(kube, namespace, study_manifest("invalid", hp_space=space))
+    study = wait_phase(kube, namespace, "invalid", {"Failed", "Succeeded", "Running"}, 20)
+    status = study["status"]
+    assert status["phase"] == "Failed", status
+    invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")
+    assert invalid["status"] == "True" and invalid["reason"] == "InvalidSpec"
+    assert "spec.hpSpace.lr" in invalid["message"] and "spec.hpSpace.bs" in invalid["message"], invalid
+    assert trials_of(kube, namespace) == []
+    assert kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"] == []
+    assert kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"] == []
+
+
+def test_deleting_a_study_leaves_nothing_behind(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    create_study(kube, namespace, study_manifest("doomed", deadline="60s"))
+    wait_for(
+        lambda: any(
+            (p.get("status") or {}).get("phase") == "Running"
+            for p in kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+        ),
+        30,
+        0.2,
+        "a running trial pod",
+    )
+    kube.delete(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/doomed")
+    selector = {"labelSelector": "hpo.dev/study=doomed"}
+    leftovers: list[Callable[[], list[JSON]]] = [
+        lambda: trials_of(kube, namespace),
+        lambda: kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs", **selector)["items"],
+        lambda: kube.get(f"/api/v1/namespaces/{namespace}/pods", **selector)["items"],
+        lambda: kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts", **selector)["items"],
+        lambda: kube.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/roles", **selector)[
+            "items"
+        ],
+        lambda: kube.get(
+            f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings", **selector
+        )["items"],
+    ]
+    # The garbage collector picks up a new CRD's objects on its next discovery (up to 30s).
+    wait_for(
+        lambda: not any(f() for f in leftovers),
+        90,
+        0.5,
+        lambda: f"leftovers: {[len(f()) for f in leftovers]}",
+    )
+
+
+def test_operator_killed_mid_study_finishes_it_without_a_duplicate(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    with PodWatch(kube, namespace) as watch:
+        create_study(kube, namespace, study_manifest("survivor", deadline="30s", parallel=2))
+        wait_for(lambda: reporting(kube, namespace) >= 2, 30, 0.2, "two trials reporting")
+        before = {t["metadata"]["name"]: t["spec"]["hyperparameters"] for t in trials_of(kube, namespace)}
+        reports_before = sum(len(t["status"].get("reports") or []) for t in trials_of(kube, namespace))
+        operator.kill()
+        # Trials keep training and reporting while no operator runs.
+        wait_for(
+            lambda: (
+                sum(len((t.get("status") or {}).get("reports") or []) for t in trials_of(kube, namespace))
+                > reports_before + 2
+            ),
+            30,
+            0.2,
+            "reports while the operator is down",
+        )
+        operator.start()
+        study = wait_phase(kube, namespace, "survivor", {"Succeeded", "Failed"}, 60)
+        wait_for(
+            lambda: all(p.gone or p.ended for p in watch.pods.values()), 30, 0.2, "every trial pod ended"
+        )
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    trials = trials_of(kube, namespace)
+    indices = [int(t["spec"]["index"]) for t in trials]
+    assert indices == list(range(len(trials))), indices
+    assert all(n == 1 for n in watch.added_per_trial.values()), watch.added_per_trial
+    assert set(watch.added_per_trial) == {t["metadata"]["name"] for t in trials}
+    after = {t["metadata"]["name"]: t["spec"]["hyperparameters"] for t in trials}
+    assert {k: after[k] for k in before} == before
+    assert study["status"]["trials"]["total"] == len(trials) > len(before)
+    assert watch.max_at_once("running") <= 2
+    # No report lost: each trial's seq numbers run 0..n-1.
+    for t in trials:
+        seqs = sorted(r["seq"] for r in t["status"].get("reports") or [])
+        assert seqs == list(range(len(seqs))), (t["metadata"]["name"], seqs)
