@@ -628,10 +628,9 @@ class LocalRunner:
         if not trial.status.active:
             return
         trial.pruned = action
-        worse = "below" if self.study.config.mode == "max" else "above"
         self.progress.log(
             f"{trial.name} pruned at rung {action.rung} (resource {action.resource:g}): "
-            f"{action.value:.4g} is {worse} the cut-off {action.cutoff:.4g}"
+            f"{self.study.config.metric} {action.value:.4g}, cut-off {action.cutoff:.4g}"
         )
         self._stop(trial, f"pruned at rung {action.rung}", TrialStatus.PRUNED)
 
@@ -792,7 +791,7 @@ class LocalRunner:
             "mode": self.study.config.mode,
             "value": _finite(best.value),
             "resource": best.resource,
-            "hyperparameters": best.params,
+            "hyperparameters": dict(best.params),
         }
 
     def _trial_document(self, t: LocalTrial, rungs: Sequence[float]) -> dict[str, Any]:
@@ -808,7 +807,7 @@ class LocalRunner:
             "name": t.name,
             "status": t.status.value,
             "reason": t.reason,
-            "params": t.params,
+            "params": dict(t.params),
             "slot": t.slot.as_dict(),
             "startedAt": _round(t.started_at),
             "endedAt": None if t.ended_at is None else _round(t.ended_at),
@@ -824,7 +823,7 @@ class LocalRunner:
                 "value": _finite(pruned.value),
                 "cutoff": _finite(pruned.cutoff),
             },
-            "reports": t.reader.reports,
+            "reports": [dict(r) for r in t.reader.reports],  # copies: a document is a snapshot
             "rejectedReports": len(t.reader.rejected),
             "log": str(t.log_path.relative_to(self.options.out_dir)),
             "logTail": t.log_tail,

@@ -218,7 +218,7 @@ class LineProgress:
     def update(self, document: Mapping[str, Any]) -> None:
         self.doc = document
         now = self.clock()
-        if now - self.last_summary >= SUMMARY_EVERY_SECONDS:
+        if document["state"] == "Running" and now - self.last_summary >= SUMMARY_EVERY_SECONDS:
             self.last_summary = now
             self.log(summary_lines(document, now)[0])
 
