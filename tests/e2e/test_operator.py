@@ -182,18 +182,14 @@ class PodWatch:
         return {p.trial: p for p in list(self.pods.values())}
 
     def max_at_once(self, since: str = "running") -> int:
-        """The most trial pods at one moment: running ones (``since="running"``), or the ones wanted,
-        from their creation until they end or their deletion starts (``since="added"``)."""
+        """The most trial pods at one moment, from their start (``since="running"``) or creation
+        (``since="added"``) until they end or their deletion starts (a pruned trial's successor is
+        created then; the scheduler keeps it from a GPU the old pod still holds)."""
         spans = []
         for p in list(self.pods.values()):
             start = p.running if since == "running" else p.added
-            end = (
-                p.holds_gpu_until()
-                if since == "running"
-                else min(p.holds_gpu_until(), p.deleting or float("inf"))
-            )
             if start is not None:
-                spans += [(start, 1), (end, -1)]
+                spans += [(start, 1), (min(p.holds_gpu_until(), p.deleting or float("inf")), -1)]
         edges = sorted(spans, key=lambda e: (e[0], e[1]))
         most = current = 0
         for _, step in edges:
@@ -275,8 +271,7 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     assert budget["finishedInsideSeconds"] >= 0, budget
     assert budget["usedSeconds"] <= budget["budgetSeconds"], budget
 
-    # At most the 4 GPUs' worth of trial pods at once, and the GPUs were used. A pruned trial's
-    # successor is created as its pod's deletion starts, so "wanted" pods are counted from there.
+    # At most the 4 GPUs' worth of trial pods at once, and the GPUs were used.
     assert 3 <= watch.max_at_once("running") <= 4, watch.max_at_once("running")
     assert watch.max_at_once("added") <= 4, watch.max_at_once("added")
     assert all(n == 1 for n in watch.added_per_trial.values()), watch.added_per_trial
@@ -428,7 +423,7 @@ def test_operator_killed_mid_study_finishes_it_without_a_duplicate(
     after = {t["metadata"]["name"]: t["spec"]["hyperparameters"] for t in trials}
     assert {k: after[k] for k in before} == before
     assert study["status"]["trials"]["total"] == len(trials) > len(before)
-    assert watch.max_at_once("running") <= 2
+    assert watch.max_at_once("added") <= 2
     # No report lost: each trial's seq numbers run 0..n-1.
     for t in trials:
         seqs = sorted(r["seq"] for r in t["status"].get("reports") or [])
