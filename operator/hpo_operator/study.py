@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 from .asha import Report as Report
 from .asha import RungDecision, replay_stop, report_order, rung_records, rung_resources, score
-from .budget import BudgetTooSmall, Plan, default_min_resource, make_plan
+from .budget import HEADROOM, BudgetTooSmall, Plan, default_min_resource, make_plan
 from .config import StudyConfig
 from .sampler import Observed, Sampler
 
@@ -185,16 +185,36 @@ class Study:
         return self.config.budget.time_ratio * epoch * self.config.max_resource
 
     def plan(self, trials: Sequence[TrialView]) -> Plan | None:
-        """The plan for the budget and the best epoch-time estimate so far (None: not known yet)."""
+        """The plan for the budget and the best epoch-time estimate so far (None: not known yet).
+
+        Raises StudyError only for a budget that cannot hold one training as configured (a given
+        train time, or the time ratio itself). Measured epoch times never fail a running study: an
+        estimate that no longer fits is capped, which plans no more trials than are running, and
+        the deadline ends the study with what was reported.
+        """
+        spec = self.config.budget
+        if spec.deadline is None and spec.train_time is None and spec.time_ratio * HEADROOM < 1 - 1e-9:
+            raise StudyError(
+                f"a time ratio of {spec.time_ratio:g} is too small for even one full training; "
+                f"the smallest workable ratio is {1 / HEADROOM:.2f}"
+            )
         budget = self.budget_seconds(trials)
         if budget is None:
             return None
-        epoch = self.measured_epoch_seconds(trials)
-        if epoch is None and self.config.budget.train_time is not None:
-            epoch = self.config.budget.train_time / self.config.max_resource
-        if epoch is None:
-            # A deadline but no measurement yet: plan as if one training took the whole budget.
-            epoch = budget / self.config.max_resource * 0.9
+        max_r = self.config.max_resource
+        fitting_epoch = HEADROOM * budget / max_r  # one training fills the budget's plannable share
+        measured = self.measured_epoch_seconds(trials)
+        if measured is None and self.config.budget.train_time is None:
+            # A deadline and no measurement yet: run as many trials as there are slots until the
+            # first reports size the plan; parallel slots cost no wall-clock time.
+            plan = self._make_plan(budget, fitting_epoch)
+            return replace(plan, planned_trials=max(plan.planned_trials, self.parallel_limit()))
+        if measured is None:
+            assert self.config.budget.train_time is not None
+            return self._make_plan(budget, self.config.budget.train_time / max_r)
+        return self._make_plan(budget, min(measured, fitting_epoch))
+
+    def _make_plan(self, budget: float, epoch: float) -> Plan:
         try:
             return make_plan(
                 budget_seconds=budget,

@@ -246,3 +246,26 @@ def test_a_simulated_study_with_a_measured_budget() -> None:
     assert result.finished_at <= 270
     assert len(result.trials) > 2
     assert isinstance(result.finalize, Finalize)
+
+
+def test_slower_measured_epochs_never_fail_a_running_study() -> None:
+    # 90 s a training planned into 108 s (ratio 1.2); trials then measure 11 s an epoch, so one
+    # training (99 s) no longer fits 90% of the budget. The study goes on and starts nothing new.
+    study = Study(config(budget=BudgetSpec(train_time=90.0, time_ratio=1.2)), slots=2)
+    assert starts(study.decide(obs(0, 2)).actions) == [0]
+    slow = trial(0, RUNNING, (1, 0.5, 11.0), (2, 0.6, 22.0))
+    decision = study.decide(obs(22, 1, slow))
+    assert starts(decision.actions) == [] and decision.finalize is None
+    final = study.decide(obs(108, 1, slow)).finalize
+    assert final is not None and final.reason == "deadline" and final.best is not None
+
+
+def test_a_deadline_without_train_time_fills_every_slot_at_once() -> None:
+    study = Study(config(budget=BudgetSpec(deadline=600.0)), slots=4)
+    assert starts(study.decide(obs(0, 4)).actions) == [0, 1, 2, 3]
+
+
+def test_a_time_ratio_below_one_training_is_refused_before_any_trial() -> None:
+    study = Study(config(budget=BudgetSpec(time_ratio=1.0)), slots=2)
+    with pytest.raises(StudyError, match="smallest workable ratio is 1.11"):
+        study.decide(obs(0, 2))
