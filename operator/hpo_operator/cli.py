@@ -449,7 +449,8 @@ def run_command(
         click.echo(f"best trial {best['trial']}: {best['metric']} {best['value']} {where}")
         for key, value in best["hyperparameters"].items():
             click.echo(f"  {key}: {value}")
-    click.echo(f"results: {out_dir}/study.json and best.json; hpo status|plot {out_dir}", err=True)
+    files = "study.json and best.json" if best is not None else "study.json"
+    click.echo(f"results: {out_dir}/{files}; hpo status|plot {out_dir}", err=True)
     sys.exit(result.exit_code)
 
 
