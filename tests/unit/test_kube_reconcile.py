@@ -1,0 +1,301 @@
+"""The reconcile's pure part: a world read from the API -> the writes and the study status.
+
+Each case states the world in a sentence and asserts the resulting writes, not the calls made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpo_operator.kube.capacity import Capacity
+from hpo_operator.kube.observe import observe_trial, to_rfc3339
+from hpo_operator.kube.reconcile import (
+    ACCESS_RETRY_SECONDS,
+    CreateAccess,
+    CreateJob,
+    CreateTrial,
+    DeleteJob,
+    PatchTrialStatus,
+    World,
+    condition,
+    reconcile,
+)
+from hpo_operator.study import TrialStatus
+
+JSON = dict[str, Any]
+T0 = 1_800_000_000.0  # the study's start on the test's clock
+
+
+def study(status: JSON | None = None, **spec: Any) -> JSON:
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": {
+            "metric": "accuracy",
+            "hpSpace": {"x": {"paramType": "uniform", "range": [0, 1]}},
+            "minimumResource": 1,
+            "maximumResource": 9,
+            "reductionFactor": 3,
+            "budget": {"trainTime": "9s", "timeRatio": 10},  # 90s; one epoch takes 1s
+            "trialTemplate": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+            **spec,
+        },
+        "status": status if status is not None else {"budget": {"startedAt": to_rfc3339(T0, micro=True)}},
+    }
+
+
+def trial(index: int, *reports: tuple[float, float, float], phase: str | None = None, **status: Any) -> JSON:
+    body: JSON = {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOTrial",
+        "metadata": {"name": f"s-{index}", "namespace": "ns", "uid": f"t{index}"},
+        "spec": {"study": "s", "index": index, "hyperparameters": {"x": 0.1 * index}},
+        "status": {
+            "reports": [
+                {"seq": i, "resource": r, "value": v, "time": T0 + t} for i, (r, v, t) in enumerate(reports)
+            ],
+            **({"phase": phase} if phase else {}),
+            **status,
+        },
+    }
+    return body
+
+
+def job(name: str, condition_type: str | None = None, reason: str = "") -> JSON:
+    conditions = [{"type": condition_type, "status": "True", "reason": reason}] if condition_type else []
+    return {
+        "metadata": {"name": name},
+        "spec": {"activeDeadlineSeconds": 50},
+        "status": {"conditions": conditions},
+    }
+
+
+def pod(name: str, phase: str = "Running", exit_code: int | None = None, unschedulable: bool = False) -> JSON:
+    state: JSON = {"running": {"startedAt": to_rfc3339(T0 + 1)}}
+    if exit_code is not None:
+        state = {"terminated": {"exitCode": exit_code, "reason": "Error", "startedAt": to_rfc3339(T0 + 1)}}
+    status: JSON = {"phase": phase, "containerStatuses": [{"state": state}]}
+    if unschedulable:
+        status = {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2 nodes"}
+            ],
+        }
+    return {
+        "metadata": {"name": f"{name}-pod", "creationTimestamp": "2027-01-01T00:00:00Z"},
+        "status": status,
+    }
+
+
+def world(
+    s: JSON,
+    *trials: JSON,
+    jobs: list[JSON] | None = None,
+    pods: dict[str, list[JSON]] | None = None,
+    free: int = 4,
+    access: str = "ready",
+) -> World:
+    return World(
+        study=s,
+        trials=tuple(trials),
+        jobs={j["metadata"]["name"]: j for j in jobs or []},
+        pods={k: tuple(v) for k, v in (pods or {}).items()},
+        capacity=Capacity(total=4, used=4 - free),
+        access=access,
+    )
+
+
+def running(*trials: JSON) -> dict[str, Any]:
+    names = [t["metadata"]["name"] for t in trials]
+    return {"jobs": [job(n) for n in names], "pods": {n: [pod(n)] for n in names}}
+
+
+# --- validation -------------------------------------------------------------------------------------
+
+
+def test_an_invalid_spec_fails_the_study_naming_every_problem_and_starts_nothing() -> None:
+    s = study(
+        hpSpace={
+            "a": {"paramType": "loguniform", "range": [0, 1]},
+            "b": {"paramType": "quniform", "range": [4, 2, 1]},
+        }
+    )
+    outcome = reconcile(world(s), T0)
+    assert outcome.writes == []
+    assert outcome.status is not None and outcome.status["phase"] == "Failed"
+    invalid = next(c for c in outcome.status["conditions"] if c["type"] == "Invalid")
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidSpec")
+    assert "spec.hpSpace.a" in invalid["message"] and "spec.hpSpace.b" in invalid["message"]
+
+
+def test_a_budget_smaller_than_one_training_fails_the_study() -> None:
+    s = study(budget={"trainTime": "10m", "timeRatio": 0.5})
+    outcome = reconcile(world(s), T0)
+    assert outcome.status is not None and outcome.status["phase"] == "Failed"
+    assert any(c["reason"] == "BudgetTooSmall" for c in outcome.status["conditions"])
+    assert not any(isinstance(w, CreateTrial) for w in outcome.writes)
+
+
+# --- starting trials ----------------------------------------------------------------------------------
+
+
+def test_a_new_study_records_its_start_first_and_creates_the_trials_access_before_any_trial() -> None:
+    s = study(status={})
+    outcome = reconcile(world(s, access="missing"), T0)
+    assert outcome.first_status == {"budget": {"startedAt": to_rfc3339(T0, micro=True)}}
+    assert [type(w) for w in outcome.writes] == [CreateAccess]
+    assert outcome.requeue_after == ACCESS_RETRY_SECONDS
+
+
+def test_a_study_with_its_access_ready_starts_as_many_trials_as_free_gpus() -> None:
+    outcome = reconcile(world(study(), free=3), T0)
+    created = [w for w in outcome.writes if isinstance(w, CreateTrial)]
+    assert [w.trial["metadata"]["name"] for w in created] == ["s-0", "s-1", "s-2"]
+    assert all(w.job["spec"]["activeDeadlineSeconds"] == 90 for w in created)
+    assert outcome.status is not None and outcome.status["phase"] == "Running"
+    assert outcome.status["trials"]["pending"] == 3 and outcome.status["plan"]["parallelism"] == 4
+
+
+def test_parallel_trials_one_starts_one() -> None:
+    outcome = reconcile(world(study(parallelTrials=1)), T0)
+    assert len([w for w in outcome.writes if isinstance(w, CreateTrial)]) == 1
+
+
+def test_a_trial_created_but_not_yet_running_holds_its_gpu_in_the_count() -> None:
+    # Capacity says 4 free, but s-0 has no pod yet: only 3 more may start.
+    outcome = reconcile(world(study(), trial(0)), T0)
+    created = [w.trial["metadata"]["name"] for w in outcome.writes if isinstance(w, CreateTrial)]
+    assert created == ["s-1", "s-2", "s-3"]
+    assert any(isinstance(w, CreateJob) and w.trial == "s-0" for w in outcome.writes)
+
+
+# --- reports and verdicts -----------------------------------------------------------------------------
+
+
+def test_a_report_below_the_rung_cutoff_marks_the_trial_pruned_then_deletes_its_job_and_pod() -> None:
+    t0, t1 = trial(0, (1, 0.9, 2)), trial(1, (1, 0.5, 3))
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 4)
+    verdict = next(
+        i for i, w in enumerate(outcome.writes) if isinstance(w, PatchTrialStatus) and w.trial == "s-1"
+    )
+    delete = next(i for i, w in enumerate(outcome.writes) if isinstance(w, DeleteJob))
+    assert verdict < delete
+    patch = outcome.writes[verdict]
+    assert isinstance(patch, PatchTrialStatus)
+    assert patch.patch["phase"] == "Pruned" and patch.patch["rung"] == 0 and patch.patch["cutoff"] == 0.9
+    assert patch.event is not None and patch.event.reason == "TrialPruned"
+    assert outcome.writes[delete] == DeleteJob("s-1", ("s-1-pod",))
+    # The freed slot goes to a new trial in the same reconcile.
+    assert [w.trial["metadata"]["name"] for w in outcome.writes if isinstance(w, CreateTrial)] == ["s-2"]
+
+
+def test_a_pruned_trial_whose_job_survived_a_restart_loses_its_job_and_nothing_else() -> None:
+    t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5,
+               startedAt=to_rfc3339(T0 + 1))  # fmt: skip
+    t0 = trial(0, (1, 0.9, 2))
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 4)
+    assert [w for w in outcome.writes if not isinstance(w, PatchTrialStatus | CreateTrial)] == [
+        DeleteJob("s-1", ("s-1-pod",))
+    ]
+    assert not any(isinstance(w, PatchTrialStatus) and w.trial == "s-1" for w in outcome.writes)
+
+
+def test_a_trial_whose_pod_exited_zero_is_completed_before_its_job_says_so() -> None:
+    t0 = trial(0, (9, 0.9, 5))
+    ended = {"s-0": [pod("s-0", "Succeeded", 0)]}
+    outcome = reconcile(world(study(parallelTrials=1), t0, jobs=[job("s-0")], pods=ended), T0 + 6)
+    patch = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus))
+    assert patch.patch["phase"] == "Completed" and patch.patch["exitCode"] == 0
+    assert patch.patch["resource"] == 9 and patch.patch["lastValue"] == 0.9
+
+
+def test_a_failed_job_marks_the_trial_failed_with_its_exit_code() -> None:
+    t0 = trial(0)
+    w = world(study(parallelTrials=1), t0, jobs=[job("s-0", "Failed", "BackoffLimitExceeded")],
+              pods={"s-0": [pod("s-0", "Failed", 3)]})  # fmt: skip
+    patch = next(x for x in reconcile(w, T0 + 6).writes if isinstance(x, PatchTrialStatus))
+    assert (patch.patch["phase"], patch.patch["exitCode"]) == ("Failed", 3)
+    assert patch.event is not None and patch.event.type == "Warning"
+
+
+def test_a_trial_that_ran_and_lost_its_job_is_failed_not_rerun() -> None:
+    t0 = trial(0, startedAt=to_rfc3339(T0 + 1))
+    outcome = reconcile(world(study(parallelTrials=1), t0), T0 + 6)
+    assert not any(isinstance(w, CreateJob) for w in outcome.writes)
+    patch = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus))
+    assert patch.patch["reason"] == "JobDeleted"
+
+
+def test_an_unschedulable_pod_keeps_its_trial_pending_and_the_study_says_why() -> None:
+    t0 = trial(0)
+    outcome = reconcile(world(study(parallelTrials=1), t0, jobs=[job("s-0")],
+                              pods={"s-0": [pod("s-0", unschedulable=True)]}), T0 + 2)  # fmt: skip
+    assert outcome.status is not None
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+    assert "s-0: 0/2 nodes" in ready["message"]
+    assert outcome.status["trials"]["pending"] == 1
+
+
+# --- the deadline and the end -------------------------------------------------------------------------
+
+
+def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_its_reports() -> None:
+    t0, t1 = trial(0, (1, 0.9, 2), (3, 0.95, 10)), trial(1, (1, 0.95, 3))
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 89.5)
+    stops = [
+        w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Stopped"
+    ]
+    assert {w.trial for w in stops} == {"s-0", "s-1"}
+    assert {w.name for w in outcome.writes if isinstance(w, DeleteJob)} == {"s-0", "s-1"}
+    assert not any(isinstance(w, CreateTrial) for w in outcome.writes)
+    status = outcome.status
+    assert status is not None and status["phase"] == "Succeeded"
+    assert status["best"]["trial"] == "s-0" and status["best"]["value"] == 0.95
+    assert status["best"]["hyperparameters"] == {"x": 0.0}
+    assert status["budget"]["finishedInsideSeconds"] == 0.5
+    assert [e.reason for e in outcome.events] == ["StudySucceeded"]
+    assert outcome.requeue_after is None
+
+
+def test_a_finished_study_writes_nothing() -> None:
+    s = study(status={"phase": "Succeeded"})
+    t0 = trial(0, (9, 0.9, 5), phase="Completed")
+    assert reconcile(world(s, t0, jobs=[job("s-0", "Complete")]), T0 + 100).writes == []
+
+
+def test_the_same_world_gives_the_same_outcome() -> None:
+    t0, t1 = trial(0, (1, 0.9, 2)), trial(1, (1, 0.5, 3))
+    w = world(study(parallelTrials=2), t0, t1, **running(t0, t1))
+    assert reconcile(w, T0 + 4) == reconcile(w, T0 + 4)
+
+
+def test_a_study_status_that_only_aged_a_little_is_not_rewritten() -> None:
+    t0 = trial(0, (1, 0.9, 2))
+    first = reconcile(world(study(parallelTrials=1), t0, **running(t0)), T0 + 3)
+    assert first.status is not None
+    written = study(
+        status={"budget": {"startedAt": to_rfc3339(T0, micro=True)}} | first.status, parallelTrials=1
+    )
+    again = reconcile(world(written, t0, **running(t0)), T0 + 4)
+    assert again.status is None
+
+
+# --- pieces -------------------------------------------------------------------------------------------
+
+
+def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "then"}]
+    assert condition(old, "Ready", True, "Running", "m", T0)["lastTransitionTime"] == "then"
+    assert condition(old, "Ready", False, "Unschedulable", "m", T0)["lastTransitionTime"] == to_rfc3339(T0)
+
+
+def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> None:
+    t0 = trial(0, (1, 0.5, 2))
+    t0["status"]["reports"].append({**t0["status"]["reports"][0], "time": T0 + 9})  # same seq again
+    state = observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10)
+    assert state.view.status is TrialStatus.RUNNING
+    assert len(state.view.reports) == 1 and state.view.started_at == T0 + 1
+    assert state.status["startedAt"] == to_rfc3339(T0 + 1)
