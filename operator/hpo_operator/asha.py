@@ -99,40 +99,71 @@ def rung_records(trial: int, reports: Sequence[Report], rungs: Sequence[float]) 
     return records
 
 
-def replay_stop(records: Iterable[RungRecord], eta: int, mode: Mode) -> dict[int, list[RungDecision]]:
-    """Replays the ``stop`` rule over every record; returns each trial's decisions, in rung order.
+def _arrival(record: RungRecord) -> tuple[float, int, int]:
+    return (record.time, record.trial, record.rung)
 
-    A trial's list ends with its pruning decision when it was pruned.
+
+class StopReplay:
+    """The ``stop`` rule replayed over records in arrival order, extendable as records arrive.
+
+    ``update(records)`` takes every record so far. When the records seen before are still the first
+    ones in arrival order (reports only ever grow, and mostly arrive in time order), it carries on
+    from where it stopped; otherwise it replays from scratch. Either way the result equals a full
+    replay of the records given.
     """
-    ordered = sorted(records, key=lambda r: (r.time, r.trial, r.rung))
-    # rung -> [(-score, arrival)] kept sorted: best first, equal values to the one recorded first.
-    at_rung: dict[int, list[tuple[float, int]]] = {}
-    decisions: dict[int, list[RungDecision]] = {}
-    pruned: set[int] = set()
-    for arrival, rec in enumerate(ordered):
-        if rec.trial in pruned:
-            continue
-        ranking = at_rung.setdefault(rec.rung, [])
-        mine = (-score(rec.value, mode), arrival)
+
+    def __init__(self, eta: int, mode: Mode) -> None:
+        self.eta = eta
+        self.mode = mode
+        self._reset()
+
+    def _reset(self) -> None:
+        self.seen: list[RungRecord] = []
+        # rung -> [(-score, arrival)] kept sorted: best first, equal values to the one recorded first.
+        self.at_rung: dict[int, list[tuple[float, int]]] = {}
+        self.decisions: dict[int, list[RungDecision]] = {}
+        self.pruned: set[int] = set()
+
+    def update(self, records: Iterable[RungRecord]) -> dict[int, list[RungDecision]]:
+        ordered = sorted(records, key=_arrival)
+        n = len(self.seen)
+        if n > len(ordered) or (n and ordered[n - 1] != self.seen[-1]) or ordered[:n] != self.seen:
+            self._reset()
+            n = 0
+        for rec in ordered[n:]:
+            self._record(rec, len(self.seen))
+            self.seen.append(rec)
+        return {trial: list(ds) for trial, ds in self.decisions.items()}  # callers may keep it
+
+    def _record(self, rec: RungRecord, arrival: int) -> None:
+        if rec.trial in self.pruned:
+            return
+        ranking = self.at_rung.setdefault(rec.rung, [])
+        mine = (-score(rec.value, self.mode), arrival)
         position = bisect.bisect_left(ranking, mine)
         ranking.insert(position, mine)
-        keep = max(1, len(ranking) // eta)
-        cutoff_score = -ranking[keep - 1][0]
-        rank = position + 1
+        keep = max(1, len(ranking) // self.eta)
         decision = RungDecision(
             trial=rec.trial,
             rung=rec.rung,
             resource=rec.resource,
             value=rec.value,
-            cutoff=_unscore(cutoff_score, mode),
-            rank=rank,
+            cutoff=_unscore(-ranking[keep - 1][0], self.mode),
+            rank=position + 1,
             competitors=len(ranking),
             keep=keep,
         )
-        decisions.setdefault(rec.trial, []).append(decision)
+        self.decisions.setdefault(rec.trial, []).append(decision)
         if not decision.promoted:
-            pruned.add(rec.trial)
-    return decisions
+            self.pruned.add(rec.trial)
+
+
+def replay_stop(records: Iterable[RungRecord], eta: int, mode: Mode) -> dict[int, list[RungDecision]]:
+    """Replays the ``stop`` rule over every record; returns each trial's decisions, in rung order.
+
+    A trial's list ends with its pruning decision when it was pruned.
+    """
+    return StopReplay(eta, mode).update(records)
 
 
 def _unscore(s: float, mode: Mode) -> float:

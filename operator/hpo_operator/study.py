@@ -23,7 +23,7 @@ from enum import Enum
 from typing import Any
 
 from .asha import Report as Report
-from .asha import RungDecision, replay_stop, report_order, rung_records, rung_resources, score
+from .asha import RungDecision, RungRecord, StopReplay, report_order, rung_records, rung_resources, score
 from .budget import HEADROOM, BudgetTooSmall, Plan, default_min_resource, make_plan
 from .config import StudyConfig
 from .sampler import Observed, Sampler
@@ -124,6 +124,13 @@ class Decision:
         return next((a for a in self.actions if isinstance(a, Finalize)), None)
 
 
+@dataclass(frozen=True)
+class _Summary:
+    records: list[RungRecord]
+    rates: list[float]  # seconds per resource unit between consecutive reports
+    standing: tuple[int, float, Report] | None  # highest level reached, its score, its report
+
+
 class StudyError(ValueError):
     """The study cannot run as configured (for example a budget smaller than one training)."""
 
@@ -136,6 +143,12 @@ class Study:
         self.slots = max(1, slots)
         self.eta = config.reduction_factor or 3
         self.sampler = Sampler(config.space, config.sampler, config.seed, config.mode)
+        r = config.min_resource or default_min_resource(config.max_resource)
+        self.rungs = rung_resources(r, self.eta, config.max_resource)  # the plan's rungs too
+        self.levels = (*self.rungs, config.max_resource)
+        # Per-trial summaries, recomputed only when a trial's reports change (they only grow).
+        self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
+        self._replay = StopReplay(self.eta, config.mode)
 
     # --- hyper-parameters -----------------------------------------------------------------
 
@@ -157,17 +170,35 @@ class Study:
 
     # --- the budget -------------------------------------------------------------------------
 
-    def measured_epoch_seconds(self, trials: Sequence[TrialView]) -> float | None:
-        """The median time per resource unit over every trial's reports, or None before any."""
+    def summary(self, t: TrialView) -> _Summary:
+        """What the core derives from one trial's reports: rung records, epoch rates, its best level."""
+        key = (t.started_at, len(t.reports), t.reports[-1] if t.reports else None)
+        cached = self._summaries.get(t.index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         rates: list[float] = []
-        for t in trials:
-            if t.started_at is None:
-                continue
+        if t.started_at is not None:
             last_time, last_resource = t.started_at, 0.0
             for r in t.reports:
                 if r.resource > last_resource and r.time >= last_time:
                     rates.append((r.time - last_time) / (r.resource - last_resource))
                     last_time, last_resource = r.time, r.resource
+        records = rung_records(t.index, t.reports, self.rungs)
+        standing: tuple[int, float, Report] | None = None
+        if t.reports:
+            top = max(r.resource for r in t.reports)
+            level = max((k for k, lv in enumerate(self.levels) if top >= lv), default=-1)
+            at = (
+                t.reports[-1] if level < 0 else next(r for r in t.reports if r.resource >= self.levels[level])
+            )
+            standing = (level, score(at.value, self.config.mode), at)
+        summary = _Summary(records, rates, standing)
+        self._summaries[t.index] = (key, summary)
+        return summary
+
+    def measured_epoch_seconds(self, trials: Sequence[TrialView]) -> float | None:
+        """The median time per resource unit over every trial's reports, or None before any."""
+        rates = [rate for t in trials for rate in self.summary(t).rates]
         return statistics.median(rates) if rates else None
 
     def budget_seconds(self, trials: Sequence[TrialView]) -> float | None:
@@ -234,35 +265,23 @@ class Study:
 
     # --- ASHA and the best ------------------------------------------------------------------
 
-    def rung_decisions(
-        self, trials: Sequence[TrialView], plan_rungs: Sequence[float]
-    ) -> dict[int, list[RungDecision]]:
-        records = []
-        for t in trials:
-            records += rung_records(t.index, t.reports, plan_rungs)
-        return replay_stop(records, self.eta, self.config.mode)
+    def rung_decisions(self, trials: Sequence[TrialView]) -> dict[int, list[RungDecision]]:
+        records = [rec for t in trials for rec in self.summary(t).records]
+        return self._replay.update(records)
 
-    def best(self, trials: Sequence[TrialView], rungs: Sequence[float]) -> Best | None:
+    def best(self, trials: Sequence[TrialView]) -> Best | None:
         """The best of the trials that trained furthest: compared at the highest level (rung or R)
         any trial reached, by its first report at that level; ties go to the lower index."""
-        levels = (*rungs, self.config.max_resource)
-        candidates: list[tuple[int, float, int, Report]] = []
-        for t in trials:
-            if not t.reports:
-                continue
-            top = max(r.resource for r in t.reports)
-            level = max((k for k, lv in enumerate(levels) if top >= lv), default=-1)
-            at = t.reports[-1] if level < 0 else next(r for r in t.reports if r.resource >= levels[level])
-            candidates.append((level, score(at.value, self.config.mode), -t.index, at))
+        candidates = [(s.standing, t) for t in trials if (s := self.summary(t)).standing is not None]
         if not candidates:
             return None
-        level, s, neg_index, report = max(candidates, key=lambda c: (c[0], c[1], c[2]))
-        if math.isinf(s):
+        standing, trial = max(candidates, key=lambda c: (c[0][0], c[0][1], -c[1].index))
+        assert standing is not None
+        _, value_score, report = standing
+        if math.isinf(value_score):
             return None
-        index = -neg_index
-        trial = next(t for t in trials if t.index == index)
         return Best(
-            index=index, value=report.value, resource=report.resource, params=self.trial_params(trial)
+            index=trial.index, value=report.value, resource=report.resource, params=self.trial_params(trial)
         )
 
     # --- the decision -----------------------------------------------------------------------
@@ -270,8 +289,8 @@ class Study:
     def decide(self, obs: Observation) -> Decision:
         trials = sorted(obs.trials, key=lambda t: t.index)
         plan = self.plan(trials)
-        rungs = plan.rungs if plan else self._rungs_without_plan()
-        rung_decisions = self.rung_decisions(trials, rungs)
+        rungs = self.rungs
+        rung_decisions = self.rung_decisions(trials)
         actions: list[Action] = []
         active = {t.index for t in trials if t.status.active}
 
@@ -286,7 +305,7 @@ class Study:
 
         budget = self.budget_seconds(trials)
         deadline = None if budget is None else obs.started_at + budget
-        best = self.best(trials, rungs)
+        best = self.best(trials)
 
         if deadline is not None and obs.now >= deadline:
             actions += [StopTrial(i, "deadline") for i in sorted(active)]
@@ -355,7 +374,3 @@ class Study:
                 # Trial 0 ended without the report that sizes the budget.
                 actions.append(Finalize("the first trial ended before its first report", best, False))
         return Decision(actions, plan, deadline, best, message, rung_decisions)
-
-    def _rungs_without_plan(self) -> tuple[float, ...]:
-        r = self.config.min_resource or default_min_resource(self.config.max_resource)
-        return rung_resources(r, self.eta, self.config.max_resource)

@@ -125,3 +125,15 @@ def test_rung_records_take_the_first_report_reaching_each_rung() -> None:
 def test_replay_is_deterministic_and_idempotent() -> None:
     records = [rec(i % 17, (i * 7919 % 101) / 101, float(i // 3), rung=0) for i in range(17)]
     assert replay_stop(records, 3, "max") == replay_stop(list(reversed(records)), 3, "max")
+
+
+def test_an_extended_replay_equals_a_full_replay() -> None:
+    from hpo_operator.asha import StopReplay
+
+    records = [rec(i % 23, ((i * 37) % 29) / 29, float(i), rung=i % 2) for i in range(60)]
+    replay = StopReplay(3, "max")
+    for n in range(0, 61, 7):
+        assert replay.update(records[:n]) == replay_stop(records[:n], 3, "max")
+    # A record that arrives out of order (earlier than what was replayed) forces a full replay.
+    late = rec(99, 0.99, -1.0)
+    assert replay.update([*records, late]) == replay_stop([*records, late], 3, "max")

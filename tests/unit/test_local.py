@@ -107,7 +107,8 @@ def test_a_study_finishes_inside_its_budget_and_prunes_exactly_as_the_core_decid
 
     # Replaying every recorded report through the core prunes the same trials at the same rungs.
     study = Study(config, 2)
-    replayed = study.rung_decisions(views(doc), doc["plan"]["rungs"])
+    assert list(study.rungs) == doc["plan"]["rungs"]
+    replayed = study.rung_decisions(views(doc))
     pruned_by_runner = {t["index"]: t["pruned"] for t in doc["trials"] if t["status"] == "Pruned"}
     assert pruned_by_runner, "a study of this length prunes some trials"
     for t in doc["trials"]:

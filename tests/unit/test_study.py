@@ -180,15 +180,15 @@ def test_the_best_comes_from_the_trials_that_trained_furthest() -> None:
     deep = trial(0, COMPLETED, (1, 0.5, 10.0), (3, 0.6, 30.0), (9, 0.7, 90.0))
     shallow_but_high = trial(1, PRUNED, (1, 0.95, 11.0))
     also_deep = trial(2, COMPLETED, (1, 0.4, 12.0), (3, 0.5, 32.0), (9, 0.72, 95.0))
-    best = study.best([deep, shallow_but_high, also_deep], (1, 3))
+    best = study.best([deep, shallow_but_high, also_deep])
     assert best is not None and (best.index, best.value, best.resource) == (2, 0.72, 9)
-    best_min = Study(config("min"), slots=3).best([deep, shallow_but_high, also_deep], (1, 3))
+    best_min = Study(config("min"), slots=3).best([deep, shallow_but_high, also_deep])
     assert best_min is not None and best_min.index == 0
 
 
 def test_nan_reports_never_make_the_best() -> None:
     study = Study(config(), slots=2)
-    assert study.best([trial(0, COMPLETED, (9, math.nan, 90.0))], (1, 3)) is None
+    assert study.best([trial(0, COMPLETED, (9, math.nan, 90.0))]) is None
 
 
 def test_decide_is_pure() -> None:
@@ -232,7 +232,7 @@ def test_the_stop_decisions_match_a_replay_of_the_reports() -> None:
     cfg = with_budget(config(max_resource=27), train_time=270.0, time_ratio=4.0)
     result = simulate(cfg, 4, objective, epoch_seconds=lambda p: 5.0 + p["bs"] / 16)
     study = Study(cfg, 4)
-    replay = study.rung_decisions([t.view() for t in result.trials], (1, 3, 9))
+    replay = study.rung_decisions([t.view() for t in result.trials])
     for t in result.trials:
         pruned_by_replay = bool(replay.get(t.index)) and not replay[t.index][-1].promoted
         assert (t.status is PRUNED) == pruned_by_replay, t.index
