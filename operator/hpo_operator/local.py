@@ -183,13 +183,14 @@ def make_slots(
 
 @dataclass
 class ReportReader:
-    """Reads a trial's report file incrementally; keeps the first report of each ``seq``."""
+    """Reads a trial's report file incrementally; keeps the first report of each ``(seq, time)``
+    (a retry repeats both; a second process of the same trial starts ``seq`` again at new times)."""
 
     path: Path
     offset: int = 0
     partial: bytes = b""
     reports: list[dict[str, Any]] = field(default_factory=list)
-    seen: set[int] = field(default_factory=set)
+    seen: set[tuple[int, float]] = field(default_factory=set)
     rejected: list[str] = field(default_factory=list)
 
     def read(self, final: bool = False) -> list[dict[str, Any]]:
@@ -212,9 +213,9 @@ class ReportReader:
             if not line.strip():
                 continue
             report = self._parse(line)
-            if report is None or report["seq"] in self.seen:
+            if report is None or (report["seq"], report["time"]) in self.seen:
                 continue
-            self.seen.add(report["seq"])
+            self.seen.add((report["seq"], report["time"]))
             self.reports.append(report)
             new.append(report)
         return new

@@ -235,6 +235,10 @@ def test_the_report_reader_keeps_the_first_of_each_seq_and_waits_for_whole_lines
         f.write(json.dumps({"seq": 3, "resource": 4, "value": 0.7, "time": 13.0}))  # killed mid-line
     assert reader.read() == []
     assert [r["seq"] for r in reader.read(final=True)] == [3]
+    # A second process of the same trial counts seq from 0 again, at new times: kept.
+    with path.open("a") as f:
+        f.write(json.dumps({"seq": 0, "resource": 5, "value": 0.8, "time": 20.0}) + "\n")
+    assert [(r["seq"], r["resource"]) for r in reader.read()] == [(0, 5)]
 
 
 def test_a_report_of_null_is_the_worst_value_for_the_core(tmp_path: Path) -> None:
