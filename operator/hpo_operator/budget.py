@@ -6,9 +6,11 @@ the first rung; a share ``eta**-k`` of trials passes k rungs, so one trial costs
     E = sum_k (L_k - L_{k-1}) * eta**-k      over the levels L = rungs + [R], L_{-1} = 0.
 
 The first trials at an empty rung always continue, so the plan charges the first trial a full
-training (R) instead of E. With n trials over P slots the predicted wall clock is
+training (R) instead of E. Each trial also pays a start-up ``o`` (process or pod start, imports,
+data loading) once, measured from the trials' first reports. With n trials over P slots the
+predicted wall clock is
 
-    (R + (n - 1) * E) * epoch_seconds / P  +  (1 - 1/P) * R * epoch_seconds
+    ((R + (n - 1) * E) * epoch_seconds + n * o) / P  +  (1 - 1/P) * (R * epoch_seconds + o)
 
 (the second term: the last full training may run alone while the other slots idle). The plan takes
 the largest n whose prediction stays within ``headroom`` x budget, so it never predicts a finish
@@ -56,6 +58,7 @@ class Plan:
     budget_seconds: float
     predicted_gpu_seconds: float
     predicted_seconds: float
+    trial_overhead_seconds: float = 0.0
 
     def to_status(self) -> dict[str, Any]:
         """camelCase keys, as in the HPOStudy status and `hpo plan --json`."""
@@ -70,6 +73,7 @@ class Plan:
             "budgetSeconds": round(self.budget_seconds, 3),
             "predictedGpuSeconds": round(self.predicted_gpu_seconds, 3),
             "predictedSeconds": round(self.predicted_seconds, 3),
+            "trialOverheadSeconds": round(self.trial_overhead_seconds, 3),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,11 +90,17 @@ def expected_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: 
 
 
 def predicted_seconds(
-    n: int, slots: int, epoch_seconds: float, per_trial: float, max_resource: float
+    n: int,
+    slots: int,
+    epoch_seconds: float,
+    per_trial: float,
+    max_resource: float,
+    trial_overhead: float = 0.0,
 ) -> float:
     parallel = max(1, min(slots, n))
-    gpu_epochs = max_resource + (n - 1) * per_trial
-    return gpu_epochs * epoch_seconds / parallel + (1 - 1 / parallel) * max_resource * epoch_seconds
+    gpu_seconds = (max_resource + (n - 1) * per_trial) * epoch_seconds + n * trial_overhead
+    longest = max_resource * epoch_seconds + trial_overhead
+    return gpu_seconds / parallel + (1 - 1 / parallel) * longest
 
 
 def default_min_resource(max_resource: float) -> float:
@@ -105,6 +115,7 @@ def make_plan(
     max_resource: float,
     min_resource: float | None = None,
     eta: int | None = None,
+    trial_overhead: float = 0.0,
 ) -> Plan:
     """The plan with the most trials whose predicted finish fits the budget.
 
@@ -122,13 +133,13 @@ def make_plan(
     rungs = rung_resources(r, eta, max_resource)
     per_trial = expected_trial_resource(rungs, max_resource, eta)
     limit = HEADROOM * budget_seconds
-    train_seconds = max_resource * epoch_seconds
+    train_seconds = max_resource * epoch_seconds + trial_overhead
     # The tolerance: a caller's "one training fills the limit exactly" must not fail on rounding.
     if train_seconds > limit * (1 + 1e-9):
         raise BudgetTooSmall(budget_seconds, train_seconds)
 
     def fits(n: int) -> bool:
-        return predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource) <= limit
+        return predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource, trial_overhead) <= limit
 
     # The prediction grows with n (below the slot count it is R*e + (n-1)/n * E*e), and n = 1 fits:
     # find the largest fitting n by doubling, then bisection.
@@ -153,6 +164,7 @@ def make_plan(
         parallelism=parallel,
         epoch_seconds=epoch_seconds,
         budget_seconds=budget_seconds,
-        predicted_gpu_seconds=(max_resource + (n - 1) * per_trial) * epoch_seconds,
-        predicted_seconds=predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource),
+        predicted_gpu_seconds=(max_resource + (n - 1) * per_trial) * epoch_seconds + n * trial_overhead,
+        predicted_seconds=predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource, trial_overhead),
+        trial_overhead_seconds=trial_overhead,
     )

@@ -128,6 +128,7 @@ class Decision:
 class _Summary:
     records: list[RungRecord]
     rates: list[float]  # seconds per resource unit between consecutive reports
+    first: tuple[float, float] | None  # (seconds, resource) from the start to the first report
     standing: tuple[int, float, Report] | None  # highest level reached, its score, its report
 
 
@@ -177,11 +178,15 @@ class Study:
         if cached is not None and cached[0] == key:
             return cached[1]
         rates: list[float] = []
+        first: tuple[float, float] | None = None
         if t.started_at is not None:
             last_time, last_resource = t.started_at, 0.0
             for r in t.reports:
                 if r.resource > last_resource and r.time >= last_time:
-                    rates.append((r.time - last_time) / (r.resource - last_resource))
+                    if first is None:  # start-up and the first epochs together
+                        first = (r.time - last_time, r.resource)
+                    else:
+                        rates.append((r.time - last_time) / (r.resource - last_resource))
                     last_time, last_resource = r.time, r.resource
         records = rung_records(t.index, t.reports, self.rungs)
         standing: tuple[int, float, Report] | None = None
@@ -192,28 +197,51 @@ class Study:
                 t.reports[-1] if level < 0 else next(r for r in t.reports if r.resource >= self.levels[level])
             )
             standing = (level, score(at.value, self.config.mode), at)
-        summary = _Summary(records, rates, standing)
+        summary = _Summary(records, rates, first, standing)
         self._summaries[t.index] = (key, summary)
         return summary
 
-    def measured_epoch_seconds(self, trials: Sequence[TrialView]) -> float | None:
-        """The median time per resource unit over every trial's reports, or None before any."""
-        rates = [rate for t in trials for rate in self.summary(t).rates]
-        return statistics.median(rates) if rates else None
+    def measured_times(self, trials: Sequence[TrialView]) -> tuple[float, float] | None:
+        """(seconds per resource unit, start-up seconds per trial) measured so far, or None.
+
+        Epochs are timed between consecutive reports; a trial's start-up is what its first report
+        took beyond its epochs. Before any trial has two reports, the first reports are all there
+        is, and they count as epochs with no start-up.
+        """
+        summaries = [self.summary(t) for t in trials]
+        rates = [rate for s in summaries for rate in s.rates]
+        firsts = [s.first for s in summaries if s.first is not None]
+        if rates:
+            epoch = statistics.median(rates)
+            overhead = (
+                statistics.median(max(0.0, sec - res * epoch) for sec, res in firsts) if firsts else 0.0
+            )
+            return epoch, overhead
+        if firsts:
+            return statistics.median(sec / res for sec, res in firsts), 0.0
+        return None
 
     def budget_seconds(self, trials: Sequence[TrialView]) -> float | None:
-        """The budget; without train time or deadline, from trial 0's first report."""
+        """The budget; without train time or deadline, ``time_ratio`` x one training of trial 0,
+        timed from its first two reports (start-up once, plus R epochs at its epoch rate)."""
         known = self.config.budget.seconds()
         if known is not None:
             return known
-        first = next((t for t in trials if t.index == 0), None)
-        if first is None or first.started_at is None or not first.reports:
+        trial0 = next((t for t in trials if t.index == 0), None)
+        if trial0 is None:
             return None
-        report = first.reports[0]
-        if report.resource <= 0:
+        summary = self.summary(trial0)
+        if summary.first is None:
             return None
-        epoch = max(report.time - first.started_at, 1e-6) / report.resource
-        return self.config.budget.time_ratio * epoch * self.config.max_resource
+        seconds, resource = summary.first
+        if summary.rates:
+            epoch = summary.rates[0]
+            train = max(0.0, seconds - resource * epoch) + self.config.max_resource * epoch
+        elif trial0.status.active:
+            return None  # wait for the second report, which separates start-up from epochs
+        else:
+            train = seconds / resource * self.config.max_resource
+        return self.config.budget.time_ratio * max(train, 1e-6)
 
     def plan(self, trials: Sequence[TrialView]) -> Plan | None:
         """The plan for the budget and the best epoch-time estimate so far (None: not known yet).
@@ -233,19 +261,24 @@ class Study:
         if budget is None:
             return None
         max_r = self.config.max_resource
-        fitting_epoch = HEADROOM * budget / max_r  # one training fills the budget's plannable share
-        measured = self.measured_epoch_seconds(trials)
+        measured = self.measured_times(trials)
         if measured is None and self.config.budget.train_time is None:
             # A deadline and no measurement yet: run as many trials as there are slots until the
             # first reports size the plan; parallel slots cost no wall-clock time.
-            plan = self._make_plan(budget, fitting_epoch)
+            plan = self._make_plan(budget, HEADROOM * budget / max_r, 0.0)
             return replace(plan, planned_trials=max(plan.planned_trials, self.parallel_limit()))
         if measured is None:
             assert self.config.budget.train_time is not None
-            return self._make_plan(budget, self.config.budget.train_time / max_r)
-        return self._make_plan(budget, min(measured, fitting_epoch))
+            return self._make_plan(budget, self.config.budget.train_time / max_r, 0.0)
+        epoch, overhead = measured
+        train = max_r * epoch + overhead
+        if train > HEADROOM * budget:
+            # Slower than planned: scale the estimate down to the largest that fits.
+            shrink = HEADROOM * budget / train
+            epoch, overhead = epoch * shrink, overhead * shrink
+        return self._make_plan(budget, epoch, overhead)
 
-    def _make_plan(self, budget: float, epoch: float) -> Plan:
+    def _make_plan(self, budget: float, epoch: float, overhead: float) -> Plan:
         try:
             return make_plan(
                 budget_seconds=budget,
@@ -254,6 +287,7 @@ class Study:
                 max_resource=self.config.max_resource,
                 min_resource=self.config.min_resource,
                 eta=self.eta,
+                trial_overhead=overhead,
             )
         except BudgetTooSmall as err:
             raise StudyError(str(err)) from err
@@ -333,18 +367,18 @@ class Study:
         # A trial pruned by this decision frees its slot for a trial started by it.
         free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
         if plan is None:
-            # The budget is measured by trial 0, which runs alone until its first report.
+            # The budget is measured by trial 0, which runs alone until it has reported twice.
             if next_index == 0 and free > 0:
                 actions.append(StartTrial(0, self.params_for(0)))
                 active.add(0)
             elif next_index > 0:
-                message = "measuring one epoch of the first trial to size the budget"
+                message = "timing the first trial's first two reports to size the budget"
         else:
             epoch = plan.epoch_seconds
             tried = list(trials)
             while free > 0 and started < plan.planned_trials:
                 assert deadline is not None
-                if obs.now + plan.min_resource * epoch > deadline:
+                if obs.now + plan.trial_overhead_seconds + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
                 params = self.params_for(next_index, tried, rungs)
@@ -361,7 +395,9 @@ class Study:
         if not active:
             out_of_time = (
                 deadline is not None
-                and obs.now + (plan.min_resource * plan.epoch_seconds if plan else 0) > deadline
+                and obs.now
+                + (plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds if plan else 0)
+                > deadline
             )
             if plan is not None and (started >= plan.planned_trials or out_of_time):
                 reason = (

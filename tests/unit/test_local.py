@@ -196,15 +196,17 @@ def test_a_trial_that_ignores_sigterm_is_killed_after_the_grace_period_before_th
 def test_without_a_budget_the_first_trial_measures_one_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.1")
-    result, doc = run_study(tmp_path, fake_config(max_resource=5, time_ratio=2.0))
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.3")
+    result, doc = run_study(tmp_path, fake_config(max_resource=5, time_ratio=3.0), grace=0.2)
     first = doc["trials"][0]
-    first_report = min(r["time"] for r in first["reports"])
-    # Trial 0 ran alone until its first report, which sized the budget: 2 x 5 x that epoch.
-    assert all(t["startedAt"] >= first_report for t in doc["trials"][1:])
+    t1, t2 = sorted(r["time"] for r in first["reports"])[:2]
+    # Trial 0 ran alone until its first two reports, which sized the budget: 3 x one training,
+    # its start-up once plus 5 epochs at the rate between the two reports.
+    assert all(t["startedAt"] >= t2 for t in doc["trials"][1:])
     assert len(doc["trials"]) > 1
-    epoch = first_report - first["startedAt"]
-    assert doc["budget"]["seconds"] == pytest.approx(2.0 * 5 * epoch, rel=0.02, abs=0.01)
+    epoch = t2 - t1
+    startup = max(0.0, t1 - first["startedAt"] - epoch)
+    assert doc["budget"]["seconds"] == pytest.approx(3.0 * (startup + 5 * epoch), rel=0.02, abs=0.01)
     assert result.state == "Succeeded"
     assert_inside_budget(doc)
 

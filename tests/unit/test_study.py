@@ -145,11 +145,25 @@ def test_without_train_time_the_first_trial_measures_the_budget() -> None:
     first = study.decide(obs(0, 4))
     assert starts(first.actions) == [0] and first.deadline is None
     waiting = study.decide(obs(5, 3, trial(0, RUNNING, started=1.0)))
-    assert starts(waiting.actions) == [] and "measuring" in waiting.message
-    # Trial 0 started at t=1 and reported epoch 1 at t=11: 10 s an epoch, 90 s a training, 360 s budget.
-    measured = study.decide(obs(11, 3, trial(0, RUNNING, (1, 0.5, 11.0), started=1.0)))
-    assert measured.deadline == 360
+    assert starts(waiting.actions) == [] and "timing the first trial" in waiting.message
+    # One report cannot tell start-up from epochs: keep waiting.
+    one = study.decide(obs(16, 3, trial(0, RUNNING, (1, 0.5, 16.0), started=1.0)))
+    assert starts(one.actions) == [] and one.deadline is None
+    # Started at t=1, epoch 1 at t=16, epoch 2 at t=26: 10 s an epoch after 5 s of start-up, so one
+    # training is 5 + 9 x 10 = 95 s and the budget 4 x 95 = 380 s.
+    two = trial(0, RUNNING, (1, 0.5, 16.0), (2, 0.6, 26.0), started=1.0)
+    measured = study.decide(obs(26, 3, two))
+    assert measured.deadline == 380
     assert starts(measured.actions) == [1, 2, 3]
+    assert measured.plan is not None
+    assert (measured.plan.epoch_seconds, measured.plan.trial_overhead_seconds) == (10, 5)
+
+
+def test_a_first_trial_that_ends_after_one_report_still_sizes_the_budget() -> None:
+    study = Study(config(budget=BudgetSpec(time_ratio=4), max_resource=1), slots=2)
+    done = trial(0, COMPLETED, (1, 0.5, 11.0), started=1.0)
+    decision = study.decide(obs(12, 2, done))
+    assert decision.deadline == 4 * 10
 
 
 def test_a_first_trial_that_dies_before_reporting_ends_the_study() -> None:
@@ -267,5 +281,5 @@ def test_a_deadline_without_train_time_fills_every_slot_at_once() -> None:
 
 def test_a_time_ratio_below_one_training_is_refused_before_any_trial() -> None:
     study = Study(config(budget=BudgetSpec(time_ratio=1.0)), slots=2)
-    with pytest.raises(StudyError, match="smallest workable ratio is 1.11"):
+    with pytest.raises(StudyError, match=r"smallest workable ratio is 1\.11"):
         study.decide(obs(0, 2))
