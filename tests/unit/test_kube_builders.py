@@ -75,7 +75,7 @@ def test_job_carries_the_trial_contract_environment() -> None:
     assert env["HPO_STUDY"] == "mnist" and env["HPO_TRIAL"] == "mnist-3" and env["HPO_NAMESPACE"] == "team"
     assert json.loads(env["HPO_HYPERPARAMETERS"]) == {"lr": 0.5}
     assert env["HPO_METRIC"] == "accuracy" and env["HPO_MAX_RESOURCE"] == "30"
-    assert env["HPO_CHECKPOINT_DIR"].endswith("/team/mnist-3")
+    assert env["HPO_CHECKPOINT_DIR"].endswith("/team/mnist-study-uid/mnist-3")
 
 
 def test_template_may_not_override_the_trial_identity_but_may_move_checkpoints() -> None:

@@ -78,7 +78,8 @@ def trial_env(study: Mapping[str, Any], trial: Mapping[str, Any]) -> list[JSON]:
         "HPO_HYPERPARAMETERS": json.dumps(trial["spec"]["hyperparameters"], sort_keys=True),
         "HPO_METRIC": spec.get("metric", "mAP"),
         "HPO_MAX_RESOURCE": _number_text(spec.get("maximumResource", 10)),
-        "HPO_CHECKPOINT_DIR": f"{CHECKPOINT_ROOT}/{meta['namespace']}/{name}",
+        # The study's uid keeps a recreated study of the same name from resuming old checkpoints.
+        "HPO_CHECKPOINT_DIR": f"{CHECKPOINT_ROOT}/{meta['namespace']}/{meta['name']}-{meta['uid']}/{name}",
     }
     return [{"name": k, "value": v} for k, v in values.items()]
 

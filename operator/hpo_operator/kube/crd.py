@@ -113,7 +113,6 @@ def _crd(kind: str, plural: str, short: str, spec: Schema, status: Schema, colum
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["hpo"],
             },
             "versions": [
                 {
