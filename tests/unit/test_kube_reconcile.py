@@ -294,8 +294,11 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
 
 def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> None:
     t0 = trial(0, (1, 0.5, 2))
-    t0["status"]["reports"].append({**t0["status"]["reports"][0], "time": T0 + 9})  # same seq again
+    t0["status"]["reports"].append(dict(t0["status"]["reports"][0]))  # a retry: the same report again
     state = observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10)
     assert state.view.status is TrialStatus.RUNNING
     assert len(state.view.reports) == 1 and state.view.started_at == T0 + 1
+    # A second process of the trial counts seq from 0 again, at a new time: a new report.
+    t0["status"]["reports"].append({**t0["status"]["reports"][0], "resource": 2, "time": T0 + 9})
+    assert len(observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10).view.reports) == 2
     assert state.status["startedAt"] == to_rfc3339(T0 + 1)

@@ -31,14 +31,15 @@ def to_rfc3339(seconds: float, micro: bool = False) -> str:
 
 
 def reports_of(trial: Mapping[str, Any]) -> tuple[Report, ...]:
-    """The trial's reports, the first of each ``seq`` (a retried report may arrive twice)."""
-    seen: set[int] = set()
+    """The trial's reports, the first of each ``(seq, time)``: a retried report may arrive twice,
+    while a second process of the same trial counts ``seq`` from 0 again at new times."""
+    seen: set[tuple[Any, Any]] = set()
     out = []
     for raw in (trial.get("status") or {}).get("reports") or []:
-        seq = raw.get("seq")
-        if seq in seen or raw.get("resource") is None or raw.get("time") is None:
+        key = (raw.get("seq"), raw.get("time"))
+        if key in seen or raw.get("resource") is None or raw.get("time") is None:
             continue
-        seen.add(seq)
+        seen.add(key)
         value = raw.get("value")
         out.append(
             Report(float(raw["resource"]), math.nan if value is None else float(value), float(raw["time"]))

@@ -67,6 +67,7 @@ class PlanStatus(_Model):
     budget_seconds: float
     predicted_gpu_seconds: float
     predicted_seconds: float
+    trial_overhead_seconds: float = 0.0
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
 
