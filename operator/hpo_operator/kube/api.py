@@ -2,7 +2,8 @@
 
 Credentials come from the kubernetes package's config loaders (kubeconfig or in-cluster); requests
 are plain JSON over urllib3, so objects stay dicts exactly as the API server sends them, with no
-generated models between the operator and a 1.20 or a current server. Thread-safe.
+generated models between the operator and a 1.20 or a current server. Thread-safe. Every request
+is timed by the ``timer`` given (the operator's metrics) under its verb and resource.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import json
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol
 
 import urllib3
 from kubernetes import config as kube_config
@@ -19,6 +21,33 @@ from kubernetes.client import Configuration
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+
+
+class RequestTimer(Protocol):
+    def time_api(self, verb: str, resource: str) -> AbstractContextManager[None]:
+        """Time the request made in the block; an exception it raises is counted and propagates."""
+        ...
+
+
+def verb_and_resource(method: str, path: str) -> tuple[str, str]:
+    """The metric labels of a request: ``("list", "pods")`` for a GET of a collection, else the
+    lower-case method (get, create, patch, delete) and the plural the path names.
+
+    /api/v1/nodes, /api/v1/namespaces/NS/pods/NAME/status, /apis/G/V/namespaces/NS/PLURAL, /version.
+    """
+    parts = [p for p in path.split("?", 1)[0].split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]
+    else:
+        return {"POST": "create"}.get(method, method.lower()), parts[0] if parts else ""
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]  # a namespaced resource; /namespaces and /namespaces/NS stay namespaces
+    resource = rest[0] if rest else ""
+    if method == "GET":
+        return ("list" if len(rest) == 1 else "get"), resource
+    return {"POST": "create"}.get(method, method.lower()), resource
 
 
 class ApiError(Exception):
@@ -46,8 +75,11 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
 
 
 class Api:
-    def __init__(self, configuration: Configuration, timeout: float = 30.0) -> None:
+    def __init__(
+        self, configuration: Configuration, timeout: float = 30.0, timer: RequestTimer | None = None
+    ) -> None:
         self.configuration = configuration
+        self.timer = timer
         self.host = configuration.host.rstrip("/")
         self.timeout = timeout
         tls: dict[str, Any] = {}
@@ -81,17 +113,19 @@ class Api:
     ) -> Any:
         url = self.host + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         data = None if body is None else json.dumps(body).encode()
-        response = self._pool.request(
-            method,
-            url,
-            body=data,
-            headers=self._headers(content_type if data is not None else None),
-            timeout=self.timeout,
-            retries=False,
-        )
-        text = response.data.decode(errors="replace")
-        if response.status >= 300:
-            raise ApiError(response.status, method, path, text)
+        timed = self.timer.time_api(*verb_and_resource(method, path)) if self.timer else nullcontext()
+        with timed:
+            response = self._pool.request(
+                method,
+                url,
+                body=data,
+                headers=self._headers(content_type if data is not None else None),
+                timeout=self.timeout,
+                retries=False,
+            )
+            text = response.data.decode(errors="replace")
+            if response.status >= 300:
+                raise ApiError(response.status, method, path, text)
         return json.loads(text) if text else None
 
     def get(self, path: str) -> Any:

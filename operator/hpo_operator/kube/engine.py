@@ -5,6 +5,9 @@ queued is not queued twice, and a key that changes while it is being reconciled 
 right after. Each reconcile says when it wants to run again (the deadline, a resync); a periodic
 listing of every study catches anything a watch missed. The queue holds no state of a study: a
 fresh engine after a restart reconciles the same studies to the same result.
+
+The metrics hear of every reconcile, every failed one and every study that is gone; the periodic
+listing and each successful reconcile beat the heartbeat that the liveness probe checks.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class Engine:
         key = (meta["namespace"], meta["name"])
         if kind == "DELETED":
             self._generations.pop(key, None)
+            self.metrics.forget(*key)
             return
         if self._generations.get(key) != meta.get("generation") or kind is None:
             self._generations[key] = meta.get("generation")
@@ -132,17 +136,21 @@ class Engine:
         started = time.monotonic()
         world = self.cluster.read(*key)
         if world is None:
+            self.metrics.forget(*key)
             return None
         outcome = reconcile(world, self.clock())
         self.cluster.apply(world, outcome)
         took = time.monotonic() - started
         self.metrics.observe(world, outcome, took)
+        self.metrics.heartbeat()
         if took > SLOW_SECONDS:
             log.info("reconcile of %s/%s took %.2fs (%d writes)", *key, took, len(outcome.writes))
         return outcome.requeue_after
 
     async def _resync(self) -> None:
         while True:
+            # The loop runs only while the event loop does: a stalled engine stops beating.
+            self.metrics.heartbeat()
             try:
                 for key in await asyncio.to_thread(self._list_studies):
                     self.enqueue(key)

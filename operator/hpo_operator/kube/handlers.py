@@ -1,9 +1,9 @@
 """The kopf handlers: watch events in, keys onto the engine's queue out.
 
-kopf serves the watches, the login and the liveness probe; it stores nothing on the objects (no
-progress annotations, no finalizers), so a study can be deleted while the operator is down. A
-study is validated in every reconcile, so one created while the operator was away is handled on
-its start exactly like a new one.
+kopf serves the watches and the login (the liveness probe is the operator's metrics server, see
+main.py); it stores nothing on the objects (no progress annotations, no finalizers), so a study can
+be deleted while the operator is down. A study is validated in every reconcile, so one created
+while the operator was away is handled on its start exactly like a new one.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from typing import Any
 from .api import Api, ApiError, ns_path
 from .builders import owner_reference
 from .capacity import gpu_capacity
+from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .reconcile import (
     CreateAccess,
@@ -57,6 +58,7 @@ class Cluster:
 
     api: Api
     clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=NullMetrics)
     _needs_token_secret: bool | None = field(default=None, init=False)
     # Studies whose trial ServiceAccount was seen ready: a cache of an API fact, never re-checked.
     _access_ready: set[tuple[str, str]] = field(default_factory=set, init=False)
@@ -108,13 +110,15 @@ class Cluster:
         if outcome.first_status:
             self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.first_status})
         for write in outcome.writes:
-            self._write(study, write)
+            if self._write(study, write):
+                self.metrics.written(world, write, self.clock())
         if outcome.status:
             self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.status})
         for event in outcome.events:
             self.event(study, event)
 
-    def _write(self, study: JSON, write: Write) -> None:
+    def _write(self, study: JSON, write: Write) -> bool:
+        """Make one write; False when it changed nothing (the object existed, or was gone)."""
         namespace = study["metadata"]["namespace"]
         if isinstance(write, CreateAccess):
             for obj in write.objects:
@@ -124,12 +128,13 @@ class Cluster:
         elif isinstance(write, CreateTrial):
             created = self.api.create(trial_path(namespace), write.trial)
             if created is None:
-                return  # it existed: the next reconcile makes its Job from the trial as stored
-            self._create_job(namespace, created, write.job)
+                return False  # it existed: the next reconcile makes its Job from the trial as stored
+            made = self._create_job(namespace, created, write.job)
             log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
             self.event(study, write.event)
+            return made
         elif isinstance(write, CreateJob):
-            self._create_job(namespace, self.api.get(trial_path(namespace, write.trial)), write.job)
+            return self._create_job(namespace, self.api.get(trial_path(namespace, write.trial)), write.job)
         elif isinstance(write, PatchTrialStatus):
             self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
             if write.event is not None:
@@ -143,10 +148,12 @@ class Cluster:
             self.api.patch(
                 job_path(namespace, write.name), {"spec": {"activeDeadlineSeconds": write.seconds}}
             )
+        return True
 
-    def _create_job(self, namespace: str, trial: JSON, job: JSON) -> None:
+    def _create_job(self, namespace: str, trial: JSON, job: JSON) -> bool:
+        """True when this call created the Job; False when it existed."""
         owned = {**job, "metadata": {**job["metadata"], "ownerReferences": [owner_reference(trial)]}}
-        self.api.create(job_path(namespace), owned)
+        return self.api.create(job_path(namespace), owned) is not None
 
     def event(self, study: JSON, event: Event) -> None:
         """A core/v1 Event on the study, for humans (`kubectl describe hpo`), posted in the background:
