@@ -241,6 +241,8 @@ def manifest(
 ) -> None:
     """Print an HPOStudy manifest for kubectl apply."""
     study, raw = load_config(config)
+    if study.asha_variant != "stop":
+        fail(f"asha variant {study.asha_variant!r} runs with `hpo run` only; the operator runs 'stop'")
     budget = budget if budget is not None else deadline
     budget_spec: dict[str, Any] = {}
     if budget is not None:

@@ -29,6 +29,7 @@ DEFAULT_TIME_RATIO = 4.0
 
 Mode = Literal["max", "min"]
 SamplerName = Literal["random", "qmc", "tpe"]
+AshaVariant = Literal["stop", "promote"]
 DEFAULT_SAMPLER: SamplerName = "random"
 
 
@@ -117,10 +118,20 @@ class StudyConfig:
     parallel_trials: int | None = None  # None: as many as free slots allow
     max_failed_trials: int | None = None
     sampler: SamplerName = DEFAULT_SAMPLER
+    asha_variant: AshaVariant = "stop"
+    final_training: bool = False
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class AshaSettings(_Strict):
+    """ASHA's variant: ``stop`` (a trial below its rung's cut-off is stopped, as Ray Tune's
+    ASHAScheduler) or ``promote`` (every trial pauses at each rung and the best are resumed from
+    their checkpoints, as the ASHA paper and OTX)."""
+
+    variant: AshaVariant = "stop"
 
 
 class HpoConfigFile(_Strict):
@@ -135,6 +146,7 @@ class HpoConfigFile(_Strict):
     reduction_factor: int | None = Field(default=None, ge=2)
     seed: int = 0
     sampler: SamplerName = DEFAULT_SAMPLER
+    asha: AshaSettings = Field(default_factory=AshaSettings)
 
 
 def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -> list[str]:
@@ -195,6 +207,7 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
         reduction_factor=model.reduction_factor,
         seed=model.seed,
         sampler=model.sampler,
+        asha_variant=model.asha.variant,
     )
 
 

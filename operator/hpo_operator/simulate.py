@@ -21,6 +21,7 @@ from .study import (
     Finalize,
     Observation,
     PruneTrial,
+    ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
@@ -40,6 +41,8 @@ class SimTrial:
     status: TrialStatus = TrialStatus.RUNNING
     reports: list[Report] = field(default_factory=list)
     ended_at: float | None = None
+    stop_at: float = math.inf  # the resource this run ends at (a rung, in the promote variant)
+    runs: int = 1  # starts and resumptions
 
     def view(self) -> TrialView:
         return TrialView(self.index, self.status, tuple(self.reports), self.started_at, self.params)
@@ -73,8 +76,9 @@ def simulate(
     epoch_of = epoch_seconds if callable(epoch_seconds) else (lambda _p, e=float(epoch_seconds): e)
     max_resource = math.ceil(config.max_resource)
     trials: dict[int, SimTrial] = {}
-    events: list[tuple[float, int, int]] = []  # (time, trial, resource it reports)
+    events: list[tuple[float, int, int, int]] = []  # (time, trial, resource it reports, run)
     now, busy = 0.0, 0.0
+    final_index: int | None = None
 
     def running() -> int:
         return sum(1 for t in trials.values() if t.status.active)
@@ -90,31 +94,47 @@ def simulate(
             now=now,
             free_slots=slots - running(),
             trials=tuple(t.view() for t in trials.values()),
+            final_index=final_index,
         )
         decision: Decision = study.decide(obs)
         for action in decision.actions:
             if isinstance(action, StartTrial):
                 t = SimTrial(action.index, action.params, created_at=now, started_at=now + start_seconds)
+                t.stop_at = action.stop_at if action.stop_at is not None else max_resource
                 trials[action.index] = t
-                heapq.heappush(events, (t.started_at + epoch_of(t.params), t.index, 1))
+                heapq.heappush(events, (t.started_at + epoch_of(t.params), t.index, 1, t.runs))
+            elif isinstance(action, ResumeTrial):
+                t = trials[action.index]
+                t.status, t.created_at, t.stop_at, t.ended_at = TrialStatus.RUNNING, now, action.stop_at, None
+                t.runs += 1
+                resumed = int(action.start_from) + 1
+                heapq.heappush(events, (now + start_seconds + epoch_of(t.params), t.index, resumed, t.runs))
+                if action.final:
+                    final_index = action.index
             elif isinstance(action, PruneTrial):
                 end(trials[action.index], TrialStatus.PRUNED)
             elif isinstance(action, StopTrial):
                 end(trials[action.index], TrialStatus.STOPPED)
             elif isinstance(action, Finalize):
                 return SimResult(list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy)
-        # Advance to the next report of a trial still running, or to the deadline.
-        next_time = decision.deadline if decision.deadline is not None else math.inf
-        while events and not trials[events[0][1]].status.active:
+        # Advance to the next report of a trial still running, or to the deadline (which no longer
+        # applies once the final training runs).
+        next_time = decision.deadline if decision.deadline is not None and final_index is None else math.inf
+        # Events of trials that ended, or of an earlier run of a resumed trial, are stale.
+        while events and (
+            not trials[events[0][1]].status.active or trials[events[0][1]].runs != events[0][3]
+        ):
             heapq.heappop(events)
         if events and events[0][0] <= next_time:
-            now, index, resource = heapq.heappop(events)
+            now, index, resource, run = heapq.heappop(events)
             t = trials[index]
             t.reports.append(Report(resource, objective(t.params, resource), now))
             if resource >= max_resource:
                 end(t, TrialStatus.COMPLETED)
+            elif resource >= t.stop_at:
+                end(t, TrialStatus.PAUSED)
             else:
-                heapq.heappush(events, (now + epoch_of(t.params), index, resource + 1))
+                heapq.heappush(events, (now + epoch_of(t.params), index, resource + 1, run))
         elif math.isfinite(next_time):
             now = max(now, next_time)
         else:

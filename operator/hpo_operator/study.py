@@ -36,10 +36,16 @@ class TrialStatus(str, Enum):
     PRUNED = "Pruned"
     FAILED = "Failed"
     STOPPED = "Stopped"  # stopped at the deadline
+    PAUSED = "Paused"  # promote variant: trained to its rung and exited; may be resumed
 
     @property
     def active(self) -> bool:
         return self in (TrialStatus.PENDING, TrialStatus.RUNNING)
+
+
+# With maxFailedTrials unset, the fewest failed trials that can stop a study (see too_many_failed).
+DEFAULT_MIN_FAILED = 3
+_ENDED = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.FAILED, TrialStatus.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -61,18 +67,40 @@ class TrialView:
 
 @dataclass(frozen=True)
 class Observation:
-    """The world as the adapter sees it; all times in seconds on one clock."""
+    """The world as the adapter sees it; all times in seconds on one clock.
+
+    ``final_index``: the trial the adapter resumed for the final training, once it has.
+    """
 
     started_at: float
     now: float
     free_slots: int
     trials: tuple[TrialView, ...] = ()
+    final_index: int | None = None
 
 
 @dataclass(frozen=True)
 class StartTrial:
+    """Start a new trial; ``stop_at``: the resource to pause at (promote variant), None: train to R."""
+
     index: int
     params: dict[str, Any]
+    stop_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ResumeTrial:
+    """Resume a trial from its checkpoint at ``start_from`` and train it to ``stop_at``.
+
+    ``final``: this is the final training of the best configuration, which runs to R after HPO and
+    is not bounded by the HPO deadline.
+    """
+
+    index: int
+    params: dict[str, Any]
+    start_from: float
+    stop_at: float
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,14 +128,18 @@ class Best:
 
 @dataclass(frozen=True)
 class Finalize:
-    """The study is over. ``succeeded`` is False when it ended without a usable result."""
+    """The study is over. ``succeeded`` is False when it ended without a usable result.
+
+    ``final``: with final training on, the trial whose checkpoint is the trained model (trained to R).
+    """
 
     reason: str
     best: Best | None
     succeeded: bool = True
+    final: int | None = None
 
 
-Action = StartTrial | PruneTrial | StopTrial | Finalize
+Action = StartTrial | ResumeTrial | PruneTrial | StopTrial | Finalize
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,8 @@ class Study:
         r = config.min_resource or default_min_resource(config.max_resource)
         self.rungs = rung_resources(r, self.eta, config.max_resource)  # the plan's rungs too
         self.levels = (*self.rungs, config.max_resource)
+        # Resources where the promote variant pauses trials: time across them is not training.
+        self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
         # Per-trial summaries, recomputed only when a trial's reports change (they only grow).
         self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
         self._replay = StopReplay(self.eta, config.mode)
@@ -185,8 +219,9 @@ class Study:
                 if r.resource > last_resource and r.time >= last_time:
                     if first is None:  # start-up and the first epochs together
                         first = (r.time - last_time, r.resource)
-                    else:
+                    elif last_resource not in self._pauses:
                         rates.append((r.time - last_time) / (r.resource - last_resource))
+                    # else: the trial paused at that rung and was resumed later; the wait is no epoch.
                     last_time, last_resource = r.time, r.resource
         records = rung_records(t.index, t.reports, self.rungs)
         standing: tuple[int, float, Report] | None = None
@@ -318,16 +353,43 @@ class Study:
             index=trial.index, value=report.value, resource=report.resource, params=self.trial_params(trial)
         )
 
+    # --- failures ---------------------------------------------------------------------------
+
+    def too_many_failed(self, trials: Sequence[TrialView]) -> str | None:
+        """Why the study should stop for its failed trials, or None to go on.
+
+        With ``max_failed_trials`` set: once that many trials failed. Unset: once at least
+        ``DEFAULT_MIN_FAILED`` trials failed and failures are at least half of the ended trials
+        (a study whose every trial crashes stops after three, not at its deadline; a few crashes
+        among many finished trials do not stop it).
+        """
+        failed = sum(1 for t in trials if t.status is TrialStatus.FAILED)
+        limit = self.config.max_failed_trials
+        if limit is not None:
+            return f"{failed} trials failed (maxFailedTrials is {limit})" if failed >= limit else None
+        ended = sum(1 for t in trials if t.status in _ENDED)
+        if failed >= DEFAULT_MIN_FAILED and 2 * failed >= ended:
+            return (
+                f"{failed} of {ended} ended trials failed (with maxFailedTrials unset a study stops "
+                f"once at least {DEFAULT_MIN_FAILED} trials failed and they are half of those ended)"
+            )
+        return None
+
     # --- the decision -----------------------------------------------------------------------
 
     def decide(self, obs: Observation) -> Decision:
         trials = sorted(obs.trials, key=lambda t: t.index)
         plan = self.plan(trials)
-        rungs = self.rungs
-        rung_decisions = self.rung_decisions(trials)
+        promote = self.config.asha_variant == "promote"
+        rung_decisions = {} if promote else self.rung_decisions(trials)
+        budget = self.budget_seconds(trials)
+        deadline = None if budget is None else obs.started_at + budget
+        best = self.best(trials)
+        if obs.final_index is not None:
+            return self._final_phase(obs, trials, plan, deadline, best)
+
         actions: list[Action] = []
         active = {t.index for t in trials if t.status.active}
-
         pruned_now = 0
         for t in trials:
             last = rung_decisions.get(t.index, [])
@@ -337,20 +399,14 @@ class Study:
                 active.discard(t.index)
                 pruned_now += 1
 
-        budget = self.budget_seconds(trials)
-        deadline = None if budget is None else obs.started_at + budget
-        best = self.best(trials)
+        def finish(reason: str, message: str = "") -> Decision:
+            return self._finish(
+                actions, reason, trials, active, plan, deadline, best, message, rung_decisions
+            )
 
         if deadline is not None and obs.now >= deadline:
             actions += [StopTrial(i, "deadline") for i in sorted(active)]
-            return Decision(
-                [*actions, Finalize("deadline", best, best is not None)],
-                plan,
-                deadline,
-                best,
-                "the budget is used up",
-                rung_decisions,
-            )
+            return finish("deadline", "the budget is used up")
 
         failed = sum(1 for t in trials if t.status is TrialStatus.FAILED)
         limit = self.config.max_failed_trials
@@ -366,23 +422,34 @@ class Study:
         message = ""
         # A trial pruned by this decision frees its slot for a trial started by it.
         free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
+        first_stop = self.rungs[0] if promote and self.rungs else None
         if plan is None:
             # The budget is measured by trial 0, which runs alone until it has reported twice.
             if next_index == 0 and free > 0:
-                actions.append(StartTrial(0, self.params_for(0)))
+                actions.append(StartTrial(0, self.params_for(0), first_stop))
                 active.add(0)
             elif next_index > 0:
                 message = "timing the first trial's first two reports to size the budget"
         else:
-            epoch = plan.epoch_seconds
+            assert deadline is not None
+            epoch, overhead = plan.epoch_seconds, plan.trial_overhead_seconds
+            if promote:
+                for index, start_from, stop_at in self.promotable(trials):
+                    if free <= 0:
+                        break
+                    if obs.now + overhead + (stop_at - start_from) * epoch > deadline:
+                        continue
+                    trial = next(t for t in trials if t.index == index)
+                    actions.append(ResumeTrial(index, self.trial_params(trial), start_from, stop_at))
+                    active.add(index)
+                    free -= 1
             tried = list(trials)
             while free > 0 and started < plan.planned_trials:
-                assert deadline is not None
-                if obs.now + plan.trial_overhead_seconds + plan.min_resource * epoch > deadline:
+                if obs.now + overhead + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
-                params = self.params_for(next_index, tried, rungs)
-                actions.append(StartTrial(next_index, params))
+                params = self.params_for(next_index, tried, self.rungs)
+                actions.append(StartTrial(next_index, params, first_stop))
                 # Later proposals of this decision see this one, so they do not repeat it.
                 tried.append(TrialView(next_index, TrialStatus.PENDING, params=params))
                 active.add(next_index)
@@ -393,20 +460,119 @@ class Study:
                 message = f"all {plan.planned_trials} planned trials started"
 
         if not active:
-            out_of_time = (
-                deadline is not None
-                and obs.now
-                + (plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds if plan else 0)
-                > deadline
-            )
-            if plan is not None and (started >= plan.planned_trials or out_of_time):
-                reason = (
-                    "all planned trials finished"
-                    if started >= plan.planned_trials
-                    else "no time for another trial"
-                )
-                actions.append(Finalize(reason, best, best is not None))
-            elif plan is None and next_index > 0:
-                # Trial 0 ended without the report that sizes the budget.
+            if plan is not None:
+                first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
+                out_of_time = deadline is not None and obs.now + first_rung > deadline
+                if started >= plan.planned_trials:
+                    return finish("all planned trials finished", message)
+                if out_of_time:
+                    return finish("no time for another trial", message)
+            elif next_index > 0:
+                # Trial 0 ended without the reports that size the budget.
                 actions.append(Finalize("the first trial ended before its first report", best, False))
         return Decision(actions, plan, deadline, best, message, rung_decisions)
+
+    def promotable(self, trials: Sequence[TrialView]) -> list[tuple[int, float, float]]:
+        """Promote variant: paused trials in the top ``n // eta`` of the n values recorded at the
+        rung they paused at, as (index, resource reached, next level), highest rung first, then best
+        first. Equal values go to the one recorded first."""
+        by_rung: dict[int, list[tuple[float, float, int]]] = {}
+        for t in trials:
+            for rec in self.summary(t).records:
+                by_rung.setdefault(rec.rung, []).append(
+                    (-score(rec.value, self.config.mode), rec.time, t.index)
+                )
+        for ranking in by_rung.values():
+            ranking.sort()
+        found: list[tuple[int, int, int, float, float]] = []
+        for t in trials:
+            records = self.summary(t).records
+            if t.status is not TrialStatus.PAUSED or not records:
+                continue
+            rec = records[-1]
+            ranking = by_rung[rec.rung]
+            rank = ranking.index((-score(rec.value, self.config.mode), rec.time, t.index)) + 1
+            if rank <= len(ranking) // self.eta:
+                reached = max(r.resource for r in t.reports)
+                found.append((-rec.rung, rank, t.index, reached, self.levels[rec.rung + 1]))
+        return [(index, reached, stop_at) for _, _, index, reached, stop_at in sorted(found)]
+
+    def _finish(
+        self,
+        actions: list[Action],
+        reason: str,
+        trials: Sequence[TrialView],
+        active: set[int],
+        plan: Plan | None,
+        deadline: float | None,
+        best: Best | None,
+        message: str,
+        rung_decisions: dict[int, list[RungDecision]],
+    ) -> Decision:
+        """HPO is over: finalize, or with final training first train the best configuration to R."""
+        if not self.config.final_training or best is None:
+            return Decision(
+                [*actions, Finalize(reason, best, best is not None)],
+                plan,
+                deadline,
+                best,
+                message,
+                rung_decisions,
+            )
+        trial = next(t for t in trials if t.index == best.index)
+        reached = max(r.resource for r in trial.reports)
+        if reached >= self.config.max_resource:
+            final = Finalize(
+                f"{reason}; the best trial trained to the maximum resource", best, True, best.index
+            )
+            return Decision([*actions, final], plan, deadline, best, message, rung_decisions)
+        if trial.index in active:
+            # Being stopped by this decision: it resumes once it has ended.
+            return Decision(
+                actions,
+                plan,
+                deadline,
+                best,
+                "stopping the best trial for its final training",
+                rung_decisions,
+            )
+        resume = ResumeTrial(best.index, best.params, reached, self.config.max_resource, final=True)
+        return Decision(
+            [*actions, resume],
+            plan,
+            deadline,
+            best,
+            "final training of the best configuration",
+            rung_decisions,
+        )
+
+    def _final_phase(
+        self,
+        obs: Observation,
+        trials: Sequence[TrialView],
+        plan: Plan | None,
+        deadline: float | None,
+        best: Best | None,
+    ) -> Decision:
+        """The final training is running or has ended; the HPO deadline no longer applies."""
+        assert obs.final_index is not None
+        trial = next((t for t in trials if t.index == obs.final_index), None)
+        if trial is None:
+            raise ValueError(f"final training names trial {obs.final_index}, which is not among the trials")
+        if trial.status.active:
+            return Decision([], plan, deadline, best, "final training of the best configuration")
+        reached = max((r.resource for r in trial.reports), default=0.0)
+        if trial.status is TrialStatus.COMPLETED and reached >= self.config.max_resource:
+            final_best = self.best([trial])
+            return Decision(
+                [Finalize("final training finished", final_best, True, trial.index)],
+                plan,
+                deadline,
+                final_best,
+            )
+        return Decision(
+            [Finalize(f"final training ended {trial.status.value.lower()} before R", best, False)],
+            plan,
+            deadline,
+            best,
+        )

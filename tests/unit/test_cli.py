@@ -128,3 +128,10 @@ def test_manifest_with_a_deadline() -> None:
     doc = yaml.safe_load(hpo("manifest", OTX, "--name", "x", "--image", "i", "--budget", "2h").stdout)
     assert doc["spec"]["budget"] == {"deadline": "2h"}
     assert study_config_from_spec(doc["spec"]).budget.seconds() == 7200
+
+
+def test_manifest_refuses_the_promote_variant(tmp_path: Path) -> None:
+    path = tmp_path / "promote.yaml"
+    path.write_text("asha: {variant: promote}\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n")
+    result = hpo("manifest", path, "--name", "x", "--image", "i")
+    assert result.returncode == 2 and "runs with `hpo run` only" in result.stderr

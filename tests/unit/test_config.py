@@ -194,3 +194,14 @@ def test_study_spec_type_errors_and_space_errors_come_together() -> None:
     text = "\n".join(err.value.problems)
     assert "spec.gpusPerTrial" in text
     assert "spec.hpSpace.lr: min (1) must be smaller than max (0)" in text
+
+
+def test_asha_variant_and_final_training_settings() -> None:
+    space = {"x": {"param_type": "uniform", "range": [0, 1]}}
+    assert config_from_mapping({"hp_space": space}).asha_variant == "stop"
+    assert config_from_mapping({"hp_space": space, "asha": {"variant": "promote"}}).asha_variant == "promote"
+    with pytest.raises(ConfigError, match=r"asha\.variant: input should be 'stop' or 'promote', got 'pause'"):
+        config_from_mapping({"hp_space": space, "asha": {"variant": "pause"}})
+    # The operator runs the stop variant only: an HPOStudy does not take these settings yet.
+    with pytest.raises(ConfigError, match="spec.asha: unknown key"):
+        study_config_from_spec({**SPEC, "asha": {"variant": "promote"}})

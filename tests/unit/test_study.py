@@ -15,6 +15,7 @@ from hpo_operator.study import (
     Observation,
     PruneTrial,
     Report,
+    ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
@@ -283,3 +284,104 @@ def test_a_time_ratio_below_one_training_is_refused_before_any_trial() -> None:
     study = Study(config(budget=BudgetSpec(time_ratio=1.0)), slots=2)
     with pytest.raises(StudyError, match=r"smallest workable ratio is 1\.11"):
         study.decide(obs(0, 2))
+
+
+# --- the promote variant and the final training ------------------------------------------------
+
+PAUSED = TrialStatus.PAUSED
+
+
+def test_promote_starts_trials_that_pause_at_the_first_rung() -> None:
+    study = Study(config(asha_variant="promote"), slots=2)
+    assert [a.stop_at for a in study.decide(obs(0, 2)).actions if isinstance(a, StartTrial)] == [1, 1]
+    assert all(
+        a.stop_at is None
+        for a in Study(config(), slots=2).decide(obs(0, 2)).actions
+        if isinstance(a, StartTrial)
+    )
+
+
+def test_promote_resumes_the_top_third_of_a_rung_from_where_it_paused() -> None:
+    study = Study(config(asha_variant="promote"), slots=1)  # rungs 1, 3; R = 9
+    paused = [trial(i, PAUSED, (1, v, 10.0 + i)) for i, v in enumerate([0.5, 0.9, 0.7])]
+    decision = study.decide(obs(20, 1, *paused))
+    # 3 values at rung 0, eta 3: the best one (trial 1) goes on to rung 1 (3 epochs).
+    resumes = [a for a in decision.actions if isinstance(a, ResumeTrial)]
+    assert resumes == [ResumeTrial(1, study.params_for(1), 1, 3)]
+    assert starts(decision.actions) == []  # the only slot went to the promotion
+    # Once promoted (it recorded rung 1), trial 1 is not promoted again from rung 0.
+    promoted = trial(1, PAUSED, (1, 0.9, 11.0), (3, 0.95, 40.0))
+    again = study.decide(obs(41, 1, paused[0], promoted, paused[2]))
+    assert not [a for a in again.actions if isinstance(a, ResumeTrial) and a.start_from == 1]
+
+
+def test_promote_prefers_the_highest_rung_and_never_prunes() -> None:
+    study = Study(config(asha_variant="promote"), slots=1)
+    low = [trial(i, PAUSED, (1, 0.1 * i, float(i))) for i in range(6)]  # 6 at rung 0: 2 promotable
+    high = [
+        trial(6 + i, PAUSED, (1, 0.95, 10.0 + i), (3, v, 20.0 + i)) for i, v in enumerate([0.6, 0.8, 0.7])
+    ]
+    decision = study.decide(obs(30, 1, *low, *high))
+    resumes = [a for a in decision.actions if isinstance(a, ResumeTrial)]
+    assert resumes == [ResumeTrial(7, study.params_for(7), 3, 9)]
+    assert not [a for a in decision.actions if isinstance(a, PruneTrial)]
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_simulated_promote_studies_finish_inside_their_budget_and_resume_where_they_paused(
+    slots: int,
+) -> None:
+    cfg = with_budget(config(max_resource=27, asha_variant="promote"), train_time=270.0, time_ratio=4.0)
+    result = simulate(cfg, slots, objective, epoch_seconds=10.0)
+    assert result.finished_at <= 1080
+    resumed = [t for t in result.trials if t.runs > 1]
+    assert resumed, "some trials were promoted"
+    for t in result.trials:
+        # Every resource reported once: a resumed run continues from its rung, it does not restart.
+        resources = [r.resource for r in t.reports]
+        assert resources == list(range(1, len(resources) + 1)), t.index
+    assert result.finalize.best is not None and result.finalize.best.resource == 27
+
+
+def test_final_training_uses_the_best_trial_when_it_already_reached_r() -> None:
+    study = Study(config(final_training=True, budget=BudgetSpec(train_time=90.0, time_ratio=1.2)), slots=1)
+    done = trial(0, COMPLETED, (9, 0.8, 90.0))
+    final = study.decide(obs(95, 1, done)).finalize
+    assert final is not None and final.final == 0 and final.succeeded
+
+
+def test_final_training_resumes_the_best_to_r_after_the_deadline() -> None:
+    study = Study(config(final_training=True), slots=2)
+    best = trial(0, RUNNING, (1, 0.8, 10.0), (3, 0.9, 30.0))
+    other = trial(1, PRUNED, (1, 0.5, 12.0))
+    at_deadline = study.decide(obs(360, 0, best, other))
+    # The best is still running: stop it first, and no finalize yet.
+    assert [a for a in at_deadline.actions if isinstance(a, StopTrial)] == [StopTrial(0, "deadline")]
+    assert at_deadline.finalize is None and not [a for a in at_deadline.actions if isinstance(a, ResumeTrial)]
+    stopped = replace(best, status=TrialStatus.STOPPED)
+    resume = study.decide(obs(361, 2, stopped, other)).actions
+    assert resume == [ResumeTrial(0, study.params_for(0), 3, 9, final=True)]
+    # The final run is past the deadline and still goes on; then it finalizes with its own result.
+    running = replace(stopped, status=RUNNING)
+    assert study.decide(Observation(0.0, 500.0, 1, (running, other), final_index=0)).actions == []
+    finished = trial(0, COMPLETED, (1, 0.8, 10.0), (3, 0.9, 30.0), (9, 0.97, 600.0))
+    final = study.decide(Observation(0.0, 601.0, 2, (finished, other), final_index=0)).finalize
+    assert final is not None and final.final == 0 and final.best is not None and final.best.value == 0.97
+
+
+def test_a_final_training_that_fails_says_so() -> None:
+    study = Study(config(final_training=True), slots=1)
+    failed = trial(0, FAILED, (1, 0.8, 10.0), (3, 0.9, 30.0))
+    final = study.decide(Observation(0.0, 400.0, 1, (failed,), final_index=0)).finalize
+    assert final is not None and not final.succeeded and final.final is None
+
+
+def test_simulated_final_training_trains_the_best_to_r() -> None:
+    cfg = with_budget(
+        config(max_resource=27, asha_variant="promote", final_training=True), train_time=270.0, time_ratio=2.0
+    )
+    result = simulate(cfg, 2, objective, epoch_seconds=10.0)
+    final = result.finalize
+    assert final.final is not None and final.best is not None and final.best.resource == 27
+    trained = next(t for t in result.trials if t.index == final.final)
+    assert max(r.resource for r in trained.reports) == 27

@@ -16,6 +16,8 @@ from hpo_trial.env import (
     hyperparameters,
     max_resource,
     metric_name,
+    start_resource,
+    stop_resource,
     study_name,
     trial_name,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "max_resource",
     "metric_name",
     "report",
+    "start_resource",
+    "stop_resource",
     "study_name",
     "trial_name",
 ]

@@ -17,6 +17,7 @@ HPO_MAX_RESOURCE = "HPO_MAX_RESOURCE"
 HPO_CHECKPOINT_DIR = "HPO_CHECKPOINT_DIR"
 HPO_REPORT_FILE = "HPO_REPORT_FILE"
 HPO_START_RESOURCE = "HPO_START_RESOURCE"
+HPO_STOP_RESOURCE = "HPO_STOP_RESOURCE"
 
 #: Where checkpoints go when no study gives a folder, relative to the working directory.
 LOCAL_CHECKPOINT_ROOT = Path("runs") / "checkpoints"
@@ -71,6 +72,12 @@ def max_resource(environ: Mapping[str, str] | None = None) -> int | None:
 def start_resource(environ: Mapping[str, str] | None = None) -> int | None:
     """The resource to resume from (a promoted trial's rung), or None when not set."""
     return _int_var(HPO_START_RESOURCE, environ)
+
+
+def stop_resource(environ: Mapping[str, str] | None = None) -> int | None:
+    """The resource to stop at in this run (the next rung of a pausing trial), or None: train to
+    ``max_resource()``. The learning-rate schedule still spans the full training."""
+    return _int_var(HPO_STOP_RESOURCE, environ)
 
 
 def trial_name(environ: Mapping[str, str] | None = None) -> str | None:

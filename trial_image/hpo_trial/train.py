@@ -74,7 +74,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--dataset", default="digits", help="'digits' (built in) or a folder of class sub-folders")
     add("--model", default="mobilenetv3_small", choices=sorted(models.SPECS))
     add("--epochs", type=int, help=f"epochs of a full training (HPO_MAX_RESOURCE, else {DEFAULT_EPOCHS})")
-    add("--stop-after", type=int, help="exit after this epoch; the schedule still spans --epochs")
+    add(
+        "--stop-after",
+        type=int,
+        help="exit after this epoch (HPO_STOP_RESOURCE); the schedule still spans --epochs",
+    )
     add("--lr", type=float, default=0.01, help="learning rate unless the study gives one")
     add("--batch-size", type=int, default=32, help="batch size unless the study gives one")
     add("--weight-decay", type=float, default=1e-4, help="weight decay unless the study gives one")
@@ -118,6 +122,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     try:
         hp = hparams.resolve(hpo_trial.hyperparameters(), defaults)
         start = env.start_resource()
+        stop = env.stop_resource()
         max_resource = env.max_resource()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
@@ -144,7 +149,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         dataset=args.dataset,
         model=args.model,
         epochs=epochs,
-        stop_after=min(epochs, args.stop_after) if args.stop_after is not None else epochs,
+        stop_after=min(epochs, args.stop_after or stop or epochs),
         hp=hp,
         momentum=args.momentum,
         schedule=args.schedule,
