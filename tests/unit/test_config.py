@@ -203,5 +203,5 @@ def test_asha_variant_and_final_training_settings() -> None:
     with pytest.raises(ConfigError, match=r"asha\.variant: input should be 'stop' or 'promote', got 'pause'"):
         config_from_mapping({"hp_space": space, "asha": {"variant": "pause"}})
     # The operator runs the stop variant only: an HPOStudy does not take these settings yet.
-    with pytest.raises(ConfigError, match="spec.asha: unknown key"):
+    with pytest.raises(ConfigError, match=r"spec\.asha: unknown key"):
         study_config_from_spec({**SPEC, "asha": {"variant": "promote"}})
