@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,14 +72,15 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
-        self.port = free_port()
+        self.port = free_port()  # /healthz
+        self.metrics_port = free_port()  # /metrics
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hpo_operator", "operator", "--kubeconfig", str(self.kubeconfig),
-             "--liveness-port", str(self.port), "--resync", "5"],
+             "--liveness-port", str(self.port), "--metrics-port", str(self.metrics_port), "--resync", "5"],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
         )  # fmt: skip
@@ -94,6 +96,15 @@ class OperatorProcess:
                 return bool(r.status == 200)
         except OSError:
             return False
+
+    def get(self, path: str, port: int | None = None) -> tuple[int, str]:
+        """GET ``path`` from the operator's metrics port (or ``port``): the status and the body."""
+        url = f"http://127.0.0.1:{port or self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import ApiError, Kube
@@ -244,6 +245,24 @@ def next_pod_latencies(watch: PodWatch) -> list[float]:
     return out
 
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(operator: OperatorProcess) -> Samples:
+    """The operator's /metrics: every sample by name and labels."""
+    code, text = operator.get("/metrics")
+    assert code == 200, text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), float("nan"))
+
+
 def reporting(kube: Kube, namespace: str) -> int:
     return sum(bool((t.get("status") or {}).get("reports")) for t in trials_of(kube, namespace))
 
@@ -306,6 +325,32 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
     reasons = {e["reason"] for e in events if e["involvedObject"].get("kind") == "HPOStudy"}
     assert {"TrialStarted", "TrialPruned", "StudySucceeded"} <= reasons, reasons
+
+    # The operator's metrics agree with the API (the operator ran the whole study: its counters
+    # started before it). The gauges follow the status write of the study's last reconcile.
+    study_labels = {"namespace": namespace, "study": "digits"}
+
+    def finished_in_metrics() -> Samples | None:
+        samples = scrape(operator)
+        return samples if sample(samples, "hpo_study_phase", **study_labels, phase="Succeeded") == 1 else None
+
+    samples = wait_for(finished_in_metrics, 10, 0.2, "hpo_study_phase Succeeded in /metrics")
+    assert sample(samples, "hpo_trials_started_total", **study_labels) == len(trials)
+    assert sample(samples, "hpo_trials_finished_total", **study_labels, outcome="pruned") == len(pruned)
+    finished = sum(
+        sample(samples, "hpo_trials_finished_total", **study_labels, outcome=o)
+        for o in ("completed", "pruned", "failed", "stopped")
+    )
+    assert finished == len(trials), {k: v for k, v in samples.items() if k[0] == "hpo_trials_finished_total"}
+    assert (
+        sample(samples, "hpo_study_best_value", **study_labels, metric="accuracy") == status["best"]["value"]
+    )
+    assert sample(samples, "hpo_decision_latency_seconds_count") > 0
+    api_requests = [
+        v for (name, _), v in samples.items() if name == "hpo_kube_api_request_duration_seconds_count"
+    ]
+    assert sum(api_requests) > 0
+    assert operator.get("/healthz", operator.port) == (200, "ok\n")
 
 
 def test_parallel_trials_one_runs_one_trial_at_a_time(
