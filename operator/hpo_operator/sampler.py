@@ -37,7 +37,7 @@ SAMPLERS: tuple[SamplerName, ...] = get_args(SamplerName)
 QMC_BLOCK = 16
 # TPE settings (BOHB's and Optuna's published defaults where they exist).
 GAMMA = 0.15  # share of observations that count as good
-RANDOM_FRACTION = 1 / 4  # proposals drawn at random, so the model never collapses
+RANDOM_FRACTION = 0.1  # proposals drawn at random, so the model never collapses
 CANDIDATES = 32  # candidates drawn from the good density per proposal
 MIN_BANDWIDTH = 0.03  # in unit-cube coordinates
 CHOICE_KEEP = 0.8  # a choice's kernel: this much mass on its own category, the rest spread evenly
@@ -54,13 +54,13 @@ class Observed:
 
 
 def startup_trials(space: SearchSpace) -> int:
-    """Quasi-random proposals before the model takes over."""
-    return max(8, 2 * len(space) + 2)
+    """Quasi-random proposals before the model takes over (few: budgets of tens of trials are common)."""
+    return max(5, len(space) + 1)
 
 
 def min_observations(space: SearchSpace) -> int:
-    """Observations a rung needs before the model is fit on it."""
-    return max(6, len(space) + 2)
+    """Trials with rung results needed before the model is fit."""
+    return max(4, len(space) // 2 + 2)
 
 
 def latin_hypercube_point(dims: int, index: int, seed: int) -> list[float]:

@@ -280,3 +280,22 @@ def test_https_verifies_the_server_with_the_service_account_ca(api: FakeApi, sa_
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_status_written_by_the_operator_during_the_init_does_not_lose_the_report(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    # The append fails (no status), the list init fails (no status), and just before the status
+    # init the operator writes a status without the list: the report must still land.
+    original = api.handle
+
+    def racing(method: str, path: str, headers: dict[str, str], body: bytes) -> int:
+        ops = json.loads(body)
+        if ops[0] == {"op": "test", "path": "/status", "value": None} and "status" not in api.obj:
+            api.obj["status"] = {"phase": "Running"}
+        return original(method, path, headers, body)
+
+    api.handle = racing  # type: ignore[method-assign]
+    assert cluster_reporter(api_url, sa_dir).report(1, 0.5)
+    assert [r["seq"] for r in api.reports] == [0]
+    assert api.obj["status"]["phase"] == "Running"

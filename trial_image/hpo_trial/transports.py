@@ -34,6 +34,8 @@ JSON_PATCH = "application/json-patch+json"
 # 408/429/5xx are the API server's ways of saying "later".
 _RETRYABLE_STATUS = frozenset({401, 408, 429, 500, 502, 503, 504})
 _UNPROCESSABLE = 422
+# Rounds of append-then-create: missing /status, then a missing list, then the append itself.
+_INIT_ROUNDS = 4
 
 
 class SendError(Exception):
@@ -102,11 +104,13 @@ class ClusterTransport:
 
     def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
         append = [{"op": "add", "path": "/status/reports/-", "value": report}]
-        status = self._patch(append, timeout)
-        if status == _UNPROCESSABLE:
-            # The list (or the whole status) does not exist yet: create it, then append.
-            self._init_reports(timeout)
+        # The list (or the whole status) may not exist yet: create it, then append. The operator
+        # may create /status between two steps, so a few rounds can be needed.
+        for _ in range(_INIT_ROUNDS):
             status = self._patch(append, timeout)
+            if status != _UNPROCESSABLE:
+                break
+            self._init_reports(timeout)
         self._raise_for(status, "append report")
 
     def _init_reports(self, timeout: float) -> None:
@@ -125,7 +129,7 @@ class ClusterTransport:
             ]
             status = self._patch(init_status, timeout)
             if status == _UNPROCESSABLE:
-                return  # /status exists now, so the list was created concurrently
+                return  # /status exists now (with or without the list): the caller tries again
         self._raise_for(status, "create status.reports")
 
     def _raise_for(self, status: int, what: str) -> None:
