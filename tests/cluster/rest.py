@@ -10,6 +10,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -99,8 +100,18 @@ class Kube:
                 return None
             raise
 
-    def create(self, path: str, body: JSON) -> Any:
-        return self.request("POST", path, body)
+    def create(self, path: str, body: JSON, retry_seconds: float = 10.0) -> Any:
+        """POST; an answer that asks to retry (a 1.20 apiserver creating a pod before its
+        ServiceAccount's token exists says so with a 500 and retryAfterSeconds) is retried."""
+        deadline = time.monotonic() + retry_seconds
+        while True:
+            try:
+                return self.request("POST", path, body)
+            except ApiError as e:
+                wait = _retry_after(e)
+                if wait is None or time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
 
     def patch(self, path: str, body: Any, content_type: str = MERGE_PATCH) -> Any:
         return self.request("PATCH", path, body, content_type=content_type)
@@ -146,3 +157,15 @@ class Kube:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _retry_after(error: ApiError) -> float | None:
+    """Seconds the apiserver asked to wait before retrying, if it asked."""
+    if error.status not in (429, 500, 503):
+        return None
+    try:
+        details = json.loads(error.body).get("details") or {}
+    except (ValueError, AttributeError):
+        return None
+    seconds = details.get("retryAfterSeconds")
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else None
