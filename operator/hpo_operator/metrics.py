@@ -46,8 +46,8 @@ Counters, since this process started:
 Histograms:
 
 ``hpo_decision_latency_seconds``
-    From a trial's report reaching the operator to the action it caused being written (a prune,
-    the next trial's start); buckets 10 ms to 60 s.
+    From a trial's report (its ``time``) to the action it caused being written (a prune, the next
+    trial's start); buckets 10 ms to 60 s.
 ``hpo_reconcile_duration_seconds``
     One reconcile of one study: read, decide, write.
 ``hpo_kube_api_request_duration_seconds{verb, resource}``
@@ -56,7 +56,8 @@ Histograms:
 
 Liveness: ``/healthz`` answers 200 while the last heartbeat is younger than ``max_heartbeat_age``
 seconds, else 503; the operator calls :meth:`OperatorMetrics.heartbeat` from a loop that runs
-only while it works (its periodic resync), so a hung event loop fails the probe.
+only while it works (its periodic resync, and each reconcile that succeeded), so a hung event loop
+fails the probe.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class OperatorMetrics:
         )
         self._decision_latency = Histogram(
             "hpo_decision_latency_seconds",
-            "From a trial's report reaching the operator to the action it caused being written.",
+            "From a trial's report to the action it caused being written.",
             buckets=DECISION_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -254,7 +255,7 @@ class OperatorMetrics:
         self._reconcile_duration.observe(seconds)
 
     def observe_decision_latency(self, seconds: float) -> None:
-        """Seconds from a report's arrival (the HPOTrial event) to the write of the action it caused."""
+        """Seconds from a report (its ``time``) to the write of the action it caused."""
         self._decision_latency.observe(max(0.0, seconds))
 
     # --- the Kubernetes API -----------------------------------------------------------------------
