@@ -30,7 +30,7 @@ DEFAULT_TIME_RATIO = 4.0
 Mode = Literal["max", "min"]
 SamplerName = Literal["random", "qmc", "tpe"]
 AshaVariant = Literal["stop", "promote"]
-DEFAULT_SAMPLER: SamplerName = "random"
+DEFAULT_SAMPLER: SamplerName = "tpe"
 
 
 class ConfigError(ValueError):
