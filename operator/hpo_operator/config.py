@@ -7,6 +7,7 @@ collected and reported at once, each naming the field and what is wrong.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,8 +55,8 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 def parse_duration(value: str | float | int) -> float:
     """Seconds from a number of seconds or a duration like '20m', '1h30m', '90s', '2h'."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"duration must be positive, got {value}")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"duration must be a positive, finite number of seconds, got {value}")
         return float(value)
     if not isinstance(value, str):
         raise ValueError(f"duration must be a number of seconds or a string like '20m', got {value!r}")
@@ -141,10 +142,10 @@ class HpoConfigFile(_Strict):
     mode: Mode = "max"
     search_algorithm: Literal["asha"] = "asha"
     hp_space: dict[str, Any]
-    maximum_resource: float | None = Field(default=None, gt=0)
-    minimum_resource: float | None = Field(default=None, gt=0)
-    reduction_factor: int | None = Field(default=None, ge=2)
-    seed: int = 0
+    maximum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    minimum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    reduction_factor: int | None = Field(default=None, ge=2, strict=True)
+    seed: int = Field(default=0, strict=True)
     sampler: SamplerName = DEFAULT_SAMPLER
     asha: AshaSettings = Field(default_factory=AshaSettings)
 
@@ -165,11 +166,17 @@ def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -
     return problems
 
 
+def _spec_path(problem: str) -> str:
+    """A search-space problem ("hp_space.lr: ...", "hp_space: ...") as a path in the HPOStudy spec."""
+    return re.sub(r"^hp_space\b", "spec.hpSpace", problem)
+
+
 def _check_resources(
     max_resource: float | None, min_resource: float | None, names: tuple[str, str]
 ) -> list[str]:
-    if max_resource is not None and min_resource is not None and min_resource > max_resource:
-        return [f"{names[1]} ({min_resource:g}) must not exceed {names[0]} ({max_resource:g})"]
+    if min_resource is not None and min_resource > (max_resource or DEFAULT_MAX_RESOURCE):
+        limit = f"{max_resource:g}" if max_resource is not None else f"{DEFAULT_MAX_RESOURCE}, its default"
+        return [f"{names[1]} ({min_resource:g}) must not exceed {names[0]} ({limit})"]
     return []
 
 
@@ -244,7 +251,11 @@ class BudgetModel(_Camel):
     """The study's wall-clock budget: ``timeRatio`` x ``trainTime``, or an absolute ``deadline``."""
 
     time_ratio: float = Field(
-        default=DEFAULT_TIME_RATIO, gt=0, description="Budget as a multiple of trainTime"
+        default=DEFAULT_TIME_RATIO,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="Budget as a multiple of trainTime",
     )
     train_time: str | None = Field(
         default=None,
@@ -274,16 +285,16 @@ class StudySpec(_Camel):
     mode: Mode = "max"
     search_algorithm: Literal["asha"] = "asha"
     hp_space: dict[str, ParamSpecModel] = Field(min_length=1)
-    minimum_resource: float | None = Field(default=None, gt=0)
-    maximum_resource: float | None = Field(default=None, gt=0)
-    reduction_factor: int | None = Field(default=None, ge=2)
+    minimum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    maximum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    reduction_factor: int | None = Field(default=None, ge=2, strict=True)
     budget: BudgetModel = Field(default_factory=BudgetModel)
     parallel_trials: int | Literal["auto"] = Field(
         default="auto", description="Trials at once: 'auto' (as many as free GPUs allow) or a number"
     )
-    gpus_per_trial: int = Field(default=1, ge=0)
-    max_failed_trials: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    gpus_per_trial: int = Field(default=1, ge=0, strict=True)
+    max_failed_trials: int | None = Field(default=None, ge=1, strict=True)
+    seed: int = Field(default=0, strict=True)
     sampler: SamplerName = Field(
         default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube) or tpe (model-based)"
     )
@@ -311,7 +322,7 @@ class StudySpec(_Camel):
         try:
             space = parse_space(raw_space)
         except SpaceError as err:
-            problems.extend(e.replace("hp_space.", "spec.hpSpace.", 1) for e in err.problems)
+            problems.extend(_spec_path(e) for e in err.problems)
         problems += [
             "spec." + p
             for p in _check_resources(
@@ -356,6 +367,6 @@ def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:
             try:
                 parse_space(raw)
             except SpaceError as space_err:
-                problems += [e.replace("hp_space.", "spec.hpSpace.", 1) for e in space_err.problems]
+                problems += [_spec_path(e) for e in space_err.problems]
         raise ConfigError(problems, "spec") from err
     return model.to_study_config()

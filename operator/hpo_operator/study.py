@@ -408,11 +408,10 @@ class Study:
             actions += [StopTrial(i, "deadline") for i in sorted(active)]
             return finish("deadline", "the budget is used up")
 
-        failed = sum(1 for t in trials if t.status is TrialStatus.FAILED)
-        limit = self.config.max_failed_trials
-        if limit is not None and failed >= limit:
+        failed_message = self.too_many_failed(trials)
+        if failed_message is not None:
             actions += [StopTrial(i, "too many failed trials") for i in sorted(active)]
-            message = f"{failed} trials failed (maxFailedTrials is {limit})"
+            message = failed_message
             return Decision(
                 [*actions, Finalize(message, best, False)], plan, deadline, best, message, rung_decisions
             )

@@ -204,6 +204,10 @@ class LocalCluster:
         if agent is not None:
             agent.stop(timeout=10.0)
 
+    def restart_apiserver(self, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+        """Restart kube-apiserver in place (same port, certificates and etcd); returns once it serves."""
+        self.control_plane.restart_apiserver(down_seconds, timeout)
+
     def node_ready(self, name: str) -> bool:
         node = self.admin().get_or_none(f"/api/v1/nodes/{name}")
         if node is None:

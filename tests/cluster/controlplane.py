@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,29 @@ class ControlPlane:
         while self.processes:
             proc = self.processes.pop()
             proc.stop(timeout=5.0)
+
+    def restart_apiserver(self, down_seconds: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver (SIGTERM, then SIGKILL), keep it down ``down_seconds``, start it again
+        with the same flags and port, and wait until it answers /readyz. etcd and the rest keep running."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        old.stop(timeout=5.0)
+        if down_seconds > 0:
+            time.sleep(down_seconds)
+        new = ManagedProcess(old.name, old.argv, old.log_path)
+        self.processes[self.processes.index(old)] = new
+        admin = self.admin()
+
+        def ready() -> bool:
+            self._check_alive()
+            try:
+                return bool(admin.request("GET", "/readyz") == "ok")
+            except (ApiError, OSError):
+                return False
+
+        try:
+            wait_for(ready, timeout, 0.1, "kube-apiserver /readyz after its restart")
+        finally:
+            admin.close()
 
     def pids(self) -> dict[str, int]:
         return {p.name: p.pid for p in self.processes}

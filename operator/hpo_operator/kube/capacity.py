@@ -7,7 +7,7 @@ holds its GPUs until it is gone, as for the scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,17 +58,19 @@ def pod_terminal(pod: Mapping[str, Any]) -> bool:
 class Capacity:
     total: int  # allocatable GPUs on Ready, schedulable nodes
     used: int  # requested by non-terminal pods on those nodes or not yet bound
+    largest: int | None = None  # the most GPUs any one node has, Ready or not (None: not counted)
 
     @property
     def free(self) -> int:
         return max(0, self.total - self.used)
 
 
-def gpu_capacity(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> Capacity:
+def gpu_capacity(nodes: Sequence[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]) -> Capacity:
     usable = {n["metadata"]["name"]: node_gpus(n) for n in nodes if node_ready(n)}
     used = sum(
         pod_gpus(p)
         for p in pods
         if not pod_terminal(p) and p.get("spec", {}).get("nodeName") in (None, "", *usable)
     )
-    return Capacity(total=sum(usable.values()), used=used)
+    largest = max((node_gpus(n) for n in nodes), default=0)
+    return Capacity(total=sum(usable.values()), used=used, largest=largest)

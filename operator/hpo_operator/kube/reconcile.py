@@ -27,7 +27,7 @@ from ..study import (
 from .builders import build_job, build_trial, build_trial_access
 from .capacity import Capacity
 from .observe import TrialState, observe_trial, progress, status_patch, to_rfc3339, to_timestamp
-from .resources import TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
+from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
 
 JSON = dict[str, Any]
 
@@ -149,6 +149,13 @@ def reconcile(world: World, now: float) -> Outcome:
     except ConfigError as err:
         return _invalid(world, "InvalidSpec", "; ".join(err.problems), now)
 
+    gpus = int(study["spec"].get("gpusPerTrial", 1))
+    largest = world.capacity.largest
+    if not world.trials and largest is not None and gpus > largest:
+        # No node could ever take one trial: say so now instead of leaving a pod Pending to the deadline.
+        message = f"spec.gpusPerTrial: {gpus} GPUs per trial, but no node has more than {largest} ({GPU})"
+        return _invalid(world, "Unschedulable", message, now)
+
     started_text = (status.get("budget") or {}).get("startedAt")
     started_at = to_timestamp(started_text) or now
     first_status = None if started_text else {"budget": {"startedAt": to_rfc3339(started_at, micro=True)}}
@@ -156,7 +163,6 @@ def reconcile(world: World, now: float) -> Outcome:
     jobs, pods = world.jobs, world.pods
     states = [observe_trial(t, jobs.get(t["metadata"]["name"]), pods.get(t["metadata"]["name"], ()), now)
               for t in world.trials]  # fmt: skip
-    gpus = int(study["spec"].get("gpusPerTrial", 1))
     core = Study(config, _slots(config, gpus, world.capacity))
     observation = Observation(
         started_at=started_at,

@@ -1,0 +1,149 @@
+"""Faults decided by the core and the reconcile: failed trials, unschedulable studies, bad numbers."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from hpo_operator.config import (
+    BudgetSpec,
+    ConfigError,
+    config_from_mapping,
+    parse_duration,
+    study_config_from_spec,
+)
+from hpo_operator.kube.capacity import Capacity, gpu_capacity
+from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.study import Observation, StopTrial, Study, TrialStatus, TrialView
+
+SPACE = {"x": {"param_type": "uniform", "range": [0, 1]}}
+
+
+def study_core(**kw: Any) -> Study:
+    base = config_from_mapping({"maximum_resource": 9, "hp_space": SPACE})
+    return Study(replace(base, budget=BudgetSpec(train_time=90.0), **kw), slots=4)
+
+
+def trials(**counts: int) -> tuple[TrialView, ...]:
+    out: list[TrialView] = []
+    for phase, n in counts.items():
+        out += [TrialView(len(out) + i, TrialStatus[phase.upper()], started_at=0.0) for i in range(n)]
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    ("counts", "stops"),
+    [
+        ({"failed": 2}, False),  # fewer than three failures never stop a study by default
+        ({"failed": 3}, True),
+        ({"failed": 3, "completed": 3}, True),  # half of the ended trials
+        ({"failed": 3, "pruned": 4}, False),  # fewer than half
+        ({"failed": 5, "completed": 2, "running": 3}, True),  # running trials are not "ended"
+    ],
+)
+def test_unset_max_failed_trials_stops_at_three_failures_that_are_half_of_the_ended(
+    counts: dict[str, int], stops: bool
+) -> None:
+    core = study_core()
+    views = trials(**counts)
+    assert (core.too_many_failed(views) is not None) is stops
+    decision = core.decide(Observation(started_at=0.0, now=20.0, free_slots=0, trials=views))
+    final = decision.finalize
+    assert (final is not None and not final.succeeded and "maxFailedTrials" in final.reason) is stops
+    if stops:
+        running = [t.index for t in views if t.status is TrialStatus.RUNNING]
+        assert [a.index for a in decision.actions if isinstance(a, StopTrial)] == running
+
+
+def test_a_set_max_failed_trials_counts_failures_only() -> None:
+    core = study_core(max_failed_trials=1)
+    assert core.too_many_failed(trials(completed=5)) is None
+    assert core.too_many_failed(trials(completed=5, failed=1)) == "1 trials failed (maxFailedTrials is 1)"
+    lenient = study_core(max_failed_trials=10)
+    assert lenient.too_many_failed(trials(failed=9)) is None
+
+
+def study_object(gpus: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": "s", "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": {
+            "hpSpace": {"x": {"paramType": "uniform", "range": [0, 1]}},
+            "maximumResource": 9,
+            "budget": {"deadline": "60s"},
+            "gpusPerTrial": gpus,
+            "trialTemplate": {"spec": {"containers": [{"name": "t", "image": "i"}]}},
+        },
+    }
+
+
+def node(name: str, gpus: int, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {
+            "allocatable": {"nvidia.com/gpu": str(gpus)},
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_the_largest_node_counts_nodes_that_are_not_ready_too() -> None:
+    capacity = gpu_capacity([node("a", 2), node("b", 8, ready=False)], [])
+    assert (capacity.total, capacity.largest) == (2, 8)
+    assert gpu_capacity([], []).largest == 0
+
+
+def test_more_gpus_per_trial_than_any_node_has_fails_the_study_at_once() -> None:
+    world = World(study=study_object(3), capacity=Capacity(total=4, used=0, largest=2))
+    outcome = reconcile(world, now=1000.0)
+    assert outcome.writes == [] and outcome.status is not None
+    assert outcome.status["phase"] == "Failed"
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+    assert "spec.gpusPerTrial: 3 GPUs per trial, but no node has more than 2" in ready["message"]
+
+
+def test_a_study_that_fits_one_node_or_whose_nodes_are_not_counted_goes_on() -> None:
+    fits = reconcile(World(study=study_object(2), capacity=Capacity(4, 0, largest=2)), now=1000.0)
+    unknown = reconcile(World(study=study_object(3), capacity=Capacity(4, 0)), now=1000.0)
+    for outcome in (fits, unknown):
+        assert outcome.status is None or outcome.status.get("phase") != "Failed"
+
+
+@pytest.mark.parametrize("value", ["1e400", float("inf"), float("nan"), "0s", -3, "soon"])
+def test_a_duration_must_be_positive_and_finite(value: Any) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"maximum_resource": float("inf")}, "maximum_resource"),
+        ({"maximum_resource": True}, "maximum_resource"),
+        ({"maximum_resource": "10"}, "maximum_resource"),
+        ({"reduction_factor": 2.5}, "reduction_factor"),
+        ({"seed": True}, "seed"),
+        (
+            {"minimum_resource": 100},
+            "minimum_resource (100) must not exceed maximum_resource (10, its default)",
+        ),
+    ],
+)
+def test_hpo_config_numbers_are_numbers_finite_and_in_range(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"hp_space": SPACE, **overrides})
+    assert any(field in p for p in err.value.problems), err.value.problems
+
+
+def test_a_search_space_problem_is_named_by_its_spec_path() -> None:
+    spec = {"hpSpace": {"": {"paramType": "uniform", "range": [0, 1]}}, "trialTemplate": {"spec": {}}}
+    with pytest.raises(ConfigError) as err:
+        study_config_from_spec(spec)
+    assert err.value.problems[0].startswith("spec.hpSpace: parameter names must be non-empty"), (
+        err.value.problems
+    )
