@@ -218,6 +218,23 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: list[Any] = []
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.append(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
     """Reads and validates an hpo_config.yaml; returns the config and the raw mapping."""
     path = Path(path)
@@ -226,7 +243,7 @@ def load_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
     except OSError as err:
         raise ConfigError([f"cannot read: {err.strerror}"], str(path)) from err
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader underneath
     except yaml.YAMLError as err:
         raise ConfigError([f"not valid YAML: {err}".replace("\n", " ")], str(path)) from err
     return config_from_mapping(data, str(path)), data
