@@ -1,0 +1,625 @@
+"""Faults, bad specs and least privilege, against the local cluster (2 nodes x 2 GPUs).
+
+Each test injects one fault into a running study (the operator SIGKILLed again and again, the
+kube-apiserver restarted, trials that crash or are killed as if out of memory, a node lost, a
+study deleted while the operator is down) and checks what is left afterwards: every trial once,
+every report each trial process wrote kept in its HPOTrial, no Job or pod left running, and the
+study's best equal to the best recomputed from the stored reports. docs/reliability.md is the table.
+
+The trials run a fake trainer on the SDK that also appends each report it delivered (and its pid)
+to a file of its own, so that "no report lost" is checked against what the trial processes wrote,
+not against what the operator saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster import LocalCluster
+from tests.cluster.rest import ApiError, Kube
+from tests.cluster.waiting import wait_for
+from tests.e2e.conftest import CHART, OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, helm_template
+from tests.unit.test_bad_input_specs import broken_specs
+
+pytestmark = pytest.mark.e2e
+
+JSON = dict[str, Any]
+GROUP_PATH = "/apis/hpo.dev/v1alpha1"
+
+# Reads its x, trains R "epochs" of EPOCH_SECONDS, reports 1 - (x - 0.3)^2 scaled by how far it
+# trained, and appends each report with its delivery and pid to REPORT_LOG_DIR/<trial>.jsonl.
+# CRASH_EXIT / CRASH_KILL: trial indices ("*": all) that exit 3, or SIGKILL themselves (as the
+# OOM killer does: exit 137), right after their first report.
+FAKE_TRAINER = """
+import json, os, signal, sys, time, hpo_trial
+x = float(hpo_trial.hyperparameters()["x"])
+epoch = float(os.environ["EPOCH_SECONDS"])
+trial = os.environ["HPO_TRIAL"]
+index = trial.rsplit("-", 1)[1]
+def chosen(var):
+    names = os.environ.get(var, "").split(",")
+    return "*" in names or index in names
+for resource in range(1, int(os.environ["HPO_MAX_RESOURCE"]) + 1):
+    time.sleep(epoch)
+    value = round((1 - (x - 0.3) ** 2) * (1 - 0.5 ** resource), 6)
+    delivered = hpo_trial.report(resource, value)
+    line = {"resource": resource, "value": value, "delivered": delivered, "pid": os.getpid()}
+    with open(os.path.join(os.environ["REPORT_LOG_DIR"], trial + ".jsonl"), "a") as log:
+        log.write(json.dumps(line) + "\\n")
+    if chosen("CRASH_EXIT"):
+        sys.exit(3)
+    if chosen("CRASH_KILL"):
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def manifest(
+    name: str,
+    log_dir: Path,
+    *,
+    deadline: str = "30s",
+    parallel: int | str = "auto",
+    epoch_seconds: float = 0.2,
+    gpus: int = 1,
+    env: dict[str, str] | None = None,
+) -> JSON:
+    variables = {"EPOCH_SECONDS": str(epoch_seconds), "REPORT_LOG_DIR": str(log_dir), **(env or {})}
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "metric": "accuracy",
+            "mode": "max",
+            "hpSpace": {"x": {"paramType": "uniform", "range": [0.0, 1.0]}},
+            "minimumResource": 1,
+            "maximumResource": 9,
+            "reductionFactor": 3,
+            "budget": {"deadline": deadline},
+            "parallelTrials": parallel,
+            "gpusPerTrial": gpus,
+            "seed": 11,
+            "trialTemplate": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trial",
+                            "image": "hpo-fake-trainer:local",
+                            "command": ["python", "-c", FAKE_TRAINER],
+                            "env": [{"name": k, "value": v} for k, v in variables.items()],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+
+
+def create(kube: Kube, namespace: str, body: JSON) -> JSON:
+    created: JSON = kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", body)
+    return created
+
+
+def get_study(kube: Kube, namespace: str, name: str) -> JSON:
+    study: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
+    return study
+
+
+def trials_of(kube: Kube, namespace: str, study: str | None = None) -> list[JSON]:
+    query = {"labelSelector": f"hpo.dev/study={study}"} if study else {}
+    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials", **query)["items"]
+    return sorted(items, key=lambda t: int(t["spec"]["index"]))
+
+
+def pods_of(kube: Kube, namespace: str) -> list[JSON]:
+    items: list[JSON] = kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
+    return items
+
+
+def wait_phase(kube: Kube, namespace: str, name: str, phases: set[str], timeout: float) -> JSON:
+    def done() -> JSON | None:
+        study = get_study(kube, namespace, name)
+        return study if (study.get("status") or {}).get("phase") in phases else None
+
+    return wait_for(
+        done, timeout, 0.2, lambda: f"{name} in {phases}: {get_study(kube, namespace, name).get('status')}"
+    )
+
+
+def reports_written(log_dir: Path) -> dict[str, list[JSON]]:
+    """What every trial process wrote: trial name -> its report lines."""
+    return {
+        path.stem: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for path in sorted(log_dir.glob("*.jsonl"))
+    }
+
+
+def stored_reports(trial: JSON) -> list[JSON]:
+    """The HPOTrial's reports, the first of each (seq, time), as the operator reads them."""
+    seen: set[tuple[Any, Any]] = set()
+    out = []
+    for r in (trial.get("status") or {}).get("reports") or []:
+        if (r["seq"], r["time"]) not in seen:
+            seen.add((r["seq"], r["time"]))
+            out.append(r)
+    return out
+
+
+def assert_no_report_lost(kube: Kube, namespace: str, log_dir: Path) -> int:
+    """Every report a trial process wrote was delivered and is in its HPOTrial; returns how many."""
+    trials = {t["metadata"]["name"]: t for t in trials_of(kube, namespace)}
+    total = 0
+    for name, lines in reports_written(log_dir).items():
+        assert all(line["delivered"] for line in lines), (name, lines)
+        wrote = Counter((line["resource"], line["value"]) for line in lines)
+        kept = Counter((r["resource"], r["value"]) for r in stored_reports(trials[name]))
+        assert not wrote - kept, f"{name}: written but not stored: {wrote - kept}"
+        total += len(lines)
+    return total
+
+
+def assert_nothing_left_running(kube: Kube, namespace: str) -> None:
+    """Every Job is owned by an existing HPOTrial, every pod by an existing Job, none still runs."""
+
+    def running() -> list[str]:
+        return [
+            p["metadata"]["name"]
+            for p in pods_of(kube, namespace)
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+
+    wait_for(lambda: not running(), 30, 0.2, lambda: f"pods still running: {running()}")
+    trial_uids = {t["metadata"]["uid"] for t in trials_of(kube, namespace)}
+    jobs = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    job_uids = {j["metadata"]["uid"] for j in jobs}
+    for job in jobs:
+        owners = {o["uid"] for o in job["metadata"].get("ownerReferences") or []}
+        assert owners & trial_uids, f"orphan Job {job['metadata']['name']}"
+    for pod in pods_of(kube, namespace):
+        owners = {o["uid"] for o in pod["metadata"].get("ownerReferences") or []}
+        assert owners & job_uids, f"orphan pod {pod['metadata']['name']}"
+
+
+def recomputed_best(study: JSON, trials: list[JSON]) -> tuple[str, float]:
+    """The documented rule, from the stored reports: the highest level (rung or R) any trial
+    reached; among the trials there, the best first report at that level; ties to the lower index."""
+    plan = study["status"]["plan"]
+    levels = [*plan["rungs"], plan["maximumResource"]]
+    sign = 1 if study["spec"]["mode"] == "max" else -1
+    reached = {
+        t["metadata"]["name"]: max(r["resource"] for r in stored_reports(t))
+        for t in trials
+        if stored_reports(t)
+    }
+    top = max(lv for lv in levels if any(res >= lv for res in reached.values()))
+    candidates = []
+    for t in trials:
+        if reached.get(t["metadata"]["name"], 0) >= top:
+            first = min((r for r in stored_reports(t) if r["resource"] >= top), key=lambda r: r["time"])
+            candidates.append((sign * first["value"], -int(t["spec"]["index"]), t["metadata"]["name"]))
+    _, _, name = max(candidates)
+    value = next(
+        min((r for r in stored_reports(t) if r["resource"] >= top), key=lambda r: r["time"])["value"]
+        for t in trials
+        if t["metadata"]["name"] == name
+    )
+    return name, value
+
+
+def assert_best_matches_reports(kube: Kube, namespace: str, name: str) -> None:
+    study = get_study(kube, namespace, name)
+    trials = trials_of(kube, namespace, name)
+    best = study["status"]["best"]
+    assert (best["trial"], best["value"]) == recomputed_best(study, trials), best
+    owner = next(t for t in trials if t["metadata"]["name"] == best["trial"])
+    assert best["hyperparameters"] == owner["spec"]["hyperparameters"]
+
+
+def assert_each_trial_once(kube: Kube, namespace: str, log_dir: Path) -> None:
+    """Trial indices 0..n-1, distinct hyper-parameters, one Job each, one process each."""
+    trials = trials_of(kube, namespace)
+    assert [int(t["spec"]["index"]) for t in trials] == list(range(len(trials)))
+    params = [json.dumps(t["spec"]["hyperparameters"], sort_keys=True) for t in trials]
+    assert len(set(params)) == len(params), params
+    processes = {name: {line["pid"] for line in lines} for name, lines in reports_written(log_dir).items()}
+    assert all(len(pids) == 1 for pids in processes.values()), processes
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "reports"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def test_operator_sigkilled_again_and_again_loses_nothing(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    rng = random.Random(20240611)
+    create(kube, namespace, manifest("survivor", log_dir, deadline="30s"))
+    kills = []
+    started = time.monotonic()
+    for _ in range(4):
+        time.sleep(rng.uniform(0.3, 4.0))  # the fault's moment, drawn from the seeded generator
+        if get_study(kube, namespace, "survivor").get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            break
+        operator.kill()
+        kills.append(round(time.monotonic() - started, 1))
+        time.sleep(rng.uniform(0.0, 2.0))  # down for a while: trials go on reporting
+        operator.start()
+    assert len(kills) >= 3, kills
+    study = wait_phase(kube, namespace, "survivor", {"Succeeded", "Failed"}, 60)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    assert_nothing_left_running(kube, namespace)
+    assert_each_trial_once(kube, namespace, log_dir)
+    written = assert_no_report_lost(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "survivor")
+    print(f"\nkilled at {kills} s; {len(trials_of(kube, namespace))} trials, {written} reports kept")
+
+
+def test_apiserver_restart_mid_study_the_operator_reconnects_and_no_report_is_lost(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    pid = operator.proc.pid if operator.proc else None
+    create(kube, namespace, manifest("steady", log_dir, deadline="30s", parallel=2))
+    wait_for(
+        lambda: sum(bool(stored_reports(t)) for t in trials_of(kube, namespace)) >= 2,
+        30,
+        0.2,
+        "two trials reporting",
+    )
+    cluster.restart_apiserver(down_seconds=3)
+    study = wait_phase(kube, namespace, "steady", {"Succeeded", "Failed"}, 90)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    assert operator.alive() and operator.proc is not None and operator.proc.pid == pid, (
+        "the operator restarted"
+    )
+    assert_nothing_left_running(kube, namespace)
+    assert_no_report_lost(kube, namespace, log_dir)
+    assert_each_trial_once(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "steady")
+    # The SDK did retry: some trial's report failed while the apiserver was away, then got through.
+    logs = [p.read_text(errors="replace") for p in (cluster.log_dir / "containers").glob(f"{namespace}_*")]
+    assert any("retrying" in text for text in logs), "no report was retried"
+
+
+def test_crashed_and_oom_killed_trials_fail_with_their_exit_code_and_the_study_goes_on(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    env = {"CRASH_EXIT": "1", "CRASH_KILL": "2"}
+    create(kube, namespace, manifest("bumpy", log_dir, deadline="20s", env=env))
+    study = wait_phase(kube, namespace, "bumpy", {"Succeeded", "Failed"}, 60)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    trials = {t["spec"]["index"]: t["status"] for t in trials_of(kube, namespace)}
+    assert (trials[1]["phase"], trials[1]["exitCode"], trials[1]["reason"]) == ("Failed", 3, "Error")
+    assert (trials[2]["phase"], trials[2]["exitCode"]) == ("Failed", 137), trials[2]
+    assert "exit code 137" in trials[2]["message"]
+    assert study["status"]["trials"]["failed"] == 2
+    assert study["status"]["trials"]["total"] > 3
+    assert_nothing_left_running(kube, namespace)
+    assert_no_report_lost(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "bumpy")
+
+
+def test_a_hopeless_study_stops_after_its_failures_not_at_its_deadline(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    create(kube, namespace, manifest("hopeless", log_dir, deadline="120s", env={"CRASH_EXIT": "*"}))
+    study = wait_phase(kube, namespace, "hopeless", {"Succeeded", "Failed"}, 60)
+    status = study["status"]
+    assert status["phase"] == "Failed", status
+    complete = next(c for c in status["conditions"] if c["type"] == "Complete")
+    assert complete["status"] == "True" and complete["reason"] == "Failed", complete
+    assert "trials failed" in complete["message"] and "maxFailedTrials" in complete["message"], complete
+    assert status["trials"]["failed"] >= 3
+    assert status["budget"]["usedSeconds"] < 60, status["budget"]
+    assert_nothing_left_running(kube, namespace)
+
+
+def test_a_lost_node_requeues_its_trials_without_failing_them(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    lost = cluster.node_names[-1]
+
+    def running_on_lost_node() -> list[str]:
+        # Trials whose pod runs there and that have not reported yet: no verdict (pruning) can
+        # settle them before the node is gone, so each must be requeued.
+        quiet = {t["metadata"]["name"] for t in trials_of(kube, namespace) if not stored_reports(t)}
+        return [
+            p["metadata"]["labels"]["hpo.dev/trial"]
+            for p in pods_of(kube, namespace)
+            if p["spec"].get("nodeName") == lost
+            and p["status"].get("phase") == "Running"
+            and p["metadata"]["labels"].get("hpo.dev/trial") in quiet
+        ]
+
+    # An epoch of 1 s: a trial's first report comes more than a second after its pod runs.
+    create(kube, namespace, manifest("nomad", log_dir, deadline="50s", epoch_seconds=1.0))
+    try:
+        on_lost = wait_for(running_on_lost_node, 30, 0.05, "a trial running on the node to lose")
+        cluster.stop_node(lost)
+        lost_at = time.time()
+        # Evicted once the node is NotReady past its grace period and toleration (10 s + 5 s).
+        wait_for(
+            lambda: all(
+                p["metadata"].get("deletionTimestamp")
+                for p in pods_of(kube, namespace)
+                if p["spec"].get("nodeName") == lost
+            ),
+            60,
+            0.5,
+            "the lost node's pods evicted",
+        )
+        study = wait_phase(kube, namespace, "nomad", {"Succeeded", "Failed"}, 90)
+    finally:
+        cluster.start_node(lost)
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["trials"]["failed"] == 0, status["trials"]
+    trials = {t["metadata"]["name"]: t for t in trials_of(kube, namespace)}
+    for name in on_lost:
+        assert trials[name]["status"]["phase"] != "Failed", trials[name]["status"]
+    # The lost node's trials ran again elsewhere after the eviction and reported from there.
+    rerun = [n for n in on_lost if any(r["time"] > lost_at + 5 for r in stored_reports(trials[n]))]
+    assert rerun, {n: trials[n]["status"] for n in on_lost}
+    assert_nothing_left_running(kube, namespace)
+    assert_no_report_lost(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "nomad")
+    print(f"\nlost {lost}: {on_lost} requeued, {rerun} reported after the eviction")
+
+
+def test_a_study_no_node_can_hold_fails_at_once(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    started = time.monotonic()
+    create(kube, namespace, manifest("huge", log_dir, gpus=3))
+    study = wait_phase(kube, namespace, "huge", {"Succeeded", "Failed"}, 20)
+    took = time.monotonic() - started
+    status = study["status"]
+    assert status["phase"] == "Failed", status
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable", ready
+    assert "gpusPerTrial" in ready["message"] and "3" in ready["message"], ready
+    assert trials_of(kube, namespace) == [] and pods_of(kube, namespace) == []
+    assert took < 10, took
+
+
+def test_a_study_deleted_while_the_operator_is_down_leaves_nothing(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    create(kube, namespace, manifest("orphaned", log_dir, deadline="60s"))
+    wait_for(
+        lambda: any(p["status"].get("phase") == "Running" for p in pods_of(kube, namespace)),
+        30,
+        0.2,
+        "a running trial pod",
+    )
+    operator.kill()
+    try:
+        kube.delete(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/orphaned")
+        study_path = f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/orphaned"
+        wait_for(lambda: kube.get_or_none(study_path) is None, 10, 0.2, "the study gone (no finalizer)")
+        selector = {"labelSelector": "hpo.dev/study=orphaned"}
+
+        def leftovers() -> dict[str, int]:
+            rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/" + namespace
+            paths = {
+                "trials": f"{GROUP_PATH}/namespaces/{namespace}/hpotrials",
+                "jobs": f"/apis/batch/v1/namespaces/{namespace}/jobs",
+                "pods": f"/api/v1/namespaces/{namespace}/pods",
+                "serviceaccounts": f"/api/v1/namespaces/{namespace}/serviceaccounts",
+                "roles": f"{rbac}/roles",
+                "rolebindings": f"{rbac}/rolebindings",
+            }
+            counts = {k: len(kube.get(p, **selector)["items"]) for k, p in paths.items()}
+            return {k: n for k, n in counts.items() if n}
+
+        wait_for(lambda: not leftovers(), 90, 0.5, lambda: f"leftovers: {leftovers()}")
+    finally:
+        operator.start()
+    assert trials_of(kube, namespace) == []
+
+
+def test_studies_in_two_namespaces_see_only_their_own_trials_and_an_invalid_one_slows_none(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    other = namespace[:50] + "-b"
+    kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    try:
+        wait_for(
+            lambda: (kube.get_or_none(f"/api/v1/namespaces/{other}/serviceaccounts/default") or {}).get(
+                "secrets"
+            ),
+            30,
+            0.2,
+            f"default ServiceAccount of {other}",
+        )
+        broken = manifest("twin", log_dir)
+        broken["metadata"]["name"] = "broken"
+        broken["spec"]["hpSpace"] = {"x": {"paramType": "uniform", "range": [1.0, 0.0]}}
+        started = time.monotonic()
+        create(kube, namespace, broken)
+        studies = {
+            ns: create(kube, ns, manifest("twin", log_dir, deadline="20s", parallel=2))
+            for ns in (namespace, other)
+        }
+        wait_phase(kube, namespace, "broken", {"Failed"}, 15)
+        for ns in (namespace, other):
+            wait_for(lambda ns=ns: trials_of(kube, ns, "twin"), 15, 0.2, f"a trial of twin in {ns}")  # type: ignore[misc]
+        first_trials = time.monotonic() - started
+        for ns in (namespace, other):
+            study = wait_phase(kube, ns, "twin", {"Succeeded", "Failed"}, 60)
+            assert study["status"]["phase"] == "Succeeded", (ns, study["status"])
+            trials = trials_of(kube, ns)
+            assert trials and all(t["metadata"]["namespace"] == ns for t in trials)
+            assert {t["spec"]["study"] for t in trials} == {"twin"}
+            uid = studies[ns]["metadata"]["uid"]
+            assert all(t["metadata"]["ownerReferences"][0]["uid"] == uid for t in trials)
+            assert study["status"]["trials"]["total"] == len(trials)
+            for pod in pods_of(kube, ns):
+                env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+                assert env["HPO_NAMESPACE"] == ns
+            assert_best_matches_reports(kube, ns, "twin")
+        assert trials_of(kube, namespace, "broken") == []
+        assert first_trials < 15, first_trials
+    finally:
+        kube.delete(f"/api/v1/namespaces/{other}")
+        kube.delete(f"/api/v1/namespaces/{other}/pods")
+        wait_for(
+            lambda: not pods_of(kube, other) if kube.get_or_none(f"/api/v1/namespaces/{other}") else True,
+            60,
+            0.2,
+            f"pods of {other} gone",
+            ignore=(ApiError,),
+        )
+
+
+# --- bad specs in the cluster ---------------------------------------------------------------------
+
+
+def test_generated_invalid_specs_get_invalid_conditions_and_no_pod_and_the_operator_stays_calm(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    valid = manifest("template", log_dir)["spec"]
+    accepted, rejected = [], []
+    for i, spec in enumerate(broken_specs(valid, seed=5, count=8)):
+        body = {"apiVersion": "hpo.dev/v1alpha1", "kind": "HPOStudy", "metadata": {"name": f"bad-{i}"}}
+        try:
+            create(kube, namespace, {**body, "spec": spec})
+            accepted.append(f"bad-{i}")
+        except ApiError as err:
+            assert err.status == 422 and "spec" in err.body, err
+            rejected.append(f"bad-{i}")
+    assert len(accepted) >= 4, (accepted, rejected)
+    for name in accepted:
+        status = wait_phase(kube, namespace, name, {"Failed", "Running", "Succeeded"}, 20)["status"]
+        assert status["phase"] == "Failed", (name, status)
+        invalid = next(c for c in status["conditions"] if c["type"] == "Invalid")
+        assert invalid["status"] == "True" and "spec." in invalid["message"], (name, invalid)
+    versions = {n: get_study(kube, namespace, n)["metadata"]["resourceVersion"] for n in accepted}
+    # Longer than the operator's resync (5 s in these tests): a study written in a loop would move.
+    quiet_until = time.monotonic() + 7
+    while time.monotonic() < quiet_until:
+        assert operator.alive(), operator.tail()
+        time.sleep(0.5)
+    assert versions == {n: get_study(kube, namespace, n)["metadata"]["resourceVersion"] for n in accepted}
+    assert pods_of(kube, namespace) == [] and trials_of(kube, namespace) == []
+    events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]
+    per_study = Counter(e["involvedObject"]["name"] for e in events if e["reason"] == "InvalidSpec")
+    assert all(n <= 1 for n in per_study.values()), per_study
+    assert "Traceback" not in operator.tail(400)
+
+
+# --- least privilege ------------------------------------------------------------------------------
+
+
+def can_i(cluster: LocalCluster, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+    kind, _, sub = resource.partition("/")  # "pods/exec": resource pods, subresource exec
+    args = ["kubectl", "auth", "can-i", verb, kind, f"--as={user}"]
+    args += [f"--subresource={sub}"] if sub else []
+    args += [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
+    done = subprocess.run(
+        args, capture_output=True, text=True, env={**os.environ, **cluster.env()}, timeout=30
+    )
+    answer = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    assert answer in ("yes", "no"), (args, done.stdout, done.stderr)
+    return answer == "yes"
+
+
+def granted_rules() -> Iterator[tuple[str, str, str]]:
+    import yaml
+
+    for doc in yaml.safe_load_all(helm_template()):
+        if doc and doc.get("kind") == "ClusterRole":
+            for rule in doc["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            kind, slash, sub = resource.partition("/")
+                            name = f"{kind}.{group}" if group else kind
+                            yield verb, name + slash + sub, group
+
+
+def test_the_operator_account_can_do_exactly_what_the_chart_grants(
+    operator: OperatorProcess, cluster: LocalCluster, namespace: str
+) -> None:
+    user = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{SERVICE_ACCOUNT}"
+    granted = {(verb, resource) for verb, resource, _ in granted_rules()}
+    assert granted, f"no ClusterRole rendered from {CHART}"
+    for verb, resource in sorted(granted):
+        scope = None if resource == "nodes" else namespace
+        assert can_i(cluster, user, verb, resource, scope), (verb, resource)
+    denied = [
+        ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"), ("create", "pods"),
+        ("create", "pods/exec"), ("get", "pods/log"), ("update", "hpostudies.hpo.dev"),
+        ("delete", "hpostudies.hpo.dev"), ("delete", "hpotrials.hpo.dev"), ("update", "jobs.batch"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("delete", "roles.rbac.authorization.k8s.io"), ("bind", "roles.rbac.authorization.k8s.io"),
+        ("escalate", "roles.rbac.authorization.k8s.io"), ("patch", "nodes"), ("get", "configmaps"),
+        ("create", "deployments.apps"), ("impersonate", "serviceaccounts"),
+        ("create", "serviceaccounts/token"),
+    ]  # fmt: skip
+    for verb, resource in denied:
+        assert (verb, resource) not in granted
+        assert not can_i(cluster, user, verb, resource, namespace), (verb, resource)
+
+
+def test_a_trial_account_may_patch_only_its_own_namespaces_trial_status(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    create(kube, namespace, manifest("guarded", log_dir, deadline="15s", parallel=1))
+    account = "guarded-trial"
+    wait_for(
+        lambda: kube.get_or_none(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}"),
+        20,
+        0.2,
+        "the trials' ServiceAccount",
+    )
+    user = f"system:serviceaccount:{namespace}:{account}"
+    assert can_i(cluster, user, "patch", "hpotrials.hpo.dev/status", namespace)
+    assert can_i(cluster, user, "get", "hpotrials.hpo.dev/status", namespace)
+    for verb, resource, ns in [
+        ("patch", "hpotrials.hpo.dev/status", "default"),
+        ("patch", "hpotrials.hpo.dev/status", OPERATOR_NAMESPACE),
+        ("patch", "hpotrials.hpo.dev", namespace),
+        ("create", "hpotrials.hpo.dev", namespace),
+        ("patch", "hpostudies.hpo.dev/status", namespace),
+        ("get", "pods", namespace),
+        ("delete", "pods", namespace),
+        ("get", "secrets", namespace),
+        ("list", "secrets", namespace),
+        ("create", "jobs.batch", namespace),
+    ]:
+        assert not can_i(cluster, user, verb, resource, ns), (verb, resource, ns)
+    # And for real, with the account's token: 403 outside its namespace, on pods, on secrets.
+    token = cluster.service_account_token(namespace, account)
+    as_trial = Kube(cluster.server, token, str(cluster.ca_file))
+    patch = [{"op": "add", "path": "/status/reports/-", "value": {"seq": 0}}]
+    for method, path in [
+        ("PATCH", f"{GROUP_PATH}/namespaces/default/hpotrials/guarded-0/status"),
+        ("GET", f"/api/v1/namespaces/{namespace}/pods"),
+        ("GET", f"/api/v1/namespaces/{namespace}/secrets"),
+    ]:
+        with pytest.raises(ApiError) as denied:
+            if method == "PATCH":
+                as_trial.patch(path, patch, content_type="application/json-patch+json")
+            else:
+                as_trial.get(path)
+        assert denied.value.status == 403, (method, path, denied.value)
+    wait_phase(kube, namespace, "guarded", {"Succeeded", "Failed"}, 40)
+    as_trial.close()
