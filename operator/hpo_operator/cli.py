@@ -367,6 +367,11 @@ def _check_command(argv: tuple[str, ...]) -> None:
 @click.option(
     "--poll", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between looks"
 )
+@click.option(
+    "--final-training",
+    is_flag=True,
+    help="After HPO, train the best configuration on to the maximum resource from its checkpoint",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @bad_input_exits
 def run_command(
@@ -381,6 +386,7 @@ def run_command(
     name: str | None,
     grace: float,
     poll: float,
+    final_training: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run a study on this machine: each trial is COMMAND (after --) as a subprocess.
@@ -409,6 +415,7 @@ def run_command(
             train_time=train_time,
             deadline=budget,
         ),
+        final_training=final_training or study_config.final_training,
     )
     _check_command(command)
     name = name or _default_study_name(config)

@@ -38,6 +38,7 @@ from .study import (
     Observation,
     PruneTrial,
     Report,
+    ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
@@ -277,6 +278,9 @@ class LocalTrial:
     term_sent_at: float | None = None
     killed: bool = False
     log_tail: str | None = None
+    stop_at: float | None = None  # this run ends at this resource (promote variant); None: at R
+    runs: int = 1  # the first start and each resumption
+    final: bool = False  # resumed for the final training
 
     @property
     def alive(self) -> bool:
@@ -409,6 +413,7 @@ class LocalRunner:
         self.deadline: float | None = None
         self.best: Best | None = None
         self.finalize: Finalize | None = None
+        self.final_index: int | None = None  # the trial resumed for the final training
         self.interrupts = 0
         self._last_update = 0.0
         self._announced_plan: tuple[int, int] | None = None
@@ -472,6 +477,7 @@ class LocalRunner:
             pass  # keep the last best decided
         if self.state == "Running":  # the loop ended without a decision to finalize
             self.state = "Failed"
+        self._discard_checkpoints()
         self._write()
         self.progress.update(self.document())
         self.progress.close()
@@ -539,7 +545,10 @@ class LocalRunner:
         # Children the trial left behind (data loaders, shells) must not outlive it.
         self._signal_group(trial, signal.SIGKILL)
         if trial.status is TrialStatus.RUNNING:
-            if code == 0:
+            if code == 0 and trial.stop_at is not None and trial.stop_at < self.study.config.max_resource:
+                trial.status = TrialStatus.PAUSED
+                self.progress.log(f"{trial.name} paused at {trial.stop_at:g}")
+            elif code == 0:
                 trial.status = TrialStatus.COMPLETED
                 self.progress.log(f"{trial.name} completed")
             else:
@@ -558,6 +567,7 @@ class LocalRunner:
             now=now + self.options.stop_margin,
             free_slots=free_slots,
             trials=tuple(t.view() for t in self.trials.values()),
+            final_index=self.final_index,
         )
         return self.study.decide(observation)
 
@@ -596,11 +606,14 @@ class LocalRunner:
                 self._prune(action)
             elif isinstance(action, StopTrial):
                 self._stop(self.trials[action.index], action.reason, TrialStatus.STOPPED)
-            elif isinstance(action, StartTrial):
+            elif isinstance(action, StartTrial | ResumeTrial):
                 if not free:
                     # The slot of a trial still stopping: the core asks again once it is free.
                     continue
-                self._start(action, free.pop(0))
+                if isinstance(action, StartTrial):
+                    self._start(action, free.pop(0))
+                else:
+                    self._resume(action, free.pop(0))
             elif isinstance(action, Finalize):
                 self.finalize = action
                 self.state = "Succeeded" if action.succeeded else "Failed"
@@ -704,7 +717,6 @@ class LocalRunner:
         (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         reports = folder / "reports.jsonl"
         reports.write_bytes(b"")
-        env = self.trial_environment(name, action.params, slot, folder)
         trial = LocalTrial(
             index=action.index,
             name=name,
@@ -713,9 +725,35 @@ class LocalRunner:
             folder=folder,
             reader=ReportReader(reports),
             started_at=self.clock(),
+            stop_at=action.stop_at,
         )
         self.trials[action.index] = trial
-        with trial.log_path.open("wb") as log:
+        extra = {} if action.stop_at is None else {"HPO_STOP_RESOURCE": _resource_text(action.stop_at)}
+        if self._launch(trial, extra, "wb"):
+            params = ", ".join(f"{k}={v}" for k, v in action.params.items())
+            self.progress.log(f"{name} started on {slot.describe()}: {params}")
+
+    def _resume(self, action: ResumeTrial, slot: Slot) -> None:
+        """Runs a paused (or, for the final training, any ended) trial again from its checkpoint."""
+        trial = self.trials[action.index]
+        trial.slot, trial.stop_at, trial.runs = slot, action.stop_at, trial.runs + 1
+        trial.status, trial.reason, trial.exit_code, trial.ended_at = TrialStatus.RUNNING, None, None, None
+        trial.term_sent_at, trial.killed, trial.pruned, trial.log_tail = None, False, None, None
+        if action.final:
+            trial.final, self.final_index = True, action.index
+        extra = {
+            "HPO_START_RESOURCE": _resource_text(action.start_from),
+            "HPO_STOP_RESOURCE": _resource_text(action.stop_at),
+        }
+        if self._launch(trial, extra, "ab"):
+            what = "final training" if action.final else "promoted"
+            span = f"{action.start_from:g} to {action.stop_at:g}"
+            self.progress.log(f"{trial.name} {what}: resumed at {span} on {slot.describe()}")
+
+    def _launch(self, trial: LocalTrial, extra: Mapping[str, str], log_mode: str) -> bool:
+        """Starts the trial's process; False (and the trial Failed) when it cannot start."""
+        env = self.trial_environment(trial.name, trial.params, trial.slot, trial.folder) | dict(extra)
+        with trial.log_path.open(log_mode) as log:
             try:
                 trial.process = subprocess.Popen(
                     list(self.options.command),
@@ -730,12 +768,11 @@ class LocalRunner:
                 log.write(f"cannot start {self.options.command[0]}: {err}\n".encode())
                 trial.status = TrialStatus.FAILED
                 trial.exit_code = 127 if isinstance(err, FileNotFoundError) else 126
-                trial.ended_at = trial.started_at
+                trial.ended_at = self.clock()
                 trial.reason = f"cannot start: {err.strerror or err}"
-                self.progress.log(f"{name} failed: {trial.reason}")
-                return
-        params = ", ".join(f"{k}={v}" for k, v in action.params.items())
-        self.progress.log(f"{name} started on {slot.describe()}: {params}")
+                self.progress.log(f"{trial.name} failed: {trial.reason}")
+                return False
+        return True
 
     # --- results -------------------------------------------------------------------------------
 
@@ -775,6 +812,7 @@ class LocalRunner:
             "budget": budget,
             "counts": counts,
             "best": self._best_document(),
+            "final": self._final_document(),
             "trials": [
                 self._trial_document(t, rungs) for t in sorted(self.trials.values(), key=lambda t: t.index)
             ],
@@ -794,6 +832,34 @@ class LocalRunner:
             "resource": best.resource,
             "hyperparameters": dict(best.params),
         }
+
+    def _final_document(self) -> dict[str, Any] | None:
+        """With final training: the trial trained to R and where its model is."""
+        index = self.finalize.final if self.finalize is not None else None
+        if index is None or index not in self.trials:
+            return None
+        trial = self.trials[index]
+        at_r = [r for r in trial.reader.reports if r["resource"] >= self.study.config.max_resource]
+        return {
+            "trial": trial.name,
+            "index": index,
+            "value": at_r[0]["value"] if at_r else None,
+            "resource": self.study.config.max_resource,
+            "checkpointDir": str((trial.folder / "checkpoints").relative_to(self.options.out_dir)),
+        }
+
+    def _discard_checkpoints(self) -> None:
+        """Promote variant: once the study is over no paused trial can be promoted again, so only
+        the checkpoints of the best (or final) trial are kept."""
+        if self.study.config.asha_variant != "promote" or self.state != "Succeeded":
+            return
+        keep = {
+            i
+            for i in (self.best.index if self.best else None, self.finalize.final if self.finalize else None)
+        }
+        for trial in self.trials.values():
+            if trial.index not in keep:
+                shutil.rmtree(trial.folder / "checkpoints", ignore_errors=True)
 
     def _trial_document(self, t: LocalTrial, rungs: Sequence[float]) -> dict[str, Any]:
         pruned = t.pruned
@@ -815,6 +881,8 @@ class LocalRunner:
             "pid": None if t.process is None else t.process.pid,
             "exitCode": t.exit_code,
             "killed": t.killed,
+            "runs": t.runs,
+            "final": t.final,
             "rung": None if rung is None or rung < 0 else rung,
             "pruned": None
             if pruned is None
