@@ -582,7 +582,13 @@ def test_the_operator_account_can_do_exactly_what_the_chart_grants(
 def test_a_trial_account_may_patch_only_its_own_namespaces_trial_status(
     operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
 ) -> None:
-    create(kube, namespace, manifest("guarded", log_dir, deadline="15s", parallel=1))
+    guarded = manifest("guarded", log_dir, deadline="15s", parallel=1)
+    pod_security = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001}
+    container_security = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    template = guarded["spec"]["trialTemplate"]["spec"]
+    template["securityContext"] = pod_security
+    template["containers"][0]["securityContext"] = container_security
+    create(kube, namespace, guarded)
     account = "guarded-trial"
     wait_for(
         lambda: kube.get_or_none(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}"),
@@ -621,5 +627,29 @@ def test_a_trial_account_may_patch_only_its_own_namespaces_trial_status(
             else:
                 as_trial.get(path)
         assert denied.value.status == 403, (method, path, denied.value)
+    # The trial pod runs as the template says: non-root, read-only root filesystem.
+    pods = wait_for(lambda: pods_of(kube, namespace), 20, 0.2, "a trial pod")
+    assert pods[0]["spec"]["securityContext"] == pod_security
+    assert pods[0]["spec"]["containers"][0]["securityContext"] == container_security
     wait_phase(kube, namespace, "guarded", {"Succeeded", "Failed"}, 40)
     as_trial.close()
+
+
+def test_the_operator_runs_non_root_with_a_read_only_root_filesystem() -> None:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(helm_template()) if d]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # The one writable place: an emptyDir at /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and "hostPath" not in str(pod["volumes"])
+    dockerfile = (CHART.parents[1] / "operator" / "Dockerfile").read_text()
+    assert "USER 10001:10001" in dockerfile
