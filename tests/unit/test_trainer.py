@@ -171,3 +171,18 @@ def test_sigterm_stops_the_trial_after_the_current_batch(tmp_path: Path) -> None
     reports = read_reports(reports_path)
     assert 1 <= len(reports) < 200
     assert checkpoint_epochs(tmp_path / "ckpt")[-1] == reports[-1]["resource"]
+
+
+def test_stop_resource_pauses_a_run_and_start_resource_resumes_it(
+    trial: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ASHA's promote variant: pause at rung 1, resume from it and pause again at rung 2.
+    monkeypatch.setenv("HPO_STOP_RESOURCE", "1")
+    assert run_in_process(monkeypatch, "--epochs", "3") == 0
+    assert [r["resource"] for r in read_reports(trial / "reports.jsonl")] == [1]
+    monkeypatch.setenv("HPO_START_RESOURCE", "1")
+    monkeypatch.setenv("HPO_STOP_RESOURCE", "2")
+    monkeypatch.setenv("HPO_REPORT_FILE", str(trial / "promoted.jsonl"))
+    assert run_in_process(monkeypatch, "--epochs", "3") == 0
+    assert [r["resource"] for r in read_reports(trial / "promoted.jsonl")] == [2]
+    assert checkpoint_epochs(trial / "ckpt") == [1, 2]
