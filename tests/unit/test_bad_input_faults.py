@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
+import urllib3
 
 from hpo_operator.config import (
     BudgetSpec,
@@ -15,7 +18,9 @@ from hpo_operator.config import (
     study_config_from_spec,
 )
 from hpo_operator.kube.capacity import Capacity, gpu_capacity
+from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.world import Cluster
 from hpo_operator.study import Observation, StopTrial, Study, TrialStatus, TrialView
 
 SPACE = {"x": {"param_type": "uniform", "range": [0, 1]}}
@@ -147,3 +152,35 @@ def test_a_search_space_problem_is_named_by_its_spec_path() -> None:
     assert err.value.problems[0].startswith("spec.hpSpace: parameter names must be non-empty"), (
         err.value.problems
     )
+
+
+class _FlakyApi:
+    """An API whose listings fail as an unreachable server does, then answer."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def list(self, path: str, **_: Any) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
+        return [{"metadata": {"namespace": "ns", "name": "s"}}]
+
+
+def test_the_periodic_resync_survives_an_unreachable_api_server(caplog: pytest.LogCaptureFixture) -> None:
+    api = _FlakyApi(failures=2)
+    engine = Engine(cast(Cluster, SimpleNamespace(api=api)), settings=EngineSettings(resync_seconds=0.01))
+
+    async def run() -> None:
+        task = asyncio.create_task(engine._resync())
+        for _ in range(500):
+            if api.calls > 2:
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception()
+        task.cancel()
+
+    asyncio.run(run())
+    assert api.calls > 2 and ("ns", "s") in engine._queued
+    assert "listing studies failed" in caplog.text and "Traceback" not in caplog.text

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import urllib3
+
 from .api import ApiError
 from .metrics import Metrics, NullMetrics
 from .reconcile import reconcile
@@ -28,6 +30,8 @@ from .world import Cluster, study_path
 
 log = logging.getLogger("hpo_operator")
 Key = tuple[str, str]  # (namespace, study name)
+# What an unreachable or restarting API server raises: logged in one line and retried, never fatal.
+TRANSIENT_ERRORS = (ApiError, OSError, urllib3.exceptions.HTTPError)
 SLOW_SECONDS = 0.5  # a reconcile slower than this is logged: it delays pruning and the deadline
 
 
@@ -119,7 +123,7 @@ class Engine:
                 again = await asyncio.to_thread(self.reconcile_once, key)
             except Exception as err:  # a failed reconcile is retried; the operator keeps going
                 log.warning(
-                    "reconcile of %s/%s failed: %s", *key, err, exc_info=not isinstance(err, ApiError)
+                    "reconcile of %s/%s failed: %s", *key, err, exc_info=not isinstance(err, TRANSIENT_ERRORS)
                 )
                 self.metrics.failed(*key, err)
                 again = self.settings.error_backoff_seconds
@@ -154,7 +158,7 @@ class Engine:
             try:
                 for key in await asyncio.to_thread(self._list_studies):
                     self.enqueue(key)
-            except (ApiError, OSError) as err:
+            except TRANSIENT_ERRORS as err:
                 log.warning("listing studies failed: %s", err)
             await asyncio.sleep(self.settings.resync_seconds)
 
