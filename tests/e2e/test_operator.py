@@ -442,7 +442,9 @@ def test_operator_killed_mid_study_finishes_it_without_a_duplicate(
         create_study(kube, namespace, study_manifest("survivor", deadline="30s", parallel=2))
         wait_for(lambda: reporting(kube, namespace) >= 2, 30, 0.2, "two trials reporting")
         before = {t["metadata"]["name"]: t["spec"]["hyperparameters"] for t in trials_of(kube, namespace)}
-        reports_before = sum(len(t["status"].get("reports") or []) for t in trials_of(kube, namespace))
+        reports_before = sum(
+            len((t.get("status") or {}).get("reports") or []) for t in trials_of(kube, namespace)
+        )
         operator.kill()
         # Trials keep training and reporting while no operator runs.
         wait_for(

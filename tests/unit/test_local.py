@@ -101,7 +101,8 @@ def test_a_study_finishes_inside_its_budget_and_prunes_exactly_as_the_core_decid
     result, doc = run_study(tmp_path, config)
 
     assert result.state == "Succeeded" and result.exit_code == 0
-    assert doc["reason"] == "deadline"
+    # It runs until the deadline, or until no trial could reach its first rung before it.
+    assert doc["reason"] in ("deadline", "no time for another trial")
     assert_inside_budget(doc)
     assert doc["plan"]["rungs"] == [1, 2]
 
