@@ -66,6 +66,8 @@ def out_of_range_number(spec: JSON, rng: random.Random) -> str:
 
 
 def minimum_above_maximum(spec: JSON, rng: random.Random) -> str:
+    if not isinstance(spec.get("maximumResource"), int) or spec["maximumResource"] < 1:
+        spec["maximumResource"] = 9  # an earlier mutation broke it
     spec["minimumResource"] = spec["maximumResource"] + rng.randint(1, 10**6)
     return "spec.minimumResource"
 
