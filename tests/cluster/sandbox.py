@@ -48,8 +48,17 @@ def main() -> None:
             _fail(f"unshare(CLONE_NEWNS): {os.strerror(ctypes.get_errno())}")
         # Nothing mounted here may leak back into the host's namespace.
         _mount(libc, None, "/", MS_REC | MS_PRIVATE)
+        # Every source is opened before anything is mounted: a mount on /tmp must not hide the
+        # sources of the mounts after it (they live in the pod's folder, under the state folder),
+        # as a real kubelet's volumes under /var/lib/kubelet are never hidden by a container's mounts.
+        fds = []
         for m in mounts:
-            source, target = m["source"], m["target"]
+            try:
+                fds.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
+            except OSError as e:
+                _fail(f"mount {m['source']} on {m['target']}: {e.strerror}")
+        for m, fd in zip(mounts, fds, strict=True):
+            source, target = f"/proc/self/fd/{fd}", m["target"]
             if os.path.isdir(source):
                 os.makedirs(target, exist_ok=True)
             elif not os.path.exists(target):
