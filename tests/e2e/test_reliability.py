@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +193,15 @@ def assert_nothing_left_running(kube: Kube, namespace: str) -> None:
 
 
 def recomputed_best(study: JSON, trials: list[JSON]) -> tuple[str, float]:
-    """The documented rule, from the stored reports: the highest level (rung or R) any trial
-    reached; among the trials there, the best first report at that level; ties to the lower index."""
+    """The documented rule, from the stored reports made before the study finished: the highest
+    level (rung or R) any trial reached; among the trials there, the best first report at that
+    level; ties to the lower index. (A trial stopped at the deadline may still land a report after
+    the study was finalized; a finished study does not change for it.)"""
+    finished = to_seconds(study["status"]["budget"]["finishedAt"])
+    trials = [
+        {**t, "status": {**t["status"], "reports": [r for r in stored_reports(t) if r["time"] <= finished]}}
+        for t in trials
+    ]
     plan = study["status"]["plan"]
     levels = [*plan["rungs"], plan["maximumResource"]]
     sign = 1 if study["spec"]["mode"] == "max" else -1
@@ -215,6 +223,10 @@ def recomputed_best(study: JSON, trials: list[JSON]) -> tuple[str, float]:
         if t["metadata"]["name"] == name
     )
     return name, value
+
+
+def to_seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def assert_best_matches_reports(kube: Kube, namespace: str, name: str) -> None:
