@@ -19,7 +19,7 @@ from hpo_operator.config import (
 )
 from hpo_operator.kube.capacity import Capacity, gpu_capacity
 from hpo_operator.kube.engine import Engine, EngineSettings
-from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.reconcile import DeleteJob, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.study import Observation, StopTrial, Study, TrialStatus, TrialView
 
@@ -184,3 +184,26 @@ def test_the_periodic_resync_survives_an_unreachable_api_server(caplog: pytest.L
     asyncio.run(run())
     assert api.calls > 2 and ("ns", "s") in engine._queued
     assert "listing studies failed" in caplog.text and "Traceback" not in caplog.text
+
+
+def test_a_pruned_trial_whose_job_went_without_its_pod_gets_its_pod_deleted() -> None:
+    # An API outage between deleting the Job and deleting its pod: the Job is gone, the pod runs.
+    from tests.unit.test_kube_reconcile import T0, pod, study, trial, world
+
+    t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5)
+    t0 = trial(0, (1, 0.9, 2))
+    w = world(study(parallelTrials=2), t0, t1, jobs=[], pods={"s-1": [pod("s-1")]})
+    outcome = reconcile(w, T0 + 4)
+    assert DeleteJob("s-1", ("s-1-pod",)) in outcome.writes
+    # A finished pod, or one already being deleted, is left alone.
+    done = world(study(parallelTrials=2), t0, t1, jobs=[], pods={"s-1": [pod("s-1", "Succeeded")]})
+    assert not any(isinstance(x, DeleteJob) for x in reconcile(done, T0 + 4).writes)
+
+
+def test_a_finished_study_deletes_a_pod_whose_job_is_already_gone() -> None:
+    from tests.unit.test_kube_reconcile import T0, pod, study, trial, world
+
+    t0 = trial(0, (1, 0.9, 2), phase="Stopped")
+    finished = study({"phase": "Succeeded"})
+    outcome = reconcile(world(finished, t0, jobs=[], pods={"s-0": [pod("s-0")]}), T0 + 100)
+    assert outcome.writes == [DeleteJob("s-0", ("s-0-pod",))]

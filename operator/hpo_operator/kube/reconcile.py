@@ -263,7 +263,7 @@ def _trial_writes(
         if patch:
             writes.append(PatchTrialStatus(state.name, patch, event))
         job = world.jobs.get(state.name)
-        if phase in ("Pruned", "Stopped") and job is not None and not _job_finished(job):
+        if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
             writes.append(DeleteJob(state.name, _live_pods(world, state.name)))
         elif phase in ("Pending", "Running") and job is None and "startedAt" not in desired:
@@ -292,6 +292,15 @@ def _live_pods(world: World, trial: str) -> tuple[str, ...]:
         if not p["metadata"].get("deletionTimestamp")
         and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
     )
+
+
+def _still_running(world: World, trial: str, job: JSON | None) -> bool:
+    """The trial's Job has not finished, or its Job is gone and a pod of it still runs: a crash or
+    an API outage between deleting the Job and deleting its pods leaves the pod to the garbage
+    collector, which may take long or, after an outage, not come at all."""
+    if job is not None:
+        return not _job_finished(job)
+    return bool(_live_pods(world, trial))
 
 
 def _job_finished(job: JSON) -> bool:
@@ -435,6 +444,6 @@ def _settled(world: World, now: float) -> Outcome:
         if phase not in TERMINAL_TRIAL_PHASES:
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
-        if job is not None and not _job_finished(job) and phase != "Completed":
+        if phase != "Completed" and _still_running(world, name, job):
             writes.append(DeleteJob(name, _live_pods(world, name)))
     return Outcome(writes=writes)
