@@ -67,6 +67,13 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+def image_folders() -> list[str]:
+    """What stands in for a container image: the project (its sources and .venv) and the Python
+    installation the venv was made from."""
+    project = Path(__file__).resolve().parents[2]
+    return sorted({str(project), os.path.realpath(sys.base_prefix)})
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -163,7 +170,16 @@ class Container:
         tmp_link.replace(self.link)
         spec_path = pod_dir / f"{self.name}.exec.json"
         spec_path.write_text(
-            json.dumps({"argv": argv, "env": env, "cwd": cwd, "mounts": mounts, "parent": os.getpid()})
+            json.dumps(
+                {
+                    "argv": argv,
+                    "env": env,
+                    "cwd": cwd,
+                    "mounts": mounts,
+                    "image": image_folders(),
+                    "parent": os.getpid(),
+                }
+            )
         )
         with open(log_path, "ab") as out:
             self.proc = subprocess.Popen(

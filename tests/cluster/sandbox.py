@@ -1,8 +1,9 @@
 """Start one container process: a private mount namespace with the pod's volumes, then exec.
 
 Run by the node agent as ``python -I -S sandbox.py SPEC.json`` (standard library only, so it starts
-in milliseconds). SPEC holds ``argv``, ``env``, ``cwd``, ``mounts`` ([{source, target, readOnly}])
-and ``parent`` (the agent's pid). The process then becomes the container's command, keeping the pid
+in milliseconds). SPEC holds ``argv``, ``env``, ``cwd``, ``mounts`` ([{source, target, readOnly}]),
+``image`` (folders the container's programs live in, kept visible under any mount) and ``parent``
+(the agent's pid). The process then becomes the container's command, keeping the pid
 that the agent reports and signals.
 """
 
@@ -34,6 +35,12 @@ def _mount(libc: ctypes.CDLL, source: "str | None", target: str, flags: int) -> 
         _fail(f"mount {source} on {target}: {os.strerror(err)}")
 
 
+def _covers(mount_target: str, path: str) -> bool:
+    """Whether a mount on ``mount_target`` hides ``path`` (the same folder or one above it)."""
+    target = os.path.normpath(mount_target)
+    return os.path.commonpath([target, os.path.normpath(path)]) == target
+
+
 def main() -> None:
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -57,6 +64,15 @@ def main() -> None:
                 fds.append(os.open(m["source"], os.O_PATH | os.O_CLOEXEC))
             except OSError as e:
                 _fail(f"mount {m['source']} on {m['target']}: {e.strerror}")
+        # The "image" (the project's folder with its venv, and the Python it was made from) must
+        # stay visible when a volume is mounted over a folder above it (an emptyDir on /tmp while
+        # the project lives under /tmp): each such folder is opened now and bound back afterwards.
+        targets = [m["target"] for m in mounts]
+        image = [
+            (path, os.open(path, os.O_PATH | os.O_CLOEXEC))
+            for path in spec.get("image") or []
+            if os.path.isdir(path) and any(_covers(t, path) for t in targets)
+        ]
         for m, fd in zip(mounts, fds, strict=True):
             source, target = f"/proc/self/fd/{fd}", m["target"]
             if os.path.isdir(source):
@@ -67,6 +83,9 @@ def main() -> None:
             _mount(libc, source, target, MS_BIND | MS_REC)
             if m.get("readOnly"):
                 _mount(libc, None, target, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        for path, fd in image:
+            os.makedirs(path, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
     cwd = spec.get("cwd")
     if cwd:
         os.makedirs(cwd, exist_ok=True)
