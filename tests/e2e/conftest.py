@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
@@ -139,7 +140,10 @@ def operator_kubeconfig(cluster: LocalCluster, kube: Kube) -> Path:
     for crd in ("hpostudies.hpo.dev", "hpotrials.hpo.dev"):
         kubectl(cluster, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
     kubectl(cluster, "create", "namespace", OPERATOR_NAMESPACE)
-    kubectl(cluster, "apply", "-f", "-", stdin=helm_template())
+    # Everything but the Deployment: the operator runs here as a subprocess, and the Deployment's
+    # pod (which the process kubelet runs too) would be a second operator racing it.
+    manifests = [d for d in yaml.safe_load_all(helm_template()) if d and d.get("kind") != "Deployment"]
+    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
     return cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
 
 
