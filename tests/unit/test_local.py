@@ -34,8 +34,8 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def fake_config(max_resource: int = 4, eta: int = 2, **budget: Any) -> Any:
-    """A study of the fake trainer. Budgets leave room for a slow start: the core sizes one training
-    from the first report, whose time includes the interpreter's start-up."""
+    """A study of the fake trainer. Budgets leave room for a slow start: each trial pays the
+    interpreter's start-up before its first report."""
     config = config_from_mapping(
         {
             "metric": "score",
@@ -190,7 +190,10 @@ def test_a_trial_that_ignores_sigterm_is_killed_after_the_grace_period_before_th
     ended_by_us = [t for t in doc["trials"] if t["status"] in ("Pruned", "Stopped") and t["reports"]]
     assert ended_by_us
     for t in ended_by_us:
-        assert t["killed"] and t["exitCode"] == -signal.SIGKILL, t["name"]
+        # Killed after the grace period, unless its last epoch ended on its own within the grace.
+        finished = t["exitCode"] == 0 and max(r["resource"] for r in t["reports"]) == 4
+        assert (t["killed"] and t["exitCode"] == -signal.SIGKILL) or finished, t["name"]
+    assert any(t["killed"] for t in ended_by_us)
     assert_inside_budget(doc)
 
 
