@@ -133,6 +133,9 @@ class PodWatch:
     namespace: str
     pods: dict[str, PodTimes] = field(default_factory=dict)
     added_per_trial: dict[str, int] = field(default_factory=dict)
+    # Pods that reached Running, per trial. A pod the Job controller adds from a stale cache just as
+    # a pruned trial's Job and pod are deleted is removed by the garbage collector; it must not run.
+    running_per_trial: dict[str, int] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -172,6 +175,7 @@ class PodWatch:
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Running" and times.running is None:
             times.running = now
+            self.running_per_trial[trial] = self.running_per_trial.get(trial, 0) + 1
         if phase in ("Succeeded", "Failed") and times.ended is None:
             times.ended, times.phase = now, phase
         if pod["metadata"].get("deletionTimestamp") and times.deleting is None:
@@ -293,7 +297,7 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     # At most the 4 GPUs' worth of trial pods at once, and the GPUs were used.
     assert 3 <= watch.max_at_once("running") <= 4, watch.max_at_once("running")
     assert watch.max_at_once("added") <= 4, watch.max_at_once("added")
-    assert all(n == 1 for n in watch.added_per_trial.values()), watch.added_per_trial
+    assert all(n == 1 for n in watch.running_per_trial.values()), watch.running_per_trial
 
     # The best in status agrees with the reports.
     plan = status["plan"]
@@ -465,7 +469,7 @@ def test_operator_killed_mid_study_finishes_it_without_a_duplicate(
     trials = trials_of(kube, namespace)
     indices = [int(t["spec"]["index"]) for t in trials]
     assert indices == list(range(len(trials))), indices
-    assert all(n == 1 for n in watch.added_per_trial.values()), watch.added_per_trial
+    assert all(n == 1 for n in watch.running_per_trial.values()), watch.running_per_trial
     assert set(watch.added_per_trial) == {t["metadata"]["name"] for t in trials}
     after = {t["metadata"]["name"]: t["spec"]["hyperparameters"] for t in trials}
     assert {k: after[k] for k in before} == before

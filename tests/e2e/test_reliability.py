@@ -388,7 +388,7 @@ def test_a_lost_node_requeues_its_trials_without_failing_them(
             ]
 
         # Each trial of the lost node gets a new pod from its Job (it runs when a GPU is free).
-        wait_for(lambda: set(requeued()) == set(on_lost), 30, 0.2, lambda: f"new pods for {on_lost}")
+        wait_for(lambda: set(requeued()) == set(on_lost), 60, 0.2, lambda: f"new pods for {on_lost}")
         study = wait_phase(kube, namespace, "nomad", {"Succeeded", "Failed"}, 90)
     finally:
         cluster.start_node(lost)
