@@ -328,9 +328,7 @@ class OptunaDriver:
             if p.type == "choice":
                 params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.type == "quniform":
-                params[p.name] = p.grid_value(
-                    trial.suggest_int(f"{p.name}__k", 0, p.grid_size() - 1)
-                )
+                params[p.name] = p.grid_value(trial.suggest_int(f"{p.name}__k", 0, p.grid_size() - 1))
             elif p.type == "qloguniform":
                 x = trial.suggest_float(p.name, p.low, p.high, log=True)
                 params[p.name] = p.grid_value(p.nearest_grid_index(x))

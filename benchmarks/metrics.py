@@ -27,9 +27,7 @@ from .functions import Problem
 
 def incumbent_steps(trace: Trace) -> list[tuple[float, dict[str, Any]]]:
     """(time, configuration) each time the incumbent changes, in time order."""
-    reports = sorted(
-        (time, epoch, value, t.key) for t in trace.trials for epoch, value, time in t.reports
-    )
+    reports = sorted((time, epoch, value, t.key) for t in trace.trials for epoch, value, time in t.reports)
     params = {t.key: t.params for t in trace.trials}
     steps: list[tuple[float, dict[str, Any]]] = []
     level, best_value, best_key = -1, math.inf, -1

@@ -224,6 +224,14 @@ def _hp_space_spec(raw: dict[str, Any]) -> dict[str, Any]:
 @click.option("--deadline", type=DURATION, default=None, help="Alias of --budget")
 @click.option("--parallel-trials", default="auto", show_default=True, help="'auto' or a number")
 @click.option("--gpus-per-trial", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--final-training", is_flag=True, help="After HPO, train the best configuration to R")
+@click.option("--checkpoint-claim", default=None, help="An existing claim for the trials' checkpoints")
+@click.option(
+    "--checkpoint-size",
+    default=None,
+    help="The size of a checkpoint claim the operator creates ('10Gi'); needed by promote or final training",
+)
+@click.option("--storage-class", default=None, help="The storage class of that claim (unset: the default)")
 @bad_input_exits
 def manifest(
     config: Path,
@@ -238,11 +246,13 @@ def manifest(
     deadline: float | None,
     parallel_trials: str,
     gpus_per_trial: int,
+    final_training: bool,
+    checkpoint_claim: str | None,
+    checkpoint_size: str | None,
+    storage_class: str | None,
 ) -> None:
     """Print an HPOStudy manifest for kubectl apply."""
     study, raw = load_config(config)
-    if study.asha_variant != "stop":
-        fail(f"asha variant {study.asha_variant!r} runs with `hpo run` only; the operator runs 'stop'")
     budget = budget if budget is not None else deadline
     budget_spec: dict[str, Any] = {}
     if budget is not None:
@@ -281,6 +291,27 @@ def manifest(
         "parallelTrials": parallel,
         "gpusPerTrial": gpus_per_trial,
         "seed": study.seed,
+        "sampler": study.sampler,
+    }
+    if study.asha_variant != "stop":
+        spec["asha"] = {"variant": study.asha_variant}
+    if final_training or study.final_training:
+        spec["finalTraining"] = {"enabled": True}
+    checkpoints: dict[str, Any] = {}
+    if checkpoint_claim:
+        checkpoints["claimName"] = checkpoint_claim
+    if checkpoint_size:
+        checkpoints["size"] = checkpoint_size
+    if storage_class:
+        checkpoints["storageClassName"] = storage_class
+    if checkpoints:
+        spec["checkpoints"] = checkpoints
+    elif "asha" in spec or "finalTraining" in spec:
+        fail(
+            "the promote variant and final training keep checkpoints on a volume: give --checkpoint-claim "
+            "NAME (an existing claim) or --checkpoint-size SIZE (a claim the operator creates)"
+        )
+    spec |= {
         "trialTemplate": {
             "spec": {
                 "restartPolicy": "Never",

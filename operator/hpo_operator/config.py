@@ -295,6 +295,29 @@ class TrialTemplate(_Camel):
     spec: dict[str, Any]
 
 
+class FinalTrainingModel(_Camel):
+    """After HPO, one training of the best configuration to the maximum resource, from its checkpoint."""
+
+    enabled: bool = Field(default=False, strict=True)
+
+
+class CheckpointsModel(_Camel):
+    """The volume for the trials' checkpoints: an existing claim (``claimName``), or a claim the
+    operator creates and the study owns (``size``, and ``storageClassName`` or the default class)."""
+
+    claim_name: str | None = Field(default=None, min_length=1, description="An existing claim")
+    storage_class_name: str | None = Field(
+        default=None, description="The class of the claim the operator creates; unset: the default class"
+    )
+    size: str | None = Field(
+        default=None, min_length=1, description="The size of the claim the operator creates"
+    )
+    access_modes: list[str] = Field(
+        default_factory=lambda: ["ReadWriteMany"],
+        description="The access modes of the claim the operator creates (trials run on several nodes)",
+    )
+
+
 class StudySpec(_Camel):
     """spec of an HPOStudy."""
 
@@ -315,6 +338,9 @@ class StudySpec(_Camel):
     sampler: SamplerName = Field(
         default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube) or tpe (model-based)"
     )
+    asha: AshaSettings = Field(default_factory=AshaSettings)
+    final_training: FinalTrainingModel = Field(default_factory=FinalTrainingModel)
+    checkpoints: CheckpointsModel | None = None
     trial_template: TrialTemplate
 
     @field_validator("parallel_trials")
@@ -346,6 +372,7 @@ class StudySpec(_Camel):
                 self.maximum_resource, self.minimum_resource, ("maximumResource", "minimumResource")
             )
         ]
+        problems += self._checkpoint_problems()
         if problems or space is None:
             raise ConfigError(problems, "spec")
         budget = self.budget
@@ -365,7 +392,28 @@ class StudySpec(_Camel):
             parallel_trials=None if self.parallel_trials == "auto" else int(self.parallel_trials),
             max_failed_trials=self.max_failed_trials,
             sampler=self.sampler,
+            asha_variant=self.asha.variant,
+            final_training=self.final_training.enabled,
         )
+
+    def _checkpoint_problems(self) -> list[str]:
+        ckpt = self.checkpoints
+        needs = self.asha.variant == "promote" or self.final_training.enabled
+        if ckpt is None:
+            if needs:
+                return [
+                    "spec.checkpoints: required with asha.variant promote or finalTraining enabled "
+                    "(claimName of an existing claim, or size and storageClassName for a new one)"
+                ]
+            return []
+        if ckpt.claim_name is not None and (ckpt.size is not None or ckpt.storage_class_name is not None):
+            return [
+                "spec.checkpoints: claimName (an existing claim) or size/storageClassName "
+                "(a new one), not both"
+            ]
+        if ckpt.claim_name is None and ckpt.size is None:
+            return ["spec.checkpoints: claimName (an existing claim) or size (a claim the operator creates)"]
+        return []
 
 
 def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:

@@ -181,6 +181,13 @@ class Study:
         self.levels = (*self.rungs, config.max_resource)
         # Resources where the promote variant pauses trials: time across them is not training.
         self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
+        # Trial 0 sizes a measured budget from two reports, so with the promote variant its first run
+        # goes on past the first rung to the next level (None: to R) rather than pause after one report.
+        self._trial0_stop: float | None = self.rungs[0] if self._pauses else None
+        self._trial0_runs_through: float | None = None  # the rung trial 0 does not pause at
+        if self._pauses and config.budget.seconds() is None:
+            self._trial0_stop = self.levels[1] if self.levels[1] < config.max_resource else None
+            self._trial0_runs_through = self.rungs[0]
         # Per-trial summaries, recomputed only when a trial's reports change (they only grow).
         self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
         self._replay = StopReplay(self.eta, config.mode)
@@ -219,7 +226,9 @@ class Study:
                 if r.resource > last_resource and r.time >= last_time:
                     if first is None:  # start-up and the first epochs together
                         first = (r.time - last_time, r.resource)
-                    elif last_resource not in self._pauses:
+                    elif last_resource not in self._pauses or (
+                        t.index == 0 and last_resource == self._trial0_runs_through
+                    ):
                         rates.append((r.time - last_time) / (r.resource - last_resource))
                     # else: the trial paused at that rung and was resumed later; the wait is no epoch.
                     last_time, last_resource = r.time, r.resource
@@ -425,7 +434,7 @@ class Study:
         if plan is None:
             # The budget is measured by trial 0, which runs alone until it has reported twice.
             if next_index == 0 and free > 0:
-                actions.append(StartTrial(0, self.params_for(0), first_stop))
+                actions.append(StartTrial(0, self.params_for(0), self._trial0_stop))
                 active.add(0)
             elif next_index > 0:
                 message = "timing the first trial's first two reports to size the budget"

@@ -130,8 +130,17 @@ def test_manifest_with_a_deadline() -> None:
     assert study_config_from_spec(doc["spec"]).budget.seconds() == 7200
 
 
-def test_manifest_refuses_the_promote_variant(tmp_path: Path) -> None:
+def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) -> None:
     path = tmp_path / "promote.yaml"
     path.write_text("asha: {variant: promote}\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n")
     result = hpo("manifest", path, "--name", "x", "--image", "i")
-    assert result.returncode == 2 and "runs with `hpo run` only" in result.stderr
+    assert result.returncode == 2 and "--checkpoint-claim NAME" in result.stderr
+    args = ("manifest", path, "--name", "x", "--image", "i", "--final-training", "--checkpoint-size", "5Gi")
+    doc = yaml.safe_load(hpo(*args, "--storage-class", "nfs").stdout)
+    spec = doc["spec"]
+    assert spec["asha"] == {"variant": "promote"} and spec["finalTraining"] == {"enabled": True}
+    assert spec["checkpoints"] == {"size": "5Gi", "storageClassName": "nfs"}
+    config = study_config_from_spec(spec)
+    assert (config.asha_variant, config.final_training, config.sampler) == ("promote", True, "tpe")
+    claim = yaml.safe_load(hpo(*args[:-2], "--checkpoint-claim", "shared").stdout)["spec"]["checkpoints"]
+    assert claim == {"claimName": "shared"}

@@ -203,6 +203,22 @@ def test_asha_variant_and_final_training_settings() -> None:
     assert config_from_mapping({"hp_space": space, "asha": {"variant": "promote"}}).asha_variant == "promote"
     with pytest.raises(ConfigError, match=r"asha\.variant: input should be 'stop' or 'promote', got 'pause'"):
         config_from_mapping({"hp_space": space, "asha": {"variant": "pause"}})
-    # The operator runs the stop variant only: an HPOStudy does not take these settings yet.
-    with pytest.raises(ConfigError, match=r"spec\.asha: unknown key"):
+    # An HPOStudy takes them too, with a volume for the checkpoints.
+    with pytest.raises(ConfigError, match=r"spec\.checkpoints: required"):
         study_config_from_spec({**SPEC, "asha": {"variant": "promote"}})
+    with pytest.raises(ConfigError, match=r"spec\.checkpoints: required"):
+        study_config_from_spec({**SPEC, "finalTraining": {"enabled": True}})
+    with pytest.raises(ConfigError, match=r"spec\.checkpoints: claimName .* or size"):
+        study_config_from_spec({**SPEC, "asha": {"variant": "promote"}, "checkpoints": {}})
+    with pytest.raises(ConfigError, match=r"not both"):
+        study_config_from_spec({**SPEC, "checkpoints": {"claimName": "c", "size": "1Gi"}})
+    config = study_config_from_spec(
+        {
+            **SPEC,
+            "asha": {"variant": "promote"},
+            "finalTraining": {"enabled": True},
+            "checkpoints": {"size": "1Gi"},
+        }
+    )
+    assert (config.asha_variant, config.final_training) == ("promote", True)
+    assert study_config_from_spec(SPEC).asha_variant == "stop"

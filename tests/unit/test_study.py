@@ -301,6 +301,21 @@ def test_promote_starts_trials_that_pause_at_the_first_rung() -> None:
     )
 
 
+def test_promote_with_a_measured_budget_times_two_reports_of_trial_0() -> None:
+    study = Study(config(asha_variant="promote", budget=BudgetSpec(time_ratio=4)), slots=2)  # rungs 1, 3
+    first = study.decide(obs(0, 2))
+    # Trial 0 goes on past rung 1 to rung 3, so its reports separate start-up from epochs.
+    assert [(a.index, a.stop_at) for a in first.actions if isinstance(a, StartTrial)] == [(0, 3)]
+    # Started at 0, 20 s of start-up, 2 s an epoch: one training is 20 + 9 x 2 = 38 s, budget 152 s.
+    reports = (1, 0.5, 22.0), (2, 0.6, 24.0), (3, 0.7, 26.0)
+    measured = study.decide(obs(27, 1, trial(0, PAUSED, *reports)))
+    assert measured.deadline == 4 * 38
+    assert measured.plan is not None
+    assert (measured.plan.epoch_seconds, measured.plan.trial_overhead_seconds) == (2, 20)
+    # The next trials pause at the first rung again.
+    assert {a.stop_at for a in measured.actions if isinstance(a, StartTrial)} == {1}
+
+
 def test_promote_resumes_the_top_third_of_a_rung_from_where_it_paused() -> None:
     study = Study(config(asha_variant="promote"), slots=1)  # rungs 1, 3; R = 9
     paused = [trial(i, PAUSED, (1, v, 10.0 + i)) for i, v in enumerate([0.5, 0.9, 0.7])]

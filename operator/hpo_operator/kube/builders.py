@@ -10,16 +10,20 @@ import copy
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .resources import (
     API,
     GPU,
     GROUP,
+    RUN_LABEL,
     STUDY_LABEL,
     TRIAL_KIND,
     TRIAL_LABEL,
     TRIAL_PLURAL,
+    created_claim_name,
+    job_name,
     trial_access_name,
     trial_name,
 )
@@ -28,8 +32,78 @@ JSON = dict[str, Any]
 
 # The environment variables the trial contract promises (docs/architecture.md); these replace any
 # the template sets, except the checkpoint folder, which a template may point at its own volume.
+# With spec.checkpoints the study's claim is mounted here in every trial pod, and the trial's
+# checkpoint folder is on it (the template may not move it then).
 CHECKPOINT_ROOT = "/tmp/hpo-checkpoints"
 TEMPLATE_MAY_SET = frozenset({"HPO_CHECKPOINT_DIR"})
+CHECKPOINT_MOUNT = "/hpo-checkpoints"
+CHECKPOINT_VOLUME = "hpo-checkpoints"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a trial: the first (from the HPOTrial's spec) or a resume (from its status)."""
+
+    number: int = 0
+    start_from: float | None = None
+    stop_at: float | None = None
+    final: bool = False
+
+
+def run_of(trial: Mapping[str, Any]) -> Run:
+    """The trial's current run, as stored in the API."""
+    status = trial.get("status") or {}
+    number = int(status.get("run") or 0)
+    if number == 0:
+        stop_at = (trial.get("spec") or {}).get("stopAt")
+        return Run(0, None, None if stop_at is None else float(stop_at), bool(status.get("final")))
+    start, stop = status.get("startFrom"), status.get("stopAt")
+    return Run(
+        number,
+        None if start is None else float(start),
+        None if stop is None else float(stop),
+        bool(status.get("final")),
+    )
+
+
+def checkpoint_claim(study: Mapping[str, Any]) -> str | None:
+    """The claim the study's checkpoints live on, or None without spec.checkpoints."""
+    ckpt = (study.get("spec") or {}).get("checkpoints")
+    if not ckpt:
+        return None
+    return str(ckpt.get("claimName") or created_claim_name(study["metadata"]["name"]))
+
+
+def checkpoint_path(study: Mapping[str, Any], trial: str) -> str:
+    """A trial's checkpoint folder relative to the claim's root; the study's uid keeps a recreated
+    study of the same name from resuming old checkpoints."""
+    meta = study["metadata"]
+    return f"{meta['name']}-{meta['uid']}/{trial}"
+
+
+def build_claim(study: Mapping[str, Any]) -> JSON | None:
+    """The PersistentVolumeClaim the operator creates for spec.checkpoints.size, owned by the study."""
+    ckpt = (study.get("spec") or {}).get("checkpoints") or {}
+    if not ckpt.get("size") or ckpt.get("claimName"):
+        return None
+    meta = study["metadata"]
+    spec: JSON = {
+        "accessModes": list(ckpt.get("accessModes") or ["ReadWriteMany"]),
+        "resources": {"requests": {"storage": ckpt["size"]}},
+    }
+    if ckpt.get("storageClassName"):
+        spec["storageClassName"] = ckpt["storageClassName"]
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": created_claim_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"]),
+            "ownerReferences": [owner_reference(study)],
+        },
+        "spec": spec,
+    }
 
 
 def owner_reference(owner: Mapping[str, Any]) -> JSON:
@@ -51,8 +125,10 @@ def labels(study: str, trial: str | None = None) -> dict[str, str]:
     return out
 
 
-def build_trial(study: Mapping[str, Any], index: int, params: Mapping[str, Any]) -> JSON:
-    """The HPOTrial of trial ``index``, owned by its study."""
+def build_trial(
+    study: Mapping[str, Any], index: int, params: Mapping[str, Any], stop_at: float | None = None
+) -> JSON:
+    """The HPOTrial of trial ``index``, owned by its study; ``stop_at``: its first run pauses there."""
     meta = study["metadata"]
     name = trial_name(meta["name"], index)
     return {
@@ -64,7 +140,12 @@ def build_trial(study: Mapping[str, Any], index: int, params: Mapping[str, Any])
             "labels": labels(meta["name"], name),
             "ownerReferences": [owner_reference(study)],
         },
-        "spec": {"study": meta["name"], "index": index, "hyperparameters": dict(params)},
+        "spec": {
+            "study": meta["name"],
+            "index": index,
+            "hyperparameters": dict(params),
+            **({} if stop_at is None else {"stopAt": stop_at}),
+        },
     }
 
 
@@ -81,6 +162,13 @@ def trial_env(study: Mapping[str, Any], trial: Mapping[str, Any]) -> list[JSON]:
         # The study's uid keeps a recreated study of the same name from resuming old checkpoints.
         "HPO_CHECKPOINT_DIR": f"{CHECKPOINT_ROOT}/{meta['namespace']}/{meta['name']}-{meta['uid']}/{name}",
     }
+    if checkpoint_claim(study) is not None:
+        values["HPO_CHECKPOINT_DIR"] = f"{CHECKPOINT_MOUNT}/{checkpoint_path(study, name)}"
+    run = run_of(trial)
+    if run.start_from is not None:
+        values["HPO_START_RESOURCE"] = _number_text(run.start_from)
+    if run.stop_at is not None:
+        values["HPO_STOP_RESOURCE"] = _number_text(run.stop_at)
     return [{"name": k, "value": v} for k, v in values.items()]
 
 
@@ -88,12 +176,20 @@ def _number_text(value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _with_env(container: JSON, env: list[JSON]) -> JSON:
+def _with_env(container: JSON, env: list[JSON], may_set: frozenset[str] = TEMPLATE_MAY_SET) -> JSON:
     own = {e["name"] for e in container.get("env", [])}
     ours = {e["name"] for e in env}
-    kept = [e for e in container.get("env", []) if e["name"] not in ours or e["name"] in TEMPLATE_MAY_SET]
-    added = [e for e in env if e["name"] not in own or e["name"] not in TEMPLATE_MAY_SET]
+    kept = [e for e in container.get("env", []) if e["name"] not in ours or e["name"] in may_set]
+    added = [e for e in env if e["name"] not in own or e["name"] not in may_set]
     return {**container, "env": kept + added}
+
+
+def _with_mount(container: JSON) -> JSON:
+    mounts = [m for m in container.get("volumeMounts", []) if m.get("name") != CHECKPOINT_VOLUME]
+    return {
+        **container,
+        "volumeMounts": [*mounts, {"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}],
+    }
 
 
 def _sets_gpus(containers: list[JSON]) -> bool:
@@ -108,7 +204,16 @@ def pod_template(study: Mapping[str, Any], trial: Mapping[str, Any], service_acc
     spec: JSON = template.get("spec", {})
     meta: JSON = template.get("metadata", {})
     env = trial_env(study, trial)
-    spec["containers"] = [_with_env(c, env) for c in spec.get("containers", [])]
+    claim = checkpoint_claim(study)
+    if claim is None:
+        spec["containers"] = [_with_env(c, env) for c in spec.get("containers", [])]
+    else:
+        spec["containers"] = [_with_mount(_with_env(c, env, frozenset())) for c in spec.get("containers", [])]
+        volumes = [v for v in spec.get("volumes", []) if v.get("name") != CHECKPOINT_VOLUME]
+        spec["volumes"] = [
+            *volumes,
+            {"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim}},
+        ]
     gpus = int(study["spec"].get("gpusPerTrial", 1))
     if (
         gpus > 0
@@ -123,6 +228,9 @@ def pod_template(study: Mapping[str, Any], trial: Mapping[str, Any], service_acc
     spec.setdefault("serviceAccountName", service_account)
     trial_meta = trial["metadata"]
     meta["labels"] = {**(meta.get("labels") or {}), **labels(study["metadata"]["name"], trial_meta["name"])}
+    run = run_of(trial).number
+    if run > 0:  # a pod without the label is of the first run
+        meta["labels"][RUN_LABEL] = str(run)
     return {"metadata": meta, "spec": spec}
 
 
@@ -134,7 +242,8 @@ def active_deadline_seconds(deadline: float | None, now: float) -> int | None:
 
 
 def build_job(study: Mapping[str, Any], trial: Mapping[str, Any], deadline: float | None, now: float) -> JSON:
-    """The batch/v1 Job that runs one trial, owned by its HPOTrial; it never retries a failed pod."""
+    """The batch/v1 Job that runs the trial's current run, owned by its HPOTrial; it never retries a
+    failed pod. ``deadline``: when the Job must end (the study's, or the final training's bound)."""
     meta = trial["metadata"]
     spec: JSON = {
         "backoffLimit": 0,
@@ -149,7 +258,7 @@ def build_job(study: Mapping[str, Any], trial: Mapping[str, Any], deadline: floa
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": meta["name"],
+            "name": job_name(meta["name"], run_of(trial).number),
             "namespace": meta["namespace"],
             "labels": labels(study["metadata"]["name"], meta["name"]),
             # A trial about to be created has no uid yet: its creator adds the reference then.

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from ..study import Report, TrialStatus, TrialView
-from .resources import TERMINAL_TRIAL_PHASES
+from .builders import Run, run_of
+from .resources import RUN_LABEL, TERMINAL_TRIAL_PHASES, job_name
 
 JSON = dict[str, Any]
 
@@ -102,6 +103,20 @@ class TrialState:
     has_pod: bool
     job_exists: bool
     unschedulable: str | None = None
+    run: Run = field(default_factory=Run)
+    job_name: str = ""  # the current run's Job
+    run_started: bool = False  # the current run's pod has started
+
+
+def current_job_name(trial: Mapping[str, Any]) -> str:
+    """The name of the Job of the trial's current run."""
+    return job_name(trial["metadata"]["name"], run_of(trial).number)
+
+
+def run_pods(trial: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pods of the trial's current run (a pod without the run label belongs to the first)."""
+    number = str(run_of(trial).number)
+    return [p for p in pods if ((p["metadata"].get("labels") or {}).get(RUN_LABEL) or "0") == number]
 
 
 def _finished(phase: str, reason: str, message: str, exit_code: int | None = None) -> JSON:
@@ -136,24 +151,42 @@ def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, start
 
 
 def observe_trial(
-    trial: Mapping[str, Any], job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: float
+    trial: Mapping[str, Any],
+    job: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    now: float,
+    max_resource: float | None = None,
 ) -> TrialState:
+    """``job``: the current run's Job; ``pods``: the trial's pods (of any run); ``max_resource``: R,
+    below which a run that pauses (its stopAt) and exits 0 leaves the trial Paused."""
     meta, current = trial["metadata"], trial.get("status") or {}
+    run = run_of(trial)
     reports = reports_of(trial)
+    pods = run_pods(trial, pods)
     pod = newest_pod([p for p in pods if not p["metadata"].get("deletionTimestamp")]) or newest_pod(pods)
     started_text = current.get("startedAt")
     started_at = to_timestamp(started_text)
     if started_at is None and pod is not None:
         started_at = pod_started_at(pod)
         started_text = to_rfc3339(started_at) if started_at is not None else None
-    if current.get("phase") in TERMINAL_TRIAL_PHASES:
+    run_started_text = started_text if run.number == 0 else current.get("runStartedAt")
+    if run_started_text is None and run.number > 0 and pod is not None:
+        run_started_at = pod_started_at(pod)
+        run_started_text = to_rfc3339(run_started_at) if run_started_at is not None else None
+    if current.get("phase") in TERMINAL_TRIAL_PHASES or current.get("phase") == "Paused":
         status: JSON = {"phase": current["phase"]}
     else:
-        status = _verdict(job, pod, started_text is not None)
-        if status["phase"] in TERMINAL_TRIAL_PHASES:
+        status = _verdict(job, pod, run_started_text is not None)
+        pauses = run.stop_at is not None and max_resource is not None and run.stop_at < max_resource
+        if status["phase"] == "Completed" and pauses:
+            assert run.stop_at is not None
+            status = _finished("Paused", "Paused", f"trained to resource {run.stop_at:g}; may be promoted", 0)
+        elif status["phase"] in TERMINAL_TRIAL_PHASES:
             status["finishedAt"] = to_rfc3339(now)
     if started_text:
         status["startedAt"] = started_text
+    if run.number > 0 and run_started_text:
+        status["runStartedAt"] = run_started_text
     view = TrialView(
         index=int(trial["spec"]["index"]),
         status=TrialStatus(status["phase"]),
@@ -168,6 +201,9 @@ def observe_trial(
         has_pod=pod is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"),
         job_exists=job is not None,
         unschedulable=unschedulable_message(pod) if pod else None,
+        run=run,
+        job_name=job_name(meta["name"], run.number),
+        run_started=run_started_text is not None,
     )
 
 

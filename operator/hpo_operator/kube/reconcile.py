@@ -19,14 +19,31 @@ from ..study import (
     Finalize,
     Observation,
     PruneTrial,
+    ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
     StudyError,
 )
-from .builders import build_job, build_trial, build_trial_access
+from .builders import (
+    build_claim,
+    build_job,
+    build_trial,
+    build_trial_access,
+    checkpoint_claim,
+    checkpoint_path,
+    run_of,
+)
 from .capacity import Capacity
-from .observe import TrialState, observe_trial, progress, status_patch, to_rfc3339, to_timestamp
+from .observe import (
+    TrialState,
+    current_job_name,
+    observe_trial,
+    progress,
+    status_patch,
+    to_rfc3339,
+    to_timestamp,
+)
 from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
 
 JSON = dict[str, Any]
@@ -39,6 +56,10 @@ RESYNC_SECONDS = 5.0
 LEAD_SECONDS = 1.0
 # While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
+# The final training's Job may run this many times a full training as the plan predicts it
+# (start-up + R epochs), and at least FINAL_MIN_SECONDS; the HPO deadline does not bound it.
+FINAL_TRAININGS = 3
+FINAL_MIN_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -51,6 +72,7 @@ class World:
     pods: Mapping[str, tuple[JSON, ...]] = field(default_factory=dict)  # by trial name
     capacity: Capacity = field(default_factory=lambda: Capacity(0, 0))
     access: str = "missing"  # the trials' ServiceAccount: "missing", "waiting" (for its token) or "ready"
+    claim_exists: bool = True  # the checkpoint claim the operator creates (spec.checkpoints.size)
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -66,6 +88,13 @@ class Event:
 @dataclass(frozen=True)
 class CreateAccess:
     objects: tuple[JSON, ...]
+
+
+@dataclass(frozen=True)
+class CreateClaim:
+    """The study's checkpoint PersistentVolumeClaim (409: it exists)."""
+
+    claim: JSON
 
 
 @dataclass(frozen=True)
@@ -106,7 +135,7 @@ class PatchJobDeadline:
     seconds: int
 
 
-Write = CreateAccess | CreateTrial | CreateJob | PatchTrialStatus | DeleteJob | PatchJobDeadline
+Write = CreateAccess | CreateClaim | CreateTrial | CreateJob | PatchTrialStatus | DeleteJob | PatchJobDeadline
 
 
 @dataclass(frozen=True)
@@ -161,14 +190,20 @@ def reconcile(world: World, now: float) -> Outcome:
     first_status = None if started_text else {"budget": {"startedAt": to_rfc3339(started_at, micro=True)}}
 
     jobs, pods = world.jobs, world.pods
-    states = [observe_trial(t, jobs.get(t["metadata"]["name"]), pods.get(t["metadata"]["name"], ()), now)
-              for t in world.trials]  # fmt: skip
+    states = [
+        observe_trial(
+            t, jobs.get(current_job_name(t)), pods.get(t["metadata"]["name"], ()), now, config.max_resource
+        )
+        for t in world.trials
+    ]
     core = Study(config, _slots(config, gpus, world.capacity))
+    final_index = _final_index(study, states)
     observation = Observation(
         started_at=started_at,
         now=now + LEAD_SECONDS,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
+        final_index=final_index,
     )
     try:
         decision = core.decide(observation)
@@ -186,7 +221,16 @@ def reconcile(world: World, now: float) -> Outcome:
         if world.access == "missing":
             writes.insert(0, CreateAccess(tuple(build_trial_access(study))))
         requeue = ACCESS_RETRY_SECONDS
-    if decision.deadline is not None and decision.finalize is None:
+    claim = build_claim(study)
+    if claim is not None and not world.claim_exists:
+        writes.insert(0, CreateClaim(claim))
+    resumed_final = any(isinstance(a, ResumeTrial) and a.final for a in decision.actions)
+    if (
+        decision.deadline is not None
+        and decision.finalize is None
+        and final_index is None
+        and not resumed_final
+    ):
         requeue = min(requeue, max(0.05, decision.deadline - LEAD_SECONDS - now + 0.02))
     new_status = _study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
@@ -203,6 +247,43 @@ def reconcile(world: World, now: float) -> Outcome:
         requeue_after=None if finalize else requeue,
         decision=decision,
     )
+
+
+def _final_index(study: JSON, states: list[TrialState]) -> int | None:
+    """The trial resumed for the final training: as the study's status says, or as its HPOTrial says
+    (the trial's status is written before the study's)."""
+    final = (study.get("status") or {}).get("final") or {}
+    if final.get("index") is not None:
+        return int(final["index"])
+    return next((s.view.index for s in states if s.run.final), None)
+
+
+def _final_seconds(decision: Decision, start_from: float) -> float | None:
+    """The bound of the final training's Job: FINAL_TRAININGS full trainings as planned, at least
+    FINAL_MIN_SECONDS."""
+    plan = decision.plan
+    if plan is None:
+        return None
+    training = plan.trial_overhead_seconds + (plan.max_resource - start_from) * plan.epoch_seconds
+    return max(FINAL_MIN_SECONDS, FINAL_TRAININGS * training)
+
+
+def _resume_status(action: ResumeTrial, run: int) -> JSON:
+    """The HPOTrial status of a new run: Pending again, and what was left of the last run cleared."""
+    return {
+        "phase": "Pending",
+        "run": run,
+        "startFrom": action.start_from,
+        "stopAt": action.stop_at,
+        "final": action.final or None,
+        "runStartedAt": None,
+        "finishedAt": None,
+        "reason": None,
+        "message": None,
+        "exitCode": None,
+        "rung": None,
+        "cutoff": None,
+    }
 
 
 def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
@@ -236,8 +317,14 @@ def _trial_writes(
     writes: list[Write] = []
     events: list[Event] = []
     settled: dict[str, JSON] = {}
+    by_index = {s.view.index: s for s in states}
+    resumed: dict[str, ResumeTrial] = {}
     for action in decision.actions:
-        if isinstance(action, PruneTrial):
+        if isinstance(action, ResumeTrial):
+            state = by_index[action.index]
+            settled[state.name] = _resume_status(action, state.run.number + 1)
+            resumed[state.name] = action
+        elif isinstance(action, PruneTrial):
             settled[trial_name(name, action.index)] = {
                 "phase": "Pruned",
                 "rung": action.rung,
@@ -260,29 +347,55 @@ def _trial_writes(
         desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
         patch = status_patch(current[state.name], desired)
         event = _trial_event(state.name, phase, desired) if "phase" in patch else None
+        if state.name in resumed:
+            action = resumed[state.name]
+            what = "final training" if action.final else "promoted"
+            event = Event(
+                "TrialResumed",
+                f"trial {state.name}: {what}, from resource {action.start_from:g} to {action.stop_at:g}",
+            )
         if patch:
             writes.append(PatchTrialStatus(state.name, patch, event))
-        job = world.jobs.get(state.name)
+        trial = trials[state.name]
+        if state.name in resumed:
+            # The new run's Job, from the status just written (a restart makes it from the API).
+            trial = {**trial, "status": {**current[state.name], **desired}}
+            job_deadline = _job_deadline(decision, trial, now)
+            writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
+            continue
+        job = world.jobs.get(state.job_name)
         if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
-            writes.append(DeleteJob(state.name, _live_pods(world, state.name)))
-        elif phase in ("Pending", "Running") and job is None and "startedAt" not in desired:
-            writes.append(CreateJob(state.name, build_job(study, trials[state.name], decision.deadline, now)))
+            writes.append(DeleteJob(state.job_name, _live_pods(world, state.name)))
+        elif phase in ("Pending", "Running") and job is None and not state.run_started:
+            job_deadline = _job_deadline(decision, trial, now)
+            writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
         elif (
             phase in ("Pending", "Running")
             and job is not None
             and decision.deadline is not None
             and "activeDeadlineSeconds" not in job.get("spec", {})
         ):
-            seconds = build_job(study, trials[state.name], decision.deadline, now)["spec"]
-            writes.append(PatchJobDeadline(state.name, seconds["activeDeadlineSeconds"]))
+            job_deadline = _job_deadline(decision, trial, now)
+            if job_deadline is not None:
+                seconds = build_job(study, trial, job_deadline, now)["spec"]
+                writes.append(PatchJobDeadline(state.job_name, seconds["activeDeadlineSeconds"]))
     for action in decision.actions:
         if isinstance(action, StartTrial):
-            trial = build_trial(study, action.index, action.params)
+            trial = build_trial(study, action.index, action.params, action.stop_at)
             job = build_job(study, trial, decision.deadline, now)
             started = Event("TrialStarted", f"trial {trial['metadata']['name']}: {action.params}")
             writes.append(CreateTrial(trial, job, started))
     return writes, events
+
+
+def _job_deadline(decision: Decision, trial: JSON, now: float) -> float | None:
+    """When a run's Job must end: the study's deadline, or for the final training its own bound."""
+    run = run_of(trial)
+    if run.final:
+        seconds = _final_seconds(decision, run.start_from or 0.0)
+        return None if seconds is None else now + seconds
+    return decision.deadline
 
 
 def _live_pods(world: World, trial: str) -> tuple[str, ...]:
@@ -320,6 +433,8 @@ def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
         return Event("TrialStopped", message)
     if phase == "Completed":
         return Event("TrialCompleted", message)
+    if phase == "Paused":
+        return Event("TrialPaused", message)
     return None
 
 
@@ -393,6 +508,7 @@ def _study_status(
             "pruned": counts["Pruned"],
             "failed": counts["Failed"],
             "stopped": counts["Stopped"],
+            "paused": counts["Paused"],
             "total": total,
         },
         "best": None
@@ -405,7 +521,40 @@ def _study_status(
             "hyperparameters": best.params,
         },
         "budget": budget,
+        "final": _final_status(study, states, decision, now),
     }
+
+
+def _final_status(study: JSON, states: list[TrialState], decision: Decision, now: float) -> JSON | None:
+    """status.final: the trial under final training, and once it is done its value and model."""
+    current = (study.get("status") or {}).get("final")
+    finalize = decision.finalize
+    index: int | None
+    if finalize is not None and finalize.final is not None:
+        index = finalize.final
+    elif current:
+        index = int(current["index"])
+    else:
+        index = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
+        index = index if index is not None else next((s.view.index for s in states if s.run.final), None)
+    if index is None:
+        return None
+    name = trial_name(study["metadata"]["name"], index)
+    out: JSON = {"trial": name, "index": index, "phase": "Running"}
+    trained = any(s.run.final for s in states if s.view.index == index) or any(
+        isinstance(a, ResumeTrial) and a.final for a in decision.actions
+    )
+    if trained:  # a final training ran (else the best trial reached R during HPO)
+        out["startedAt"] = (current or {}).get("startedAt") or to_rfc3339(now)
+    if finalize is not None:
+        out["phase"] = "Succeeded" if finalize.succeeded and finalize.final is not None else "Failed"
+        best = finalize.best
+        if best is not None and best.index == index:
+            out |= {"value": best.value, "resource": best.resource}
+        claim = checkpoint_claim(study)
+        if claim is not None and finalize.final is not None:
+            out["checkpoint"] = {"claimName": claim, "path": checkpoint_path(study, name)}
+    return out
 
 
 def _invalid(
@@ -424,7 +573,7 @@ def _invalid(
             stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
             writes += [
                 PatchTrialStatus(state.name, stop),
-                DeleteJob(state.name, _live_pods(world, state.name)),
+                DeleteJob(state.job_name, _live_pods(world, state.name)),
             ]
     status = {"phase": "Failed", "message": message, "conditions": conditions}
     return Outcome(
@@ -440,10 +589,11 @@ def _settled(world: World, now: float) -> Outcome:
     for trial in world.trials:
         name = trial["metadata"]["name"]
         phase = (trial.get("status") or {}).get("phase")
-        job = world.jobs.get(name)
+        job_name = current_job_name(trial)
+        job = world.jobs.get(job_name)
         if phase not in TERMINAL_TRIAL_PHASES:
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
         if phase != "Completed" and _still_running(world, name, job):
-            writes.append(DeleteJob(name, _live_pods(world, name)))
+            writes.append(DeleteJob(job_name, _live_pods(world, name)))
     return Outcome(writes=writes)

@@ -22,10 +22,12 @@ TRIAL_KIND, TRIAL_PLURAL = "HPOTrial", "hpotrials"
 
 STUDY_LABEL = f"{GROUP}/study"
 TRIAL_LABEL = f"{GROUP}/trial"
+RUN_LABEL = f"{GROUP}/run"
 GPU = "nvidia.com/gpu"
 
 StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
-TrialPhase = Literal["Pending", "Running", "Completed", "Pruned", "Failed", "Stopped"]
+# Paused (promote variant): trained to its rung and exited; may be resumed by a new run.
+TrialPhase = Literal["Pending", "Running", "Completed", "Pruned", "Failed", "Stopped", "Paused"]
 TERMINAL_TRIAL_PHASES = frozenset({"Completed", "Pruned", "Failed", "Stopped"})
 TERMINAL_STUDY_PHASES = frozenset({"Succeeded", "Failed"})
 
@@ -33,6 +35,17 @@ TERMINAL_STUDY_PHASES = frozenset({"Succeeded", "Failed"})
 def trial_name(study: str, index: int) -> str:
     """Deterministic, so that a repeated create is a 409 and never a second trial."""
     return f"{study}-{index}"
+
+
+def job_name(trial: str, run: int) -> str:
+    """The Job of a trial's run: the trial's name for its first run, ``<trial>-run<k>`` for a resume
+    (a trial name ends in ``-<index>``, so no run's Job can take another trial's name)."""
+    return trial if run == 0 else f"{trial}-run{run}"
+
+
+def created_claim_name(study: str) -> str:
+    """The checkpoint claim the operator creates for a study (spec.checkpoints.size)."""
+    return f"{study}-checkpoints"
 
 
 def trial_access_name(study: str) -> str:
@@ -78,6 +91,7 @@ class TrialCounts(_Model):
     pruned: int = 0
     failed: int = 0
     stopped: int = 0
+    paused: int = 0
     total: int = 0
 
 
@@ -89,6 +103,25 @@ class BestStatus(_Model):
     value: float
     resource: float
     hyperparameters: dict[str, Any]
+
+
+class CheckpointLocation(_Model):
+    """Where a trial's checkpoints are: a folder on a PersistentVolumeClaim."""
+
+    claim_name: str
+    path: str = Field(description="The folder, relative to the claim's root")
+
+
+class FinalStatus(_Model):
+    """The final training: the best configuration trained on to the maximum resource."""
+
+    trial: str
+    index: int
+    phase: Literal["Running", "Succeeded", "Failed"] | None = None
+    started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    value: float | None = Field(default=None, description="Its value at the maximum resource")
+    resource: float | None = None
+    checkpoint: CheckpointLocation | None = Field(default=None, description="The trained model's checkpoints")
 
 
 class BudgetStatus(_Model):
@@ -118,6 +151,7 @@ class StudyStatus(_Model):
     trials: TrialCounts | None = None
     best: BestStatus | None = None
     budget: BudgetStatus | None = None
+    final: FinalStatus | None = None
 
 
 class TrialSpec(_Model):
@@ -126,6 +160,7 @@ class TrialSpec(_Model):
     study: str
     index: int = Field(ge=0)
     hyperparameters: dict[str, Any]
+    stop_at: float | None = Field(default=None, description="The first run pauses after this resource")
 
 
 class ReportModel(_Model):
@@ -152,3 +187,8 @@ class TrialStatusModel(_Model):
     reason: str | None = None
     message: str | None = None
     exit_code: int | None = None
+    run: int | None = Field(default=None, description="The current run (0, the first, when unset)")
+    start_from: float | None = Field(default=None, description="The current run resumed at this resource")
+    stop_at: float | None = Field(default=None, description="The current run pauses after this resource")
+    final: bool | None = Field(default=None, description="The current run is the final training")
+    run_started_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import Api, ApiError, ns_path
-from .builders import owner_reference
+from .builders import build_claim, owner_reference
 from .capacity import gpu_capacity
 from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .reconcile import (
     CreateAccess,
+    CreateClaim,
     CreateJob,
     CreateTrial,
     DeleteJob,
@@ -62,6 +63,8 @@ class Cluster:
     _needs_token_secret: bool | None = field(default=None, init=False)
     # Studies whose trial ServiceAccount was seen ready: a cache of an API fact, never re-checked.
     _access_ready: set[tuple[str, str]] = field(default_factory=set, init=False)
+    # Checkpoint claims seen to exist, by (namespace, name): likewise never re-checked.
+    _claims: set[tuple[str, str]] = field(default_factory=set, init=False)
     _events: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "events"), init=False)
 
     def needs_token_secret(self) -> bool:
@@ -89,7 +92,21 @@ class Cluster:
             pods={k: tuple(v) for k, v in pods.items()},
             capacity=gpu_capacity(nodes, active),
             access=self._access(namespace, name),
+            claim_exists=self._claim_exists(study),
         )
+
+    def _claim_exists(self, study: JSON) -> bool:
+        """Whether the checkpoint claim the operator creates for the study exists (True: none wanted)."""
+        claim = build_claim(study)
+        if claim is None:
+            return True
+        key = (claim["metadata"]["namespace"], claim["metadata"]["name"])
+        if key in self._claims:
+            return True
+        if self.api.get_or_none(ns_path("", "v1", key[0], "persistentvolumeclaims", key[1])) is None:
+            return False
+        self._claims.add(key)
+        return True
 
     def _access(self, namespace: str, study: str) -> str:
         if (namespace, study) in self._access_ready:
@@ -125,6 +142,9 @@ class Cluster:
                 group, _, version = obj["apiVersion"].rpartition("/")
                 plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}
                 self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
+        elif isinstance(write, CreateClaim):
+            claims = ns_path("", "v1", namespace, "persistentvolumeclaims")
+            return self.api.create(claims, write.claim) is not None
         elif isinstance(write, CreateTrial):
             created = self.api.create(trial_path(namespace), write.trial)
             if created is None:

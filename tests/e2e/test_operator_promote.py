@@ -1,0 +1,126 @@
+"""The promote variant and the final training end to end, against the local cluster.
+
+A study with ``asha.variant: promote``, ``finalTraining.enabled`` and a checkpoint claim the operator
+creates: trials pause at their rung, the best are resumed by a second Job from the same checkpoint
+folder, and after HPO the best configuration trains on to R. The trials run the fixtures' fake
+trainer, which honours HPO_START_RESOURCE and HPO_STOP_RESOURCE.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster import LocalCluster
+from tests.cluster.rest import Kube
+from tests.e2e.conftest import REPO, OperatorProcess
+from tests.e2e.test_operator import create_study, trials_of, wait_phase
+
+pytestmark = pytest.mark.e2e
+
+JSON = dict[str, Any]
+MAX_RESOURCE = 9
+SLACK_SECONDS = 1.5  # the Job deadline is whole seconds and a report is written when its epoch ends
+
+
+def promote_manifest(name: str) -> JSON:
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "metric": "accuracy",
+            "mode": "max",
+            "hpSpace": {"x": {"paramType": "uniform", "range": [0.0, 1.0]}},
+            "minimumResource": 1,
+            "maximumResource": MAX_RESOURCE,
+            "reductionFactor": 3,
+            "budget": {"deadline": "20s"},
+            "gpusPerTrial": 1,
+            "seed": 3,
+            "sampler": "random",
+            "asha": {"variant": "promote"},
+            "finalTraining": {"enabled": True},
+            "checkpoints": {"size": "1Gi", "storageClassName": "standard"},
+            "trialTemplate": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "trial",
+                            "image": "hpo-fake-trainer:local",
+                            "command": ["python", "-m", "tests.fixtures.fake_trainer"],
+                            "workingDir": str(REPO),
+                            "env": [{"name": "FAKE_EPOCH_SECONDS", "value": "0.3"}],
+                        }
+                    ]
+                }
+            },
+        },
+    }
+
+
+def by_time(trial: JSON) -> list[JSON]:
+    return sorted((trial.get("status") or {}).get("reports") or [], key=lambda r: (r["time"], r["seq"]))
+
+
+def test_promote_and_final_training(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str
+) -> None:
+    create_study(kube, namespace, promote_manifest("promo"))
+    study = wait_phase(kube, namespace, "promo", {"Succeeded", "Failed"}, 80)
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    trials = trials_of(kube, namespace)
+
+    # Every trial's first run paused at the first rung; a promoted trial's second run started from
+    # its checkpoint: its first report (seq 0 again) is at the resumed resource, not 1.
+    assert all(t["spec"]["stopAt"] == 1 for t in trials)
+    resumed = [t for t in trials if ((t.get("status") or {}).get("run") or 0) >= 1]
+    assert resumed, [t.get("status") for t in trials]
+    for t in resumed:
+        firsts = [r for r in by_time(t) if r["seq"] == 0]
+        assert len(firsts) >= 2, by_time(t)
+        assert firsts[0]["resource"] == 1 and all(r["resource"] > 1 for r in firsts[1:]), firsts
+    assert any(t["status"]["phase"] == "Paused" for t in trials)
+    jobs = {j["metadata"]["name"] for j in kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]}
+    assert all(f"{t['metadata']['name']}-run1" in jobs for t in resumed), jobs
+
+    # The final training: the best configuration trained on to R, after the HPO budget.
+    final = status["final"]
+    assert final["phase"] == "Succeeded" and final["resource"] == MAX_RESOURCE, final
+    final_trial = next(t for t in trials if t["metadata"]["name"] == final["trial"])
+    assert final_trial["status"]["phase"] == "Completed"
+    assert max(r["resource"] for r in by_time(final_trial)) == MAX_RESOURCE
+    # Either the best trial was trained on after HPO, or promotion had already taken it to R.
+    trained_after = final_trial["status"].get("final") is True
+    assert trained_after == ("startedAt" in final), (final, final_trial["status"])
+
+    # Inside the budget: every report but the final training's was made before the deadline, and
+    # the final training began at the end of HPO.
+    deadline = _seconds(status["budget"]["deadline"])
+    final_start = _seconds(final["startedAt"]) if trained_after else float("inf")
+    assert final_start == float("inf") or final_start <= deadline + SLACK_SECONDS, (final, status["budget"])
+    for t in trials:
+        for r in by_time(t):
+            if t is final_trial and r["time"] >= final_start:
+                continue
+            assert r["time"] <= deadline + SLACK_SECONDS, (t["metadata"]["name"], r, status["budget"])
+
+    # The model is where status.final says: a folder on the claim the operator created.
+    checkpoint = final["checkpoint"]
+    assert checkpoint["claimName"] == "promo-checkpoints"
+    claim = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/promo-checkpoints")
+    assert claim["metadata"]["ownerReferences"][0]["name"] == "promo"
+    folder = Path(cluster.root) / "volumes" / namespace / checkpoint["claimName"] / checkpoint["path"]
+    env = json.loads((folder / "env.json").read_text())
+    assert env["HPO_CHECKPOINT_DIR"] == f"/hpo-checkpoints/{checkpoint['path']}"
+    assert env.get("HPO_STOP_RESOURCE") == str(MAX_RESOURCE) and "HPO_START_RESOURCE" in env, env
+
+
+def _seconds(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
