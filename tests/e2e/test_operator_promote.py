@@ -124,3 +124,69 @@ def _seconds(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+REFERENCE_MAX_RESOURCE = 4
+
+
+def reference_manifest(name: str) -> JSON:
+    """The reference trainer (torch, digits, the tiny model) with the promote variant: rungs 1 and 2
+    (eta 2), R = 4, two trials at once, and the final training."""
+    manifest = promote_manifest(name)
+    spec = manifest["spec"]
+    spec |= {
+        "hpSpace": {
+            "learning_parameters.learning_rate": {"paramType": "qloguniform", "range": [0.001, 0.3, 0.001]},
+            "learning_parameters.batch_size": {"paramType": "qloguniform", "range": [16, 128, 16]},
+        },
+        "maximumResource": REFERENCE_MAX_RESOURCE,
+        "reductionFactor": 2,
+        "budget": {"deadline": "75s"},
+        "parallelTrials": 2,
+    }
+    container = spec["trialTemplate"]["spec"]["containers"][0]
+    container |= {
+        "image": "hpo-trial:local",
+        "command": ["python", "-m", "hpo_trial.train", "--dataset", "digits", "--model", "tiny"],
+        "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+    }
+    return manifest
+
+
+def test_the_reference_trainer_resumes_from_its_checkpoint(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str
+) -> None:
+    create_study(kube, namespace, reference_manifest("ref"))
+    study = wait_phase(kube, namespace, "ref", {"Succeeded", "Failed"}, 180)
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    trials = trials_of(kube, namespace)
+
+    # A promoted trial's next run loads the checkpoint its last run wrote: the run's first report
+    # (seq 0 again) is the epoch after the pause, and no epoch is reported twice.
+    resumed = [t for t in trials if ((t.get("status") or {}).get("run") or 0) >= 1]
+    assert resumed, [(t["metadata"]["name"], t.get("status")) for t in trials]
+    for t in resumed:
+        reports = by_time(t)
+        starts = [i for i, r in enumerate(reports) if r["seq"] == 0]
+        assert len(starts) >= 2, reports
+        for i in starts[1:]:
+            assert reports[i]["resource"] == reports[i - 1]["resource"] + 1, reports
+        resources = [r["resource"] for r in reports]
+        assert resources == list(range(1, len(resources) + 1)), resources
+
+    # Inside the budget: every report but the final training's came before the deadline.
+    deadline = _seconds(status["budget"]["deadline"])
+    final = status["final"]
+    assert final["phase"] == "Succeeded" and final["resource"] == REFERENCE_MAX_RESOURCE, final
+    final_start = _seconds(final["startedAt"]) if "startedAt" in final else float("inf")
+    for t in trials:
+        for r in by_time(t):
+            if t["metadata"]["name"] == final["trial"] and r["time"] >= final_start:
+                continue
+            assert r["time"] <= deadline + SLACK_SECONDS, (t["metadata"]["name"], r, status["budget"])
+
+    # The trained model is where status.final says: the trainer's checkpoint of epoch R.
+    checkpoint = final["checkpoint"]
+    folder = Path(cluster.root) / "volumes" / namespace / checkpoint["claimName"] / checkpoint["path"]
+    assert (folder / f"epoch-{REFERENCE_MAX_RESOURCE:04d}.pt").is_file(), sorted(folder.iterdir())
