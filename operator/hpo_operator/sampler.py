@@ -47,10 +47,28 @@ DUPLICATE_RETRIES = 20
 
 @dataclass(frozen=True)
 class Observed:
-    """A trial as the samplers see it: its configuration and its reports."""
+    """A trial as the samplers see it: its configuration and its reports (in time order).
+
+    ``index``: the trial's index, when the caller has one; the sampler then keeps what it derives
+    from the trial (its unit point, its key, the level it reached) until its reports change, so a
+    proposal at 1,000 trials does not re-derive 1,000 trials.
+    """
 
     params: dict[str, Any]
     reports: tuple[Report, ...]
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """What a proposal needs from one trial; valid while its params and reports are the same."""
+
+    params: dict[str, Any]
+    n_reports: int
+    last: Report | None
+    key: str
+    unit: list[float] | None
+    standing: tuple[int, float] | None  # highest level reached and its score there
 
 
 def startup_trials(space: SearchSpace) -> int:
@@ -141,6 +159,7 @@ class Sampler:
         self.kind = kind
         self.seed = seed
         self.mode = mode
+        self._derived: dict[int, _Derived] = {}
 
     def _rng(self, index: int) -> random.Random:
         return random.Random(f"hpo:{self.seed}:{index}")
@@ -159,13 +178,15 @@ class Sampler:
             return self.space.initial()
         if self.kind == "random":
             return self.random_params(index)
-        seen = {_key(t.params) for t in tried}
+        levels = (*rungs, max_resource)
+        derived = [self._derive(t, levels) for t in tried]
+        seen = {d.key for d in derived}
         if self.kind == "qmc" or index < startup_trials(self.space):
             return self._unseen(self.quasi_random(index), index, seen)
         rng = self._rng(index)
         if rng.random() < RANDOM_FRACTION:
             return self._unseen(self.space.sample(rng), index, seen)
-        proposal = self._model_based(rng, tried, rungs, max_resource, seen)
+        proposal = self._model_based(rng, derived, seen)
         if proposal is None:
             return self._unseen(self.quasi_random(index), index, seen)
         return proposal
@@ -179,20 +200,40 @@ class Sampler:
             proposal = self.space.sample(rng)
         return proposal  # a small space that is (nearly) exhausted: a repeat is allowed
 
-    def _ranked(
-        self, tried: Sequence[Observed], rungs: Sequence[float], max_resource: float
-    ) -> list[list[float]] | None:
+    def _derive(self, trial: Observed, levels: Sequence[float]) -> _Derived:
+        """The trial's unit point, key and standing, from the cache while its reports are unchanged
+        (they only grow, so their count and last one tell)."""
+        last = trial.reports[-1] if trial.reports else None
+        cached = None if trial.index is None else self._derived.get(trial.index)
+        if (
+            cached is not None
+            and cached.n_reports == len(trial.reports)
+            and cached.last == last
+            and cached.params == trial.params
+        ):
+            return cached
+        records = rung_records(0, trial.reports, levels)
+        standing = (records[-1].rung, score(records[-1].value, self.mode)) if records else None
+        derived = _Derived(
+            trial.params,
+            len(trial.reports),
+            last,
+            _key(trial.params),
+            _unit_of(self.space, trial.params),
+            standing,
+        )
+        if trial.index is not None:
+            self._derived[trial.index] = derived
+        return derived
+
+    def _ranked(self, derived: Sequence[_Derived]) -> list[list[float]] | None:
         """Unit points of the tried trials, best first: ranked by the highest level (rung or R) each
         reached, then by its value there, as ASHA itself ranks them. None while too few reported."""
-        levels = (*rungs, max_resource)
         ranked: list[tuple[int, float, int, list[float]]] = []
-        for i, t in enumerate(tried):
-            u = _unit_of(self.space, t.params)
-            records = rung_records(0, t.reports, levels)
-            if u is None or not records:
+        for i, d in enumerate(derived):
+            if d.unit is None or d.standing is None:
                 continue
-            last = records[-1]
-            ranked.append((last.rung, score(last.value, self.mode), -i, u))
+            ranked.append((d.standing[0], d.standing[1], -i, d.unit))
         if len(ranked) < min_observations(self.space):
             return None
         ranked.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
@@ -201,12 +242,10 @@ class Sampler:
     def _model_based(
         self,
         rng: random.Random,
-        tried: Sequence[Observed],
-        rungs: Sequence[float],
-        max_resource: float,
+        derived: Sequence[_Derived],
         seen: set[str],
     ) -> dict[str, Any] | None:
-        ranked = self._ranked(tried, rungs, max_resource)
+        ranked = self._ranked(derived)
         if ranked is None:
             return None
         n_good = max(1, math.ceil(GAMMA * len(ranked)))

@@ -199,7 +199,7 @@ class Study:
     ) -> dict[str, Any]:
         """Trial ``index``'s configuration: the defaults for trial 0, else the sampler's proposal from
         the trials so far (random and qmc depend on (seed, index) only)."""
-        tried = [Observed(self.trial_params(t), t.reports) for t in trials]
+        tried = [Observed(self.trial_params(t), t.reports, t.index) for t in trials]
         return self.sampler.propose(index, tried, rungs, self.config.max_resource)
 
     def trial_params(self, trial: TrialView) -> dict[str, Any]:

@@ -137,3 +137,33 @@ def test_no_duplicates_while_the_space_has_unused_values(kind: Any) -> None:
     # Exhausted: a repeat is allowed rather than failing.
     full = [*tried, Observed({"c": "d"}, ())]
     assert s.propose(5, full, (1, 3), 9)["c"] in "abcd"
+
+
+def test_what_a_trial_gave_is_re_derived_when_its_reports_grow() -> None:
+    """With indices the sampler keeps each trial's standing; a new report must still count."""
+    space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
+    # At rung 1 the higher x, the better; then the trials of x < 0.3 reach R and count as best.
+    pruned = [Observed({"x": i / 41}, (Report(1, i / 41, i),), i) for i in range(1, 41)]
+    cached = Sampler(space, "tpe", 0, "max")
+    before = [cached.propose(i, pruned, (1, 3), 9) for i in range(100, 130)]
+    grown = [
+        Observed(t.params, (*t.reports, Report(3, 0.5, 50), Report(9, 0.5, 51)), t.index)
+        if t.params["x"] < 0.3
+        else t
+        for t in pruned
+    ]
+    after = [cached.propose(i, grown, (1, 3), 9) for i in range(100, 130)]
+    fresh = Sampler(space, "tpe", 0, "max")
+    assert after == [fresh.propose(i, grown, (1, 3), 9) for i in range(100, 130)]
+    assert statistics.median(p["x"] for p in before) > 0.7
+    assert statistics.median(p["x"] for p in after) < 0.3
+
+
+def test_proposals_do_not_depend_on_whether_trials_carry_an_index() -> None:
+    tried = history(ALL_TYPES, 40, lambda p: -abs(p["u"] - 2.0))
+    indexed = [Observed(t.params, t.reports, i) for i, t in enumerate(tried)]
+    s = Sampler(ALL_TYPES, "tpe", 7, "max")
+    for index in range(41, 80):
+        assert s.propose(index, indexed, (1, 3), 9) == Sampler(ALL_TYPES, "tpe", 7, "max").propose(
+            index, tried, (1, 3), 9
+        )
