@@ -16,6 +16,7 @@ import pytest
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
+from tests.cluster.waiting import wait_for
 from tests.e2e.conftest import REPO, OperatorProcess
 from tests.e2e.test_operator import create_study, trials_of, wait_phase
 
@@ -118,6 +119,17 @@ def test_promote_and_final_training(
     env = json.loads((folder / "env.json").read_text())
     assert env["HPO_CHECKPOINT_DIR"] == f"/hpo-checkpoints/{checkpoint['path']}"
     assert env.get("HPO_STOP_RESOURCE") == str(MAX_RESOURCE) and "HPO_START_RESOURCE" in env, env
+
+    # Once the study is over, a Job deletes every checkpoint folder but the model's.
+    root = folder.parent
+    wait_for(
+        lambda: [p.name for p in root.iterdir()] == [final["trial"]] or None,
+        60,
+        0.2,
+        lambda: f"checkpoint folders left: {sorted(p.name for p in root.iterdir())}",
+    )
+    cleanup = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/promo-checkpoint-cleanup")
+    assert cleanup["metadata"]["ownerReferences"][0]["name"] == "promo"
 
 
 def _seconds(text: str) -> float:

@@ -17,7 +17,7 @@ from hpo_operator.kube.api import Api, ApiError, verb_and_resource
 from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.metrics import PrometheusMetrics
 from hpo_operator.kube.observe import to_rfc3339
-from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.reconcile import CreateJob, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.metrics import OperatorMetrics
 from tests.unit.test_kube_reconcile import T0, job, pod, running, study, trial, world
@@ -299,3 +299,12 @@ def test_every_api_request_is_timed_and_a_failed_one_counted_by_its_code(api_ser
     assert value("hpo_kube_api_request_duration_seconds_count", get_sa) == 1
     assert value("hpo_kube_api_errors_total", {**get_sa, "code": "404"}) == 1
     assert value("hpo_kube_api_errors_total", {"verb": "list", "resource": "pods", "code": "404"}) is None
+
+
+def test_a_resumed_run_is_the_same_trial_going_on_not_a_new_start() -> None:
+    h = Harness(T0 + 4)
+    w = world(study(), trial(0, (1, 0.9, 2), phase="Paused"))
+    h.seam.written(w, CreateJob("s-0", {"metadata": {"name": "s-0-run1"}}), T0 + 4)
+    assert not h.value("hpo_trials_started_total", **STUDY)
+    h.seam.written(w, CreateJob("s-0", {"metadata": {"name": "s-0"}}), T0 + 4)  # its first Job
+    assert h.value("hpo_trials_started_total", **STUDY) == 1

@@ -9,6 +9,7 @@ from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.reconcile import (
     FINAL_MIN_SECONDS,
     CreateClaim,
+    CreateCleanupJob,
     CreateJob,
     PatchTrialStatus,
     World,
@@ -157,3 +158,37 @@ def test_the_final_trainings_job_has_its_own_bound() -> None:
     assert env_of(created[0].job)["HPO_STOP_RESOURCE"] == "9"
     assert created[0].job["spec"]["activeDeadlineSeconds"] >= FINAL_MIN_SECONDS
     assert out.status is not None and out.status["final"]["trial"] == "s-1"
+
+
+def test_a_finished_study_deletes_every_checkpoint_but_the_models() -> None:
+    done = {"phase": "Succeeded", "final": {"trial": "s-1"}, "best": {"trial": "s-1"}}
+    trials = (
+        trial(0, (1, 0.5, 1), phase="Paused"),
+        trial(1, (9, 0.9, 20), phase="Completed"),
+        trial(2, (1, 0.4, 3), phase="Paused"),
+    )
+    s = promote_study(done)
+    s["spec"]["trialTemplate"]["spec"] |= {
+        "nodeSelector": {"pool": "gpu"},
+        "securityContext": {"runAsUser": 7},
+    }
+    outcome = reconcile(World(study=s, trials=trials), T0 + 30)
+    [cleanup] = [w for w in outcome.writes if isinstance(w, CreateCleanupJob)]
+    job_spec = cleanup.job["spec"]["template"]["spec"]
+    command = job_spec["containers"][0]["command"]
+    assert command[:4] == ["sh", "-c", 'rm -rf -- "$@"', "cleanup"]
+    assert command[4:] == ["/hpo-checkpoints/s-u/s-0", "/hpo-checkpoints/s-u/s-2"]  # s-1's model stays
+    assert job_spec["volumes"] == [
+        {"name": "hpo-checkpoints", "persistentVolumeClaim": {"claimName": "s-checkpoints"}}
+    ]
+    assert job_spec["nodeSelector"] == {"pool": "gpu"} and job_spec["securityContext"] == {"runAsUser": 7}
+    assert "resources" not in job_spec["containers"][0]  # no GPU for deleting files
+    assert cleanup.job["metadata"]["ownerReferences"][0]["uid"] == "u"
+    # Level-based: once the Job exists nothing more is written; while a trial's pod runs, it waits.
+    named = {cleanup.job["metadata"]["name"]: job(cleanup.job["metadata"]["name"])}
+    assert reconcile(World(study=s, trials=trials, jobs=named), T0 + 31).writes == []
+    running = World(study=s, trials=trials, pods={"s-2": (pod("s-2"),)}, jobs={"s-2": job("s-2", "Complete")})
+    assert not [w for w in reconcile(running, T0 + 31).writes if isinstance(w, CreateCleanupJob)]
+    # Without spec.checkpoints there is nothing to clean.
+    plain = study(done)
+    assert not [w for w in reconcile(World(study=plain, trials=trials), T0 + 30).writes]

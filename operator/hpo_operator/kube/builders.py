@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,64 @@ def checkpoint_path(study: Mapping[str, Any], trial: str) -> str:
     study of the same name from resuming old checkpoints."""
     meta = study["metadata"]
     return f"{meta['name']}-{meta['uid']}/{trial}"
+
+
+def cleanup_job_name(study: str) -> str:
+    return f"{study}-checkpoint-cleanup"
+
+
+# Pod settings of the trial template that the cleanup pod keeps: where it may run, and as whom (the
+# files on the claim belong to the trials' user).
+_CLEANUP_POD_KEYS = ("nodeSelector", "tolerations", "affinity", "imagePullSecrets", "securityContext")
+
+
+def build_cleanup_job(study: Mapping[str, Any], trials: Sequence[str]) -> JSON | None:
+    """A Job, owned by the study, that deletes ``trials``' checkpoint folders from the study's claim
+    with the trial image's ``sh`` and ``rm``; None without a claim or a folder to delete."""
+    claim = checkpoint_claim(study)
+    if claim is None or not trials:
+        return None
+    meta = study["metadata"]
+    template = study["spec"]["trialTemplate"].get("spec") or {}
+    trial_container = (template.get("containers") or [{}])[0]
+    container: JSON = {
+        "name": "cleanup",
+        "image": trial_container.get("image", ""),
+        "command": [
+            "sh",
+            "-c",
+            'rm -rf -- "$@"',
+            "cleanup",
+            *(f"{CHECKPOINT_MOUNT}/{checkpoint_path(study, t)}" for t in trials),
+        ],
+        "volumeMounts": [{"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT}],
+    }
+    for key in ("securityContext", "imagePullPolicy"):
+        if key in trial_container:
+            container[key] = copy.deepcopy(trial_container[key])
+    pod_spec: JSON = {key: copy.deepcopy(template[key]) for key in _CLEANUP_POD_KEYS if key in template}
+    pod_spec |= {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [{"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim}}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": cleanup_job_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels(meta["name"]),
+            "ownerReferences": [owner_reference(study)],
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "completions": 1,
+            "parallelism": 1,
+            "template": {"metadata": {"labels": labels(meta["name"])}, "spec": pod_spec},
+        },
+    }
 
 
 def build_claim(study: Mapping[str, Any]) -> JSON | None:

@@ -172,7 +172,10 @@ class PrometheusMetrics:
             self.metrics.trial_finished(namespace, name, OUTCOMES[str(phase)])
             if phase == "Pruned" and end is not None:
                 self.metrics.observe_decision_latency(at - end)
-        elif isinstance(write, CreateTrial | CreateJob):
+        elif isinstance(write, CreateTrial) or (
+            # A trial's first Job; a resumed run's Job is the same trial going on.
+            isinstance(write, CreateJob) and write.job["metadata"]["name"] == write.trial
+        ):
             with self._lock:
                 ends = self._ends.get(key)
                 end = ends.pop(0) if ends else None

@@ -27,11 +27,13 @@ from ..study import (
 )
 from .builders import (
     build_claim,
+    build_cleanup_job,
     build_job,
     build_trial,
     build_trial_access,
     checkpoint_claim,
     checkpoint_path,
+    cleanup_job_name,
     run_of,
 )
 from .capacity import Capacity
@@ -98,6 +100,14 @@ class CreateClaim:
 
 
 @dataclass(frozen=True)
+class CreateCleanupJob:
+    """The Job that deletes the checkpoints no trial will resume from (409: it exists)."""
+
+    job: JSON
+    event: Event
+
+
+@dataclass(frozen=True)
 class CreateTrial:
     """Create the HPOTrial (409: it exists), then its Job owned by it; the event only if new."""
 
@@ -135,7 +145,16 @@ class PatchJobDeadline:
     seconds: int
 
 
-Write = CreateAccess | CreateClaim | CreateTrial | CreateJob | PatchTrialStatus | DeleteJob | PatchJobDeadline
+Write = (
+    CreateAccess
+    | CreateClaim
+    | CreateCleanupJob
+    | CreateTrial
+    | CreateJob
+    | PatchTrialStatus
+    | DeleteJob
+    | PatchJobDeadline
+)
 
 
 @dataclass(frozen=True)
@@ -591,9 +610,31 @@ def _settled(world: World, now: float) -> Outcome:
         phase = (trial.get("status") or {}).get("phase")
         job_name = current_job_name(trial)
         job = world.jobs.get(job_name)
-        if phase not in TERMINAL_TRIAL_PHASES:
+        if phase not in TERMINAL_TRIAL_PHASES and phase != "Paused":  # a paused trial stays as it ended
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
         if phase != "Completed" and _still_running(world, name, job):
             writes.append(DeleteJob(job_name, _live_pods(world, name)))
+    if not writes:
+        writes += _checkpoint_cleanup(world)
     return Outcome(writes=writes)
+
+
+def _checkpoint_cleanup(world: World) -> list[Write]:
+    """Once no trial runs, delete every checkpoint folder but the model's (the final training's,
+    else the best trial's): no trial of a finished study resumes."""
+    study = world.study
+    name = study["metadata"]["name"]
+    if checkpoint_claim(study) is None or cleanup_job_name(name) in world.jobs:
+        return []
+    if any(_live_pods(world, t["metadata"]["name"]) for t in world.trials):
+        return []
+    status = study.get("status") or {}
+    keep = (status.get("final") or {}).get("trial") or (status.get("best") or {}).get("trial")
+    drop = sorted(t["metadata"]["name"] for t in world.trials if t["metadata"]["name"] != keep)
+    job = build_cleanup_job(study, drop)
+    if job is None:
+        return []
+    kept = f", keeping {keep}'s" if keep else ""
+    event = Event("CheckpointCleanup", f"deleting the checkpoints of {len(drop)} trials{kept}")
+    return [CreateCleanupJob(job, event)]

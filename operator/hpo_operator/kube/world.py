@@ -24,6 +24,7 @@ from .observe import to_rfc3339
 from .reconcile import (
     CreateAccess,
     CreateClaim,
+    CreateCleanupJob,
     CreateJob,
     CreateTrial,
     DeleteJob,
@@ -145,6 +146,10 @@ class Cluster:
         elif isinstance(write, CreateClaim):
             claims = ns_path("", "v1", namespace, "persistentvolumeclaims")
             return self.api.create(claims, write.claim) is not None
+        elif isinstance(write, CreateCleanupJob):
+            if self.api.create(job_path(namespace), write.job) is None:
+                return False
+            self.event(study, write.event)
         elif isinstance(write, CreateTrial):
             created = self.api.create(trial_path(namespace), write.trial)
             if created is None:
