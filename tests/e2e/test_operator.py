@@ -323,6 +323,7 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     print(summary("pruning report -> pod gone", to_gone))
     print(summary("trial pod end -> next trial pod created", next_pod_latencies(watch)))
     print(f"study: {len(trials)} trials, {len(pruned)} pruned, {time.time() - started:.1f}s, budget {budget}")
+    print(f"trials with more than one pod: { ({t: n for t, n in watch.added_per_trial.items() if n > 1}) }")
     assert max(to_gone) < 5, to_gone
 
     # Events for humans: starts, prunes, the finish.
