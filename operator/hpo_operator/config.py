@@ -333,7 +333,13 @@ class StudySpec(_Camel):
         default="auto", description="Trials at once: 'auto' (as many as free GPUs allow) or a number"
     )
     gpus_per_trial: int = Field(default=1, ge=0, strict=True)
-    max_failed_trials: int | None = Field(default=None, ge=1, strict=True)
+    max_failed_trials: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="The study fails once this many trials failed; unset: once at least 3 failed and "
+        "failures are at least half of the ended trials",
+    )
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = Field(
         default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube) or tpe (model-based)"
