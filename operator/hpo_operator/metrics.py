@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -167,6 +167,11 @@ class OperatorMetrics:
             "hpo_kube_api_errors",
             "Kubernetes API requests that failed, by HTTP status code (<error>: no answer).",
             ("verb", "resource", "code"),
+            registry=self.registry,
+        )
+        self._leader = Gauge(
+            "hpo_operator_leader",
+            "1 while this replica reconciles: it holds the leader Lease, or runs without leader election.",
             registry=self.registry,
         )
         self.registry.register(_StudyCollector(self))
@@ -282,6 +287,9 @@ class OperatorMetrics:
             self.observe_api(verb, resource, self._clock() - started, code)
             raise
         self.observe_api(verb, resource, self._clock() - started)
+
+    def set_leader(self, leading: bool) -> None:
+        self._leader.set(1 if leading else 0)
 
     # --- liveness ---------------------------------------------------------------------------------
 

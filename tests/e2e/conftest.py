@@ -14,7 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -70,9 +70,10 @@ def free_port() -> int:
 class OperatorProcess:
     """`hpo operator` as a child process; started, killed and restarted by its pid only."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_path: Path, args: Sequence[str] = ()) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.args = tuple(args)  # more arguments to `hpo operator`
         self.port = free_port()  # /healthz
         self.metrics_port = free_port()  # /metrics
         self.proc: subprocess.Popen[bytes] | None = None
@@ -81,7 +82,8 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hpo_operator", "operator", "--kubeconfig", str(self.kubeconfig),
-             "--liveness-port", str(self.port), "--metrics-port", str(self.metrics_port), "--resync", "5"],
+             "--liveness-port", str(self.port), "--metrics-port", str(self.metrics_port), "--resync", "5",
+             *self.args],
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
         )  # fmt: skip

@@ -604,6 +604,11 @@ def test_the_operator_account_can_do_exactly_what_the_chart_grants(
     for verb, resource in denied:
         assert (verb, resource) not in granted
         assert not can_i(cluster, user, verb, resource, namespace), (verb, resource)
+    # The leader Lease: in the operator's own namespace only.
+    for verb in ("get", "create", "update"):
+        assert can_i(cluster, user, verb, "leases.coordination.k8s.io", OPERATOR_NAMESPACE), verb
+        assert not can_i(cluster, user, verb, "leases.coordination.k8s.io", namespace), verb
+    assert not can_i(cluster, user, "delete", "leases.coordination.k8s.io", OPERATOR_NAMESPACE)
 
 
 def test_a_trial_account_may_patch_only_its_own_namespaces_trial_status(

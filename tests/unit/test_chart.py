@@ -29,7 +29,15 @@ COMMON_LABELS = {
     "helm.sh/chart": "hpo-operator-0.1.0",
     "app.kubernetes.io/managed-by": "Helm",
 }
-DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+DEFAULT_KINDS = [
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Deployment",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "ServiceAccount",
+]
 
 Obj = dict[str, Any]
 
@@ -114,7 +122,7 @@ def test_helm_lint_is_clean(sets: tuple[str, ...]) -> None:
 def test_the_defaults_render_the_operator_and_nothing_optional() -> None:
     objects = render()
     assert kinds(objects) == DEFAULT_KINDS
-    assert {o["metadata"]["name"] for o in objects} == {"hpo-operator"}
+    assert {o["metadata"]["name"] for o in objects} == {"hpo-operator", "hpo-operator-leader-election"}
 
 
 def test_the_crds_ship_with_the_chart() -> None:
@@ -148,7 +156,14 @@ def test_the_deployment_runs_one_hpo_operator_with_its_ports_and_liveness_probe(
     main = container(objects)
     assert main["image"] == "hpo-operator:0.1.0"
     assert main["command"] == ["hpo", "operator"]
-    assert main["args"] == ["--resync=30", "--metrics-port=8080", "--liveness-port=8081"]
+    assert main["args"] == [
+        "--resync=30",
+        "--metrics-port=8080",
+        "--liveness-port=8081",
+        "--leader-elect",
+        f"--leader-election-namespace={NAMESPACE}",
+        "--leader-election-id=hpo-operator",
+    ]
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"metrics": 8080, "healthz": 8081}
     probe = main["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "healthz"}
@@ -173,6 +188,9 @@ def test_values_reach_the_operators_arguments_and_pod() -> None:
     assert main["args"] == [
         "--resync=12",
         "--metrics-port=9100",
+        "--leader-elect",
+        f"--leader-election-namespace={NAMESPACE}",
+        "--leader-election-id=hpo-operator",
         "--namespace=team-a",
         "--namespace=team-b",
         "--kubeconfig=/etc/kube/config",
@@ -183,6 +201,24 @@ def test_values_reach_the_operators_arguments_and_pod() -> None:
     assert pod["spec"]["nodeSelector"] == {"pool": "system"}
     assert pod["spec"]["priorityClassName"] == "system-cluster-critical"
     assert pod["metadata"]["labels"] == {**SELECTOR_LABELS, "team": "ml"}
+
+
+def test_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
+    objects = render("replicaCount=3", "leaderElection.leaseName=hpo-leader")
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    assert "--leader-election-id=hpo-leader" in container(objects)["args"]
+    role = one(objects, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    binding = one(objects, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    # Without it: one replica, no Lease, no Role.
+    plain = render("leaderElection.enabled=false")
+    assert not any(a.startswith("--leader") for a in container(plain)["args"])
+    assert "Role" not in kinds(plain)
 
 
 # --- labels and names --------------------------------------------------------------------------
@@ -350,7 +386,9 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
 
 
 def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
-    objects = render("trialRbac.create=true", "trialRbac.namespaces={team-a,team-b}")
+    objects = render(
+        "trialRbac.create=true", "trialRbac.namespaces={team-a,team-b}", "leaderElection.enabled=false"
+    )
     roles = [o for o in objects if o["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
@@ -401,7 +439,11 @@ def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
         ),
         (("podLabels.app\\.kubernetes\\.io/name=other",), "podLabels may not set app.kubernetes.io/name"),
         (("serviceMonitor.enabled=sometimes",), "value must be one of true, false, 'auto'"),
-        (("replicaCount=2",), "additional properties 'replicaCount' not allowed"),
+        (
+            ("replicaCount=2", "leaderElection.enabled=false"),
+            "replicaCount=2 needs leaderElection.enabled=true",
+        ),
+        (("replicas=2",), "additional properties 'replicas' not allowed"),
         (("metrics.port=70000",), "maximum"),
     ],
     ids=[
@@ -413,6 +455,7 @@ def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
         "trial-rbac-outside-watched",
         "pod-label-overrides-selector",
         "bad-enabled",
+        "replicas-without-leader-election",
         "unknown-key",
         "bad-port",
     ],

@@ -39,3 +39,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The leader Lease's name, and the name of the Role and RoleBinding that let the operator hold it.
+*/}}
+{{- define "hpo-operator.leaseName" -}}
+{{- default (include "hpo-operator.fullname" .) .Values.leaderElection.leaseName -}}
+{{- end -}}
+
+{{- define "hpo-operator.leaderElectionName" -}}
+{{- printf "%s-leader-election" (include "hpo-operator.fullname" . | trunc 46 | trimSuffix "-") -}}
+{{- end -}}

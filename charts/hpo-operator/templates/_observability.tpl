@@ -72,6 +72,9 @@ Rendered (empty) at the top of the Deployment, so every install and template che
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) -}}
+{{- fail (printf "replicaCount=%v needs leaderElection.enabled=true: replicas without it reconcile the same studies at once" $v.replicaCount) -}}
+{{- end -}}
 {{- $selector := include "hpo-operator.selectorLabels" . | fromYaml -}}
 {{- range $key, $_ := $v.podLabels -}}
 {{- if hasKey $selector $key -}}

@@ -24,23 +24,41 @@ import click
 @click.option("--liveness-port", type=click.IntRange(1, 65535), default=None, help="Serve /healthz here")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve /metrics here")
 @click.option("--resync", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Seconds")
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Reconcile only while holding a Lease, so that several replicas can run (one leads)",
+)
+@click.option(
+    "--leader-election-namespace",
+    default=None,
+    help="The Lease's namespace; default: $POD_NAMESPACE, else the pod's own, else default",
+)
+@click.option("--leader-election-id", default="hpo-operator", show_default=True, help="The Lease's name")
 def operator_command(
     namespaces: tuple[str, ...],
     kubeconfig: str | None,
     liveness_port: int | None,
     metrics_port: int | None,
     resync: float,
+    leader_elect: bool,
+    leader_election_namespace: str | None,
+    leader_election_id: str,
 ) -> None:
     """Run the operator: HPOStudy resources to GPU trial Jobs, until interrupted."""
     try:
         from .engine import EngineSettings
-        from .main import run_operator
+        from .main import LeaderSettings, default_lease_namespace, run_operator
     except ImportError as err:
         click.echo(
             f"error: hpo operator needs the operator extra ({err}): pip install 'hpo-operator[operator]'"
         )
         sys.exit(2)
-    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, EngineSettings(resync_seconds=resync))
+    leader = None
+    if leader_elect:
+        leader = LeaderSettings(leader_election_namespace or default_lease_namespace(), leader_election_id)
+    settings = EngineSettings(resync_seconds=resync)
+    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, settings, leader)
 
 
 @click.command(name="crds")

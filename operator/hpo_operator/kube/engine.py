@@ -59,6 +59,8 @@ class Engine:
     _timers: dict[Key, asyncio.TimerHandle] = field(default_factory=dict, init=False)
     _generations: dict[Key, Any] = field(default_factory=dict, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    # Set while this replica may reconcile: always without leader election, else while it leads.
+    _leading: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -101,9 +103,22 @@ class Engine:
 
     # --- running --------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, leading: bool = True) -> None:
+        """Start the workers and the resync; ``leading`` False: queue keys, reconcile nothing until
+        ``begin_leading``."""
+        if leading:
+            self._leading.set()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
         self._tasks.append(asyncio.create_task(self._resync()))
+
+    def begin_leading(self) -> None:
+        """This replica now leads: reconcile every study, whatever the queue holds."""
+        self._leading.set()
+        self._tasks.append(asyncio.create_task(self._enqueue_all()))
+
+    def stop_leading(self) -> None:
+        """Another replica may lead now: take no key from the queue from here on."""
+        self._leading.clear()
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -116,7 +131,11 @@ class Engine:
 
     async def _worker(self) -> None:
         while True:
+            await self._leading.wait()
             key = await self._queue.get()
+            if not self._leading.is_set():  # lost the lead while waiting: keep the key queued
+                self._queue.put_nowait(key)
+                continue
             self._queued.discard(key)
             self._running.add(key)
             try:
@@ -155,12 +174,15 @@ class Engine:
         while True:
             # The loop runs only while the event loop does: a stalled engine stops beating.
             self.metrics.heartbeat()
-            try:
-                for key in await asyncio.to_thread(self._list_studies):
-                    self.enqueue(key)
-            except TRANSIENT_ERRORS as err:
-                log.warning("listing studies failed: %s", err)
+            await self._enqueue_all()
             await asyncio.sleep(self.settings.resync_seconds)
+
+    async def _enqueue_all(self) -> None:
+        try:
+            for key in await asyncio.to_thread(self._list_studies):
+                self.enqueue(key)
+        except TRANSIENT_ERRORS as err:
+            log.warning("listing studies failed: %s", err)
 
     def _list_studies(self) -> list[Key]:
         paths = [study_path(ns) for ns in self.namespaces] or [f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"]

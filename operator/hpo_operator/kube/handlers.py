@@ -20,7 +20,7 @@ CHILD = {STUDY_LABEL: kopf.PRESENT}
 
 
 def _engine(memo: Any) -> Engine:
-    engine: Engine = memo.engine
+    engine: Engine = memo.leadership.engine
     return engine
 
 
@@ -32,12 +32,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # and CPU the reconciles need.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
-    await _engine(memo).start()
+    await memo.leadership.start()
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    await _engine(memo).stop()
+    await memo.leadership.stop()
 
 
 @kopf.on.login()
