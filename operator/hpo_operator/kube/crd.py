@@ -155,7 +155,9 @@ def study_crd() -> Schema:
 def trial_crd() -> Schema:
     columns = [
         _column("Study", "string", ".spec.study", "The study the trial belongs to"),
-        _column("Phase", "string", ".status.phase", "Pending, Running, Completed, Pruned, Failed, Stopped"),
+        _column(
+            "Phase", "string", ".status.phase", "Pending, Running, Paused, Completed, Pruned, Failed, Stopped"
+        ),
         _column("Resource", "number", ".status.resource", "The highest resource (epochs) reported"),
         _column("Value", "number", ".status.lastValue", "The last value reported"),
         _column("Rung", "integer", ".status.rung", "The rung a pruned trial stopped at", 1),

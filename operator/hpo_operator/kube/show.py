@@ -42,6 +42,16 @@ def render_study(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) 
             f"at resource {_num(best['resource'])}"
         )
         lines += [f"    {k}: {v}" for k, v in sorted(best["hyperparameters"].items())]
+    final = status.get("final")
+    if final:
+        line = f"  final training: {final['trial']} {final.get('phase', '')}"
+        if final.get("value") is not None:
+            metric = spec.get("metric", "value")
+            line += f", {metric} {_num(final['value'])} at resource {_num(final.get('resource'))}"
+        checkpoint = final.get("checkpoint")
+        if checkpoint:
+            line += f"; model in claim {checkpoint['claimName']}, path {checkpoint['path']}"
+        lines.append(line)
     if trials:
         lines.append(f"  {'TRIAL':<28} {'PHASE':<10} {'RESOURCE':>8} {'VALUE':>10}  NOTE")
     for t in sorted(trials, key=lambda t: int(t["spec"]["index"])):
