@@ -4,14 +4,16 @@
 
 Both contenders run the reference trainer (``python -m hpo_trial.train --dataset digits --model
 tiny``, scikit-learn's digits, epochs as the resource) over the search space of
-``examples/demo/hpo_config.yaml`` with one trial at a time, under the same wall-clock budget:
+``examples/demo/hpo_config.yaml`` with the same number of trials at once (``--workers``, CPU slots
+of one thread each), under the same wall-clock budget:
 
-* ``ours``: ``hpo run CONFIG --budget B --gpus 0 --cpu-slots 1`` (the config's seed set per run);
+* ``ours``: ``hpo run CONFIG --budget B --gpus 0 --cpu-slots W`` (the config's seed set per run);
   the answer is ``best.json``.
 * ``optuna-sh-tpe``: Optuna's TPESampler and SuccessiveHalvingPruner (min_resource 1, reduction
   factor 3) over ask/tell; each trial is the same command with the trial environment, its reports
-  read from ``HPO_REPORT_FILE``; a pruned trial gets SIGTERM. As ``study.optimize(timeout=B)``, no
-  trial starts after the budget and a running trial finishes. Its first trial is the defaults.
+  read from ``HPO_REPORT_FILE``, W processes at once; a pruned trial gets SIGTERM. As
+  ``study.optimize(timeout=B, n_jobs=W)``, no trial starts after the budget and running trials
+  finish. Its first trial is the defaults.
 
 Reported: the best validation accuracy at the full resource (the selection metric, so optimistic
 for both alike), trials run, and wall clock against the budget. Writes
@@ -51,16 +53,16 @@ def _env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def run_ours(budget: float, seed: int, work: Path) -> dict[str, Any]:
+def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, Any]:
     raw = yaml.safe_load(CONFIG.read_text())
     raw["seed"] = seed
     config = work / f"ours-{seed}.yaml"
     config.write_text(yaml.safe_dump(raw))
-    out = work / f"ours-{seed}"
+    out = work / f"ours-{seed}-{workers}"
     hpo = Path(sys.executable).parent / "hpo"
     started = time.monotonic()
     done = subprocess.run(
-        [str(hpo), "run", str(config), "--budget", f"{budget:g}", "--gpus", "0", "--cpu-slots", "1",
+        [str(hpo), "run", str(config), "--budget", f"{budget:g}", "--gpus", "0", "--cpu-slots", str(workers),
          "--out", str(out), "--", sys.executable, *TRAINER],
         capture_output=True, text=True, env=_env(), cwd=REPO,
     )  # fmt: skip
@@ -70,6 +72,7 @@ def run_ours(budget: float, seed: int, work: Path) -> dict[str, Any]:
     return {
         "contender": "ours",
         "seed": seed,
+        "workers": workers,
         "exit": done.returncode,
         "best_accuracy": best.get("value"),
         "best": best,
@@ -79,7 +82,41 @@ def run_ours(budget: float, seed: int, work: Path) -> dict[str, Any]:
     }
 
 
-def run_optuna(budget: float, seed: int, work: Path) -> dict[str, Any]:
+class _OptunaTrial:
+    """One Optuna trial running as the trainer's process, its reports read from its report file."""
+
+    def __init__(self, trial: Any, params: dict[str, Any], work: Path, tag: str, env: dict[str, str]) -> None:
+        self.trial = trial
+        self.report_file = work / f"optuna-{tag}-{trial.number}.jsonl"
+        env = {
+            **env,
+            "HPO_HYPERPARAMETERS": json.dumps(params),
+            "HPO_REPORT_FILE": str(self.report_file),
+            "HPO_CHECKPOINT_DIR": str(work / f"ckpt-{tag}-{trial.number}"),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, *TRAINER],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.seen = 0
+        self.last: dict[str, Any] | None = None
+
+    def new_reports(self) -> list[dict[str, Any]]:
+        lines = self.report_file.read_text().splitlines() if self.report_file.exists() else []
+        fresh = [json.loads(line) for line in lines[self.seen :]]
+        self.seen = len(lines)
+        if fresh:
+            self.last = fresh[-1]
+        return fresh
+
+
+def run_optuna(budget: float, seed: int, work: Path, workers: int) -> dict[str, Any]:
+    """Optuna SH+TPE over ask/tell with ``workers`` trainer processes at once; as
+    ``study.optimize(timeout=budget, n_jobs=workers)``: no trial starts after the budget, running
+    trials finish."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,60 +129,46 @@ def run_optuna(budget: float, seed: int, work: Path) -> dict[str, Any]:
     )
     space = config.space
     study.enqueue_trial(space.initial())
+    env = {**_env(), "HPO_METRIC": config.metric, "HPO_MAX_RESOURCE": str(max_resource)}
     started = time.monotonic()
     trials = 0
-    while time.monotonic() - started < budget:
-        trial = study.ask()
-        params: dict[str, Any] = {}
-        for p in space.params:
-            x = trial.suggest_float(p.name, p.low, p.high, log=p.log)
-            params[p.name] = p.grid_value(p.nearest_grid_index(x)) if p.quantized else x
-        report_file = work / f"optuna-{seed}-{trial.number}.jsonl"
-        env = _env()
-        env.update(
-            HPO_HYPERPARAMETERS=json.dumps(params),
-            HPO_REPORT_FILE=str(report_file),
-            HPO_METRIC=config.metric,
-            HPO_MAX_RESOURCE=str(max_resource),
-            HPO_CHECKPOINT_DIR=str(work / f"ckpt-{seed}-{trial.number}"),
-        )
-        proc = subprocess.Popen(
-            [sys.executable, *TRAINER],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        trials += 1
-        seen, last, pruned = 0, None, False
-        while True:
-            exited = proc.poll() is not None
-            lines = report_file.read_text().splitlines() if report_file.exists() else []
-            for line in lines[seen:]:
-                report = json.loads(line)
-                last = report
-                trial.report(float(report["value"]), int(report["resource"]))
-                if int(report["resource"]) < max_resource and trial.should_prune():
+    running: list[_OptunaTrial] = []
+    while running or time.monotonic() - started < budget:
+        while len(running) < workers and time.monotonic() - started < budget:
+            trial = study.ask()
+            params: dict[str, Any] = {}
+            for p in space.params:
+                x = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+                params[p.name] = p.grid_value(p.nearest_grid_index(x)) if p.quantized else x
+            running.append(_OptunaTrial(trial, params, work, f"{seed}-{workers}", env))
+            trials += 1
+        for t in list(running):
+            exited = t.proc.poll() is not None
+            pruned = False
+            for report in t.new_reports():
+                t.trial.report(float(report["value"]), int(report["resource"]))
+                if int(report["resource"]) < max_resource and t.trial.should_prune():
                     pruned = True
-            seen = len(lines)
             if pruned:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait()
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                break
-            if exited:
-                if last is not None and int(last["resource"]) >= max_resource:
-                    study.tell(trial, float(last["value"]))
+                t.proc.send_signal(signal.SIGTERM)
+                t.proc.wait()
+                study.tell(t.trial, state=optuna.trial.TrialState.PRUNED)
+            elif exited:
+                if t.last is not None and int(t.last["resource"]) >= max_resource:
+                    study.tell(t.trial, float(t.last["value"]))
                 else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                break
-            time.sleep(0.2)
+                    study.tell(t.trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                continue
+            running.remove(t)
+        time.sleep(0.2)
     elapsed = time.monotonic() - started
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value or 0.0) if complete else None
     return {
         "contender": "optuna-sh-tpe",
         "seed": seed,
+        "workers": workers,
         "best_accuracy": None if best is None else best.value,
         "best": None if best is None else best.params,
         "trials": trials,
@@ -158,24 +181,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per study")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="trials at once (CPU slots)")
     parser.add_argument("--out", type=Path, default=RESULTS / "digits.json")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
+        # Seed-major, contenders alternating: a change in the machine's load hits both alike.
         for seed in range(args.seeds):
-            for run in (run_ours, run_optuna):
-                row = run(args.budget, seed, Path(tmp))
-                print(json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True)
-                rows.append(row)
-    summary = {}
-    for name in ("ours", "optuna-sh-tpe"):
-        accs = [r["best_accuracy"] for r in rows if r["contender"] == name and r["best_accuracy"] is not None]
-        summary[name] = {
-            "best_accuracy_mean": statistics.fmean(accs) if accs else None,
-            "best_accuracy_each": accs,
-            "overrun_max": max(r["overrun"] for r in rows if r["contender"] == name),
-            "trials_mean": statistics.fmean(r["trials"] for r in rows if r["contender"] == name),
-        }
+            for workers in args.workers:
+                for run in (run_ours, run_optuna):
+                    row = run(args.budget, seed, Path(tmp), workers)
+                    print(
+                        json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
+                    )
+                    rows.append(row)
+    summary: dict[str, Any] = {}
+    for workers in args.workers:
+        for name in ("ours", "optuna-sh-tpe"):
+            mine = [r for r in rows if r["contender"] == name and r["workers"] == workers]
+            accs = [r["best_accuracy"] for r in mine if r["best_accuracy"] is not None]
+            summary[f"{name} {workers}w"] = {
+                "best_accuracy_mean": statistics.fmean(accs) if accs else None,
+                "best_accuracy_each": accs,
+                "overrun_max": max(r["overrun"] for r in mine),
+                "trials_mean": statistics.fmean(r["trials"] for r in mine),
+            }
     command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
