@@ -124,12 +124,7 @@ def build_cleanup_job(study: Mapping[str, Any], trials: Sequence[str]) -> JSON |
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {
-            "name": cleanup_job_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels(meta["name"]),
-            "ownerReferences": [owner_reference(study)],
-        },
+        "metadata": owned_by_study(study, cleanup_job_name(meta["name"])),
         "spec": {
             "backoffLimit": 2,
             "completions": 1,
@@ -154,13 +149,19 @@ def build_claim(study: Mapping[str, Any]) -> JSON | None:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {
-            "name": created_claim_name(meta["name"]),
-            "namespace": meta["namespace"],
-            "labels": labels(meta["name"]),
-            "ownerReferences": [owner_reference(study)],
-        },
+        "metadata": owned_by_study(study, created_claim_name(meta["name"])),
         "spec": spec,
+    }
+
+
+def owned_by_study(study: Mapping[str, Any], name: str) -> JSON:
+    """Metadata of an object of the study's: in its namespace, with its label, deleted with it."""
+    meta = study["metadata"]
+    return {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": labels(meta["name"]),
+        "ownerReferences": [owner_reference(study)],
     }
 
 
@@ -330,12 +331,7 @@ def build_trial_access(study: Mapping[str, Any]) -> list[JSON]:
     """ServiceAccount, Role and RoleBinding with which trial pods may only get and patch their status."""
     meta = study["metadata"]
     name, namespace = trial_access_name(meta["name"]), meta["namespace"]
-    common = {
-        "name": name,
-        "namespace": namespace,
-        "labels": labels(meta["name"]),
-        "ownerReferences": [owner_reference(study)],
-    }
+    common = owned_by_study(study, name)
     rbac = "rbac.authorization.k8s.io"
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
