@@ -429,6 +429,7 @@ def stats(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 past_launch_deadline=sum(1 for r in ran if r["overrun_launch"] > 0),
                 overrun_launch_max=worst_launch["overrun_launch"],
                 overrun_launch_max_pct=100 * worst_launch["overrun_launch"] / worst_launch["budget"],
+                start_lag_max=max(r["start_lag"] for r in ran),
                 budget_mean=statistics.fmean(r["budget"] for r in ran),
                 budget_used_mean=used,
                 budget_used_ci95=used_half,
@@ -436,6 +437,12 @@ def stats(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 completed_mean=statistics.fmean(r["completed"] for r in ran),
                 failed=sum(1 for r in ran if r["state"] != "Succeeded"),
             )
+            if backend == "cluster":
+                s.update(
+                    overrun_status_max=max(r["overrun_status"] for r in ran),
+                    overrun_pods_max=max(r["overrun_pods"] for r in ran),
+                    pods_after_deadline=sum(r["pods_ended_after_deadline"] for r in ran),
+                )
         out.append(s)
     return out
 
@@ -470,14 +477,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=6, help="studies at once")
     parser.add_argument("--keep", action="store_true", help="keep the work folders and the cluster's state")
     parser.add_argument("--out", type=Path, default=RESULTS / "budget_real.json")
+    parser.add_argument(
+        "--runs", nargs="+", type=Path, default=None, help="summarise the runs of these result files instead"
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
     rows: list[dict[str, Any]] = []
-    for backend in args.backend:
-        rows += run_backend(backend, args.conditions, args.ratios, args.seeds, args.concurrency, args.keep)
+    if args.runs:
+        for path in args.runs:
+            rows += json.loads(path.read_text())["runs"]
+    else:
+        for backend in args.backend:
+            rows += run_backend(
+                backend, args.conditions, args.ratios, args.seeds, args.concurrency, args.keep
+            )
     # Keep what other backends measured before, so each backend can be rerun alone.
-    if args.out.exists():
+    if args.out.exists() and not args.runs:
         old = json.loads(args.out.read_text()).get("runs", [])
         rows = [r for r in old if r["backend"] not in args.backend] + rows
     summary = stats(rows)
