@@ -9,6 +9,9 @@ times. The harness computes every metric from the Trace, the same way for everyo
   ``hpo_operator.simulate``. ``ours:<sampler>`` sets the study config's ``sampler`` field (a
   model-based or quasi-random sampler inside our ASHA); while the core has no such field the
   contender reports itself unavailable. ``register`` adds any other variant.
+* ``ours-promote`` / ``ours-promote:<sampler>``: the same core with ``asha_variant = "promote"``
+  (issue 9): a trial pauses at each rung and the top ``1/eta`` of a rung are resumed from their
+  checkpoint to the next level; every resumption is a new run that pays the start-up again.
 * ``optuna-sh-random``, ``optuna-sh-tpe``, ``optuna-hb-random``, ``optuna-hb-tpe``: Optuna's
   SuccessiveHalvingPruner / HyperbandPruner with its RandomSampler / TPESampler (library defaults
   except ``min_resource = 1`` and ``reduction_factor = 3``, as ours), driven through ask/tell with
@@ -22,6 +25,11 @@ times. The harness computes every metric from the Trace, the same way for everyo
   trial resumes from where it stopped (a free checkpoint). Like ``time_budget_s`` every trial is
   stopped at the deadline.
 * ``random``: random search, every trial trained to R, no trial started after the deadline.
+
+``START_SECONDS`` is the start-up every run of a trial pays before its first epoch (a new process or
+pod: image start, imports, data loading), the same for every contender: once per trial for ``ours``,
+Optuna and random search, once per run for ``ours-promote`` and for a resumed Ray HyperBand trial.
+One training is then ``START_SECONDS + R`` epochs, and the budget ``ratio`` x that.
 
 Every contender's first trial is the default configuration (``SearchSpace.initial()``), as this
 project's core always does it (Optuna: ``enqueue_trial``; Ray Tune: ``points_to_evaluate``).
@@ -48,6 +56,8 @@ METRIC = "loss"
 # Every peer's first trial is the default configuration (the middle of each range), as this
 # project's first trial is: Optuna's enqueue_trial, Ray Tune's points_to_evaluate.
 DEFAULTS_FIRST = True
+# Start-up seconds of every run of a trial (a new trial, or a resumed one), for every contender.
+START_SECONDS = 0.0
 
 
 class Unavailable(RuntimeError):
@@ -61,6 +71,7 @@ class TrialRecord:
     created_at: float
     reports: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, value, time)
     ended_at: float | None = None
+    runs: int = 1  # the trial's first run and every resumption of it
 
 
 @dataclass
@@ -92,6 +103,15 @@ def space_of(problem: Problem) -> SearchSpace:
     return parse_space(problem.hp_space)
 
 
+def one_training(problem: Problem) -> float:
+    """Seconds of one training with the default configuration: start-up and R epochs."""
+    return problem.train_seconds() + START_SECONDS
+
+
+def budget_of(problem: Problem, ratio: float) -> float:
+    return ratio * one_training(problem)
+
+
 # --- ours ------------------------------------------------------------------------------------
 
 
@@ -103,7 +123,7 @@ def study_config(problem: Problem, ratio: float, seed: int, sampler: str | None 
         mode="min",
         max_resource=problem.max_resource,
         seed=seed,
-        budget=BudgetSpec(time_ratio=ratio, train_time=problem.train_seconds()),
+        budget=BudgetSpec(time_ratio=ratio, train_time=one_training(problem)),
     )
     if sampler is not None:
         if "sampler" not in {f.name for f in dataclasses.fields(StudyConfig)}:
@@ -115,22 +135,34 @@ def study_config(problem: Problem, ratio: float, seed: int, sampler: str | None 
 
 
 def run_ours(
-    problem: Problem, workers: int, ratio: float, seed: int, sampler: str | None = None, name: str = "ours"
+    problem: Problem,
+    workers: int,
+    ratio: float,
+    seed: int,
+    sampler: str | None = None,
+    name: str = "ours",
+    variant: str = "stop",
 ) -> Trace:
     config = study_config(problem, ratio, seed, sampler)
+    if variant != "stop":
+        config = dataclasses.replace(config, asha_variant=variant)  # type: ignore[arg-type]
     result = simulate(
         config,
         workers,
         lambda params, epoch: problem.value(params, epoch, seed),
         problem.epoch_seconds,
+        start_seconds=START_SECONDS,
     )
     trials = [
         TrialRecord(
             key=t.index,
             params=t.params,
-            created_at=t.created_at,
+            # The simulator moves created_at to a resumed run's start; started_at stays the first
+            # run's start plus its start-up.
+            created_at=t.started_at - START_SECONDS,
             reports=[(int(r.resource), r.value, r.time) for r in t.reports],
             ended_at=t.ended_at,
+            runs=t.runs,
         )
         for t in result.trials
     ]
@@ -140,7 +172,7 @@ def run_ours(
         problem=problem.name,
         workers=workers,
         seed=seed,
-        deadline=result.deadline if result.deadline is not None else ratio * problem.train_seconds(),
+        deadline=result.deadline if result.deadline is not None else budget_of(problem, ratio),
         finished_at=result.finished_at,
         busy_seconds=result.busy_seconds,
         trials=trials,
@@ -172,13 +204,17 @@ def run_workers(
     driver: Driver,
     name: str,
     stop_at_deadline: bool,
-    start_seconds: float = 0.0,
+    start_seconds: float | None = None,
 ) -> Trace:
     """Runs a peer's trials on ``workers`` parallel workers, one event at a time, on a virtual clock.
 
     No trial starts at or after the deadline. With ``stop_at_deadline`` every running trial is
     stopped there; otherwise running trials finish (each up to its own end) and the run ends later.
+    Every run of a trial (its first and each resumption) pays ``start_seconds`` (default
+    ``START_SECONDS``) before its first epoch.
     """
+    if start_seconds is None:
+        start_seconds = START_SECONDS
     trials: dict[int, TrialRecord] = {}
     done_epochs: dict[int, int] = {}
     segment_start: dict[int, float] = {}  # running trials: when their current run began
@@ -198,6 +234,8 @@ def run_workers(
             if key not in trials:
                 trials[key] = TrialRecord(key, params, created_at=now)
                 done_epochs[key] = 0
+            else:
+                trials[key].runs += 1
             segment_start[key] = now
             heapq.heappush(
                 events, (now + start_seconds + problem.epoch_seconds(params), key, done_epochs[key] + 1)
@@ -245,10 +283,6 @@ def run_workers(
         trials=list(trials.values()),
         answer=None,
     )
-
-
-def budget_of(problem: Problem, ratio: float) -> float:
-    return ratio * problem.train_seconds()
 
 
 # --- random search ---------------------------------------------------------------------------
@@ -505,26 +539,42 @@ def register(contender: Contender) -> None:
     CONTENDERS[contender.name] = contender
 
 
-def ours_runner(sampler: str | None) -> Runner:
-    name = "ours" if sampler is None else f"ours:{sampler}"
+def ours_runner(sampler: str | None, variant: str = "stop") -> Runner:
+    base = "ours" if variant == "stop" else f"ours-{variant}"
+    name = base if sampler is None else f"{base}:{sampler}"
 
     def run(problem: Problem, workers: int, ratio: float, seed: int) -> Trace:
-        return run_ours(problem, workers, ratio, seed, sampler, name)
+        return run_ours(problem, workers, ratio, seed, sampler, name, variant)
 
     return run
 
 
 def contender(name: str) -> Contender:
-    """A registered contender, or ``ours:<sampler>`` for any sampler name."""
+    """A registered contender, or ``ours:<sampler>`` / ``ours-promote:<sampler>`` for any sampler."""
     if name in CONTENDERS:
         return CONTENDERS[name]
-    if name.startswith("ours:"):
-        sampler = name.split(":", 1)[1]
-        return Contender(name, ours_runner(sampler), f"this project's ASHA with sampler {sampler!r}")
-    raise KeyError(f"unknown contender {name!r}; known: {', '.join(CONTENDERS)} and ours:<sampler>")
+    base, _, sampler = name.partition(":")
+    if sampler and base in ("ours", "ours-promote"):
+        variant = "stop" if base == "ours" else "promote"
+        return Contender(
+            name,
+            ours_runner(sampler, variant),
+            f"this project's ASHA ({variant} variant) with sampler {sampler!r}",
+        )
+    raise KeyError(
+        f"unknown contender {name!r}; known: {', '.join(CONTENDERS)}, ours:<sampler> and "
+        "ours-promote:<sampler>"
+    )
 
 
 register(Contender("ours", ours_runner(None), "this project's ASHA with auto-config (its default sampler)"))
+register(
+    Contender(
+        "ours-promote",
+        ours_runner(None, "promote"),
+        "this project's ASHA, promote variant: trials pause at each rung and the best resume",
+    )
+)
 for _pruner in ("sh", "hb"):
     for _sampler in ("random", "tpe"):
         register(
@@ -541,4 +591,6 @@ register(
 )
 register(Contender("random", run_random, "random search, every trial to R"))
 
-DEFAULT_CONTENDERS = tuple(CONTENDERS)
+# The search-quality table of issue 7: ours against the peers (the promote variant is compared on
+# its own, README "Promote against stop").
+DEFAULT_CONTENDERS = tuple(name for name in CONTENDERS if name != "ours-promote")

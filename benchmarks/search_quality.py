@@ -4,6 +4,16 @@
 
 writes ``benchmarks/results/search_quality.json`` (per-run summaries and per-group statistics), one
 anytime-regret plot per problem (``search_quality_<problem>.png``) and prints a Markdown table.
+
+``--pairs A/B ...`` adds, per problem and worker count, the ratio of A's mean final regret to B's over
+the same seeds (paired bootstrap interval), as for the promote variant against the stop variant:
+
+    .venv/bin/python -m benchmarks.search_quality --contenders ours ours-promote ours:random \
+        ours-promote:random optuna-sh-tpe ray-hyperband \
+        --pairs ours-promote/ours ours-promote:random/ours:random --out benchmarks/results/promote.json
+
+``--start-seconds S``: every run of a trial (a new trial or a resumed one) pays S seconds of start-up
+(``contenders.START_SECONDS``); one training, and so the budget, grows by S.
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .contenders import DEFAULT_CONTENDERS, Unavailable, contender
+from . import contenders
+from .contenders import DEFAULT_CONTENDERS, Unavailable, budget_of, contender
 from .functions import PROBLEMS, Problem
 from .metrics import RunSummary, mean_ci, ratio_ci, summarize
 
@@ -29,7 +40,7 @@ REFERENCE = "ours"
 
 
 def curve_times(problem: Problem, ratio: float) -> list[float]:
-    deadline = ratio * problem.train_seconds()
+    deadline = budget_of(problem, ratio)
     return [deadline * (i + 1) / CURVE_POINTS for i in range(CURVE_POINTS)]
 
 
@@ -40,7 +51,10 @@ def run_all(
     names: Sequence[str],
     ratio: float,
     log: Any = sys.stderr,
+    starts: dict[tuple[str, int, str, int], int] | None = None,
 ) -> tuple[list[RunSummary], dict[str, str]]:
+    """Every contender on every problem, worker count and seed. ``starts``, when given, receives the
+    runs each study started, new trials and resumptions together, by (problem, workers, name, seed)."""
     runs: list[RunSummary] = []
     skipped: dict[str, str] = {}
     for problem_name in problems:
@@ -59,6 +73,8 @@ def run_all(
                         print(f"skipping {name}: {err}", file=log)
                         break
                     runs.append(summarize(trace, problem, times))
+                    if starts is not None:
+                        starts[(problem_name, w, name, seed)] = sum(t.runs for t in trace.trials)
                 print(
                     f"{problem_name} workers={w} {name}: {len(seeds)} seeds in "
                     f"{time.monotonic() - started:.1f}s",
@@ -68,7 +84,11 @@ def run_all(
     return runs, skipped
 
 
-def group_stats(runs: Sequence[RunSummary], reference: str = REFERENCE) -> list[dict[str, Any]]:
+def group_stats(
+    runs: Sequence[RunSummary],
+    reference: str = REFERENCE,
+    starts: dict[tuple[str, int, str, int], int] | None = None,
+) -> list[dict[str, Any]]:
     """Per (problem, workers, contender): regret, time to target, busy fraction, overrun, and the
     ratio of the reference's mean final regret to this contender's over the same seeds."""
     groups: dict[tuple[str, int, str], list[RunSummary]] = {}
@@ -99,7 +119,10 @@ def group_stats(runs: Sequence[RunSummary], reference: str = REFERENCE) -> list[
             "overrun_ci95": over_half,
             "overrun_max": max(r.overrun for r in rs),
             "trials_mean": statistics.fmean(r.trials for r in rs),
+            "epochs_mean": statistics.fmean(r.epochs for r in rs),
         }
+        if starts is not None:
+            row["runs_mean"] = statistics.fmean(starts[(problem, workers, name, r.seed)] for r in rs)
         ref = {r.seed: r.final_regret for r in groups.get((problem, workers, reference), [])}
         common = [r for r in rs if r.seed in ref]
         if name != reference and common:
@@ -109,19 +132,68 @@ def group_stats(runs: Sequence[RunSummary], reference: str = REFERENCE) -> list[
     return out
 
 
+def pair_stats(runs: Sequence[RunSummary], pairs: Sequence[str]) -> list[dict[str, Any]]:
+    """For each ``A/B`` in ``pairs`` and each (problem, workers) both ran: mean final regret of A over
+    B's on the seeds both ran, with its 95% paired-bootstrap interval (below 1: A is better)."""
+    by_key = {(r.problem, r.workers, r.contender, r.seed): r.final_regret for r in runs}
+    out = []
+    for pair in pairs:
+        a, b = pair.split("/", 1)
+        for problem, workers in sorted({(r.problem, r.workers) for r in runs}):
+            seeds = sorted(
+                s for (p, w, n, s) in by_key if (p, w, n) == (problem, workers, a) and (p, w, b, s) in by_key
+            )
+            if not seeds:
+                continue
+            ratio, low, high = ratio_ci(
+                [by_key[(problem, workers, a, s)] for s in seeds],
+                [by_key[(problem, workers, b, s)] for s in seeds],
+            )
+            out.append(
+                {"pair": pair, "problem": problem, "workers": workers, "seeds": len(seeds),
+                 "ratio": ratio, "ci95": [low, high]}
+            )  # fmt: skip
+    return out
+
+
+def pairs_table(rows: Sequence[dict[str, Any]]) -> str:
+    columns = sorted({(r["problem"], r["workers"]) for r in rows})
+    lines = [
+        "| mean final regret ratio (95% CI) | " + " | ".join(f"{p} {w}w" for p, w in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        cells = {(r["problem"], r["workers"]): r for r in rows if r["pair"] == pair}
+        lines.append(
+            f"| {pair} | "
+            + " | ".join(
+                f"{_fmt(c['ratio'])} ({_fmt(c['ci95'][0])}–{_fmt(c['ci95'][1])})"
+                if (c := cells.get(k))
+                else ""
+                for k in columns
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x:.{digits}g}"
 
 
-def markdown_table(stats: Sequence[dict[str, Any]]) -> str:
+def markdown_table(stats: Sequence[dict[str, Any]], reference: str = REFERENCE) -> str:
+    """The table; with runs counted (``group_stats(starts=...)``) it adds runs and epochs per study."""
+    runs = all("runs_mean" in s for s in stats)
     lines = [
-        "| problem | workers | contender | final regret mean ± 95% CI | median | ours / this (95% CI) "
-        "| reached target | median time to target (s) | busy | overrun max (s) | trials |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| problem | workers | contender | final regret mean ± 95% CI | median "
+        f"| {reference} / this (95% CI) | reached target | median time to target (s) "
+        "| busy | overrun mean / max (s) | trials |" + (" runs | epochs |" if runs else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        + (" --- | --- |" if runs else ""),
     ]
-    for s in sorted(stats, key=lambda s: (s["problem"], s["workers"], s["contender"] != REFERENCE)):
+    for s in sorted(stats, key=lambda s: (s["problem"], s["workers"], s["contender"] != reference)):
         ratio = (
             f"{_fmt(s['ratio_ours_to_this'])} ({_fmt(s['ratio_ci95'][0])}–{_fmt(s['ratio_ci95'][1])})"
             if "ratio_ours_to_this" in s
@@ -132,12 +204,16 @@ def markdown_table(stats: Sequence[dict[str, Any]]) -> str:
             f"| {_fmt(s['final_regret_mean'])} ± {_fmt(s['final_regret_ci95'], 2)} "
             f"| {_fmt(s['final_regret_median'])} | {ratio} "
             f"| {s['reached_target']}/{s['seeds']} | {_fmt(s['time_to_target_median'], 4)} "
-            f"| {s['busy_fraction_mean']:.2f} | {s['overrun_max']:.0f} | {s['trials_mean']:.0f} |"
+            f"| {s['busy_fraction_mean']:.2f} | {s['overrun_mean']:.0f} / {s['overrun_max']:.0f} "
+            f"| {s['trials_mean']:.0f} |"
+            + (f" {s['runs_mean']:.0f} | {s['epochs_mean']:.0f} |" if runs else "")
         )
     return "\n".join(lines)
 
 
-def plot(runs: Sequence[RunSummary], ratio: float, directory: Path, prefix: str) -> list[Path]:
+def plot(
+    runs: Sequence[RunSummary], ratio: float, directory: Path, prefix: str, reference: str = REFERENCE
+) -> list[Path]:
     """One PNG per problem: median incumbent regret over time (and its quartiles), per workers."""
     try:
         import matplotlib
@@ -155,7 +231,7 @@ def plot(runs: Sequence[RunSummary], ratio: float, directory: Path, prefix: str)
         for ax, w in zip(axes[0], worker_counts, strict=True):
             names = sorted(
                 {r.contender for r in runs if r.problem == problem_name and r.workers == w},
-                key=lambda n: (n != REFERENCE, n),
+                key=lambda n: (n != reference, n),
             )
             for name in names:
                 key = (problem_name, w, name)
@@ -169,13 +245,14 @@ def plot(runs: Sequence[RunSummary], ratio: float, directory: Path, prefix: str)
                     med.append(statistics.median(column))
                     q = statistics.quantiles(column, n=4) if len(column) > 1 else [column[0]] * 3
                     q1.append(q[0]), q3.append(q[2])
-                style = {"linewidth": 2.5, "color": "black"} if name == REFERENCE else {"linewidth": 1.2}
+                style = {"linewidth": 2.5, "color": "black"} if name == reference else {"linewidth": 1.2}
                 line = ax.plot(times, med, label=name, **style)[0]
                 ax.fill_between(times, q1, q3, alpha=0.12, color=line.get_color())
             ax.set_yscale("log")
             ax.set_xlabel("virtual seconds")
             ax.set_ylabel("simple regret (median, quartiles)")
-            ax.set_title(f"{problem_name}, {w} workers, budget {ratio:g}x one training")
+            start = f", start-up {contenders.START_SECONDS:g}s per run" if contenders.START_SECONDS else ""
+            ax.set_title(f"{problem_name}, {w} workers, budget {ratio:g}x one training{start}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
         axes[0][-1].legend(fontsize=7)
         fig.tight_layout()
@@ -197,11 +274,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "search_quality.json")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--reference", default=REFERENCE, help="the contender of the ratio column")
+    parser.add_argument("--pairs", nargs="*", default=[], help="A/B: ratios of A's mean regret to B's")
+    parser.add_argument(
+        "--start-seconds", type=float, default=0.0, help="start-up of every run of a trial (virtual s)"
+    )
     args = parser.parse_args(argv)
 
+    contenders.START_SECONDS = args.start_seconds
     started = time.monotonic()
-    runs, skipped = run_all(args.problems, args.workers, range(args.seeds), args.contenders, args.ratio)
-    stats = group_stats(runs)
+    starts: dict[tuple[str, int, str, int], int] = {}
+    runs, skipped = run_all(
+        args.problems, args.workers, range(args.seeds), args.contenders, args.ratio, starts=starts
+    )
+    stats = group_stats(runs, args.reference, starts)
+    pairs = pair_stats(runs, args.pairs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.search_quality " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.write_text(
@@ -209,9 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "command": command.strip(),
                 "ratio": args.ratio,
+                "start_seconds": args.start_seconds,
                 "seconds": round(time.monotonic() - started, 1),
                 "skipped": skipped,
                 "stats": stats,
+                "pairs": pairs,
                 "runs": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in runs],
             },
             indent=1,
@@ -219,9 +308,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         + "\n"
     )
     if not args.no_plots:
-        for path in plot(runs, args.ratio, args.out.parent, args.out.stem):
+        for path in plot(runs, args.ratio, args.out.parent, args.out.stem, args.reference):
             print(f"wrote {path}", file=sys.stderr)
-    print(markdown_table(stats))
+    print(markdown_table(stats, args.reference))
+    if pairs:
+        print()
+        print(pairs_table(pairs))
     return 0
 
 

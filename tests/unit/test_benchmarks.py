@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 from pathlib import Path
 
 import pytest
+from benchmarks import contenders
 from benchmarks.budget_adherence import run_one
 from benchmarks.contenders import Unavailable, contender
 from benchmarks.functions import (
@@ -139,3 +141,51 @@ def test_budget_adherence_refuses_one_training_and_never_passes_the_deadline() -
     assert "refused" in run_one(problem, 1.0, 2, "exact", 0)
     row = run_one(problem, 2.0, 2, "noisy", 0)
     assert "refused" in row or row["overrun"] <= 0
+
+
+def test_the_promote_contender_resumes_trials_and_pays_the_start_up_per_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    start = 20.0
+    monkeypatch.setattr(contenders, "START_SECONDS", start)
+    problem = PROBLEMS["branin"]
+    trace = contender("ours-promote").run(problem, 2, 2.0, 0)
+    assert trace.deadline == pytest.approx(2.0 * (problem.train_seconds() + start))
+    assert trace.finished_at <= trace.deadline and trace.answer is not None
+    assert trace.trials[0].params == problem.default_params()
+    resumed = [t for t in trace.trials if t.runs > 1]
+    assert resumed, "no trial was resumed"
+    low = high = 0.0
+    for t in trace.trials:
+        epochs = [e for e, _, _ in t.reports]
+        assert epochs == list(range(1, len(epochs) + 1))  # a resumed run goes on, never repeats an epoch
+        e = problem.epoch_seconds(t.params)
+        # Each run's first report comes after its start-up; the other reports one epoch apart.
+        times = [t.created_at] + [time for _, _, time in t.reports]
+        slow = sum(1 for a, b in itertools.pairwise(times) if b - a > e + 1e-6)
+        cut = t.ended_at is not None and (not t.reports or t.ended_at > t.reports[-1][2])
+        assert slow == t.runs or (cut and slow == t.runs - 1)
+        assert all(b - a >= start + e - 1e-6 for a, b in itertools.pairwise(times) if b - a > e + 1e-6)
+        done = len(epochs) * e + (t.runs - (1 if cut else 0)) * start
+        low += done
+        high += done + (start + e if cut else 0.0)  # a run stopped at the deadline: part of one
+    assert low - 1e-6 <= trace.busy_seconds <= high + 1e-6
+    summary = summarize(trace, problem, [trace.deadline])
+    assert math.isfinite(summary.final_regret) and 0 < summary.busy_fraction <= 1 + 1e-9
+
+
+def test_a_promote_contender_with_another_sampler_and_the_pairs_table(tmp_path: Path) -> None:
+    trace = contender("ours-promote:random").run(PROBLEMS["branin"], 2, 2.0, 0)
+    assert trace.contender == "ours-promote:random" and any(t.runs > 1 for t in trace.trials)
+    out = tmp_path / "promote.json"
+    code = search_quality_main(
+        ["--problems", "branin", "--workers", "2", "--seeds", "2", "--ratio", "2",
+         "--contenders", "ours", "ours-promote", "--pairs", "ours-promote/ours", "--out", str(out),
+         "--no-plots"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert [(p["pair"], p["seeds"]) for p in data["pairs"]] == [("ours-promote/ours", 2)]
+    rows = {s["contender"]: s for s in data["stats"]}
+    assert rows["ours"]["runs_mean"] == rows["ours"]["trials_mean"]
+    assert rows["ours-promote"]["runs_mean"] > rows["ours-promote"]["trials_mean"]
