@@ -125,14 +125,16 @@ def play(config_path: str) -> None:
 
     cfg = json.loads(Path(config_path).read_text())
     kube = Kube(cfg["server"], cfg["token"], cfg["ca_file"])
-    pool = urllib3.PoolManager(num_pools=2, maxsize=64, cert_reqs="CERT_REQUIRED", ca_certs=cfg["ca_file"])
+    pool = urllib3.PoolManager(num_pools=2, maxsize=256, cert_reqs="CERT_REQUIRED", ca_certs=cfg["ca_file"])
     transport_class = _pooled_transport_class()
     interval = float(cfg["interval"])
     out = open(cfg["log"], "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
     lock = threading.Lock()
     playing: dict[str, Playing] = {}  # by pod uid
     stats = {"sent": 0, "failed": 0, "late": [], "ended": 0}
-    executor = ThreadPoolExecutor(int(cfg.get("threads", 16)))
+    # A thread per trial at most, as every trial is its own process in a cluster: a slow API server
+    # makes reports late, never the player.
+    executor = ThreadPoolExecutor(int(cfg.get("threads", 256)))
 
     def write(record: JSON) -> None:
         with lock:
@@ -801,7 +803,9 @@ def run_phase(
             "failed_total": players[-1]["failed"] if players else None,
         },
     }
-    # Tear down: the namespace and everything in it; the operator forgets the studies.
+    # Tear down: the studies first (the operator stops starting trials), then the namespace.
+    for study in studies:
+        kube.delete(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{study['metadata']['name']}")
     kube.delete(f"/api/v1/namespaces/{namespace}")
     gone = time.time() + 300
     while time.time() < gone and kube.get_or_none(f"/api/v1/namespaces/{namespace}") is not None:
