@@ -75,6 +75,7 @@ SLOTS = 2  # CPU slots locally, parallelTrials in the cluster
 CLUSTER_NODES = 2
 CLUSTER_GPUS_PER_NODE = 8
 GROUP_PATH = "/apis/hpo.dev/v1alpha1"
+LOCAL_OPTIONS: dict[str, str] = {}  # extra `hpo run` options (--grace), from the command line
 
 # The trainer: start-up, then one sleep per epoch, reporting a known function of x after each.
 # Honours HPO_START_RESOURCE / HPO_STOP_RESOURCE (promote variant), as the reference trainer does.
@@ -136,10 +137,13 @@ def run_local(condition: str, ratio: float, seed: int, work: Path) -> dict[str, 
     train = mean_train_seconds()
     cmd = [str(HPO), "run", str(folder / "hpo_config.yaml"), "--gpus", "0", "--cpu-slots", str(SLOTS)]
     cmd += ["--out", str(folder / "out"), "--name", "b", "--time-ratio", f"{ratio:g}"]
+    for option, value in LOCAL_OPTIONS.items():
+        cmd += [f"--{option}", value]
     if not measured(condition):
         cmd += ["--train-time", f"{train:.3f}s"]
     cmd += ["--", sys.executable, "-c", TRAINER]
     row: dict[str, Any] = {"backend": "local", "condition": condition, "ratio": ratio, "seed": seed}
+    row.update(LOCAL_OPTIONS)
     env = {**os.environ, **trainer_env(seed)}
     launched = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder, timeout=3600)
@@ -484,11 +488,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=6, help="studies at once")
     parser.add_argument("--keep", action="store_true", help="keep the work folders and the cluster's state")
+    parser.add_argument("--grace", default=None, help="`hpo run --grace` (local; default: its own)")
     parser.add_argument("--out", type=Path, default=RESULTS / "budget_real.json")
     parser.add_argument(
         "--runs", nargs="+", type=Path, default=None, help="summarise the runs of these result files instead"
     )
     args = parser.parse_args(argv)
+    if args.grace is not None:
+        LOCAL_OPTIONS["grace"] = args.grace
 
     started = time.time()
     rows: list[dict[str, Any]] = []
