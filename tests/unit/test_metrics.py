@@ -294,6 +294,7 @@ def test_every_metric_follows_the_naming_conventions(metrics: OperatorMetrics, s
         "hpo_study_budget_used_ratio": "gauge",
         "hpo_studies": "gauge",
         "hpo_operator_heartbeat_timestamp_seconds": "gauge",
+        "hpo_operator_leader": "gauge",
     }
 
 
