@@ -43,6 +43,10 @@ MIN_BANDWIDTH = 0.03  # in unit-cube coordinates
 CHOICE_KEEP = 0.8  # a choice's kernel: this much mass on its own category, the rest spread evenly
 PRIOR_WEIGHT = 1.0  # weight of the uniform prior in each density
 DUPLICATE_RETRIES = 20
+# Bandwidths (chosen on seeds 100-109 of benchmarks/search_quality.py, reported on 0-9; README).
+DATA_MIN_POINTS = 20  # a density of this many points takes its bandwidths from their spread
+BANDWIDTH_SCALE = 2.0  # that spread-based bandwidth, in multiples of Scott's rule
+SAMPLE_WIDEN = 2.0  # ...and its candidates drawn with kernels this much wider (as BOHB's factor 3)
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,17 @@ class _Parzen:
         self.space = space
         self.points = np.asarray(points, dtype=float).reshape(len(points), len(space))
         n = max(len(points), 1)
-        # Scott-like bandwidth shrinking with the number of points, floored so it never degenerates.
-        self.bandwidth: float = max(MIN_BANDWIDTH, 0.5 * float(n) ** (-1 / (len(space) + 4)))
+        d = len(space)
+        # Many points: Scott's rule per dimension from their own spread, so the density narrows where
+        # the good trials gather (8 workers: refining Branin's and Hartmann's basins), doubled, and
+        # candidates drawn wider still. Few points (2 workers, ~40 trials): a spread-based fit
+        # collapsed onto one basin in the measurements, so a fixed spread of 0.5 (the Scott-like
+        # rule of before). Floored so a bandwidth never degenerates.
+        if len(points) >= DATA_MIN_POINTS:
+            spread, self.widen = BANDWIDTH_SCALE * self.points.std(axis=0), SAMPLE_WIDEN
+        else:
+            spread, self.widen = np.full(d, 0.5), 1.0
+        self.bandwidths = np.clip(spread * float(n) ** (-1 / (d + 4)), MIN_BANDWIDTH, 0.5)
         self.total = len(points) + PRIOR_WEIGHT
         self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
 
@@ -129,7 +142,7 @@ class _Parzen:
             # Keep the category most of the time; otherwise any category.
             return x if rng.random() < CHOICE_KEEP else rng.random()
         for _ in range(8):
-            y = rng.gauss(x, self.bandwidth)
+            y = rng.gauss(x, self.widen * float(self.bandwidths[d]))
             if 0.0 <= y < 1.0:
                 return y
         return min(max(x, 0.0), math.nextafter(1.0, 0.0))
@@ -144,8 +157,9 @@ class _Parzen:
                 same = np.floor(a * size) == np.floor(b * size)
                 kernel *= np.where(same, CHOICE_KEEP * size, 0.0) + (1 - CHOICE_KEEP)
             else:
-                z = (a - b) / self.bandwidth
-                kernel *= np.exp(-0.5 * z * z) / (self.bandwidth * math.sqrt(2 * math.pi))
+                bw = float(self.bandwidths[d])
+                z = (a - b) / bw
+                kernel *= np.exp(-0.5 * z * z) / (bw * math.sqrt(2 * math.pi))
         # The uniform prior has density 1 everywhere.
         density = (PRIOR_WEIGHT + kernel.sum(axis=1)) / self.total
         return [float(v) for v in np.log(density)]

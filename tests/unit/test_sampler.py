@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from typing import Any
 
 import pytest
 
 from hpo_operator.asha import Report
-from hpo_operator.sampler import QMC_BLOCK, Observed, Sampler, latin_hypercube_point, startup_trials
+from hpo_operator.sampler import (
+    DATA_MIN_POINTS,
+    MIN_BANDWIDTH,
+    QMC_BLOCK,
+    Observed,
+    Sampler,
+    _Parzen,
+    latin_hypercube_point,
+    startup_trials,
+)
 from hpo_operator.space import SearchSpace, parse_space
 
 ALL_TYPES = parse_space(
@@ -167,3 +177,29 @@ def test_proposals_do_not_depend_on_whether_trials_carry_an_index() -> None:
         assert s.propose(index, indexed, (1, 3), 9) == Sampler(ALL_TYPES, "tpe", 7, "max").propose(
             index, tried, (1, 3), 9
         )
+
+
+def test_each_dimension_gets_its_own_bandwidth_from_the_spread_of_its_points() -> None:
+    """Good trials gathered in x but spread in y: the good density is narrow in x only."""
+    space = parse_space(
+        {"x": {"param_type": "uniform", "range": [0, 1]}, "y": {"param_type": "uniform", "range": [0, 1]}}
+    )
+    points = [[0.5 + 0.01 * ((i % 5) - 2), i / DATA_MIN_POINTS] for i in range(DATA_MIN_POINTS)]
+    density = _Parzen(space, points)
+    assert density.bandwidths[0] < 0.25 * density.bandwidths[1]
+    # More points of the same spread: narrower (Scott's rule), never below the floor.
+    assert _Parzen(space, points * 4).bandwidths[1] < density.bandwidths[1]
+    assert min(_Parzen(space, [[0.5, 0.5]] * DATA_MIN_POINTS).bandwidths) == MIN_BANDWIDTH
+    # Too few points for their spread to tell: the same wide bandwidth in every dimension.
+    few = _Parzen(space, points[: DATA_MIN_POINTS - 1])
+    assert few.bandwidths[0] == few.bandwidths[1] > 0.25
+
+
+def test_candidates_are_drawn_wider_than_the_density_scores() -> None:
+    space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
+    density = _Parzen(space, [[0.5]] * DATA_MIN_POINTS)  # no spread: the floor
+    rng = random.Random(0)
+    # Draws around the points (most of the prior's uniform draws left out by a window) spread like
+    # the widened kernel, not the scoring one.
+    draws = [x for x in (density.sample(rng)[0] for _ in range(4000)) if 0.3 < x < 0.7]
+    assert 1.5 * MIN_BANDWIDTH < statistics.stdev(draws) < 2.5 * MIN_BANDWIDTH
