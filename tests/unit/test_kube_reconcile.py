@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.reconcile import (
@@ -244,7 +246,12 @@ def test_an_unschedulable_pod_keeps_its_trial_pending_and_the_study_says_why() -
 
 def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_its_reports() -> None:
     t0, t1 = trial(0, (1, 0.9, 2), (3, 0.95, 10)), trial(1, (1, 0.95, 3))
-    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 89.5)
+    # A 90 s budget: the trials are stopped 1 s (the writes' lead) + 3% of it (2.7 s) early.
+    before = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 86.2)
+    assert before.status is not None and before.status["phase"] == "Running"
+    assert before.status["budget"]["stopMarginSeconds"] == 3.7
+    assert before.requeue_after == pytest.approx(0.12)
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 86.4)
     stops = [
         w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Stopped"
     ]
@@ -255,7 +262,7 @@ def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_
     assert status is not None and status["phase"] == "Succeeded"
     assert status["best"]["trial"] == "s-0" and status["best"]["value"] == 0.95
     assert status["best"]["hyperparameters"] == {"x": 0.0}
-    assert status["budget"]["finishedInsideSeconds"] == 0.5
+    assert status["budget"]["finishedInsideSeconds"] == 3.6
     assert [e.reason for e in outcome.events] == ["StudySucceeded"]
     assert outcome.requeue_after is None
 

@@ -56,6 +56,10 @@ RESYNC_SECONDS = 5.0
 # The reconcile decides for the moment its writes will have landed, this much after it read the
 # world, so that a study stopped "at the deadline" is finished at the deadline, not just after it.
 LEAD_SECONDS = 1.0
+# And it stops the trials this much earlier still: a share of the budget, at most STOP_MARGIN_MAX
+# seconds, for a late reconcile (a busy operator or API server) and the trial pods' stopping.
+STOP_MARGIN_FRACTION = 0.03
+STOP_MARGIN_MAX = 10.0
 # While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
 # The final training's Job may run this many times a full training as the plan predicts it
@@ -187,6 +191,11 @@ def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], n
 # --- the reconcile ------------------------------------------------------------------------------
 
 
+def stop_margin(budget_seconds: float | None) -> float:
+    """How long before the deadline the trials are stopped, besides LEAD_SECONDS."""
+    return 0.0 if not budget_seconds else min(STOP_MARGIN_MAX, STOP_MARGIN_FRACTION * budget_seconds)
+
+
 def reconcile(world: World, now: float) -> Outcome:
     study = world.study
     status = study.get("status") or {}
@@ -217,9 +226,11 @@ def reconcile(world: World, now: float) -> Outcome:
     ]
     core = Study(config, _slots(config, gpus, world.capacity))
     final_index = _final_index(study, states)
+    budget_seconds = (status.get("budget") or {}).get("budgetSeconds") or config.budget.seconds()
+    lead = LEAD_SECONDS + stop_margin(budget_seconds)
     observation = Observation(
         started_at=started_at,
-        now=now + LEAD_SECONDS,
+        now=now + lead,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
         final_index=final_index,
@@ -250,7 +261,7 @@ def reconcile(world: World, now: float) -> Outcome:
         and final_index is None
         and not resumed_final
     ):
-        requeue = min(requeue, max(0.05, decision.deadline - LEAD_SECONDS - now + 0.02))
+        requeue = min(requeue, max(0.05, decision.deadline - lead - now + 0.02))
     new_status = _study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
@@ -507,6 +518,8 @@ def _study_status(
         "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
         "usedSeconds": float(round(now - started_at)),
     }
+    if deadline is not None:
+        budget["stopMarginSeconds"] = round(LEAD_SECONDS + stop_margin(deadline - started_at), 3)
     if finalize is not None:
         budget["finishedAt"] = to_rfc3339(now, micro=True)
         budget["usedSeconds"] = round(now - started_at, 3)
