@@ -309,3 +309,13 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
     t0["status"]["reports"].append({**t0["status"]["reports"][0], "resource": 2, "time": T0 + 9})
     assert len(observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10).view.reports) == 2
     assert state.status["startedAt"] == to_rfc3339(T0 + 1)
+
+
+def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
+    from hpo_operator.kube.reconcile import _only_estimates_moved
+
+    plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0, "predictedSeconds": 300.0}
+    assert _only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
+    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
+    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
+    assert not _only_estimates_moved({}, plan)

@@ -267,6 +267,8 @@ def reconcile(world: World, now: float) -> Outcome:
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
+    if "plan" in patch and _only_estimates_moved(status.get("plan") or {}, patch["plan"]):
+        del patch["plan"]
     if set(patch) == {"budget"} and _only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(
@@ -321,6 +323,30 @@ def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
     others = {k: v for k, v in desired.items() if k != "usedSeconds"}
     moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
     return status_patch(current, others) == {} and moved < RESYNC_SECONDS
+
+
+# Plan figures re-measured from every report; a change below this share is not worth a write.
+PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
+ESTIMATE_TOLERANCE = 0.05
+
+
+def _only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
+    """True when the plan changed by its time estimates alone, each by less than 5%."""
+    if not current or not desired:
+        return False
+    if status_patch(
+        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
+        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
+    ):
+        return False
+    for key in PLAN_ESTIMATES:
+        old, new = current.get(key), desired.get(key)
+        if old is None or new is None:
+            if old != new:
+                return False
+        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
+            return False
+    return True
 
 
 def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
