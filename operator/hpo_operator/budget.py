@@ -89,6 +89,12 @@ def expected_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: 
     return total
 
 
+def expected_runs(rungs: tuple[float, ...], eta: int) -> float:
+    """Runs per trial under the promote rule: the first, and one more for each rung a trial is
+    promoted from (a share eta^-k of the trials reaches level k)."""
+    return 1 + sum(eta**-k for k in range(1, len(rungs) + 1))
+
+
 def predicted_seconds(
     n: int,
     slots: int,
@@ -96,9 +102,10 @@ def predicted_seconds(
     per_trial: float,
     max_resource: float,
     trial_overhead: float = 0.0,
+    runs_per_trial: float = 1.0,
 ) -> float:
     parallel = max(1, min(slots, n))
-    gpu_seconds = (max_resource + (n - 1) * per_trial) * epoch_seconds + n * trial_overhead
+    gpu_seconds = (max_resource + (n - 1) * per_trial) * epoch_seconds + n * trial_overhead * runs_per_trial
     longest = max_resource * epoch_seconds + trial_overhead
     return gpu_seconds / parallel + (1 - 1 / parallel) * longest
 
@@ -116,8 +123,10 @@ def make_plan(
     min_resource: float | None = None,
     eta: int | None = None,
     trial_overhead: float = 0.0,
+    promote: bool = False,
 ) -> Plan:
-    """The plan with the most trials whose predicted finish fits the budget.
+    """The plan with the most trials whose predicted finish fits the budget; ``promote``: each
+    resumption of a trial pays ``trial_overhead`` again.
 
     Raises BudgetTooSmall when one full training does not fit, ValueError on impossible inputs.
     """
@@ -132,6 +141,7 @@ def make_plan(
         raise ValueError(f"minimum resource {r} exceeds the maximum resource {max_resource}")
     rungs = rung_resources(r, eta, max_resource)
     per_trial = expected_trial_resource(rungs, max_resource, eta)
+    runs = expected_runs(rungs, eta) if promote else 1.0
     limit = HEADROOM * budget_seconds
     train_seconds = max_resource * epoch_seconds + trial_overhead
     # The tolerance: a caller's "one training fills the limit exactly" must not fail on rounding.
@@ -139,7 +149,8 @@ def make_plan(
         raise BudgetTooSmall(budget_seconds, train_seconds)
 
     def fits(n: int) -> bool:
-        return predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource, trial_overhead) <= limit
+        predicted = predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource, trial_overhead, runs)
+        return predicted <= limit
 
     # The prediction grows with n (below the slot count it is R*e + (n-1)/n * E*e), and n = 1 fits:
     # find the largest fitting n by doubling, then bisection.
@@ -164,7 +175,10 @@ def make_plan(
         parallelism=parallel,
         epoch_seconds=epoch_seconds,
         budget_seconds=budget_seconds,
-        predicted_gpu_seconds=(max_resource + (n - 1) * per_trial) * epoch_seconds + n * trial_overhead,
-        predicted_seconds=predicted_seconds(n, slots, epoch_seconds, per_trial, max_resource, trial_overhead),
+        predicted_gpu_seconds=(max_resource + (n - 1) * per_trial) * epoch_seconds
+        + n * trial_overhead * runs,
+        predicted_seconds=predicted_seconds(
+            n, slots, epoch_seconds, per_trial, max_resource, trial_overhead, runs
+        ),
         trial_overhead_seconds=trial_overhead,
     )

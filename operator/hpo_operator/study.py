@@ -24,7 +24,15 @@ from typing import Any
 
 from .asha import Report as Report
 from .asha import RungDecision, RungRecord, StopReplay, report_order, rung_records, rung_resources, score
-from .budget import HEADROOM, BudgetTooSmall, Plan, default_min_resource, make_plan
+from .budget import (
+    HEADROOM,
+    BudgetTooSmall,
+    Plan,
+    default_min_resource,
+    expected_runs,
+    expected_trial_resource,
+    make_plan,
+)
 from .config import StudyConfig
 from .sampler import Observed, Sampler
 
@@ -181,6 +189,9 @@ class Study:
         self.levels = (*self.rungs, config.max_resource)
         # Resources where the promote variant pauses trials: time across them is not training.
         self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
+        # An average trial's epochs and runs, for trials past the plan's (budget.py's cost model).
+        self._trial_resource = expected_trial_resource(self.rungs, config.max_resource, self.eta)
+        self._runs_per_trial = expected_runs(self.rungs, self.eta) if self._pauses else 1.0
         # Trial 0 sizes a measured budget from two reports, so with the promote variant its first run
         # goes on past the first rung to the next level (None: to R) rather than pause after one report.
         self._trial0_stop: float | None = self.rungs[0] if self._pauses else None
@@ -248,12 +259,16 @@ class Study:
     def measured_times(self, trials: Sequence[TrialView]) -> tuple[float, float] | None:
         """(seconds per resource unit, start-up seconds per trial) measured so far, or None.
 
-        Epochs are timed between consecutive reports; a trial's start-up is what its first report
-        took beyond its epochs. Before any trial has two reports, the first reports are all there
-        is, and they count as epochs with no start-up.
+        Epochs are timed between consecutive reports, and each trial's median rate counts once (a
+        trial trained far, with many rates, would otherwise set the estimate alone: with the promote
+        variant most trials report once a run); a trial's start-up is what its first report took
+        beyond its epochs. Before any trial has two reports, the first reports are all there is:
+        with a train time given, its epochs stand and the first reports time start-up beyond them
+        (promote-variant trials report once before they pause); without one, they count as epochs
+        with no start-up.
         """
         summaries = [self.summary(t) for t in trials]
-        rates = [rate for s in summaries for rate in s.rates]
+        rates = [statistics.median(s.rates) for s in summaries if s.rates]
         firsts = [s.first for s in summaries if s.first is not None]
         if rates:
             epoch = statistics.median(rates)
@@ -261,6 +276,9 @@ class Study:
                 statistics.median(max(0.0, sec - res * epoch) for sec, res in firsts) if firsts else 0.0
             )
             return epoch, overhead
+        if firsts and self.config.budget.train_time is not None:
+            epoch = self.config.budget.train_time / self.config.max_resource
+            return epoch, statistics.median(max(0.0, sec - res * epoch) for sec, res in firsts)
         if firsts:
             return statistics.median(sec / res for sec, res in firsts), 0.0
         return None
@@ -332,6 +350,7 @@ class Study:
                 min_resource=self.config.min_resource,
                 eta=self.eta,
                 trial_overhead=overhead,
+                promote=bool(self._pauses),
             )
         except BudgetTooSmall as err:
             raise StudyError(str(err)) from err
@@ -451,8 +470,18 @@ class Study:
                     actions.append(ResumeTrial(index, self.trial_params(trial), start_from, stop_at))
                     active.add(index)
                     free -= 1
+            # Past the plan's trials, another starts while the slots' time left holds it and the
+            # work still due (planned and running trials) at an average trial each: trials often
+            # cost less than planned, and the budget is the user's to use.
+            mean_trial = overhead * self._runs_per_trial + self._trial_resource * epoch
+            capacity = HEADROOM * (deadline - obs.now) * self.parallel_limit()
+
+            def room() -> bool:
+                due = max(0, plan.planned_trials - started) + len(active)
+                return obs.now + mean_trial <= deadline and (due + 1) * mean_trial <= capacity
+
             tried = list(trials)
-            while free > 0 and started < plan.planned_trials:
+            while free > 0 and (started < plan.planned_trials or room()):
                 if obs.now + overhead + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
@@ -464,14 +493,14 @@ class Study:
                 next_index += 1
                 started += 1
                 free -= 1
-            if started >= plan.planned_trials:
+            if started >= plan.planned_trials and not room():
                 message = f"all {plan.planned_trials} planned trials started"
 
         if not active:
             if plan is not None:
                 first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
-                if started >= plan.planned_trials:
+                if started >= plan.planned_trials and not room():
                     return finish("all planned trials finished", message)
                 if out_of_time:
                     return finish("no time for another trial", message)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hpo_operator.budget import (
     HEADROOM,
     BudgetTooSmall,
+    expected_runs,
     expected_trial_resource,
     make_plan,
     predicted_seconds,
@@ -142,3 +143,15 @@ def test_faster_measured_epochs_replan_to_more_trials() -> None:
     estimated = make_plan(budget_seconds=2400, slots=2, epoch_seconds=60, max_resource=10)
     measured = make_plan(budget_seconds=2400, slots=2, epoch_seconds=30, max_resource=10)
     assert measured.planned_trials > estimated.planned_trials
+
+
+def test_the_promote_rule_pays_start_up_once_per_run() -> None:
+    assert expected_runs((1, 3, 9), 3) == pytest.approx(1 + 1 / 3 + 1 / 9 + 1 / 27)
+    assert expected_runs((), 3) == 1
+    kw = {"budget_seconds": 3600, "slots": 2, "epoch_seconds": 10, "max_resource": 27, "eta": 3}
+    stop = make_plan(**kw, trial_overhead=60)
+    promote = make_plan(**kw, trial_overhead=60, promote=True)
+    assert promote.planned_trials < stop.planned_trials
+    assert promote.predicted_seconds <= 0.9 * 3600
+    # Without start-up the two rules cost the same epochs.
+    assert make_plan(**kw, promote=True).planned_trials == make_plan(**kw).planned_trials

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.reconcile import (
@@ -244,7 +246,12 @@ def test_an_unschedulable_pod_keeps_its_trial_pending_and_the_study_says_why() -
 
 def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_its_reports() -> None:
     t0, t1 = trial(0, (1, 0.9, 2), (3, 0.95, 10)), trial(1, (1, 0.95, 3))
-    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 89.5)
+    # A 90 s budget: the trials are stopped 1 s (the writes' lead) + 3% of it (2.7 s) early.
+    before = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 86.2)
+    assert before.status is not None and before.status["phase"] == "Running"
+    assert before.status["budget"]["stopMarginSeconds"] == 3.7
+    assert before.requeue_after == pytest.approx(0.12)
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 86.4)
     stops = [
         w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Stopped"
     ]
@@ -255,7 +262,7 @@ def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_
     assert status is not None and status["phase"] == "Succeeded"
     assert status["best"]["trial"] == "s-0" and status["best"]["value"] == 0.95
     assert status["best"]["hyperparameters"] == {"x": 0.0}
-    assert status["budget"]["finishedInsideSeconds"] == 0.5
+    assert status["budget"]["finishedInsideSeconds"] == 3.6
     assert [e.reason for e in outcome.events] == ["StudySucceeded"]
     assert outcome.requeue_after is None
 
@@ -302,3 +309,13 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
     t0["status"]["reports"].append({**t0["status"]["reports"][0], "resource": 2, "time": T0 + 9})
     assert len(observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10).view.reports) == 2
     assert state.status["startedAt"] == to_rfc3339(T0 + 1)
+
+
+def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
+    from hpo_operator.kube.reconcile import _only_estimates_moved
+
+    plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0, "predictedSeconds": 300.0}
+    assert _only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
+    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
+    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
+    assert not _only_estimates_moved({}, plan)

@@ -264,15 +264,30 @@ def test_a_simulated_study_with_a_measured_budget() -> None:
 
 
 def test_slower_measured_epochs_never_fail_a_running_study() -> None:
-    # 90 s a training planned into 108 s (ratio 1.2); trials then measure 11 s an epoch, so one
-    # training (99 s) no longer fits 90% of the budget. The study goes on and starts nothing new.
+    # 90 s a training planned into 108 s (ratio 1.2): the plan holds one trial, and the idle slot
+    # gets a second, since an average trial (23 s) fits beside it. Trials then measure 11 s an
+    # epoch, so one training (99 s) no longer fits 90% of the budget: the study goes on.
     study = Study(config(budget=BudgetSpec(train_time=90.0, time_ratio=1.2)), slots=2)
-    assert starts(study.decide(obs(0, 2)).actions) == [0]
+    assert starts(study.decide(obs(0, 2)).actions) == [0, 1]
     slow = trial(0, RUNNING, (1, 0.5, 11.0), (2, 0.6, 22.0))
-    decision = study.decide(obs(22, 1, slow))
-    assert starts(decision.actions) == [] and decision.finalize is None
+    decision = study.decide(obs(22, 1, slow, trial(1, PRUNED, (1, 0.4, 11.0))))
+    assert decision.finalize is None
     final = study.decide(obs(108, 1, slow)).finalize
     assert final is not None and final.reason == "deadline" and final.best is not None
+
+
+def test_time_left_after_the_planned_trials_goes_to_more_trials() -> None:
+    study = Study(config(), slots=1)  # 10 s an epoch, R = 9, rungs 1 and 3: 23.3 s an average trial
+    plan = study.decide(obs(0, 1)).plan
+    assert plan is not None
+    n = plan.planned_trials
+    # Every planned trial was pruned at its first rung (11 s each): far cheaper than planned.
+    ended = [trial(i, PRUNED, (1, 0.1 * i, 11.0 * (i + 1)), started=11.0 * i) for i in range(n)]
+    more = study.decide(obs(11 * n, 1, *ended))
+    assert starts(more.actions) == [n] and more.finalize is None
+    # Once the time left cannot hold an average trial, the study ends.
+    done = study.decide(obs(340, 1, *ended))
+    assert done.finalize is not None and done.finalize.reason == "all planned trials finished"
 
 
 def test_a_deadline_without_train_time_fills_every_slot_at_once() -> None:
@@ -314,6 +329,15 @@ def test_promote_with_a_measured_budget_times_two_reports_of_trial_0() -> None:
     assert (measured.plan.epoch_seconds, measured.plan.trial_overhead_seconds) == (2, 20)
     # The next trials pause at the first rung again.
     assert {a.stop_at for a in measured.actions if isinstance(a, StartTrial)} == {1}
+
+
+def test_each_trial_counts_once_in_the_measured_epoch_time() -> None:
+    study = Study(config(), slots=4)
+    # Trial 1 trained far at 14 s an epoch; trials 2-4 reported twice each at 7 s an epoch.
+    long_run = trial(1, *[(e, 0.5, 14.0 * e) for e in range(1, 10)])
+    short = [trial(i, PAUSED, (1, 0.5, 7.0), (2, 0.5, 14.0)) for i in (2, 3, 4)]
+    measured = study.measured_times([long_run, *short])
+    assert measured is not None and measured[0] == 7.0  # pooled, trial 1's 8 rates would give 14
 
 
 def test_promote_resumes_the_top_third_of_a_rung_from_where_it_paused() -> None:

@@ -56,6 +56,10 @@ RESYNC_SECONDS = 5.0
 # The reconcile decides for the moment its writes will have landed, this much after it read the
 # world, so that a study stopped "at the deadline" is finished at the deadline, not just after it.
 LEAD_SECONDS = 1.0
+# And it stops the trials this much earlier still: a share of the budget, at most STOP_MARGIN_MAX
+# seconds, for a late reconcile (a busy operator or API server) and the trial pods' stopping.
+STOP_MARGIN_FRACTION = 0.03
+STOP_MARGIN_MAX = 10.0
 # While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
 # The final training's Job may run this many times a full training as the plan predicts it
@@ -187,6 +191,11 @@ def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], n
 # --- the reconcile ------------------------------------------------------------------------------
 
 
+def stop_margin(budget_seconds: float | None) -> float:
+    """How long before the deadline the trials are stopped, besides LEAD_SECONDS."""
+    return 0.0 if not budget_seconds else min(STOP_MARGIN_MAX, STOP_MARGIN_FRACTION * budget_seconds)
+
+
 def reconcile(world: World, now: float) -> Outcome:
     study = world.study
     status = study.get("status") or {}
@@ -217,9 +226,11 @@ def reconcile(world: World, now: float) -> Outcome:
     ]
     core = Study(config, _slots(config, gpus, world.capacity))
     final_index = _final_index(study, states)
+    budget_seconds = (status.get("budget") or {}).get("budgetSeconds") or config.budget.seconds()
+    lead = LEAD_SECONDS + stop_margin(budget_seconds)
     observation = Observation(
         started_at=started_at,
-        now=now + LEAD_SECONDS,
+        now=now + lead,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
         final_index=final_index,
@@ -250,12 +261,14 @@ def reconcile(world: World, now: float) -> Outcome:
         and final_index is None
         and not resumed_final
     ):
-        requeue = min(requeue, max(0.05, decision.deadline - LEAD_SECONDS - now + 0.02))
+        requeue = min(requeue, max(0.05, decision.deadline - lead - now + 0.02))
     new_status = _study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
+    if "plan" in patch and _only_estimates_moved(status.get("plan") or {}, patch["plan"]):
+        del patch["plan"]
     if set(patch) == {"budget"} and _only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(
@@ -310,6 +323,30 @@ def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
     others = {k: v for k, v in desired.items() if k != "usedSeconds"}
     moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
     return status_patch(current, others) == {} and moved < RESYNC_SECONDS
+
+
+# Plan figures re-measured from every report; a change below this share is not worth a write.
+PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
+ESTIMATE_TOLERANCE = 0.05
+
+
+def _only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
+    """True when the plan changed by its time estimates alone, each by less than 5%."""
+    if not current or not desired:
+        return False
+    if status_patch(
+        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
+        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
+    ):
+        return False
+    for key in PLAN_ESTIMATES:
+        old, new = current.get(key), desired.get(key)
+        if old is None or new is None:
+            if old != new:
+                return False
+        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
+            return False
+    return True
 
 
 def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
@@ -507,6 +544,8 @@ def _study_status(
         "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
         "usedSeconds": float(round(now - started_at)),
     }
+    if deadline is not None:
+        budget["stopMarginSeconds"] = round(LEAD_SECONDS + stop_margin(deadline - started_at), 3)
     if finalize is not None:
         budget["finishedAt"] = to_rfc3339(now, micro=True)
         budget["usedSeconds"] = round(now - started_at, 3)

@@ -133,6 +133,9 @@ class BudgetStatus(_Model):
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     budget_seconds: float | None = None
     used_seconds: float = 0
+    stop_margin_seconds: float | None = Field(
+        default=None, description="Running trials are stopped this long before the deadline"
+    )
     finished_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     finished_inside_seconds: float | None = Field(
         default=None, description="deadline - finishedAt: how far inside the budget the study ended"

@@ -78,14 +78,20 @@ class Cluster:
         study = self.api.get_or_none(study_path(namespace, name))
         if study is None:
             return None
-        selector = {"labelSelector": f"{STUDY_LABEL}={name}"}
+        # resourceVersion "0": served from the API server's watch cache, not read through to etcd.
+        # Every reconcile follows a watch event, and the cache has applied that event before any
+        # watcher sees it, so the lists are at least as new as what triggered the reconcile.
+        cached = {"resourceVersion": "0"}
+        selector = {"labelSelector": f"{STUDY_LABEL}={name}", **cached}
         trials = self.api.list(trial_path(namespace), **selector)
         jobs = {j["metadata"]["name"]: j for j in self.api.list(job_path(namespace), **selector)}
         pods: dict[str, list[JSON]] = defaultdict(list)
         for pod in self.api.list(ns_path("", "v1", namespace, "pods"), **selector):
             pods[pod["metadata"].get("labels", {}).get(f"{GROUP}/trial", "")].append(pod)
-        nodes = self.api.list("/api/v1/nodes")
-        active = self.api.list("/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed")
+        nodes = self.api.list("/api/v1/nodes", **cached)
+        active = self.api.list(
+            "/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed", **cached
+        )
         return World(
             study=study,
             trials=tuple(trials),
