@@ -92,7 +92,7 @@ def expected_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: 
 def expected_runs(rungs: tuple[float, ...], eta: int) -> float:
     """Runs per trial under the promote rule: the first, and one more for each rung a trial is
     promoted from (a share eta^-k of the trials reaches level k)."""
-    return 1 + sum(eta**-k for k in range(1, len(rungs) + 1))
+    return 1.0 + sum(float(eta) ** -k for k in range(1, len(rungs) + 1))
 
 
 def predicted_seconds(
