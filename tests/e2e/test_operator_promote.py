@@ -18,7 +18,7 @@ from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
 from tests.cluster.waiting import wait_for
 from tests.e2e.conftest import REPO, OperatorProcess
-from tests.e2e.test_operator import create_study, trials_of, wait_phase
+from tests.e2e.test_operator import create_study, study_manifest, trials_of, wait_phase
 
 pytestmark = pytest.mark.e2e
 
@@ -28,39 +28,23 @@ SLACK_SECONDS = 1.5  # the Job deadline is whole seconds and a report is written
 
 
 def promote_manifest(name: str) -> JSON:
-    return {
-        "apiVersion": "hpo.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "metric": "accuracy",
-            "mode": "max",
-            "hpSpace": {"x": {"paramType": "uniform", "range": [0.0, 1.0]}},
-            "minimumResource": 1,
-            "maximumResource": MAX_RESOURCE,
-            "reductionFactor": 3,
-            "budget": {"deadline": "20s"},
-            "gpusPerTrial": 1,
-            "seed": 3,
-            "sampler": "random",
-            "asha": {"variant": "promote"},
-            "finalTraining": {"enabled": True},
-            "checkpoints": {"size": "1Gi", "storageClassName": "standard"},
-            "trialTemplate": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trial",
-                            "image": "hpo-fake-trainer:local",
-                            "command": ["python", "-m", "tests.fixtures.fake_trainer"],
-                            "workingDir": str(REPO),
-                            "env": [{"name": "FAKE_EPOCH_SECONDS", "value": "0.3"}],
-                        }
-                    ]
-                }
-            },
-        },
+    """The e2e study of test_operator with the promote variant, the final training and a claim the
+    operator creates; the trials run the fixtures' fake trainer."""
+    manifest = study_manifest(name, deadline="20s", parallel="auto", max_resource=MAX_RESOURCE)
+    spec = manifest["spec"]
+    spec |= {
+        "seed": 3,
+        "sampler": "random",
+        "asha": {"variant": "promote"},
+        "finalTraining": {"enabled": True},
+        "checkpoints": {"size": "1Gi", "storageClassName": "standard"},
     }
+    spec["trialTemplate"]["spec"]["containers"][0] |= {
+        "command": ["python", "-m", "tests.fixtures.fake_trainer"],
+        "workingDir": str(REPO),
+        "env": [{"name": "FAKE_EPOCH_SECONDS", "value": "0.3"}],
+    }
+    return manifest
 
 
 def by_time(trial: JSON) -> list[JSON]:
