@@ -190,26 +190,12 @@ class ClusterBackend:
         self.operator: Any = None
 
     def up(self) -> None:
-        import yaml as _yaml
-        from tests.e2e.conftest import (
-            CHART,
-            OPERATOR_NAMESPACE,
-            SERVICE_ACCOUNT,
-            OperatorProcess,
-            helm_template,
-            kubectl,
-        )
+        from tests.e2e.conftest import OperatorProcess, install_chart_without_operator
 
         started = time.monotonic()
         self.cluster.up()
         c = self.cluster
-        kubectl(c, "apply", "-f", str(CHART / "crds"))
-        for crd in ("hpostudies.hpo.dev", "hpotrials.hpo.dev"):
-            kubectl(c, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-        kubectl(c, "create", "namespace", OPERATOR_NAMESPACE)
-        docs = [d for d in _yaml.safe_load_all(helm_template()) if d and d.get("kind") != "Deployment"]
-        kubectl(c, "apply", "-f", "-", stdin=_yaml.safe_dump_all(docs))
-        kubeconfig = c.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
+        kubeconfig = install_chart_without_operator(c)
         self.operator = OperatorProcess(kubeconfig, c.log_dir / "hpo-operator.log")
         self.operator.start()
         print(f"cluster and operator up in {time.monotonic() - started:.1f}s at {c.root}", file=sys.stderr)

@@ -586,16 +586,8 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import yaml
     from tests.cluster.cluster import ClusterSpec, LocalCluster
-    from tests.e2e.conftest import (
-        CHART,
-        OPERATOR_NAMESPACE,
-        SERVICE_ACCOUNT,
-        OperatorProcess,
-        helm_template,
-        kubectl,
-    )
+    from tests.e2e.conftest import OperatorProcess, install_chart_without_operator
 
     cluster = LocalCluster(ClusterSpec(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
     t = time.monotonic()
@@ -604,13 +596,7 @@ def run(args: argparse.Namespace) -> None:
     operator = player = None
     try:
         kube = cluster.admin()
-        kubectl(cluster, "apply", "-f", str(CHART / "crds"))
-        for crd in ("hpostudies.hpo.dev", "hpotrials.hpo.dev"):
-            kubectl(cluster, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-        kubectl(cluster, "create", "namespace", OPERATOR_NAMESPACE)
-        manifests = [d for d in yaml.safe_load_all(helm_template()) if d and d.get("kind") != "Deployment"]
-        kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
-        kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
+        kubeconfig = install_chart_without_operator(cluster)
         operator = OperatorProcess(kubeconfig, cluster.log_dir / "hpo-operator.log")
         operator.start()
         assert operator.proc is not None

@@ -135,8 +135,7 @@ class OperatorProcess:
             return "(no log)"
 
 
-@pytest.fixture(scope="session")
-def operator_kubeconfig(cluster: LocalCluster, kube: Kube) -> Path:
+def install_chart_without_operator(cluster: LocalCluster) -> Path:
     """CRDs and the chart's RBAC applied; a kubeconfig acting as the chart's ServiceAccount."""
     kubectl(cluster, "apply", "-f", str(CHART / "crds"))
     for crd in ("hpostudies.hpo.dev", "hpotrials.hpo.dev"):
@@ -147,6 +146,11 @@ def operator_kubeconfig(cluster: LocalCluster, kube: Kube) -> Path:
     manifests = [d for d in yaml.safe_load_all(helm_template()) if d and d.get("kind") != "Deployment"]
     kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
     return cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, SERVICE_ACCOUNT)
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(cluster: LocalCluster, kube: Kube) -> Path:
+    return install_chart_without_operator(cluster)
 
 
 @pytest.fixture(scope="session")
