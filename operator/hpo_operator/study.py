@@ -470,18 +470,10 @@ class Study:
                     actions.append(ResumeTrial(index, self.trial_params(trial), start_from, stop_at))
                     active.add(index)
                     free -= 1
-            # Past the plan's trials, another starts while the slots' time left holds it and the
-            # work still due (planned and running trials) at an average trial each: trials often
-            # cost less than planned, and the budget is the user's to use.
-            mean_trial = overhead * self._runs_per_trial + self._trial_resource * epoch
-            capacity = HEADROOM * (deadline - obs.now) * self.parallel_limit()
-
-            def room() -> bool:
-                due = max(0, plan.planned_trials - started) + len(active)
-                return obs.now + mean_trial <= deadline and (due + 1) * mean_trial <= capacity
-
             tried = list(trials)
-            while free > 0 and (started < plan.planned_trials or room()):
+            while free > 0 and (
+                started < plan.planned_trials or self._room_for_another(plan, obs.now, deadline, len(active))
+            ):
                 if obs.now + overhead + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
@@ -493,14 +485,16 @@ class Study:
                 next_index += 1
                 started += 1
                 free -= 1
-            if started >= plan.planned_trials and not room():
+            if started >= plan.planned_trials and not self._room_for_another(
+                plan, obs.now, deadline, len(active)
+            ):
                 message = f"all {plan.planned_trials} planned trials started"
 
         if not active:
             if plan is not None:
                 first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
-                if started >= plan.planned_trials and not room():
+                if started >= plan.planned_trials and not self._room_for_another(plan, obs.now, deadline, 0):
                     return finish("all planned trials finished", message)
                 if out_of_time:
                     return finish("no time for another trial", message)
@@ -508,6 +502,18 @@ class Study:
                 # Trial 0 ended without the reports that size the budget.
                 actions.append(Finalize("the first trial ended before its first report", best, False))
         return Decision(actions, plan, deadline, best, message, rung_decisions)
+
+    def _room_for_another(self, plan: Plan, now: float, deadline: float | None, running: int) -> bool:
+        """Past the plan's trials, whether another may start: the slots' time left must hold the
+        work still due (``running`` trials) and one more, at an average trial each. Trials often
+        cost less than planned, and the budget is the user's to use."""
+        if deadline is None:
+            return False
+        mean_trial = (
+            plan.trial_overhead_seconds * self._runs_per_trial + self._trial_resource * plan.epoch_seconds
+        )
+        capacity = HEADROOM * (deadline - now) * self.parallel_limit()
+        return now + mean_trial <= deadline and (running + 1) * mean_trial <= capacity
 
     def promotable(self, trials: Sequence[TrialView]) -> list[tuple[int, float, float]]:
         """Promote variant: paused trials in the top ``n // eta`` of the n values recorded at the
