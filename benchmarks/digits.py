@@ -59,11 +59,10 @@ def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, An
     config = work / f"ours-{seed}.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = work / f"ours-{seed}-{workers}"
-    hpo = Path(sys.executable).parent / "hpo"
     started = time.monotonic()
     done = subprocess.run(
-        [str(hpo), "run", str(config), "--budget", f"{budget:g}", "--gpus", "0", "--cpu-slots", str(workers),
-         "--out", str(out), "--", sys.executable, *TRAINER],
+        [sys.executable, "-m", "hpo_operator", "run", str(config), "--budget", f"{budget:g}", "--gpus", "0",
+         "--cpu-slots", str(workers), "--out", str(out), "--", sys.executable, *TRAINER],
         capture_output=True, text=True, env=_env(), cwd=REPO,
     )  # fmt: skip
     elapsed = time.monotonic() - started
@@ -177,27 +176,34 @@ def run_optuna(budget: float, seed: int, work: Path, workers: int) -> dict[str, 
     }
 
 
+RUNNERS = {"ours": run_ours, "optuna-sh-tpe": run_optuna}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per study")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="trials at once (CPU slots)")
+    parser.add_argument("--first-seed", type=int, default=0, help="the seeds run: first-seed onwards")
+    parser.add_argument(
+        "--contenders", nargs="+", choices=sorted(RUNNERS), default=sorted(RUNNERS, reverse=True)
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "digits.json")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
         # Seed-major, contenders alternating: a change in the machine's load hits both alike.
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for workers in args.workers:
-                for run in (run_ours, run_optuna):
-                    row = run(args.budget, seed, Path(tmp), workers)
+                for name in args.contenders:
+                    row = RUNNERS[name](args.budget, seed, Path(tmp), workers)
                     print(
                         json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
                     )
                     rows.append(row)
     summary: dict[str, Any] = {}
     for workers in args.workers:
-        for name in ("ours", "optuna-sh-tpe"):
+        for name in args.contenders:
             mine = [r for r in rows if r["contender"] == name and r["workers"] == workers]
             accs = [r["best_accuracy"] for r in mine if r["best_accuracy"] is not None]
             summary[f"{name} {workers}w"] = {

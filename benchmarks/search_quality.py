@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import time
@@ -44,6 +45,19 @@ def curve_times(problem: Problem, ratio: float) -> list[float]:
     return [deadline * (i + 1) / CURVE_POINTS for i in range(CURVE_POINTS)]
 
 
+def _one_run(task: tuple[str, int, str, int, float, float]) -> tuple[RunSummary, int] | str:
+    """One contender on one problem, worker count and seed: its summary and the runs it started, or
+    why the contender cannot run here. A top-level function so that worker processes can take it."""
+    problem_name, w, name, seed, ratio, start_seconds = task
+    contenders.START_SECONDS = start_seconds
+    problem = PROBLEMS[problem_name]
+    try:
+        trace = contender(name).run(problem, w, ratio, seed)
+    except Unavailable as err:
+        return str(err)
+    return summarize(trace, problem, curve_times(problem, ratio)), sum(t.runs for t in trace.trials)
+
+
 def run_all(
     problems: Sequence[str],
     workers: Sequence[int],
@@ -52,35 +66,38 @@ def run_all(
     ratio: float,
     log: Any = sys.stderr,
     starts: dict[tuple[str, int, str, int], int] | None = None,
+    jobs: int = 1,
 ) -> tuple[list[RunSummary], dict[str, str]]:
-    """Every contender on every problem, worker count and seed. ``starts``, when given, receives the
-    runs each study started, new trials and resumptions together, by (problem, workers, name, seed)."""
+    """Every contender on every problem, worker count and seed, in ``jobs`` processes (each run is
+    seeded and on a virtual clock, so the results do not depend on how many). ``starts``, when given,
+    receives the runs each study started, new trials and resumptions together, by (problem, workers,
+    name, seed)."""
+    tasks = [
+        (p, w, name, seed, ratio, contenders.START_SECONDS)
+        for p in problems
+        for w in workers
+        for name in names
+        for seed in seeds
+    ]
+    started = time.monotonic()
+    if jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            results = pool.map(_one_run, tasks, chunksize=1)
+    else:
+        results = [_one_run(task) for task in tasks]
     runs: list[RunSummary] = []
     skipped: dict[str, str] = {}
-    for problem_name in problems:
-        problem = PROBLEMS[problem_name]
-        times = curve_times(problem, ratio)
-        for w in workers:
-            for name in names:
-                if name in skipped:
-                    continue
-                started = time.monotonic()
-                for seed in seeds:
-                    try:
-                        trace = contender(name).run(problem, w, ratio, seed)
-                    except Unavailable as err:
-                        skipped[name] = str(err)
-                        print(f"skipping {name}: {err}", file=log)
-                        break
-                    runs.append(summarize(trace, problem, times))
-                    if starts is not None:
-                        starts[(problem_name, w, name, seed)] = sum(t.runs for t in trace.trials)
-                print(
-                    f"{problem_name} workers={w} {name}: {len(seeds)} seeds in "
-                    f"{time.monotonic() - started:.1f}s",
-                    file=log,
-                    flush=True,
-                )
+    for (problem_name, w, name, seed, _, _), result in zip(tasks, results, strict=True):
+        if isinstance(result, str):
+            if name not in skipped:
+                print(f"skipping {name}: {result}", file=log)
+            skipped[name] = result
+            continue
+        summary, runs_started = result
+        runs.append(summary)
+        if starts is not None:
+            starts[(problem_name, w, name, seed)] = runs_started
+    print(f"{len(tasks)} runs in {time.monotonic() - started:.1f}s ({jobs} processes)", file=log, flush=True)
     return runs, skipped
 
 
@@ -267,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 8])
-    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=10, help="how many seeds: first-seed onwards")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="processes to run the runs in")
     parser.add_argument("--ratio", type=float, default=4.0, help="budget as a multiple of one training")
     parser.add_argument(
         "--contenders", nargs="+", default=list(DEFAULT_CONTENDERS), help="names, or ours:<sampler>"
@@ -285,7 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     starts: dict[tuple[str, int, str, int], int] = {}
     runs, skipped = run_all(
-        args.problems, args.workers, range(args.seeds), args.contenders, args.ratio, starts=starts
+        args.problems,
+        args.workers,
+        range(args.first_seed, args.first_seed + args.seeds),
+        args.contenders,
+        args.ratio,
+        starts=starts,
+        jobs=args.jobs,
     )
     stats = group_stats(runs, args.reference, starts)
     pairs = pair_stats(runs, args.pairs)

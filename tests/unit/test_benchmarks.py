@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import itertools
 import json
 import math
@@ -24,6 +25,7 @@ from benchmarks.functions import (
 )
 from benchmarks.metrics import mean_ci, ratio_ci, summarize
 from benchmarks.search_quality import main as search_quality_main
+from benchmarks.search_quality import run_all
 
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -134,6 +136,16 @@ def test_search_quality_harness_writes_results(tmp_path: Path) -> None:
     assert names == {"ours", "random"}
     random_row = next(s for s in data["stats"] if s["contender"] == "random")
     assert "ratio_ours_to_this" in random_row and len(data["runs"]) == 4
+
+
+def test_search_quality_runs_the_same_in_worker_processes_and_from_any_first_seed() -> None:
+    args = (["branin"], [2], range(3, 5), ["ours", "random"], 2.0)
+    serial, skipped = run_all(*args, log=io.StringIO())
+    parallel, _ = run_all(*args, log=io.StringIO(), jobs=2)
+    assert not skipped and [r.seed for r in serial] == [3, 4, 3, 4]
+    assert [(r.contender, r.seed, r.final_regret, r.trials) for r in parallel] == [
+        (r.contender, r.seed, r.final_regret, r.trials) for r in serial
+    ]
 
 
 def test_budget_adherence_refuses_one_training_and_never_passes_the_deadline() -> None:
