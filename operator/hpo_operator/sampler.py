@@ -9,9 +9,13 @@ ASHA's rung results: trials are ranked as ASHA ranks them, by the highest rung e
 by its value at that rung (values compared only at equal resource), the best ``gamma`` share forms
 the good density l and the rest the bad density g, and the proposal is the candidate drawn from l
 that maximises ``l(u) / g(u)``. So a trial that reached a higher rung always counts as better than
-one pruned below it, and every report informs the model, the sparse top rung included. A
-quasi-random start and a share of random proposals keep it from collapsing. Proposals never repeat
-a configuration already tried while the space has others.
+one pruned below it, and every report informs the model, the sparse top rung included. A density
+of many points gives each point its own kernel width per dimension, the larger gap to its
+neighbours along that dimension (the adaptive Parzen rule of hyperopt's TPE): narrow where good
+trials gather, wide around an isolated one. Once many trials have reported, a share of proposals
+is a local step around one of the best trials (as a trust region does), which refines a basin
+faster than the density alone. A quasi-random start and a share of random proposals keep it from
+collapsing. Proposals never repeat a configuration already tried while the space has others.
 
 Pure: the inputs are the trials so far and a generator seeded by (seed, trial index), so the same
 observations always give the same proposal.
@@ -39,14 +43,18 @@ QMC_BLOCK = 16
 GAMMA = 0.15  # share of observations that count as good
 RANDOM_FRACTION = 0.1  # proposals drawn at random, so the model never collapses
 CANDIDATES = 32  # candidates drawn from the good density per proposal
-MIN_BANDWIDTH = 0.03  # in unit-cube coordinates
+MIN_BANDWIDTH = 0.01  # in unit-cube coordinates (Optuna's floor: 1/100 of the range)
 CHOICE_KEEP = 0.8  # a choice's kernel: this much mass on its own category, the rest spread evenly
 PRIOR_WEIGHT = 1.0  # weight of the uniform prior in each density
 DUPLICATE_RETRIES = 20
-# Bandwidths (chosen on seeds 100-109 of benchmarks/search_quality.py, reported on 0-9; README).
-DATA_MIN_POINTS = 20  # a density of this many points takes its bandwidths from their spread
-BANDWIDTH_SCALE = 2.0  # that spread-based bandwidth, in multiples of Scott's rule
+# Chosen on seeds 100-129 and checked on 200-259 of benchmarks/search_quality.py (README).
+DATA_MIN_POINTS = 20  # a density of this many points takes each point's widths from its neighbours
 SAMPLE_WIDEN = 2.0  # ...and its candidates drawn with kernels this much wider (as BOHB's factor 3)
+LOCAL_MIN_TRIALS = 60  # trials with reports before local steps start
+LOCAL_FRACTION = 0.3  # then this share of the model's proposals is a local step
+LOCAL_TOP = 3  # around one of this many best trials
+LOCAL_SCALE = 0.5  # a step's spread per dimension, in multiples of the good trials' spread
+LOCAL_MIN_STEP = 0.005  # in unit-cube coordinates
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,17 @@ def _unit_of(space: SearchSpace, params: dict[str, Any]) -> list[float] | None:
         return None
 
 
+def neighbour_gaps(points: np.ndarray) -> np.ndarray:
+    """For each point and dimension, the larger of the gaps to its neighbours along that dimension,
+    the ends of [0, 1] counting as neighbours: (n, d) kernel widths."""
+    out = np.empty(points.shape)
+    for d in range(points.shape[1]):
+        order = np.argsort(points[:, d], kind="stable")
+        xs = np.concatenate(([0.0], points[order, d], [1.0]))
+        out[order, d] = np.maximum(xs[1:-1] - xs[:-2], xs[2:] - xs[1:-1])
+    return out
+
+
 class _Parzen:
     """A product of per-dimension densities on [0, 1]: Gaussian kernels for numeric parameters,
     smoothed frequencies for choices, mixed with a uniform prior. Vectorised: scoring a batch of
@@ -118,31 +137,35 @@ class _Parzen:
         self.points = np.asarray(points, dtype=float).reshape(len(points), len(space))
         n = max(len(points), 1)
         d = len(space)
-        # Many points: Scott's rule per dimension from their own spread, so the density narrows where
-        # the good trials gather (8 workers: refining Branin's and Hartmann's basins), doubled, and
-        # candidates drawn wider still. Few points (2 workers, ~40 trials): a spread-based fit
-        # collapsed onto one basin in the measurements, so a fixed spread of 0.5 (the Scott-like
-        # rule of before). Floored so a bandwidth never degenerates.
+        # Many points: each kernel as wide as the gaps to its neighbours, so the density narrows where
+        # good trials gather (8 workers: refining Branin's and Hartmann's basins) and stays wide
+        # around a lone one; candidates drawn wider still. Few points (2 workers, ~40 trials): one
+        # fixed width of 0.5 n^(-1/(d+4)) everywhere, as a fit to so few collapsed onto one basin in
+        # the measurements. Floored so a kernel never degenerates.
         if len(points) >= DATA_MIN_POINTS:
-            spread, self.widen = BANDWIDTH_SCALE * self.points.std(axis=0), SAMPLE_WIDEN
+            widths, self.widen = neighbour_gaps(self.points), SAMPLE_WIDEN
         else:
-            spread, self.widen = np.full(d, 0.5), 1.0
-        self.bandwidths = np.clip(spread * float(n) ** (-1 / (d + 4)), MIN_BANDWIDTH, 0.5)
+            widths = np.full(self.points.shape, 0.5 * float(n) ** (-1 / (d + 4)))
+            self.widen = 1.0
+        self.bandwidths = np.clip(widths, MIN_BANDWIDTH, 0.5)  # (points, dimensions)
         self.total = len(points) + PRIOR_WEIGHT
         self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
 
     def sample(self, rng: random.Random) -> list[float]:
         pick = int(rng.uniform(0, self.total))
         if pick < len(self.points):
-            return [self._around(rng, d, float(x)) for d, x in enumerate(self.points[pick])]
+            return [
+                self._around(rng, d, float(x), float(self.bandwidths[pick, d]))
+                for d, x in enumerate(self.points[pick])
+            ]
         return [rng.random() for _ in self.space.params]
 
-    def _around(self, rng: random.Random, d: int, x: float) -> float:
+    def _around(self, rng: random.Random, d: int, x: float, bandwidth: float) -> float:
         if self.sizes[d]:
             # Keep the category most of the time; otherwise any category.
             return x if rng.random() < CHOICE_KEEP else rng.random()
         for _ in range(8):
-            y = rng.gauss(x, self.widen * float(self.bandwidths[d]))
+            y = rng.gauss(x, self.widen * bandwidth)
             if 0.0 <= y < 1.0:
                 return y
         return min(max(x, 0.0), math.nextafter(1.0, 0.0))
@@ -157,7 +180,7 @@ class _Parzen:
                 same = np.floor(a * size) == np.floor(b * size)
                 kernel *= np.where(same, CHOICE_KEEP * size, 0.0) + (1 - CHOICE_KEEP)
             else:
-                bw = float(self.bandwidths[d])
+                bw = self.bandwidths[:, d][None, :]
                 z = (a - b) / bw
                 kernel *= np.exp(-0.5 * z * z) / (bw * math.sqrt(2 * math.pi))
         # The uniform prior has density 1 everywhere.
@@ -173,6 +196,7 @@ class Sampler:
         self.kind = kind
         self.seed = seed
         self.mode = mode
+        self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
         self._derived: dict[int, _Derived] = {}
 
     def _rng(self, index: int) -> random.Random:
@@ -200,7 +224,12 @@ class Sampler:
         rng = self._rng(index)
         if rng.random() < RANDOM_FRACTION:
             return self._unseen(self.space.sample(rng), index, seen)
-        proposal = self._model_based(rng, derived, seen)
+        ranked = self._ranked(derived)
+        if ranked is not None and len(ranked) >= LOCAL_MIN_TRIALS and rng.random() < LOCAL_FRACTION:
+            step = self._local_step(rng, ranked, seen)
+            if step is not None:
+                return step
+        proposal = self._model_based(rng, ranked, seen)
         if proposal is None:
             return self._unseen(self.quasi_random(index), index, seen)
         return proposal
@@ -253,13 +282,31 @@ class Sampler:
         ranked.sort(key=lambda r: (r[0], r[1], r[2]), reverse=True)
         return [r[3] for r in ranked]
 
+    def _local_step(
+        self, rng: random.Random, ranked: Sequence[list[float]], seen: set[str]
+    ) -> dict[str, Any] | None:
+        """A Gaussian step around one of the best trials, per dimension half as wide as the good
+        trials' spread there (so it shrinks as they gather); choices keep their category."""
+        centre = ranked[rng.randrange(min(LOCAL_TOP, len(ranked)))]
+        good = np.asarray(ranked[: max(2, math.ceil(GAMMA * len(ranked)))])
+        steps = np.maximum(LOCAL_SCALE * good.std(axis=0), LOCAL_MIN_STEP)
+        last = math.nextafter(1.0, 0.0)
+        for _ in range(DUPLICATE_RETRIES):
+            u = [
+                x if self.sizes[d] else min(max(rng.gauss(x, float(steps[d])), 0.0), last)
+                for d, x in enumerate(centre)
+            ]
+            params = self.space.from_unit(u)
+            if _key(params) not in seen:
+                return params
+        return None
+
     def _model_based(
         self,
         rng: random.Random,
-        derived: Sequence[_Derived],
+        ranked: Sequence[list[float]] | None,
         seen: set[str],
     ) -> dict[str, Any] | None:
-        ranked = self._ranked(derived)
         if ranked is None:
             return None
         n_good = max(1, math.ceil(GAMMA * len(ranked)))

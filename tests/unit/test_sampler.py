@@ -7,17 +7,26 @@ import random
 import statistics
 from typing import Any
 
+import numpy as np
 import pytest
 
+from hpo_operator import sampler as sampler_module
 from hpo_operator.asha import Report
 from hpo_operator.sampler import (
     DATA_MIN_POINTS,
+    GAMMA,
+    LOCAL_MIN_STEP,
+    LOCAL_MIN_TRIALS,
+    LOCAL_SCALE,
+    LOCAL_TOP,
     MIN_BANDWIDTH,
     QMC_BLOCK,
+    SAMPLE_WIDEN,
     Observed,
     Sampler,
     _Parzen,
     latin_hypercube_point,
+    neighbour_gaps,
     startup_trials,
 )
 from hpo_operator.space import SearchSpace, parse_space
@@ -179,27 +188,81 @@ def test_proposals_do_not_depend_on_whether_trials_carry_an_index() -> None:
         )
 
 
-def test_each_dimension_gets_its_own_bandwidth_from_the_spread_of_its_points() -> None:
-    """Good trials gathered in x but spread in y: the good density is narrow in x only."""
+def test_each_kernel_is_as_wide_as_the_gaps_to_its_neighbours() -> None:
+    points = np.array([[0.6, 0.5], [0.1, 0.0], [0.2, 1.0]])
+    # x: 0.1 | 0.2 | 0.6 between the ends 0 and 1; y: 0.0 | 0.5 | 1.0.
+    assert np.allclose(neighbour_gaps(points), [[0.4, 0.5], [0.1, 0.5], [0.4, 0.5]])
+
+
+def test_kernels_narrow_where_good_trials_gather_and_stay_wide_around_a_lone_one() -> None:
     space = parse_space(
         {"x": {"param_type": "uniform", "range": [0, 1]}, "y": {"param_type": "uniform", "range": [0, 1]}}
     )
-    points = [[0.5 + 0.01 * ((i % 5) - 2), i / DATA_MIN_POINTS] for i in range(DATA_MIN_POINTS)]
+    n = DATA_MIN_POINTS
+    # Gathered in x around 0.3, spread evenly in y; one more point far off at x = 0.9.
+    points = [[0.3 + 0.002 * i, (i + 0.5) / n] for i in range(n)] + [[0.9, 0.5]]
     density = _Parzen(space, points)
-    assert density.bandwidths[0] < 0.25 * density.bandwidths[1]
-    # More points of the same spread: narrower (Scott's rule), never below the floor.
-    assert _Parzen(space, points * 4).bandwidths[1] < density.bandwidths[1]
-    assert min(_Parzen(space, [[0.5, 0.5]] * DATA_MIN_POINTS).bandwidths) == MIN_BANDWIDTH
-    # Too few points for their spread to tell: the same wide bandwidth in every dimension.
-    few = _Parzen(space, points[: DATA_MIN_POINTS - 1])
-    assert few.bandwidths[0] == few.bandwidths[1] > 0.25
+    x_widths, y_widths = density.bandwidths[:, 0], density.bandwidths[:, 1]
+    assert max(x_widths[1 : n - 1]) == MIN_BANDWIDTH  # inside the cluster: the floor
+    assert x_widths[n] > 0.5 * (0.9 - 0.3)  # the lone point
+    assert min(y_widths[:n]) > 0.04  # y is spread: gaps of 1/n
+    assert density.widen == SAMPLE_WIDEN
+    # Too few points for their gaps to tell: the same wide kernel everywhere, not widened.
+    few = _Parzen(space, points[: n - 1])
+    assert few.widen == 1.0 and float(few.bandwidths.min()) == float(few.bandwidths.max()) > 0.25
 
 
 def test_candidates_are_drawn_wider_than_the_density_scores() -> None:
     space = parse_space({"x": {"param_type": "uniform", "range": [0, 1]}})
-    density = _Parzen(space, [[0.5]] * DATA_MIN_POINTS)  # no spread: the floor
+    density = _Parzen(space, [[0.5]] * DATA_MIN_POINTS)
     rng = random.Random(0)
-    # Draws around the points (most of the prior's uniform draws left out by a window) spread like
-    # the widened kernel, not the scoring one.
-    draws = [x for x in (density.sample(rng)[0] for _ in range(4000)) if 0.3 < x < 0.7]
-    assert 1.5 * MIN_BANDWIDTH < statistics.stdev(draws) < 2.5 * MIN_BANDWIDTH
+    draws = [density._around(rng, 0, 0.5, MIN_BANDWIDTH) for _ in range(4000)]
+    assert 0.9 * SAMPLE_WIDEN * MIN_BANDWIDTH < statistics.stdev(draws) < 1.1 * SAMPLE_WIDEN * MIN_BANDWIDTH
+
+
+def _bowl_history(n: int) -> list[Observed]:
+    space = parse_space(
+        {"x": {"param_type": "uniform", "range": [0, 1]}, "y": {"param_type": "uniform", "range": [0, 1]}}
+    )
+    return history(space, n, lambda p: -((p["x"] - 0.8) ** 2 + (p["y"] - 0.2) ** 2))
+
+
+def test_local_steps_start_once_enough_trials_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    space = parse_space(
+        {"x": {"param_type": "uniform", "range": [0, 1]}, "y": {"param_type": "uniform", "range": [0, 1]}}
+    )
+    monkeypatch.setattr(sampler_module, "RANDOM_FRACTION", 0.0)
+    tried = _bowl_history(LOCAL_MIN_TRIALS)
+    best = sorted(tried, key=lambda t: -t.reports[-1].value)[:LOCAL_TOP]
+    good = np.array(
+        [[t.params["x"], t.params["y"]] for t in sorted(tried, key=lambda t: -t.reports[-1].value)]
+    )[: math.ceil(GAMMA * len(tried))]
+    steps = np.maximum(LOCAL_SCALE * good.std(axis=0), LOCAL_MIN_STEP)
+
+    def proposals(trials: list[Observed], share: float) -> list[dict[str, Any]]:
+        monkeypatch.setattr(sampler_module, "LOCAL_FRACTION", share)
+        s = Sampler(space, "tpe", 0, "max")
+        return [s.propose(i, trials, (1, 3), 9) for i in range(100, 160)]
+
+    # Every proposal a local step: within four steps of one of the best trials in each dimension.
+    for p in proposals(tried, 1.0):
+        assert any(
+            abs(p["x"] - b.params["x"]) < 4 * steps[0] and abs(p["y"] - b.params["y"]) < 4 * steps[1]
+            for b in best
+        ), p
+    # One trial fewer: no local step, and the draw that decides on one is not even made.
+    fewer = tried[:-1]
+    assert proposals(fewer, 1.0) == proposals(fewer, 0.0)
+    assert proposals(tried, 1.0) != proposals(tried, 0.0)
+
+
+@pytest.mark.parametrize("kind", ["qmc", "tpe"])
+def test_proposals_with_local_steps_are_deterministic_valid_and_new(kind: Any) -> None:
+    tried = history(ALL_TYPES, LOCAL_MIN_TRIALS + 20, lambda p: -abs(p["u"] - 2.0) - p["lu"])
+    seen = {repr(sorted(t.params.items())) for t in tried}
+    a = Sampler(ALL_TYPES, kind, 5, "max")
+    for index in range(200, 260):
+        proposal = a.propose(index, tried, (1, 3), 9)
+        assert proposal == Sampler(ALL_TYPES, kind, 5, "max").propose(index, tried, (1, 3), 9)
+        assert all(p.contains(proposal[p.name]) for p in ALL_TYPES.params)
+        assert repr(sorted(proposal.items())) not in seen
