@@ -50,6 +50,7 @@ def _env(threads: int = 1) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[name] = str(threads)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # both contenders train on the CPU, also on a machine with GPUs
     return env
 
 
