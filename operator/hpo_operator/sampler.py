@@ -49,6 +49,7 @@ PRIOR_WEIGHT = 1.0  # weight of the uniform prior in each density
 DUPLICATE_RETRIES = 20
 # Chosen on seeds 100-129 and checked on 200-259 of benchmarks/search_quality.py (README).
 DATA_MIN_POINTS = 20  # a density of this many points takes each point's widths from its neighbours
+FEW_POINTS_WIDTH = 0.3  # below that, every kernel is this times n^(-1/(d+4)) wide
 SAMPLE_WIDEN = 2.0  # ...and its candidates drawn with kernels this much wider (as BOHB's factor 3)
 LOCAL_MIN_TRIALS = 60  # trials with reports before local steps start
 LOCAL_FRACTION = 0.3  # then this share of the model's proposals is a local step
@@ -140,12 +141,12 @@ class _Parzen:
         # Many points: each kernel as wide as the gaps to its neighbours, so the density narrows where
         # good trials gather (8 workers: refining Branin's and Hartmann's basins) and stays wide
         # around a lone one; candidates drawn wider still. Few points (2 workers, ~40 trials): one
-        # fixed width of 0.5 n^(-1/(d+4)) everywhere, as a fit to so few collapsed onto one basin in
+        # fixed width of 0.3 n^(-1/(d+4)) everywhere, as a fit to so few collapsed onto one basin in
         # the measurements. Floored so a kernel never degenerates.
         if len(points) >= DATA_MIN_POINTS:
             widths, self.widen = neighbour_gaps(self.points), SAMPLE_WIDEN
         else:
-            widths = np.full(self.points.shape, 0.5 * float(n) ** (-1 / (d + 4)))
+            widths = np.full(self.points.shape, FEW_POINTS_WIDTH * float(n) ** (-1 / (d + 4)))
             self.widen = 1.0
         self.bandwidths = np.clip(widths, MIN_BANDWIDTH, 0.5)  # (points, dimensions)
         self.total = len(points) + PRIOR_WEIGHT
