@@ -74,6 +74,7 @@ def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, An
         "seed": seed,
         "workers": workers,
         "exit": done.returncode,
+        "log_tail": None if done.returncode == 0 else (done.stdout + done.stderr)[-2000:],
         "best_accuracy": best.get("value"),
         "best": best,
         "trials": len(study.get("trials", [])),
