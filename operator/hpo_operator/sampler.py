@@ -49,8 +49,8 @@ PRIOR_WEIGHT = 1.0  # weight of the uniform prior in each density
 DUPLICATE_RETRIES = 20
 # Chosen on seeds 100-129 and checked on 200-259 of benchmarks/search_quality.py (README).
 DATA_MIN_POINTS = 20  # a density of this many points takes each point's widths from its neighbours
-FEW_POINTS_WIDTH = 0.3  # below that, every kernel is this times n^(-1/(d+4)) wide
 SAMPLE_WIDEN = 2.0  # ...and its candidates drawn with kernels this much wider (as BOHB's factor 3)
+FEW_POINTS_WIDTH = 0.3  # below DATA_MIN_POINTS, every kernel is this times n^(-1/(d+4)) wide
 LOCAL_MIN_TRIALS = 60  # trials with reports before local steps start
 LOCAL_FRACTION = 0.3  # then this share of the model's proposals is a local step
 LOCAL_TOP = 3  # around one of this many best trials
