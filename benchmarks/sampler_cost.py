@@ -1,6 +1,6 @@
 """The cost of one model-based proposal, ours against Optuna's TPESampler, on the same history.
 
-    nice -n 19 .venv/bin/python -m benchmarks.sampler_cost --trials 100 1000
+    nice -n 19 .venv/bin/python -m benchmarks.sampler_cost --trials 100 1000 --samplers tpe gp
 
 A history of ``n`` trials with four parameters (two log-scaled, two linear) is made as ASHA would
 leave it (eta = 3, rungs 1, 3, 9 and R = 27): every trial reports at epoch 1, and the best third of
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hpo_operator.asha import Report
-from hpo_operator.config import StudyConfig
+from hpo_operator.config import SamplerName, StudyConfig
 from hpo_operator.space import parse_space
 from hpo_operator.study import Study, TrialStatus, TrialView
 
@@ -66,8 +66,12 @@ def history(n: int, seed: int = 0) -> list[tuple[dict[str, Any], list[tuple[int,
     return trials
 
 
-def ours_ms(trials: Sequence[tuple[dict[str, Any], list[tuple[int, float]]]], repeats: int) -> float:
-    config = StudyConfig(space=parse_space(SPACE), metric="loss", mode="min", max_resource=27, seed=1)
+def ours_ms(
+    trials: Sequence[tuple[dict[str, Any], list[tuple[int, float]]]], repeats: int, sampler: SamplerName
+) -> float:
+    config = StudyConfig(
+        space=parse_space(SPACE), metric="loss", mode="min", max_resource=27, seed=1, sampler=sampler
+    )
     study = Study(config, slots=8)
     views = [
         TrialView(
@@ -127,18 +131,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", nargs="+", type=int, default=[100, 1000])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "gp"], help="ours, one row each")
     args = parser.parse_args(argv)
-    print("| observed trials | ours: ms per proposal | Optuna TPESampler: ms per ask | ours / Optuna |")
-    print("| --- | --- | --- | --- |")
+    header = (
+        "observed trials",
+        "sampler",
+        "ours: ms per proposal",
+        "Optuna TPESampler: ms per ask",
+        "ours / Optuna",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("| --- | --- | --- | --- | --- |")
     for n in args.trials:
         trials = history(n)
-        ours = ours_ms(trials, args.repeats)
+        ours = {name: ours_ms(trials, args.repeats, name) for name in args.samplers}
         try:
             theirs = optuna_ms(trials, args.repeats)
         except ImportError:
             print("optuna is not installed (pip install 'hpo-operator[bench]')", file=sys.stderr)
             theirs = math.nan
-        print(f"| {n} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |", flush=True)
+        for name, ms in ours.items():
+            print(f"| {n} | {name} | {ms:.2f} | {theirs:.2f} | {ms / theirs:.2f} |", flush=True)
     return 0
 
 

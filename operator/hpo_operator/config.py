@@ -29,9 +29,9 @@ DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_TIME_RATIO = 4.0
 
 Mode = Literal["max", "min"]
-SamplerName = Literal["random", "qmc", "tpe"]
+SamplerName = Literal["random", "qmc", "tpe", "gp"]
 AshaVariant = Literal["stop", "promote"]
-DEFAULT_SAMPLER: SamplerName = "tpe"
+DEFAULT_SAMPLER: SamplerName = "gp"
 
 
 class ConfigError(ValueError):
@@ -342,7 +342,7 @@ class StudySpec(_Camel):
     )
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = Field(
-        default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube) or tpe (model-based)"
+        default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube), tpe or gp (model-based)"
     )
     asha: AshaSettings = Field(default_factory=AshaSettings)
     final_training: FinalTrainingModel = Field(default_factory=FinalTrainingModel)

@@ -31,6 +31,7 @@ from typing import Any, get_args
 
 import numpy as np
 
+from . import gp
 from .asha import Report, rung_records, score
 from .config import Mode, SamplerName
 from .space import SearchSpace
@@ -56,6 +57,15 @@ LOCAL_FRACTION = 0.3  # then this share of the model's proposals is a local step
 LOCAL_TOP = 3  # around one of this many best trials
 LOCAL_SCALE = 0.5  # a step's spread per dimension, in multiples of the good trials' spread
 LOCAL_MIN_STEP = 0.005  # in unit-cube coordinates
+# The gp sampler: candidates for its expected improvement, uniform and around the best trials.
+GP_UNIFORM_CANDIDATES = 256
+GP_TOP = 5  # trials with the best predicted full-fidelity value
+GP_LOCAL_SCALES = (0.01, 0.03, 0.1, 0.3)  # Gaussian steps around each, in unit-cube coordinates
+GP_LOCAL_CANDIDATES = 8  # per trial and scale
+GP_POINTS_PER_DIMENSION = 10  # trials with reports per dimension before the GP takes over from tpe
+GP_XI = 1.0  # expected improvement over the incumbent plus this (normal scores): explores more
+GP_SHORTLIST = 64  # trials whose full-fidelity value is predicted, best latest results first
+GP_SNAPPED = 16  # best raw candidates snapped to the space and re-scored
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class _Derived:
     key: str
     unit: list[float] | None
     standing: tuple[int, float] | None  # highest level reached and its score there
+    scores: tuple[float, ...] = ()  # its score at each level it reached
 
 
 def startup_trials(space: SearchSpace) -> int:
@@ -225,6 +236,13 @@ class Sampler:
         rng = self._rng(index)
         if rng.random() < RANDOM_FRACTION:
             return self._unseen(self.space.sample(rng), index, seen)
+        if self.kind == "gp" and sum(
+            d.standing is not None for d in derived
+        ) >= GP_POINTS_PER_DIMENSION * len(self.space):
+            gp_proposal = self._gp_based(rng, derived, levels, seen)
+            if gp_proposal is None:
+                return self._unseen(self.quasi_random(index), index, seen)
+            return gp_proposal
         ranked = self._ranked(derived)
         if ranked is not None and len(ranked) >= LOCAL_MIN_TRIALS and rng.random() < LOCAL_FRACTION:
             step = self._local_step(rng, ranked, seen)
@@ -265,6 +283,7 @@ class Sampler:
             _key(trial.params),
             _unit_of(self.space, trial.params),
             standing,
+            tuple(score(r.value, self.mode) for r in records),
         )
         if trial.index is not None:
             self._derived[trial.index] = derived
@@ -327,3 +346,74 @@ class Sampler:
             return None
         ratios = [g - b for g, b in zip(good.log_density(units), bad.log_density(units), strict=True)]
         return proposals[max(range(len(ratios)), key=lambda i: (ratios[i], -i))]
+
+    def _gp_based(
+        self, rng: random.Random, derived: Sequence[_Derived], levels: Sequence[float], seen: set[str]
+    ) -> dict[str, Any] | None:
+        """The unseen candidate of highest expected improvement at full fidelity under a Gaussian
+        process over every rung result (gp.py); None while too few trials reported."""
+        lo, hi = math.log(levels[0]), math.log(levels[-1])
+        xs: list[list[float]] = []
+        values: list[float] = []
+        tried: list[list[float]] = []
+        pending: list[list[float]] = []
+        latest_at: list[int] = []  # the index in xs of each tried trial's latest result
+        for d in derived:
+            if d.unit is None:
+                continue
+            if not d.scores:
+                pending.append([*d.unit, 1.0])
+                continue
+            tried.append([*d.unit, 1.0])
+            latest_at.append(len(xs) + len(d.scores) - 1)
+            for k, s in enumerate(d.scores):
+                xs.append([*d.unit, (math.log(levels[k]) - lo) / (hi - lo) if hi > lo else 1.0])
+                values.append(s)
+        if len(tried) < min_observations(self.space):
+            return None
+        scores = gp.normal_scores(values)
+        model = gp.fit(np.asarray(xs), scores, self.sizes)
+        # The incumbent and the centres of local candidates: the best predicted at full fidelity among
+        # the trials whose latest result ranks high (predicting every trial would cost more than the rest).
+        shortlist = np.argsort(-scores[np.asarray(latest_at)], kind="stable")[:GP_SHORTLIST]
+        tried = [tried[int(i)] for i in shortlist]
+        mu_tried = model.predict_mean(np.asarray(tried))
+        model = model.with_believed(np.asarray(pending))
+        incumbent = float(mu_tried.max())
+        dims = len(self.space)
+        draw = np.random.default_rng(rng.getrandbits(64))
+        parts = [draw.random((GP_UNIFORM_CANDIDATES, dims))]
+        choice = np.asarray(self.sizes) > 0
+        for t in np.argsort(-mu_tried, kind="stable")[:GP_TOP]:
+            centre = np.asarray(tried[int(t)][:dims])
+            for scale in GP_LOCAL_SCALES:
+                step = centre + draw.normal(0.0, scale, (GP_LOCAL_CANDIDATES, dims))
+                # A choice keeps its category, or (one time in five) takes any.
+                other = draw.random((GP_LOCAL_CANDIDATES, dims))
+                keep = draw.random((GP_LOCAL_CANDIDATES, dims)) >= 0.2
+                step = np.where(choice, np.where(keep, centre, other), step)
+                parts.append(np.clip(step, 0.0, math.nextafter(1.0, 0.0)))
+        candidates = np.vstack(parts).tolist()
+        # Rank the raw candidates, then snap the best few to the space (its grids and choices) and
+        # re-score them there: snapping every candidate would cost most of a proposal.
+        raw = np.asarray(candidates)
+        mu, sd = model.predict(np.hstack([raw, np.ones((len(raw), 1))]))
+        order = np.argsort(-gp.expected_improvement(mu, sd, incumbent + GP_XI), kind="stable")
+        proposals: list[dict[str, Any]] = []
+        units: list[list[float]] = []
+        keys: set[str] = set()
+        for i in order:
+            params = self.space.from_unit(candidates[int(i)])
+            key = _key(params)
+            if key in seen or key in keys:
+                continue
+            keys.add(key)
+            proposals.append(params)
+            units.append([*(_unit_of(self.space, params) or candidates[int(i)]), 1.0])
+            if len(proposals) == GP_SNAPPED:
+                break
+        if not proposals:
+            return None
+        mu, sd = model.predict(np.asarray(units))
+        gain = gp.expected_improvement(mu, sd, incumbent + GP_XI)
+        return proposals[int(np.argmax(gain))]

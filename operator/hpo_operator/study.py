@@ -217,8 +217,11 @@ class Study:
         """A trial's configuration as started (re-derived when the adapter did not keep it)."""
         if trial.params is not None:
             return trial.params
-        if self.config.sampler == "tpe" and trial.index > 0:
-            raise ValueError(f"trial {trial.index}: the tpe sampler needs the params each trial started with")
+        if self.config.sampler in ("tpe", "gp") and trial.index > 0:
+            raise ValueError(
+                f"trial {trial.index}: the {self.config.sampler} sampler needs the params each trial "
+                "started with"
+            )
         return self.sampler.propose(trial.index, [], (), self.config.max_resource)
 
     # --- the budget -------------------------------------------------------------------------

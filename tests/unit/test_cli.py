@@ -141,6 +141,6 @@ def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) ->
     assert spec["asha"] == {"variant": "promote"} and spec["finalTraining"] == {"enabled": True}
     assert spec["checkpoints"] == {"size": "5Gi", "storageClassName": "nfs"}
     config = study_config_from_spec(spec)
-    assert (config.asha_variant, config.final_training, config.sampler) == ("promote", True, "tpe")
+    assert (config.asha_variant, config.final_training, config.sampler) == ("promote", True, "gp")
     claim = yaml.safe_load(hpo(*args[:-2], "--checkpoint-claim", "shared").stdout)["spec"]["checkpoints"]
     assert claim == {"claimName": "shared"}

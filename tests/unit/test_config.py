@@ -58,7 +58,7 @@ def test_documented_defaults() -> None:
     assert config.budget == BudgetSpec(time_ratio=4.0, train_time=None, deadline=None)
     assert config.parallel_trials is None
     assert config.max_failed_trials is None
-    assert config.sampler == "tpe"
+    assert config.sampler == "gp"
 
 
 def test_all_problems_of_a_file_are_reported_together() -> None:

@@ -67,11 +67,11 @@ def test_latin_hypercube_blocks_cover_every_stratum_once() -> None:
 
 
 def test_trial_zero_gets_the_defaults_for_every_sampler() -> None:
-    for kind in ("random", "qmc", "tpe"):
+    for kind in ("random", "qmc", "tpe", "gp"):
         assert Sampler(ALL_TYPES, kind, 0, "max").propose(0, [], (1, 3), 9) == ALL_TYPES.initial()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("kind", ["random", "qmc", "tpe"])
+@pytest.mark.parametrize("kind", ["random", "qmc", "tpe", "gp"])
 def test_proposals_are_deterministic_and_valid(kind: Any) -> None:
     tried = history(ALL_TYPES, 40, lambda p: -abs(p["u"] - 2.0))
     a = Sampler(ALL_TYPES, kind, 3, "max")
@@ -146,7 +146,7 @@ def test_the_start_is_quasi_random() -> None:
     assert [s.propose(i, [], (), 9) for i in range(1, n)] == [s.quasi_random(i) for i in range(1, n)]
 
 
-@pytest.mark.parametrize("kind", ["qmc", "tpe"])  # plain random sampling may repeat
+@pytest.mark.parametrize("kind", ["qmc", "tpe", "gp"])  # plain random sampling may repeat
 def test_no_duplicates_while_the_space_has_unused_values(kind: Any) -> None:
     space = parse_space({"c": {"param_type": "choice", "range": ["a", "b", "c", "d"]}})
     s = Sampler(space, kind, 0, "max")
@@ -256,7 +256,7 @@ def test_local_steps_start_once_enough_trials_reported(monkeypatch: pytest.Monke
     assert proposals(tried, 1.0) != proposals(tried, 0.0)
 
 
-@pytest.mark.parametrize("kind", ["qmc", "tpe"])
+@pytest.mark.parametrize("kind", ["qmc", "tpe", "gp"])
 def test_proposals_with_local_steps_are_deterministic_valid_and_new(kind: Any) -> None:
     tried = history(ALL_TYPES, LOCAL_MIN_TRIALS + 20, lambda p: -abs(p["u"] - 2.0) - p["lu"])
     seen = {repr(sorted(t.params.items())) for t in tried}

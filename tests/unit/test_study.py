@@ -221,7 +221,7 @@ def objective(params: dict[str, Any], epoch: int) -> float:
     return quality * (1 - math.exp(-epoch / 3))
 
 
-@pytest.mark.parametrize("sampler", ["random", "qmc", "tpe"])
+@pytest.mark.parametrize("sampler", ["random", "qmc", "tpe", "gp"])
 @pytest.mark.parametrize("slots", [1, 4])
 @pytest.mark.parametrize("seed", range(2))
 def test_simulated_studies_finish_inside_their_budget(slots: int, seed: int, sampler: SamplerName) -> None:
