@@ -1,4 +1,4 @@
-"""What to try next: random, quasi-random (Latin hypercube) and model-based (TPE over rungs) proposals.
+"""What to try next: random, quasi-random (Latin hypercube) and model-based (tpe, gp) proposals.
 
 Every sampler works in the unit cube: a point ``u`` in [0, 1)^d maps to a configuration through each
 parameter's own scale (``Param.from_unit``: log scale for log types, the grid for quantised types,
@@ -16,6 +16,11 @@ trials gather, wide around an isolated one. Once many trials have reported, a sh
 is a local step around one of the best trials (as a trust region does), which refines a basin
 faster than the density alone. A quasi-random start and a share of random proposals keep it from
 collapsing. Proposals never repeat a configuration already tried while the space has others.
+
+The ``gp`` sampler proposes as ``tpe`` until 10 trials per parameter have reported (about the number
+a Gaussian process needs to fit a space of that many dimensions), then takes the candidate of
+highest expected improvement at full fidelity under a Gaussian process over every rung result
+(gp.py), trials started but not reported counted at the model's own prediction.
 
 Pure: the inputs are the trials so far and a generator seeded by (seed, trial index), so the same
 observations always give the same proposal.
@@ -62,8 +67,12 @@ GP_UNIFORM_CANDIDATES = 256
 GP_TOP = 5  # trials with the best predicted full-fidelity value
 GP_LOCAL_SCALES = (0.01, 0.03, 0.1, 0.3)  # Gaussian steps around each, in unit-cube coordinates
 GP_LOCAL_CANDIDATES = 8  # per trial and scale
-GP_POINTS_PER_DIMENSION = 10  # trials with reports per dimension before the GP takes over from tpe
-GP_XI = 1.0  # expected improvement over the incumbent plus this (normal scores): explores more
+# Reported trials per dimension before the GP takes over from tpe: the "10 d" rule for fitting a GP;
+# from 4 trials on, the GP did worse than tpe at 2 workers in 6 dimensions (benchmarks/README.md).
+GP_POINTS_PER_DIMENSION = 10
+# Expected improvement over the incumbent plus this (in normal scores): at 0 the GP crept along one
+# valley in small steps, each promoted to R; at 2 it explored too much at 8 workers.
+GP_XI = 1.0
 GP_SHORTLIST = 64  # trials whose full-fidelity value is predicted, best latest results first
 GP_SNAPPED = 16  # best raw candidates snapped to the space and re-scored
 
