@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ from benchmarks.functions import (
     mf_hartmann6,
 )
 from benchmarks.metrics import mean_ci, ratio_ci, summarize
+from benchmarks.search_quality import _one_blas_thread, run_all
 from benchmarks.search_quality import main as search_quality_main
-from benchmarks.search_quality import run_all
 
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -136,6 +137,16 @@ def test_search_quality_harness_writes_results(tmp_path: Path) -> None:
     assert names == {"ours", "random"}
     random_row = next(s for s in data["stats"] if s["contender"] == "random")
     assert "ratio_ours_to_this" in random_row and len(data["runs"]) == 4
+
+
+def test_worker_processes_get_one_blas_thread_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with _one_blas_thread():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+    assert os.environ["OMP_NUM_THREADS"] == "3"
 
 
 def test_search_quality_runs_the_same_in_worker_processes_and_from_any_first_seed() -> None:
