@@ -127,7 +127,13 @@ def latin_hypercube_point(dims: int, index: int, seed: int) -> list[float]:
 
 
 def _key(params: dict[str, Any]) -> str:
-    return repr(sorted(params.items()))
+    """A configuration's identity. Integral numbers as floats: a value stored in the API comes back
+    from its JSON as 0 where the sampler proposed 0.0, and must still count as tried."""
+
+    def same(v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    return repr(sorted((k, same(v)) for k, v in params.items()))
 
 
 def _unit_of(space: SearchSpace, params: dict[str, Any]) -> list[float] | None:

@@ -243,7 +243,8 @@ def assert_each_trial_once(kube: Kube, namespace: str, log_dir: Path) -> None:
     trials = trials_of(kube, namespace)
     assert [int(t["spec"]["index"]) for t in trials] == list(range(len(trials)))
     params = [json.dumps(t["spec"]["hyperparameters"], sort_keys=True) for t in trials]
-    assert len(set(params)) == len(params), params
+    repeated = {p: [i for i, q in enumerate(params) if q == p] for p in params if params.count(p) > 1}
+    assert not repeated, f"configurations tried by more than one trial (by index): {repeated}"
     processes = {name: {line["pid"] for line in lines} for name, lines in reports_written(log_dir).items()}
     assert all(len(pids) == 1 for pids in processes.values()), processes
 

@@ -266,3 +266,13 @@ def test_proposals_with_local_steps_are_deterministic_valid_and_new(kind: Any) -
         assert proposal == Sampler(ALL_TYPES, kind, 5, "max").propose(index, tried, (1, 3), 9)
         assert all(p.contains(proposal[p.name]) for p in ALL_TYPES.params)
         assert repr(sorted(proposal.items())) not in seen
+
+
+@pytest.mark.parametrize("kind", ["qmc", "tpe", "gp"])
+def test_a_value_that_came_back_from_json_as_an_integer_still_counts_as_tried(kind: Any) -> None:
+    # x = 0.0 proposed, stored, and read back from the API as 0: the sampler must not propose it again.
+    space = parse_space({"x": {"param_type": "quniform", "range": [0.0, 2.0, 1.0]}})
+    tried = [Observed({"x": 0}, (Report(9, 0.9, 1.0),)), Observed({"x": 1}, (Report(9, 0.1, 2.0),))]
+    s = Sampler(space, kind, 0, "max")
+    for index in range(2, 30):
+        assert float(s.propose(index, tried, (1, 3), 9)["x"]) == 2.0
