@@ -127,8 +127,8 @@ def latin_hypercube_point(dims: int, index: int, seed: int) -> list[float]:
 
 
 def _key(params: dict[str, Any]) -> str:
-    """A configuration's identity. Integral numbers as floats: a value stored in the API comes back
-    from its JSON as 0 where the sampler proposed 0.0, and must still count as tried."""
+    """A configuration's identity. Integral numbers as floats: a value the sampler proposed as 0.0
+    comes back as 0 once stored in the API (JSON), and must still count as tried."""
 
     def same(v: Any) -> Any:
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
@@ -408,23 +408,23 @@ class Sampler:
                 keep = draw.random((GP_LOCAL_CANDIDATES, dims)) >= 0.2
                 step = np.where(choice, np.where(keep, centre, other), step)
                 parts.append(np.clip(step, 0.0, math.nextafter(1.0, 0.0)))
-        candidates = np.vstack(parts).tolist()
         # Rank the raw candidates, then snap the best few to the space (its grids and choices) and
         # re-score them there: snapping every candidate would cost most of a proposal.
-        raw = np.asarray(candidates)
+        raw = np.vstack(parts)
         mu, sd = model.predict(np.hstack([raw, np.ones((len(raw), 1))]))
         order = np.argsort(-gp.expected_improvement(mu, sd, incumbent + GP_XI), kind="stable")
         proposals: list[dict[str, Any]] = []
         units: list[list[float]] = []
         keys: set[str] = set()
         for i in order:
-            params = self.space.from_unit(candidates[int(i)])
+            u = raw[int(i)].tolist()
+            params = self.space.from_unit(u)
             key = _key(params)
             if key in seen or key in keys:
                 continue
             keys.add(key)
             proposals.append(params)
-            units.append([*(_unit_of(self.space, params) or candidates[int(i)]), 1.0])
+            units.append([*(_unit_of(self.space, params) or u), 1.0])
             if len(proposals) == GP_SNAPPED:
                 break
         if not proposals:
