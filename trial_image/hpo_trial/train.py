@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -338,5 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def exit_now(code: int) -> NoReturn:
+    """Ends the process without the interpreter's teardown, which spends about half a second
+    unloading torch: a slot waits for its trial's process to end before the next trial starts.
+    Everything the trainer wrote is closed by now (checkpoints, reports); only the logs are flushed."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
