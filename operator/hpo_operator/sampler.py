@@ -100,8 +100,12 @@ class _Derived:
     last: Report | None
     key: str
     unit: list[float] | None
-    standing: tuple[int, float] | None  # highest level reached and its score there
-    scores: tuple[float, ...] = ()  # its score at each level it reached
+    scores: tuple[float, ...]  # its score at each level it reached, the lowest first
+
+    @property
+    def standing(self) -> tuple[int, float] | None:
+        """The highest level reached and the score there (levels are reached in order)."""
+        return (len(self.scores) - 1, self.scores[-1]) if self.scores else None
 
 
 def startup_trials(space: SearchSpace) -> int:
@@ -290,14 +294,12 @@ class Sampler:
         ):
             return cached
         records = rung_records(0, trial.reports, levels)
-        standing = (records[-1].rung, score(records[-1].value, self.mode)) if records else None
         derived = _Derived(
             trial.params,
             len(trial.reports),
             last,
             _key(trial.params),
             _unit_of(self.space, trial.params),
-            standing,
             tuple(score(r.value, self.mode) for r in records),
         )
         if trial.index is not None:
