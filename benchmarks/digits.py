@@ -10,10 +10,10 @@ of one thread each), under the same wall-clock budget:
 * ``ours``: ``hpo run CONFIG --budget B --gpus 0 --cpu-slots W`` (the config's seed set per run);
   the answer is ``best.json``.
 * ``optuna-sh-tpe``: Optuna's TPESampler and SuccessiveHalvingPruner (min_resource 1, reduction
-  factor 3) over ask/tell; each trial is the same command with the trial environment, its reports
-  read from ``HPO_REPORT_FILE``, W processes at once; a pruned trial gets SIGTERM. As
-  ``study.optimize(timeout=B, n_jobs=W)``, no trial starts after the budget and running trials
-  finish. Its first trial is the defaults.
+  factor 3, Optuna's default, or ``--optuna-reduction-factor``) over ask/tell; each trial is the
+  same command with the trial environment, its reports read from ``HPO_REPORT_FILE``, W processes
+  at once; a pruned trial gets SIGTERM. As ``study.optimize(timeout=B, n_jobs=W)``, no trial starts
+  after the budget and running trials finish. Its first trial is the defaults.
 
 Reported: the best validation accuracy at the full resource (the selection metric, so optimistic
 for both alike), trials run, and wall clock against the budget. Optuna's running trials finish past
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,9 @@ class _OptunaTrial:
         return fresh
 
 
-def run_optuna(budget: float, seed: int, work: Path, workers: int) -> dict[str, Any]:
+def run_optuna(
+    budget: float, seed: int, work: Path, workers: int, reduction_factor: int = 3
+) -> dict[str, Any]:
     """Optuna SH+TPE over ask/tell with ``workers`` trainer processes at once; as
     ``study.optimize(timeout=budget, n_jobs=workers)``: no trial starts after the budget, running
     trials finish."""
@@ -129,7 +132,7 @@ def run_optuna(budget: float, seed: int, work: Path, workers: int) -> dict[str, 
     study = optuna.create_study(
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=reduction_factor),
     )
     space = config.space
     study.enqueue_trial(space.initial())
@@ -178,6 +181,7 @@ def run_optuna(budget: float, seed: int, work: Path, workers: int) -> dict[str, 
         "contender": "optuna-sh-tpe",
         "seed": seed,
         "workers": workers,
+        "reduction_factor": reduction_factor,
         "best_accuracy": None if best is None else best.value,
         "best_accuracy_at_deadline": None if best_in_time is None else best_in_time.value,
         "best": None if best is None else best.params,
@@ -204,15 +208,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--contenders", nargs="+", choices=sorted(RUNNERS), default=sorted(RUNNERS, reverse=True)
     )
+    parser.add_argument(
+        "--optuna-reduction-factor",
+        type=int,
+        default=3,
+        help="Optuna's SuccessiveHalvingPruner reduction factor (3: its default; the demo config's is 2)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "digits.json")
     args = parser.parse_args(argv)
+    runners = {**RUNNERS, "optuna-sh-tpe": partial(run_optuna, reduction_factor=args.optuna_reduction_factor)}
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
         # Seed-major, contenders alternating: a change in the machine's load hits both alike.
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for workers in args.workers:
                 for name in args.contenders:
-                    row = RUNNERS[name](args.budget, seed, Path(tmp), workers)
+                    row = runners[name](args.budget, seed, Path(tmp), workers)
                     print(
                         json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
                     )
