@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def exit_now(code: int) -> NoReturn:
-    """Ends the process without the interpreter's teardown, which spends about half a second
+    """Ends the process without the interpreter's teardown, which spends about a second
     unloading torch: a slot waits for its trial's process to end before the next trial starts.
     Everything the trainer wrote is closed by now (checkpoints, reports); only the logs are flushed."""
     logging.shutdown()
