@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from benchmarks import contenders
+from benchmarks import contenders, digits
 from benchmarks.budget_adherence import run_one
 from benchmarks.contenders import Unavailable, contender
 from benchmarks.functions import (
@@ -212,3 +212,21 @@ def test_a_promote_contender_with_another_sampler_and_the_pairs_table(tmp_path: 
     rows = {s["contender"]: s for s in data["stats"]}
     assert rows["ours"]["runs_mean"] == rows["ours"]["trials_mean"]
     assert rows["ours-promote"]["runs_mean"] > rows["ours-promote"]["trials_mean"]
+
+
+def test_digits_passes_optuna_its_reduction_factor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    def fake_optuna(
+        budget: float, seed: int, work: Path, workers: int, reduction_factor: int = 3
+    ) -> dict[str, object]:
+        seen.append(reduction_factor)
+        row = {"contender": "optuna-sh-tpe", "seed": seed, "workers": workers, "trials": 1, "overrun": 0.0}
+        return row | {"best_accuracy": 0.5, "best_accuracy_at_deadline": 0.5}
+
+    monkeypatch.setattr(digits, "run_optuna", fake_optuna)
+    base = ["--seeds", "1", "--budget", "1", "--workers", "2", "--contenders", "optuna-sh-tpe"]
+    assert digits.main([*base, "--out", str(tmp_path / "default.json")]) == 0
+    assert digits.main([*base, "--optuna-reduction-factor", "2", "--out", str(tmp_path / "two.json")]) == 0
+    assert seen == [3, 2]
+    assert json.loads((tmp_path / "two.json").read_text())["summary"]["optuna-sh-tpe 2w"]["trials_mean"] == 1

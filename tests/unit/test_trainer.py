@@ -186,3 +186,26 @@ def test_stop_resource_pauses_a_run_and_start_resource_resumes_it(
     assert run_in_process(monkeypatch, "--epochs", "3") == 0
     assert [r["resource"] for r in read_reports(trial / "promoted.jsonl")] == [2]
     assert checkpoint_epochs(trial / "ckpt") == [1, 2]
+
+
+def test_the_trainer_ends_without_the_interpreter_teardown_and_keeps_its_last_output(tmp_path: Path) -> None:
+    # An exit hook stands for the teardown (torch's unloading): it must not run, while the reports
+    # and the last log line, written before the exit, must all be there.
+    marker = tmp_path / "teardown-ran"
+    program = (
+        "import atexit, pathlib, runpy, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'ran')\n"
+        f"sys.argv = ['train', *{[*TINY, '--epochs', '2']!r}]\n"
+        "runpy.run_module('hpo_trial.train', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        env=subprocess_env(tmp_path, HPO_MAX_RESOURCE="2"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert [r["resource"] for r in read_reports(tmp_path / "reports.jsonl")] == [1, 2]
+    assert done.stderr.rstrip().splitlines()[-1].split(": ", 1)[1].startswith("epoch 2/2:")
