@@ -115,6 +115,7 @@ class PodTimes:
 
     trial: str
     added: float
+    job: str | None = None
     running: float | None = None
     ended: float | None = None  # phase Succeeded or Failed
     phase: str | None = None
@@ -127,7 +128,8 @@ class PodTimes:
 
 @dataclass
 class PodWatch:
-    """A watch on the namespace's pods in a thread, recording every trial pod's steps."""
+    """Watches on the namespace's pods and Jobs in threads, recording every trial pod's steps and
+    when each Job was scaled to no pod (the operator gives a stopped trial's pod up then)."""
 
     kube: Kube
     namespace: str
@@ -136,32 +138,43 @@ class PodWatch:
     # Pods that reached Running, per trial. A pod the Job controller adds from a stale cache just as
     # a pruned trial's Job and pod are deleted is removed by the garbage collector; it must not run.
     running_per_trial: dict[str, int] = field(default_factory=dict)
+    scaled_down: dict[str, float] = field(default_factory=dict)  # Job name -> parallelism 0 seen
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
 
     def __enter__(self) -> PodWatch:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "the pod watch did not start"
+        watches = [
+            (f"/api/v1/namespaces/{self.namespace}/pods", self._record),
+            (f"/apis/batch/v1/namespaces/{self.namespace}/jobs", self._record_job),
+        ]
+        for path, record in watches:
+            ready = threading.Event()
+            thread = threading.Thread(target=self._run, args=(path, record, ready), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            assert ready.wait(10), f"the watch of {path} did not start"
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
-        path = f"/api/v1/namespaces/{self.namespace}/pods"
+    def _run(self, path: str, record: Callable[[str, JSON, float], None], ready: threading.Event) -> None:
         version = self.kube.get(path)["metadata"]["resourceVersion"]
-        self._ready.set()
+        ready.set()
         while not self._stop.is_set():
             try:
                 for event in self.kube.watch(path, timeout_seconds=5, resourceVersion=version):
                     version = event["object"]["metadata"].get("resourceVersion", version)
-                    self._record(event["type"], event["object"], time.time())
+                    record(event["type"], event["object"], time.time())
                     if self._stop.is_set():
                         return
             except (ApiError, OSError):
                 version = self.kube.get(path)["metadata"]["resourceVersion"]
+
+    def _record_job(self, kind: str, job: JSON, now: float) -> None:
+        name = job["metadata"]["name"]
+        if (job.get("spec") or {}).get("parallelism") == 0 and name not in self.scaled_down:
+            self.scaled_down[name] = now
 
     def _record(self, kind: str, pod: JSON, now: float) -> None:
         name = pod["metadata"]["name"]
@@ -169,7 +182,8 @@ class PodWatch:
         if trial is None:
             return
         if name not in self.pods:
-            self.pods[name] = PodTimes(trial, now)
+            owners = pod["metadata"].get("ownerReferences") or [{}]
+            self.pods[name] = PodTimes(trial, now, owners[0].get("name"))
             self.added_per_trial[trial] = self.added_per_trial.get(trial, 0) + 1
         times = self.pods[name]
         phase = (pod.get("status") or {}).get("phase")
@@ -188,13 +202,15 @@ class PodWatch:
 
     def max_at_once(self, since: str = "running") -> int:
         """The most trial pods at one moment, from their start (``since="running"``) or creation
-        (``since="added"``) until they end or their deletion starts (a pruned trial's successor is
-        created then; the scheduler keeps it from a GPU the old pod still holds)."""
+        (``since="added"``) until they end, their deletion starts, or their Job is scaled to no pod
+        (a pruned trial's successor is created then; the scheduler keeps it from a GPU the old pod
+        still holds)."""
         spans = []
         for p in list(self.pods.values()):
             start = p.running if since == "running" else p.added
             if start is not None:
-                spans += [(start, 1), (min(p.holds_gpu_until(), p.deleting or float("inf")), -1)]
+                given_up = self.scaled_down.get(p.job or "", float("inf"))
+                spans += [(start, 1), (min(p.holds_gpu_until(), p.deleting or float("inf"), given_up), -1)]
         edges = sorted(spans, key=lambda e: (e[0], e[1]))
         most = current = 0
         for _, step in edges:

@@ -17,7 +17,7 @@ from hpo_operator.kube.api import Api, ApiError, verb_and_resource
 from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.metrics import PrometheusMetrics
 from hpo_operator.kube.observe import to_rfc3339
-from hpo_operator.kube.reconcile import CreateJob, World, reconcile
+from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.metrics import OperatorMetrics
 from tests.unit.test_kube_reconcile import T0, job, pod, running, study, trial, world
@@ -85,6 +85,11 @@ def test_a_prune_and_the_start_it_frees_count_once_with_their_latency_from_the_r
     assert h.value("hpo_decision_latency_seconds_count") == 2
     assert h.value("hpo_decision_latency_seconds_sum") == pytest.approx(1.5 + 1.5)
     assert h.value("hpo_reconcile_duration_seconds_count") == 1
+    # The pruned trial's Job is scaled to no pod and stamped; nothing is deleted yet.
+    job_path = "/apis/batch/v1/namespaces/ns/jobs/s-1"
+    assert (job_path, {"metadata": {"annotations": {SCALED_DOWN_AT: to_rfc3339(T0 + 4, micro=True)}},
+                       "spec": {"parallelism": 0}}) in h.api.patches  # fmt: skip
+    assert h.api.deleted == []
 
     # The same world reconciled again (a stale read): the verdict's patch repeats, the trial's create
     # is a 409; neither counts again and no latency is observed.

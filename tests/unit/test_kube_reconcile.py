@@ -13,11 +13,14 @@ from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.reconcile import (
     ACCESS_RETRY_SECONDS,
+    JOB_CONTROLLER_WAIT_SECONDS,
+    SCALED_DOWN_AT,
     CreateAccess,
     CreateJob,
     CreateTrial,
     DeleteJob,
     PatchTrialStatus,
+    ScaleJobDown,
     World,
     condition,
     reconcile,
@@ -176,19 +179,21 @@ def test_a_trial_created_but_not_yet_running_holds_its_gpu_in_the_count() -> Non
 # --- reports and verdicts -----------------------------------------------------------------------------
 
 
-def test_a_report_below_the_rung_cutoff_marks_the_trial_pruned_then_deletes_its_job_and_pod() -> None:
+def test_a_report_below_the_rung_cutoff_marks_the_trial_pruned_then_scales_its_job_down() -> None:
     t0, t1 = trial(0, (1, 0.9, 2)), trial(1, (1, 0.5, 3))
     outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 4)
     verdict = next(
         i for i, w in enumerate(outcome.writes) if isinstance(w, PatchTrialStatus) and w.trial == "s-1"
     )
-    delete = next(i for i, w in enumerate(outcome.writes) if isinstance(w, DeleteJob))
-    assert verdict < delete
+    scale = next(i for i, w in enumerate(outcome.writes) if isinstance(w, ScaleJobDown))
+    assert verdict < scale
     patch = outcome.writes[verdict]
     assert isinstance(patch, PatchTrialStatus)
     assert patch.patch["phase"] == "Pruned" and patch.patch["rung"] == 0 and patch.patch["cutoff"] == 0.9
     assert patch.event is not None and patch.event.reason == "TrialPruned"
-    assert outcome.writes[delete] == DeleteJob("s-1", ("s-1-pod",))
+    # The Job controller deletes the pod: nothing else deletes it while the controller may replace it.
+    assert outcome.writes[scale] == ScaleJobDown("s-1", to_rfc3339(T0 + 4, micro=True))
+    assert not any(isinstance(w, DeleteJob) for w in outcome.writes)
     # The freed slot goes to a new trial in the same reconcile.
     assert [w.trial["metadata"]["name"] for w in outcome.writes if isinstance(w, CreateTrial)] == ["s-2"]
 
@@ -199,9 +204,40 @@ def test_a_pruned_trial_whose_job_survived_a_restart_loses_its_job_and_nothing_e
     t0 = trial(0, (1, 0.9, 2))
     outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 4)
     assert [w for w in outcome.writes if not isinstance(w, PatchTrialStatus | CreateTrial)] == [
-        DeleteJob("s-1", ("s-1-pod",))
+        ScaleJobDown("s-1", to_rfc3339(T0 + 4, micro=True))
     ]
     assert not any(isinstance(w, PatchTrialStatus) and w.trial == "s-1" for w in outcome.writes)
+
+
+def scaled_down(name: str, at: float) -> JSON:
+    body = job(name)
+    body["metadata"]["annotations"] = {SCALED_DOWN_AT: to_rfc3339(at, micro=True)}
+    body["spec"]["parallelism"] = 0
+    return body
+
+
+def test_a_scaled_down_job_goes_once_its_pod_stops_and_with_its_pod_if_the_controller_never_acts() -> None:
+    t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5,
+               startedAt=to_rfc3339(T0 + 1))  # fmt: skip
+    t0 = trial(0, (1, 0.9, 2))
+    jobs = [job("s-0"), scaled_down("s-1", T0 + 4)]
+
+    def stops(pods: dict[str, list[JSON]], now: float) -> tuple[list[object], float | None]:
+        outcome = reconcile(world(study(parallelTrials=2), t0, t1, jobs=jobs, pods=pods), now)
+        return [w for w in outcome.writes if isinstance(w, ScaleJobDown | DeleteJob)], outcome.requeue_after
+
+    # The Job controller has not yet stopped the pod: the operator leaves it to it, and looks again
+    # when the controller's time is up.
+    writes, requeue = stops({"s-0": [pod("s-0")], "s-1": [pod("s-1")]}, T0 + 5)
+    assert writes == []
+    assert requeue is not None and requeue <= T0 + 4 + JOB_CONTROLLER_WAIT_SECONDS - (T0 + 5) + 0.1
+    # It did: the Job goes, and no pod is deleted by name.
+    deleting = pod("s-1")
+    deleting["metadata"]["deletionTimestamp"] = to_rfc3339(T0 + 4.1)
+    assert stops({"s-0": [pod("s-0")], "s-1": [deleting]}, T0 + 5)[0] == [DeleteJob("s-1", ())]
+    # It never did: the Job and the pod by name.
+    late = T0 + 4 + JOB_CONTROLLER_WAIT_SECONDS + 0.01
+    assert stops({"s-0": [pod("s-0")], "s-1": [pod("s-1")]}, late)[0] == [DeleteJob("s-1", ("s-1-pod",))]
 
 
 def test_a_trial_whose_pod_exited_zero_is_completed_before_its_job_says_so() -> None:
@@ -256,7 +292,7 @@ def test_at_the_deadline_running_trials_are_stopped_and_the_study_succeeds_from_
         w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Stopped"
     ]
     assert {w.trial for w in stops} == {"s-0", "s-1"}
-    assert {w.name for w in outcome.writes if isinstance(w, DeleteJob)} == {"s-0", "s-1"}
+    assert {w.name for w in outcome.writes if isinstance(w, ScaleJobDown)} == {"s-0", "s-1"}
     assert not any(isinstance(w, CreateTrial) for w in outcome.writes)
     status = outcome.status
     assert status is not None and status["phase"] == "Succeeded"

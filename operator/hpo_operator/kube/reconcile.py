@@ -62,6 +62,11 @@ STOP_MARGIN_FRACTION = 0.03
 STOP_MARGIN_MAX = 10.0
 # While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
+# A stopped trial's Job is first scaled to no pods, so that the Job controller deletes the pod itself;
+# if its pod still runs this long after, the operator deletes the pod and the Job by name.
+JOB_CONTROLLER_WAIT_SECONDS = 10.0
+# When the Job was scaled down, on the Job (the time of the verdict is not it after an outage).
+SCALED_DOWN_AT = "hpo.dev/scaled-down-at"
 # The final training's Job may run this many times a full training as the plan predicts it
 # (start-up + R epochs), and at least FINAL_MIN_SECONDS; the HPO deadline does not bound it.
 FINAL_TRAININGS = 3
@@ -134,10 +139,21 @@ class PatchTrialStatus:
 
 
 @dataclass(frozen=True)
+class ScaleJobDown:
+    """``spec.parallelism: 0`` on a stopped trial's Job, stamped with ``at``: the Job controller
+    deletes the pod, and having seen parallelism 0 before the pod's deletion it never replaces it. A
+    pod deleted by anyone else is replaced by a controller whose cache still wants one, and the
+    replacement takes a GPU until the garbage collector removes it."""
+
+    name: str
+    at: str
+
+
+@dataclass(frozen=True)
 class DeleteJob:
-    """The Job goes at once (background propagation), and its pods are deleted by name right after
-    instead of waiting for the garbage collector: the GPU is free sooner, and a pod started in the
-    same reconcile never finds the old one still wanted."""
+    """The Job goes (background propagation), and the pods named are deleted right after instead of
+    waiting for the garbage collector: a Job whose pods already stop, or whose controller did not act
+    on ``ScaleJobDown`` in time, or a pod whose Job is already gone."""
 
     name: str
     pods: tuple[str, ...] = ()
@@ -156,6 +172,7 @@ Write = (
     | CreateTrial
     | CreateJob
     | PatchTrialStatus
+    | ScaleJobDown
     | DeleteJob
     | PatchJobDeadline
 )
@@ -239,7 +256,7 @@ def reconcile(world: World, now: float) -> Outcome:
         decision = core.decide(observation)
     except StudyError as err:
         outcome = _invalid(world, "BudgetTooSmall", str(err), now, states)
-        return Outcome(outcome.writes, outcome.status, first_status, outcome.events)
+        return Outcome(outcome.writes, outcome.status, first_status, outcome.events, outcome.requeue_after)
     plan = decision.plan
     levels = (*plan.rungs, plan.max_resource) if plan else (config.max_resource,)
     writes, events = _trial_writes(world, states, decision, levels, now)
@@ -262,6 +279,9 @@ def reconcile(world: World, now: float) -> Outcome:
         and not resumed_final
     ):
         requeue = min(requeue, max(0.05, decision.deadline - lead - now + 0.02))
+    stop_check = _stop_check_after(world, now)
+    if stop_check is not None:
+        requeue = min(requeue, stop_check)
     new_status = _study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
@@ -276,7 +296,7 @@ def reconcile(world: World, now: float) -> Outcome:
         status=patch or None,
         first_status=first_status,
         events=events,
-        requeue_after=None if finalize else requeue,
+        requeue_after=stop_check if finalize else requeue,
         decision=decision,
     )
 
@@ -422,7 +442,7 @@ def _trial_writes(
         job = world.jobs.get(state.job_name)
         if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
-            writes.append(DeleteJob(state.job_name, _live_pods(world, state.name)))
+            writes += _stop_job(world, state.name, state.job_name, job, now)
         elif phase in ("Pending", "Running") and job is None and not state.run_started:
             job_deadline = _job_deadline(decision, trial, now)
             writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
@@ -470,6 +490,41 @@ def _still_running(world: World, trial: str, job: JSON | None) -> bool:
     if job is not None:
         return not _job_finished(job)
     return bool(_live_pods(world, trial))
+
+
+def _stop_job(world: World, trial: str, job_name: str, job: JSON | None, now: float) -> list[Write]:
+    """The writes that end a stopped trial's Job: scale it down, then delete it once its pod stops
+    (or JOB_CONTROLLER_WAIT_SECONDS after the scale-down, pods by name); a pod whose Job is gone is
+    deleted by name at once. Nothing while the Job controller is given its time."""
+    live = _live_pods(world, trial)
+    if job is None:
+        return [DeleteJob(job_name, live)]
+    if (job.get("spec") or {}).get("parallelism") != 0:
+        return [ScaleJobDown(job_name, to_rfc3339(now, micro=True))]
+    waited = _scale_down_wait(job, now)
+    if live and waited is not None and waited > 0:
+        return []
+    return [DeleteJob(job_name, live)]
+
+
+def _scale_down_wait(job: JSON, now: float) -> float | None:
+    """Seconds the Job controller still has to stop the pod of a scaled-down Job; None when the Job
+    carries no scale-down time."""
+    stamp = to_timestamp(((job.get("metadata") or {}).get("annotations") or {}).get(SCALED_DOWN_AT))
+    return None if stamp is None else stamp + JOB_CONTROLLER_WAIT_SECONDS - now
+
+
+def _stop_check_after(world: World, now: float) -> float | None:
+    """When to look again at scaled-down Jobs whose pods still run, for the fallback."""
+    waits = [
+        wait
+        for trial in world.trials
+        if (job := world.jobs.get(current_job_name(trial))) is not None
+        and (job.get("spec") or {}).get("parallelism") == 0
+        and _live_pods(world, trial["metadata"]["name"])
+        and (wait := _scale_down_wait(job, now)) is not None
+    ]
+    return max(0.05, min(waits) + 0.02) if waits else None
 
 
 def _job_finished(job: JSON) -> bool:
@@ -629,15 +684,15 @@ def _invalid(
     for state in states or []:
         if state.view.status.active:
             stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
-            writes += [
-                PatchTrialStatus(state.name, stop),
-                DeleteJob(state.job_name, _live_pods(world, state.name)),
-            ]
+            job = world.jobs.get(state.job_name)
+            writes.append(PatchTrialStatus(state.name, stop))
+            writes += _stop_job(world, state.name, state.job_name, job, now)
     status = {"phase": "Failed", "message": message, "conditions": conditions}
     return Outcome(
         writes=writes,
         status=status_patch(current, status) or None,
         events=[Event(reason, message, "Warning")],
+        requeue_after=_stop_check_after(world, now),
     )
 
 
@@ -653,10 +708,10 @@ def _settled(world: World, now: float) -> Outcome:
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
         if phase != "Completed" and _still_running(world, name, job):
-            writes.append(DeleteJob(job_name, _live_pods(world, name)))
+            writes += _stop_job(world, name, job_name, job, now)
     if not writes:
         writes += _checkpoint_cleanup(world)
-    return Outcome(writes=writes)
+    return Outcome(writes=writes, requeue_after=_stop_check_after(world, now))
 
 
 def _checkpoint_cleanup(world: World) -> list[Write]:

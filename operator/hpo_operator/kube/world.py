@@ -22,6 +22,7 @@ from .capacity import gpu_capacity
 from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .reconcile import (
+    SCALED_DOWN_AT,
     CreateAccess,
     CreateClaim,
     CreateCleanupJob,
@@ -32,6 +33,7 @@ from .reconcile import (
     Outcome,
     PatchJobDeadline,
     PatchTrialStatus,
+    ScaleJobDown,
     World,
     Write,
 )
@@ -171,6 +173,13 @@ class Cluster:
             if write.event is not None:
                 log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
                 self.event(study, write.event)
+        elif isinstance(write, ScaleJobDown):
+            body = {"metadata": {"annotations": {SCALED_DOWN_AT: write.at}}, "spec": {"parallelism": 0}}
+            try:
+                self.api.patch(job_path(namespace, write.name), body)
+            except ApiError as err:
+                if err.status != 404:  # gone already: nothing left to scale
+                    raise
         elif isinstance(write, DeleteJob):
             self.api.delete(job_path(namespace, write.name), propagation="Background")
             for pod in write.pods:
