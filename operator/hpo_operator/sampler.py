@@ -17,8 +17,8 @@ is a local step around one of the best trials (as a trust region does), which re
 faster than the density alone. A quasi-random start and a share of random proposals keep it from
 collapsing. Proposals never repeat a configuration already tried while the space has others.
 
-The ``gp`` sampler proposes as ``tpe`` until 10 trials per parameter have reported (about the number
-a Gaussian process needs to fit a space of that many dimensions), then takes the candidate of
+The ``gp`` sampler proposes as ``tpe`` until 5 trials per parameter have reported (half the "10 d"
+rule of thumb for fitting a Gaussian process, chosen by measurement), then takes the candidate of
 highest expected improvement at full fidelity under a Gaussian process over every rung result
 (gp.py), trials started but not reported counted at the model's own prediction.
 
@@ -67,9 +67,10 @@ GP_UNIFORM_CANDIDATES = 256
 GP_TOP = 5  # trials with the best predicted full-fidelity value
 GP_LOCAL_SCALES = (0.01, 0.03, 0.1, 0.3)  # Gaussian steps around each, in unit-cube coordinates
 GP_LOCAL_CANDIDATES = 8  # per trial and scale
-# Reported trials per dimension before the GP takes over from tpe: the "10 d" rule for fitting a GP;
-# from 4 trials on, the GP did worse than tpe at 2 workers in 6 dimensions (benchmarks/README.md).
-GP_POINTS_PER_DIMENSION = 10
+# Reported trials per dimension before the GP takes over from tpe. Of 3, 5, 7 and 10 (the "10 d"
+# rule for fitting a GP), 5 ended closest to the optimum over the six benchmark cells, on held-out
+# seeds too; at 3 the GP fit too few points in 6 dimensions (benchmarks/README.md).
+GP_POINTS_PER_DIMENSION = 5
 # Expected improvement over the incumbent plus this (in normal scores): at 0 the GP crept along one
 # valley in small steps, each promoted to R; at 2 it explored too much at 8 workers.
 GP_XI = 1.0

@@ -131,7 +131,7 @@ def test_gp_waits_for_enough_reported_trials() -> None:
     assert sum(s.propose(i, many, (1, 3), 9) == s.quasi_random(i) for i in indices) == 0
 
 
-def test_gp_proposes_as_tpe_until_ten_reported_trials_per_dimension() -> None:
+def test_gp_proposes_as_tpe_until_enough_reported_trials_per_dimension() -> None:
     needed = sampler_module.GP_POINTS_PER_DIMENSION * len(SPACE_2D)
     indices = range(100, 120)
 
