@@ -43,6 +43,8 @@ import yaml
 
 from hpo_operator.config import load_config
 
+from .metrics import package_versions
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
 TRAINER = ["-m", "hpo_trial.train", "--dataset", "digits", "--model", "tiny"]
@@ -247,7 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"command": command.strip(), "budget": args.budget, "summary": summary, "runs": rows}, indent=1
+            {
+                "command": command.strip(),
+                "versions": package_versions(),
+                "budget": args.budget,
+                "summary": summary,
+                "runs": rows,
+            },
+            indent=1,
         )
         + "\n"
     )

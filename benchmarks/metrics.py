@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import random
 import statistics
@@ -23,6 +24,22 @@ from typing import Any
 
 from .contenders import Trace
 from .functions import Problem
+
+# The packages a result depends on besides this project: the peers, and the numerics under them.
+PACKAGES = ("optuna", "ray", "numpy", "scipy")
+
+
+def package_versions() -> dict[str, str | None]:
+    """The installed release of each of PACKAGES (None: not installed), stored with every result: the
+    peers' defaults change between releases (Optuna 5.0's TPESampler samples multivariate, with a
+    constant liar for running trials)."""
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def incumbent_steps(trace: Trace) -> list[tuple[float, dict[str, Any]]]:

@@ -35,7 +35,7 @@ from typing import Any
 from . import contenders
 from .contenders import DEFAULT_CONTENDERS, Unavailable, budget_of, contender
 from .functions import PROBLEMS, Problem
-from .metrics import RunSummary, mean_ci, ratio_ci, summarize
+from .metrics import RunSummary, mean_ci, package_versions, ratio_ci, summarize
 
 RESULTS = Path(__file__).parent / "results"
 CURVE_POINTS = 60
@@ -342,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dumps(
             {
                 "command": command.strip(),
+                "versions": package_versions(),
                 "ratio": args.ratio,
                 "start_seconds": args.start_seconds,
                 "seconds": round(time.monotonic() - started, 1),

@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from benchmarks import contenders, digits
 from benchmarks.budget_adherence import run_one
@@ -24,7 +25,7 @@ from benchmarks.functions import (
     mf_branin,
     mf_hartmann6,
 )
-from benchmarks.metrics import mean_ci, ratio_ci, summarize
+from benchmarks.metrics import PACKAGES, mean_ci, ratio_ci, summarize
 from benchmarks.search_quality import _one_blas_thread, run_all
 from benchmarks.search_quality import main as search_quality_main
 
@@ -137,6 +138,9 @@ def test_search_quality_harness_writes_results(tmp_path: Path) -> None:
     assert names == {"ours", "random"}
     random_row = next(s for s in data["stats"] if s["contender"] == "random")
     assert "ratio_ours_to_this" in random_row and len(data["runs"]) == 4
+    # The releases the numbers depend on are stored with them.
+    assert data["versions"]["numpy"] == np.__version__
+    assert set(data["versions"]) == set(PACKAGES)
 
 
 def test_worker_processes_get_one_blas_thread_unless_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,4 +233,6 @@ def test_digits_passes_optuna_its_reduction_factor(tmp_path: Path, monkeypatch: 
     assert digits.main([*base, "--out", str(tmp_path / "default.json")]) == 0
     assert digits.main([*base, "--optuna-reduction-factor", "2", "--out", str(tmp_path / "two.json")]) == 0
     assert seen == [3, 2]
-    assert json.loads((tmp_path / "two.json").read_text())["summary"]["optuna-sh-tpe 2w"]["trials_mean"] == 1
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["summary"]["optuna-sh-tpe 2w"]["trials_mean"] == 1
+    assert two["versions"]["numpy"] == np.__version__
