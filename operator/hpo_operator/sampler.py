@@ -68,8 +68,8 @@ GP_TOP = 5  # trials with the best predicted full-fidelity value
 GP_LOCAL_SCALES = (0.01, 0.03, 0.1, 0.3)  # Gaussian steps around each, in unit-cube coordinates
 GP_LOCAL_CANDIDATES = 8  # per trial and scale
 # Reported trials per dimension before the GP takes over from tpe. Of 3, 5, 7 and 10 (the "10 d"
-# rule for fitting a GP), 5 ended closest to the optimum over the six benchmark cells, on held-out
-# seeds too; at 3 the GP fit too few points in 6 dimensions (benchmarks/README.md).
+# rule for fitting a GP), 5 ended closest to the optimum at 2 workers, and closer than 10 in 10 of
+# 12 cells on held-out seeds at 2 and 8 workers (benchmarks/README.md).
 GP_POINTS_PER_DIMENSION = 5
 # Expected improvement over the incumbent plus this (in normal scores): at 0 the GP crept along one
 # valley in small steps, each promoted to R; at 2 it explored too much at 8 workers.
