@@ -264,32 +264,7 @@ def log_dir(tmp_path: Path) -> Path:
 # --- faults -------------------------------------------------------------------------------------
 
 
-def test_operator_sigkilled_again_and_again_loses_nothing(
-    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
-) -> None:
-    rng = random.Random(20240611)
-    create(kube, namespace, manifest("survivor", log_dir, deadline="30s"))
-    kills = []
-    started = time.monotonic()
-    for _ in range(4):
-        time.sleep(rng.uniform(0.3, 4.0))  # the fault's moment, drawn from the seeded generator
-        if get_study(kube, namespace, "survivor").get("status", {}).get("phase") in ("Succeeded", "Failed"):
-            break
-        operator.kill()
-        kills.append(round(time.monotonic() - started, 1))
-        time.sleep(rng.uniform(0.0, 2.0))  # down for a while: trials go on reporting
-        operator.start()
-    assert len(kills) >= 3, kills
-    study = wait_phase(kube, namespace, "survivor", {"Succeeded", "Failed"}, 60)
-    assert study["status"]["phase"] == "Succeeded", study["status"]
-    assert_nothing_left_running(kube, namespace)
-    assert_each_trial_once(kube, namespace, log_dir)
-    written = assert_no_report_lost(kube, namespace, log_dir)
-    assert_best_matches_reports(kube, namespace, "survivor")
-    print(f"\nkilled at {kills} s; {len(trials_of(kube, namespace))} trials, {written} reports kept")
-
-
-# Defined (so run) before the apiserver restart below: that restart takes every node NotReady at
+# Defined first (so run first), before the apiserver restart below: that restart takes every node NotReady at
 # once, the node lifecycle controller enters and leaves its master disruption mode, and afterwards
 # the 1.20 controller-manager here did not taint a node lost 48 s later (three runs of three: no
 # NoExecute taint within 30 s), so the lost node's pods were never evicted.
@@ -364,6 +339,31 @@ def test_a_lost_node_requeues_its_trials_without_failing_them(
     assert_no_report_lost(kube, namespace, log_dir)
     assert_best_matches_reports(kube, namespace, "nomad")
     print(f"\nlost {lost}: {on_lost} requeued (new pods), {rerun} reported again before the deadline")
+
+
+def test_operator_sigkilled_again_and_again_loses_nothing(
+    operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    rng = random.Random(20240611)
+    create(kube, namespace, manifest("survivor", log_dir, deadline="30s"))
+    kills = []
+    started = time.monotonic()
+    for _ in range(4):
+        time.sleep(rng.uniform(0.3, 4.0))  # the fault's moment, drawn from the seeded generator
+        if get_study(kube, namespace, "survivor").get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            break
+        operator.kill()
+        kills.append(round(time.monotonic() - started, 1))
+        time.sleep(rng.uniform(0.0, 2.0))  # down for a while: trials go on reporting
+        operator.start()
+    assert len(kills) >= 3, kills
+    study = wait_phase(kube, namespace, "survivor", {"Succeeded", "Failed"}, 60)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    assert_nothing_left_running(kube, namespace)
+    assert_each_trial_once(kube, namespace, log_dir)
+    written = assert_no_report_lost(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "survivor")
+    print(f"\nkilled at {kills} s; {len(trials_of(kube, namespace))} trials, {written} reports kept")
 
 
 def test_apiserver_restart_mid_study_the_operator_reconnects_and_no_report_is_lost(
