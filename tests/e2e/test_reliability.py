@@ -264,10 +264,10 @@ def log_dir(tmp_path: Path) -> Path:
 # --- faults -------------------------------------------------------------------------------------
 
 
-# Defined first (so run first), before the apiserver restart below: that restart takes every node NotReady at
-# once, the node lifecycle controller enters and leaves its master disruption mode, and afterwards
-# the 1.20 controller-manager here did not taint a node lost 48 s later (three runs of three: no
-# NoExecute taint within 30 s), so the lost node's pods were never evicted.
+# Defined first (so run first), before the apiserver restart below: that restart takes every node
+# NotReady at once, the node lifecycle controller enters and leaves its master disruption mode, and
+# afterwards the 1.20 controller-manager here did not taint a node lost 48 s later (three runs of
+# three: no NoExecute taint within 30 s), so the lost node's pods were never evicted.
 def test_a_lost_node_requeues_its_trials_without_failing_them(
     operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
 ) -> None:
