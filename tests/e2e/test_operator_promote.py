@@ -80,7 +80,9 @@ def test_promote_and_final_training(
     }
     kept = [t for t in resumed if t["metadata"]["name"] not in stopped_in_run1]
     assert kept, [(t["metadata"]["name"], t["status"]["run"], t["status"]["phase"]) for t in resumed]
-    missing = [t["metadata"]["name"] for t in kept if f"{t['metadata']['name']}-run1" not in jobs]
+    missing = [
+        (t["metadata"]["name"], t["status"]) for t in kept if f"{t['metadata']['name']}-run1" not in jobs
+    ]
     assert not missing, (missing, sorted(jobs))
 
     # The final training: the best configuration trained on to R, after the HPO budget.

@@ -11,10 +11,13 @@ from hpo_operator.kube.reconcile import (
     CreateClaim,
     CreateCleanupJob,
     CreateJob,
+    DeleteJob,
     PatchTrialStatus,
+    ScaleJobDown,
     World,
     reconcile,
 )
+from hpo_operator.kube.resources import RUN_LABEL
 from hpo_operator.study import StopTrial
 from tests.unit.test_kube_reconcile import T0, job, pod, study, trial
 
@@ -192,3 +195,23 @@ def test_a_finished_study_deletes_every_checkpoint_but_the_models() -> None:
     # Without spec.checkpoints there is nothing to clean.
     plain = study(done)
     assert not [w for w in reconcile(World(study=plain, trials=trials), T0 + 30).writes]
+
+
+def test_a_finished_study_keeps_the_job_of_a_run_that_paused_before_its_job_said_complete() -> None:
+    done = {"phase": "Succeeded", "final": {"trial": "s-1"}, "best": {"trial": "s-1"}}
+    # s-0's promoted run paused at resource 3: its pod exited 0, its Job has no Complete condition yet.
+    again = trial(0, (1, 0.5, 1), (3, 0.6, 5), phase="Paused", run=1, startFrom=1, stopAt=3)
+    exited = pod("s-0-run1", "Succeeded", exit_code=0)
+    exited["metadata"]["labels"] = {RUN_LABEL: "1"}
+    final = trial(1, (9, 0.9, 20), phase="Completed")
+    stopped = trial(2, (1, 0.4, 3), phase="Stopped")  # its run still going
+    world = World(
+        promote_study(done),
+        (again, final, stopped),
+        {"s-0-run1": job("s-0-run1"), "s-2": job("s-2")},
+        {"s-0": (exited,), "s-2": (pod("s-2"),)},
+    )
+    outcome = reconcile(world, T0 + 30)
+    stops = [w.name for w in outcome.writes if isinstance(w, ScaleJobDown | DeleteJob)]
+    assert stops == ["s-2"], outcome.writes
+    assert not any(isinstance(w, PatchTrialStatus) and w.trial == "s-0" for w in outcome.writes)

@@ -707,7 +707,9 @@ def _settled(world: World, now: float) -> Outcome:
         if phase not in TERMINAL_TRIAL_PHASES and phase != "Paused":  # a paused trial stays as it ended
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
             writes.append(PatchTrialStatus(name, stop))
-        if phase != "Completed" and _still_running(world, name, job):
+        # A Completed or Paused verdict comes from a pod that exited 0, often before its Job says
+        # Complete: that Job is finishing on its own and is kept, a resumed run's record.
+        if phase not in ("Completed", "Paused") and _still_running(world, name, job):
             writes += _stop_job(world, name, job_name, job, now)
     if not writes:
         writes += _checkpoint_cleanup(world)
