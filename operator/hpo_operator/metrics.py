@@ -169,6 +169,11 @@ class OperatorMetrics:
             ("verb", "resource", "code"),
             registry=self.registry,
         )
+        self._watch_failures = Counter(
+            "hpo_operator_watch_failures",
+            "Times kopf ended on a failed watch and the operator started it again in the same process.",
+            registry=self.registry,
+        )
         self._leader = Gauge(
             "hpo_operator_leader",
             "1 while this replica reconciles: it holds the leader Lease, or runs without leader election.",
@@ -287,6 +292,9 @@ class OperatorMetrics:
             self.observe_api(verb, resource, self._clock() - started, code)
             raise
         self.observe_api(verb, resource, self._clock() - started)
+
+    def watches_failed(self) -> None:
+        self._watch_failures.inc()
 
     def set_leader(self, leading: bool) -> None:
         self._leader.set(1 if leading else 0)

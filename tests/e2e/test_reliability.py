@@ -392,6 +392,72 @@ def test_apiserver_restart_mid_study_the_operator_reconnects_and_no_report_is_lo
     assert any("retrying" in text for text in logs), "no report was retried"
 
 
+def watch_failures(operator: OperatorProcess) -> float:
+    """The operator's hpo_operator_watch_failures_total."""
+    _, text = operator.get("/metrics")
+    for line in text.splitlines():
+        if line.startswith("hpo_operator_watch_failures_total "):
+            return float(line.split()[1])
+    raise AssertionError("no hpo_operator_watch_failures_total in /metrics")
+
+
+def serve_trials(kube: Kube, served: bool) -> None:
+    """Serve the HPOTrial resource or not: its objects stay in etcd, but its paths answer a bare
+    "404 page not found", as they do for a moment after an API server starts."""
+    ops = [{"op": "replace", "path": "/spec/versions/0/served", "value": served}]
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/hpotrials.hpo.dev"
+    kube.patch(path, ops, content_type="application/json-patch+json")
+
+
+def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_report_is_lost(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    pid = operator.proc.pid if operator.proc else None
+    failures = watch_failures(operator)
+    create(kube, namespace, manifest("unserved", log_dir, deadline="30s", parallel=2))
+    wait_for(
+        lambda: sum(bool(stored_reports(t)) for t in trials_of(kube, namespace)) >= 2,
+        30,
+        0.2,
+        "two trials reporting",
+    )
+    # The restart ends kopf's watches; their reconnection finds HPOTrials not served (404), which
+    # ends kopf, as when an API server serves a custom resource a moment after it listens. They are
+    # served again as soon as kopf said so: the garbage collector, which sees the owners of the
+    # trials' Jobs answer 404 too, may delete those Jobs meanwhile.
+    serve_trials(kube, False)
+    try:
+        cluster.restart_apiserver(down_seconds=1)
+        wait_for(
+            lambda: "has failed: 404 page not found" in operator.tail(100),
+            30,
+            0.1,
+            lambda: f"kopf's HPOTrial watch meeting the 404; operator log:\n{operator.tail()}",
+        )
+    finally:
+        serve_trials(kube, True)
+    wait_for(
+        lambda: watch_failures(operator) > failures,
+        30,
+        0.2,
+        lambda: f"kopf run again; operator log:\n{operator.tail()}",
+        ignore=(OSError,),
+    )
+    study = wait_phase(kube, namespace, "unserved", {"Succeeded", "Failed"}, 90)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    assert operator.alive() and operator.proc is not None and operator.proc.pid == pid, (
+        "the operator process ended"
+    )
+    assert "starting it again" in operator.tail(400)
+    assert_nothing_left_running(kube, namespace)
+    assert_no_report_lost(kube, namespace, log_dir)
+    assert_each_trial_once(kube, namespace, log_dir)
+    assert_best_matches_reports(kube, namespace, "unserved")
+    # The trials retried the reports the 404 refused, and got them through once HPOTrials were back.
+    logs = [p.read_text(errors="replace") for p in (cluster.log_dir / "containers").glob(f"{namespace}_*")]
+    assert any("not served" in text for text in logs), "no report met the 404"
+
+
 def test_crashed_and_oom_killed_trials_fail_with_their_exit_code_and_the_study_goes_on(
     operator: OperatorProcess, kube: Kube, namespace: str, log_dir: Path
 ) -> None:

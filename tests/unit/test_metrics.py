@@ -295,6 +295,7 @@ def test_every_metric_follows_the_naming_conventions(metrics: OperatorMetrics, s
         "hpo_studies": "gauge",
         "hpo_operator_heartbeat_timestamp_seconds": "gauge",
         "hpo_operator_leader": "gauge",
+        "hpo_operator_watch_failures": "counter",
     }
 
 

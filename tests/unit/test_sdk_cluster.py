@@ -68,6 +68,9 @@ class FakeApi:
     token: str = "token-1"
     obj: dict[str, Any] = field(default_factory=lambda: {"metadata": {"name": "flowers-2"}, "spec": {}})
     fail_next: list[int] = field(default_factory=list)
+    # Answered "404 page not found" in plain text, as the API server does for a path it does not
+    # serve (a custom resource a moment after a restart), not with a Status.
+    not_served_next: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -99,10 +102,17 @@ def serve(api: FakeApi, context: ssl.SSLContext | None = None) -> tuple[Threadin
         def do_PATCH(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status = api.handle("PATCH", self.path, headers, body)
-            payload = json.dumps({"kind": "Status", "code": status}).encode()
+            with api.lock:
+                not_served = api.not_served_next > 0
+                api.not_served_next -= not_served
+            if not_served:
+                api.requests.append({"method": "PATCH", "path": self.path, "headers": headers, "body": body})
+                status, payload, kind = 404, b"404 page not found\n", "text/plain; charset=utf-8"
+            else:
+                status = api.handle("PATCH", self.path, headers, body)
+                payload, kind = json.dumps({"kind": "Status", "code": status}).encode(), "application/json"
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -217,6 +227,18 @@ def test_transient_failures_are_retried_with_the_same_report(
     bodies = [r["body"] for r in api.requests]
     assert len(bodies) == 4
     assert len(set(bodies)) == 1  # identical retries: same seq and time
+
+
+def test_a_path_not_served_for_a_while_is_retried_but_a_deleted_trial_is_not(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    api.obj["status"] = {"reports": []}
+    api.not_served_next = 2
+    assert cluster_reporter(api_url, sa_dir).report(1, 0.5)
+    assert len(api.requests) == 3 and [r["value"] for r in api.reports] == [0.5]
+    api.fail_next = [404]  # a Status: the HPOTrial itself is gone
+    assert cluster_reporter(api_url, sa_dir).report(2, 0.6) is False
+    assert len(api.requests) == 4
 
 
 def test_a_forbidden_report_is_given_up_at_once(api: FakeApi, api_url: str, sa_dir: Path) -> None:

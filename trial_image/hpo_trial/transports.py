@@ -34,6 +34,7 @@ JSON_PATCH = "application/json-patch+json"
 # 408/429/5xx are the API server's ways of saying "later".
 _RETRYABLE_STATUS = frozenset({401, 408, 429, 500, 502, 503, 504})
 _UNPROCESSABLE = 422
+_NOT_FOUND = 404
 # Rounds of append-then-create: missing /status, then a missing list, then the append itself.
 _INIT_ROUNDS = 4
 
@@ -139,7 +140,8 @@ class ClusterTransport:
         raise SendError(f"{what}: HTTP {status} from {self.status_url}", retryable=retryable)
 
     def _patch(self, ops: list[dict[str, Any]], timeout: float) -> int:
-        """Sends one JSON patch; returns the HTTP status, raises SendError when no answer came."""
+        """Sends one JSON patch; returns the HTTP status, raises SendError when no answer came or the
+        path is not served."""
         request = urllib.request.Request(
             self.status_url,
             data=json.dumps(ops, allow_nan=False).encode(),
@@ -151,7 +153,14 @@ class ClusterTransport:
                 response.read()
                 return int(response.status)
         except urllib.error.HTTPError as exc:
-            exc.read()
+            body = exc.read()
+            if exc.code == _NOT_FOUND and not _is_status(body):
+                # A deleted trial's 404 is a Status naming it. A bare "404 page not found" is the
+                # path's: the API server does not serve HPOTrials right now, as for a moment after
+                # it restarts, so the report is worth sending again.
+                text = body[:80].decode(errors="replace").strip()
+                message = f"PATCH {self.status_url}: HTTP 404 ({text}), not served"
+                raise SendError(message, retryable=True) from exc
             return int(exc.code)
         except (OSError, ValueError) as exc:  # URLError, timeouts, TLS errors are OSErrors
             raise SendError(f"PATCH {self.status_url}: {exc}", retryable=True) from exc
@@ -173,6 +182,15 @@ class ClusterTransport:
             context = ssl.create_default_context(cafile=str(ca_file) if ca_file.is_file() else None)
             handlers.append(urllib.request.HTTPSHandler(context=context))
         return urllib.request.build_opener(*handlers)
+
+
+def _is_status(body: bytes) -> bool:
+    """The body is a Kubernetes Status object, as the API server sends for an object it serves."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("kind") == "Status"
 
 
 def _in_cluster_api_url(environ: Mapping[str, str]) -> str | None:

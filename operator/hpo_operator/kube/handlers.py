@@ -32,12 +32,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # and CPU the reconciles need.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
+    # kopf would SIGKILL the process 10 minutes after it began to end on its own; main.py bounds
+    # kopf's exit and runs it again instead.
+    settings.process.ultimate_exiting_timeout = None
     await memo.leadership.start()
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    await memo.leadership.stop()
+    try:
+        await memo.leadership.stop()
+    finally:
+        memo.ending.set()  # main.py waits on this, not on kopf's own exit
 
 
 @kopf.on.login()

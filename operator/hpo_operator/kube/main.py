@@ -7,8 +7,10 @@ import logging
 import os
 import signal
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import kopf
@@ -21,6 +23,12 @@ from .engine import Engine, EngineSettings
 from .leader import LeaderElector
 from .metrics import PrometheusMetrics
 from .world import Cluster
+
+log = logging.getLogger("hpo_operator")
+RESTART_FIRST_SECONDS = 1.0
+RESTART_LONGEST_SECONDS = 30.0
+RESTART_STABLE_SECONDS = 60.0  # a run this long starts the delays over
+KOPF_EXIT_GRACE_SECONDS = 6.0  # from kopf's cleanup to the end of kopf.run (it waits 5 s itself)
 
 
 def connection_info(configuration: Configuration) -> kopf.ConnectionInfo:
@@ -97,35 +105,141 @@ def run_operator(
     settings: EngineSettings | None = None,
     leader: LeaderSettings | None = None,
 ) -> None:
-    """Serve every namespace (or the given ones) until interrupted; with ``leader``, reconcile only
-    while holding that Lease (no kopf peering either way).
+    """Serve every namespace (or the given ones) until SIGTERM or SIGINT; with ``leader``, reconcile
+    only while holding that Lease (no kopf peering either way).
 
     ``metrics_port`` serves /metrics and /healthz, ``liveness_port`` /healthz alone (given alone, it
     serves /metrics too); both from the operator's own metrics, whose heartbeat the engine beats.
-    kopf's own liveness endpoint is not started.
+    kopf's own liveness endpoint is not started. kopf runs in a thread of its own; when it ends
+    without being asked to, it is run again (see :func:`supervise`), with a fresh engine and the
+    same metrics.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configuration = load_configuration(kubeconfig)
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
     cluster = Cluster(Api(configuration, timer=metrics), metrics=seam)
-    engine = Engine(cluster, tuple(namespaces), settings or EngineSettings(), metrics=seam)
-    elector = None
-    if leader is not None:
-        identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
-        elector = LeaderElector(Api(configuration, timer=metrics), leader.namespace, leader.name, identity)
-    leadership = Leadership(engine, metrics, elector)
+    # One identity for the process: after a restart of kopf it renews its own Lease at once.
+    identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    lease_api = Api(configuration, timer=metrics)
+    stopping = threading.Event()  # a signal came: kopf's stop flag, and the end of the process
+
+    def serve_once() -> None:
+        if stopping.is_set():
+            return
+        # The engine's queue and events belong to one event loop, and each kopf.run makes its own.
+        engine = Engine(cluster, tuple(namespaces), settings or EngineSettings(), metrics=seam)
+        elector = None
+        if leader is not None:
+            elector = LeaderElector(lease_api, leader.namespace, leader.name, identity)
+        ending = threading.Event()
+        memo = kopf.Memo(
+            leadership=Leadership(engine, metrics, elector),
+            connection=connection_info(configuration),
+            ending=ending,
+        )
+
+        def run() -> None:
+            kopf.run(
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=list(namespaces),
+                memo=memo,
+                stop_flag=stopping,
+            )
+
+        run_in_thread(run, stopping, ending)
+
+    def failed(error: Exception, delay: float) -> None:
+        metrics.watches_failed()
+        log.error("kopf ended on %s: %s; starting it again in %.0f s", type(error).__name__, error, delay)
+
+    def on_signal(number: int, _: object) -> None:
+        if stopping.is_set():  # a second signal: no more waiting for a clean exit
+            raise SystemExit(128 + number)
+        log.info("%s: stopping", signal.Signals(number).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     server = start_server(metrics, metrics_port, liveness_port)
     try:
-        kopf.run(
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            memo=kopf.Memo(leadership=leadership, connection=connection_info(configuration)),
-        )
+        supervise(serve_once, failed, sleep=stopping.wait)
     finally:
         if server is not None:
             server.close()
+
+
+def supervise(
+    run: Callable[[], None],
+    failed: Callable[[Exception, float], None],
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Call ``run`` until it returns; when it raises, tell ``failed`` and call it again after a delay
+    that doubles from RESTART_FIRST_SECONDS to RESTART_LONGEST_SECONDS, and starts over after a run
+    of RESTART_STABLE_SECONDS.
+
+    kopf treats a watch that answers 404 (an API server that restarts serves a custom resource a
+    moment after it listens), or that keeps failing past its retries, as the end of the operator.
+    Every state lives in the API, so a new run carries on where the last one stopped; a restart in
+    the process keeps the pod out of CrashLoopBackOff, whose delays grow to 5 minutes.
+    """
+    delay = RESTART_FIRST_SECONDS
+    while True:
+        started = clock()
+        try:
+            run()
+            return
+        except Exception as error:  # whatever ended kopf: logged, and kopf runs again
+            if clock() - started >= RESTART_STABLE_SECONDS:
+                delay = RESTART_FIRST_SECONDS
+            failed(error, delay)
+            sleep(delay)
+            delay = min(delay * 2, RESTART_LONGEST_SECONDS)
+
+
+class KopfStuck(RuntimeError):
+    """kopf ran its cleanup but its tasks did not end."""
+
+
+def run_in_thread(
+    run: Callable[[], None],
+    stopping: threading.Event,
+    ending: threading.Event,
+    grace: float = KOPF_EXIT_GRACE_SECONDS,
+) -> None:
+    """Run ``run`` (kopf.run) in a daemon thread; return or raise as it does.
+
+    ``ending`` is set by kopf's cleanup handler (and here when ``run`` ends). kopf's exit after a
+    failed watch can hang for minutes (a watcher waits for credentials that nobody renews), so once
+    ``ending`` is set ``run`` gets ``grace`` seconds: after a stop (``stopping``) this returns
+    anyway, the process is about to end; else this raises :class:`KopfStuck` and the thread is left
+    to its tasks, which can do nothing (the engine they would wake is stopped).
+    """
+    outcome: list[BaseException] = []
+    finished = threading.Event()
+
+    def body() -> None:
+        try:
+            run()
+        except BaseException as error:  # handed to the caller's thread
+            outcome.append(error)
+        finally:
+            finished.set()
+            ending.set()
+
+    threading.Thread(target=body, name="kopf", daemon=True).start()
+    ending.wait()
+    if not finished.wait(grace):
+        if stopping.is_set():
+            log.warning("kopf did not end within %.0f s of its stop; exiting without it", grace)
+            return
+        raise KopfStuck(f"kopf ended its handlers but not its tasks within {grace:.0f} s")
+    if outcome:
+        raise outcome[0]
+    if not stopping.is_set():
+        raise RuntimeError("kopf returned without being stopped")
 
 
 def start_server(
