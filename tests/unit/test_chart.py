@@ -481,7 +481,13 @@ def test_the_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     done = run(tool("promtool"), "check", "rules", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     alerts = [r["alert"] for g in rule_groups() for r in g["rules"]]
-    assert alerts == ["HPOOperatorDown", "HPOStudyStuck", "HPOTrialsFailing", "HPOStudyOverBudget"]
+    assert alerts == [
+        "HPOOperatorDown",
+        "HPOStudyStuck",
+        "HPOTrialsFailing",
+        "HPOStudyOverBudget",
+        "HPOOperatorWatchFailing",
+    ]
 
 
 def test_alerts_can_be_turned_off_tuned_and_extended() -> None:
@@ -495,7 +501,13 @@ def test_alerts_can_be_turned_off_tuned_and_extended() -> None:
     )
     rules = one(objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
     by_name = {r["alert"]: r for r in rules}
-    assert list(by_name) == ["HPOOperatorDown", "HPOTrialsFailing", "HPOStudyOverBudget", "Extra"]
+    assert list(by_name) == [
+        "HPOOperatorDown",
+        "HPOTrialsFailing",
+        "HPOStudyOverBudget",
+        "HPOOperatorWatchFailing",
+        "Extra",
+    ]
     assert ") > 0.25\n" in by_name["HPOTrialsFailing"]["expr"]
     assert by_name["HPOOperatorDown"]["labels"] == {"severity": "critical", "team": "ml"}
 
@@ -633,6 +645,40 @@ RULE_TESTS: list[Obj] = [
         ],
     },
 ]
+
+
+POD = {**JOB, "pod": "hpo-hpo-operator-7d9f-x2"}
+RULE_TESTS.append(
+    {
+        # Two failures at an API server restart, then quiet; from minute 20 one failure a minute,
+        # as when the CRDs are missing (kopf runs again every 30 s at most).
+        "interval": "1m",
+        "input_series": [series("hpo_operator_watch_failures_total", POD, "0x5 2x15 2+1x30")],
+        "alert_rule_test": [
+            {"eval_time": "18m", "alertname": "HPOOperatorWatchFailing", "exp_alerts": []},
+            {"eval_time": "26m", "alertname": "HPOOperatorWatchFailing", "exp_alerts": []},
+            {
+                "eval_time": "32m",
+                "alertname": "HPOOperatorWatchFailing",
+                "exp_alerts": [
+                    fired(
+                        "warning",
+                        {"namespace": NAMESPACE, "pod": POD["pod"]},
+                        "The hpo-operator keeps losing its watches",
+                        f"The hpo-operator {POD['pod']} in namespace {NAMESPACE}",
+                        "ran kopf again at least 5 times in the last 15m:",
+                        "it cannot keep watching its resources,",
+                        "so trials are pruned, started and stopped late.",
+                        'Its log says why ("kopf ended on ...").',
+                        "Check that the CRDs hpostudies.hpo.dev and hpotrials.hpo.dev",
+                        "are installed and served,",
+                        "and the operator's RBAC.",
+                    )
+                ],
+            },
+        ],
+    }
+)
 
 
 def test_the_alerts_fire_when_and_only_when_they_should(tmp_path: Path) -> None:
