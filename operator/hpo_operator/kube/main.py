@@ -115,6 +115,11 @@ def run_operator(
     same metrics.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf warns at each start that it ignores signals outside the main thread: this process
+    # handles them and hands kopf a stop flag.
+    logging.getLogger("kopf._core.reactor.running").addFilter(
+        lambda record: not record.getMessage().startswith("OS signals are ignored")
+    )
     configuration = load_configuration(kubeconfig)
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
