@@ -13,6 +13,7 @@ from hpo_operator.kube.main import (
     RESTART_LONGEST_SECONDS,
     RESTART_STABLE_SECONDS,
     KopfStuck,
+    LeftBehind,
     run_in_thread,
     supervise,
 )
@@ -112,10 +113,13 @@ def test_what_ends_kopf_is_raised_in_the_callers_thread() -> None:
 def test_a_kopf_that_hangs_after_its_cleanup_is_left_behind() -> None:
     stopping, ending, release = threading.Event(), threading.Event(), threading.Event()
     try:
-        with pytest.raises(KopfStuck, match="within 0 s"):
+        with pytest.raises(KopfStuck, match="within 0 s") as stuck:
             run_in_thread(kopf_like(ending, release, LookupError("gone")), stopping, ending, 0.2)
+        assert stuck.value.thread.is_alive()
     finally:
         release.set()
+    stuck.value.thread.join(5)
+    assert not stuck.value.thread.is_alive()
 
 
 def test_after_a_stop_a_hanging_kopf_does_not_hold_the_process() -> None:
@@ -135,3 +139,23 @@ def test_kopf_returning_is_the_end_only_after_a_stop() -> None:
     stopping.set()
     ending.clear()
     run_in_thread(kopf_like(ending, release, None), stopping, ending, 5)
+
+
+def test_too_many_runs_of_kopf_left_hanging_end_the_process() -> None:
+    release = threading.Event()
+    hanging = [threading.Thread(target=release.wait, args=(10,), daemon=True) for _ in range(3)]
+    for thread in hanging:
+        thread.start()
+    ended = threading.Thread(target=lambda: None)
+    ended.start()
+    ended.join()
+    try:
+        left = LeftBehind(limit=2)
+        assert left.add(hanging[0]) and left.add(ended) and left.add(hanging[1])
+        assert left.alive() == 2
+        assert not left.add(hanging[2])  # a third one alive: past the limit
+    finally:
+        release.set()
+    for thread in hanging:
+        thread.join(5)
+    assert left.alive() == 0

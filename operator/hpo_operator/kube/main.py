@@ -28,6 +28,7 @@ log = logging.getLogger("hpo_operator")
 RESTART_FIRST_SECONDS = 1.0
 RESTART_LONGEST_SECONDS = 30.0
 RESTART_STABLE_SECONDS = 60.0  # a run this long starts the delays over
+MAX_STUCK_KOPF_THREADS = 5  # runs of kopf left hanging before the process gives up
 KOPF_EXIT_GRACE_SECONDS = 6.0  # from kopf's cleanup to the end of kopf.run (it waits 5 s itself)
 
 
@@ -128,6 +129,7 @@ def run_operator(
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     lease_api = Api(configuration, timer=metrics)
     stopping = threading.Event()  # a signal came: kopf's stop flag, and the end of the process
+    left_behind = LeftBehind()
 
     def serve_once() -> None:
         if stopping.is_set():
@@ -153,7 +155,13 @@ def run_operator(
                 stop_flag=stopping,
             )
 
-        run_in_thread(run, stopping, ending)
+        try:
+            run_in_thread(run, stopping, ending)
+        except KopfStuck as stuck:
+            if not left_behind.add(stuck.thread):
+                log.error("%d runs of kopf never ended; exiting", left_behind.alive())
+                raise SystemExit(1) from stuck
+            raise
 
     def failed(error: Exception, delay: float) -> None:
         metrics.watches_failed()
@@ -205,7 +213,28 @@ def supervise(
 
 
 class KopfStuck(RuntimeError):
-    """kopf ran its cleanup but its tasks did not end."""
+    """kopf ran its cleanup but its tasks did not end; ``thread`` is where they still run."""
+
+    def __init__(self, message: str, thread: threading.Thread) -> None:
+        super().__init__(message)
+        self.thread = thread
+
+
+@dataclass
+class LeftBehind:
+    """The threads of runs of kopf that did not end. Each holds an event loop and its connections,
+    so past ``limit`` still alive the process should end (a pod's restart starts clean)."""
+
+    limit: int = MAX_STUCK_KOPF_THREADS
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def add(self, thread: threading.Thread) -> bool:
+        """Keep ``thread``; False once more than ``limit`` are alive."""
+        self.threads = [t for t in [*self.threads, thread] if t.is_alive()]
+        return len(self.threads) <= self.limit
+
+    def alive(self) -> int:
+        return sum(t.is_alive() for t in self.threads)
 
 
 def run_in_thread(
@@ -234,13 +263,14 @@ def run_in_thread(
             finished.set()
             ending.set()
 
-    threading.Thread(target=body, name="kopf", daemon=True).start()
+    thread = threading.Thread(target=body, name="kopf", daemon=True)
+    thread.start()
     ending.wait()
     if not finished.wait(grace):
         if stopping.is_set():
             log.warning("kopf did not end within %.0f s of its stop; exiting without it", grace)
             return
-        raise KopfStuck(f"kopf ended its handlers but not its tasks within {grace:.0f} s")
+        raise KopfStuck(f"kopf ended its handlers but not its tasks within {grace:.0f} s", thread)
     if outcome:
         raise outcome[0]
     if not stopping.is_set():
