@@ -241,6 +241,17 @@ def test_a_path_not_served_for_a_while_is_retried_but_a_deleted_trial_is_not(
     assert len(api.requests) == 4
 
 
+def test_a_forbidden_report_after_a_delivered_one_is_retried(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    api.obj["status"] = {"reports": []}
+    reporter = cluster_reporter(api_url, sa_dir)
+    assert reporter.report(1, 0.5)
+    api.fail_next = [403, 403]  # a restarted API server whose authorizer has not loaded RBAC yet
+    assert reporter.report(2, 0.6)
+    assert [r["value"] for r in api.reports] == [0.5, 0.6] and len(api.requests) == 4
+
+
 def test_a_forbidden_report_is_given_up_at_once(api: FakeApi, api_url: str, sa_dir: Path) -> None:
     api.fail_next = [403]
     assert cluster_reporter(api_url, sa_dir).report(1, 0.5) is False

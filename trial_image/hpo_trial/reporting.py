@@ -19,6 +19,7 @@ log = logging.getLogger("hpo_trial")
 
 #: Seconds a report may spend being retried before it is given up (default 60).
 HPO_REPORT_RETRY_SECONDS = "HPO_REPORT_RETRY_SECONDS"
+FORBIDDEN = 403
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Reporter:
         self._sleep = sleep
         self._seq = itertools.count()
         self._lock = threading.Lock()
+        self._delivered = False  # some report of this process got through
 
     def report(self, resource: float, value: float, **extra: Any) -> bool:
         """Delivers one report; True when delivered. Never raises: failures are logged."""
@@ -125,12 +127,17 @@ class Reporter:
             try:
                 timeout = max(0.1, min(policy.request_timeout, deadline - time.monotonic()))
                 self.transport.send(body, timeout=timeout)
+                self._delivered = True
                 if attempt > 1:
                     log.info("report seq=%d delivered on attempt %d", body["seq"], attempt)
                 return True
             except SendError as exc:
                 remaining = deadline - time.monotonic()
-                if not exc.retryable or remaining <= 0:
+                # A 403 before any delivery means the trial lacks the right; after one, the server
+                # changed its mind for a moment, as a restarted API server does until its
+                # authorizer has loaded the cluster's RBAC.
+                retryable = exc.retryable or (exc.status == FORBIDDEN and self._delivered)
+                if not retryable or remaining <= 0:
                     log.error(
                         "report seq=%d to %s given up after %d attempt(s): %s",
                         body["seq"],

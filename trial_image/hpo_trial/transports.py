@@ -40,11 +40,13 @@ _INIT_ROUNDS = 4
 
 
 class SendError(Exception):
-    """A report was not delivered; ``retryable`` says whether trying again may help."""
+    """A report was not delivered; ``retryable`` says whether trying again may help, ``status`` is
+    the HTTP status of the answer, if one came."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
 
 
 class Transport(Protocol):
@@ -137,7 +139,7 @@ class ClusterTransport:
         if 200 <= status < 300:
             return
         retryable = status in _RETRYABLE_STATUS
-        raise SendError(f"{what}: HTTP {status} from {self.status_url}", retryable=retryable)
+        raise SendError(f"{what}: HTTP {status} from {self.status_url}", retryable=retryable, status=status)
 
     def _patch(self, ops: list[dict[str, Any]], timeout: float) -> int:
         """Sends one JSON patch; returns the HTTP status, raises SendError when no answer came or the
