@@ -423,8 +423,9 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
     )
     # The restart ends kopf's watches; their reconnection finds HPOTrials not served (404), which
     # ends kopf, as when an API server serves a custom resource a moment after it listens. They are
-    # served again as soon as kopf said so: the garbage collector, which sees the owners of the
-    # trials' Jobs answer 404 too, may delete those Jobs meanwhile.
+    # served again once the next run of kopf waits for them in its startup (kopf looks its
+    # resources up once): the garbage collector, which sees the owners of the trials' Jobs answer
+    # 404 too, may delete those Jobs meanwhile.
     serve_trials(kube, False)
     try:
         cluster.restart_apiserver(down_seconds=1)
@@ -433,6 +434,12 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
             30,
             0.1,
             lambda: f"kopf's HPOTrial watch meeting the 404; operator log:\n{operator.tail()}",
+        )
+        wait_for(
+            lambda: "hpotrials.hpo.dev/v1alpha1 not served yet" in operator.tail(30),
+            30,
+            0.1,
+            lambda: f"the next run of kopf waiting for HPOTrials; operator log:\n{operator.tail()}",
         )
     finally:
         serve_trials(kube, True)
@@ -449,6 +456,8 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
         "the operator process ended"
     )
     assert "starting it again" in operator.tail(400)
+    # The new run of kopf found both resources: none is left unwatched.
+    assert "Unresolved resources" not in operator.log_path.read_text(errors="replace")
     assert_nothing_left_running(kube, namespace)
     assert_no_report_lost(kube, namespace, log_dir)
     assert_each_trial_once(kube, namespace, log_dir)

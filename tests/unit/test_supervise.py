@@ -159,3 +159,16 @@ def test_too_many_runs_of_kopf_left_hanging_end_the_process() -> None:
     for thread in hanging:
         thread.join(5)
     assert left.alive() == 0
+
+
+def test_a_stop_while_kopf_starts_up_ends_the_wait_without_a_cleanup() -> None:
+    stopping, ending, release = threading.Event(), threading.Event(), threading.Event()
+
+    def starting() -> None:  # a startup handler that waits: no cleanup runs, ``ending`` stays unset
+        release.wait(10)
+
+    threading.Timer(0.3, stopping.set).start()
+    try:
+        run_in_thread(starting, stopping, ending, 0.2)
+    finally:
+        release.set()

@@ -8,15 +8,20 @@ while the operator was away is handled on its start exactly like a new one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
-from .engine import Engine
+from .api import Api
+from .engine import TRANSIENT_ERRORS, Engine
 from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION
 
 CHILD = {STUDY_LABEL: kopf.PRESENT}
+log = logging.getLogger("hpo_operator")
+SERVED_POLL_SECONDS = 2.0
+SERVED_LOG_SECONDS = 60.0
 
 
 def _engine(memo: Any) -> Engine:
@@ -36,6 +41,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # kopf's exit and runs it again instead.
     settings.process.ultimate_exiting_timeout = None
     await memo.leadership.start()
+    try:
+        await wait_until_served(_engine(memo).cluster.api)
+    except asyncio.CancelledError:  # stopped while waiting: no cleanup handler runs after this
+        await memo.leadership.stop()
+        raise
+
+
+def missing_resources(api: Api) -> list[str]:
+    """The operator's custom resources the API server does not serve now (all, when it answers
+    nothing)."""
+    wanted = [STUDY_PLURAL, TRIAL_PLURAL]
+    try:
+        served = {r.get("name") for r in (api.get(f"/apis/{GROUP}/{VERSION}") or {}).get("resources") or []}
+    except TRANSIENT_ERRORS:  # 404 while the group is not served; or no answer at all
+        return wanted
+    return [name for name in wanted if name not in served]
+
+
+async def wait_until_served(
+    api: Api, poll: float = SERVED_POLL_SECONDS, log_every: float = SERVED_LOG_SECONDS
+) -> None:
+    """Return once HPOStudies and HPOTrials are served. kopf looks the watched resources up once,
+    after the startup handlers, and with scanning off never again: one missing then (CRDs applied
+    after the operator, an API server that restarts) would go unwatched for the process's life,
+    its changes seen only at the resync. The engine runs meanwhile."""
+    logged_at: float | None = None
+    loop = asyncio.get_running_loop()
+    while missing := await asyncio.to_thread(missing_resources, api):
+        if logged_at is None or loop.time() - logged_at >= log_every:
+            logged_at = loop.time()
+            names = ", ".join(f"{name}.{GROUP}/{VERSION}" for name in missing)
+            log.warning("%s not served yet (are the CRDs applied?); watching starts once they are", names)
+        await asyncio.sleep(poll)
 
 
 @kopf.on.cleanup()

@@ -247,9 +247,9 @@ def run_in_thread(
 
     ``ending`` is set by kopf's cleanup handler (and here when ``run`` ends). kopf's exit after a
     failed watch can hang for minutes (a watcher waits for credentials that nobody renews), so once
-    ``ending`` is set ``run`` gets ``grace`` seconds: after a stop (``stopping``) this returns
-    anyway, the process is about to end; else this raises :class:`KopfStuck` and the thread is left
-    to its tasks, which can do nothing (the engine they would wake is stopped).
+    ``ending`` or ``stopping`` is set ``run`` gets ``grace`` seconds: after a stop this returns
+    anyway, the process is about to end; else this raises :class:`KopfStuck` and the thread is
+    left to its tasks, which can do nothing (the engine they would wake is stopped).
     """
     outcome: list[BaseException] = []
     finished = threading.Event()
@@ -265,7 +265,9 @@ def run_in_thread(
 
     thread = threading.Thread(target=body, name="kopf", daemon=True)
     thread.start()
-    ending.wait()
+    # A stop may come while kopf is still in its startup handlers, before any cleanup.
+    while not ending.wait(0.2) and not stopping.is_set():
+        pass
     if not finished.wait(grace):
         if stopping.is_set():
             log.warning("kopf did not end within %.0f s of its stop; exiting without it", grace)
