@@ -7,7 +7,9 @@ what to do on every change and at least every ``poll`` seconds. A pruned or stop
 SIGTERM, then, after ``grace`` seconds, SIGKILL of its whole process group.
 
 The deadline is hard: the core is shown a clock ``stop_margin`` seconds ahead of the real one, so it
-stops trials early enough that the grace period and the reaping end before the real deadline.
+stops trials early enough that their SIGTERM (at most 1 s before SIGKILL there, whatever the grace)
+and the reaping end before the real deadline; a trial stopped earlier whose grace would run past
+the deadline is killed before it.
 
 Everything learned is written to ``DIR/study.json`` (atomically, after every change) and
 ``DIR/best.json``; each trial's output goes to ``DIR/trials/<trial>/log.txt``.
@@ -51,6 +53,8 @@ DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
 # Added to the stop margin: a loaded machine delays the loop (a decision, a write, a slow kill).
 STOP_SLACK_SECONDS = 0.5
+# The longest a trial stopped at the deadline gets between SIGTERM and SIGKILL.
+DEADLINE_GRACE_SECONDS = 1.0
 # More CPU slots than this rarely pay: trials then compete for memory and memory bandwidth.
 MAX_DEFAULT_CPU_SLOTS = 8
 # Present whenever the NVIDIA kernel driver is loaded.
@@ -374,10 +378,23 @@ class RunOptions:
     """The trials' working directory (None: this process's)."""
 
     @property
+    def deadline_grace(self) -> float:
+        """SIGTERM to SIGKILL for a trial stopped at the deadline: the grace, at most
+        DEADLINE_GRACE_SECONDS. Trials stop in well under a second (their reports are written as
+        they go), and a margin kept for the full grace is budget no trial trains in."""
+        return min(self.grace, DEADLINE_GRACE_SECONDS)
+
+    @property
     def stop_margin(self) -> float:
-        """How far ahead of the deadline trials are stopped: the grace period, three polls (to
+        """How far ahead of the deadline trials are stopped: the deadline's grace, three polls (to
         notice the deadline, escalate to SIGKILL, reap) and a slack for a busy machine's delays."""
-        return self.grace + 3 * self.poll + STOP_SLACK_SECONDS
+        return self.deadline_grace + 3 * self.poll + STOP_SLACK_SECONDS
+
+    @property
+    def kill_lead(self) -> float:
+        """How far ahead of the deadline a trial given SIGTERM before it is killed, whatever its
+        grace: two polls (escalate, reap) and the slack."""
+        return 2 * self.poll + STOP_SLACK_SECONDS
 
 
 @dataclass(frozen=True)
@@ -520,11 +537,19 @@ class LocalRunner:
             elif (
                 trial.term_sent_at is not None
                 and not trial.killed
-                and now >= trial.term_sent_at + self.options.grace
+                and now >= self._kill_at(trial.term_sent_at)
             ):
                 self._signal_group(trial, signal.SIGKILL)
                 trial.killed = True
         return changed
+
+    def _kill_at(self, term_sent_at: float) -> float:
+        """When a trial given SIGTERM at ``term_sent_at`` gets SIGKILL: after the grace, or sooner
+        when that would end past the deadline (a stop before it, not the final training's)."""
+        kill_at = term_sent_at + self.options.grace
+        if self.deadline is not None and term_sent_at < self.deadline:
+            kill_at = min(kill_at, max(term_sent_at, self.deadline - self.options.kill_lead))
+        return kill_at
 
     def _read_reports(self, trial: LocalTrial, final: bool = False) -> bool:
         rejected = len(trial.reader.rejected)

@@ -197,6 +197,33 @@ def test_a_trial_that_ignores_sigterm_is_killed_after_the_grace_period_before_th
     assert_inside_budget(doc)
 
 
+def test_a_long_grace_is_cut_short_at_the_deadline_so_the_margin_stays_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_IGNORE_SIGTERM", "1")
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.6")
+    # A grace longer than the budget, and trials of 9 epochs (5.4 s) that ignore SIGTERM: the two
+    # started after the first two cannot end by themselves before the deadline, pruned or not, so
+    # they are killed, which must still happen before it.
+    _, doc = run_study(tmp_path, fake_config(max_resource=9, deadline=10.0), grace=30.0, poll=0.05)
+    assert doc["budget"]["stopMarginSeconds"] == pytest.approx(1.0 + 3 * 0.05 + 0.5)
+    killed = [t for t in doc["trials"] if t["killed"]]
+    summary = [(t["name"], t["status"], t["killed"], t["exitCode"], len(t["reports"])) for t in doc["trials"]]
+    assert killed and all(t["exitCode"] == -signal.SIGKILL for t in killed), summary
+    assert all(t["status"] in ("Pruned", "Stopped") for t in killed)
+    assert_inside_budget(doc)
+    # Killed in the last seconds, not 30 s (the grace) before a 6 s deadline.
+    assert all(t["endedAt"] > doc["deadline"] - 2.0 for t in killed)
+
+
+def test_the_stop_margin_keeps_at_most_one_second_of_grace() -> None:
+    def margin(grace: float) -> float:
+        return RunOptions("s", ("true",), Path("out"), (), grace=grace, poll=0.2).stop_margin
+
+    assert margin(5.0) == pytest.approx(1.0 + 0.6 + 0.5)
+    assert margin(0.3) == pytest.approx(0.3 + 0.6 + 0.5)
+
+
 def test_without_a_budget_the_first_trial_measures_one_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
