@@ -366,30 +366,50 @@ def test_operator_sigkilled_again_and_again_loses_nothing(
     print(f"\nkilled at {kills} s; {len(trials_of(kube, namespace))} trials, {written} reports kept")
 
 
-def test_apiserver_restart_mid_study_the_operator_reconnects_and_no_report_is_lost(
-    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
-) -> None:
-    pid = operator.proc.pid if operator.proc else None
-    create(kube, namespace, manifest("steady", log_dir, deadline="30s", parallel=2))
+def start_two_reporting(kube: Kube, namespace: str, log_dir: Path, name: str) -> None:
+    """A 30 s study of two trials at once, returned once both have reported."""
+    create(kube, namespace, manifest(name, log_dir, deadline="30s", parallel=2))
     wait_for(
         lambda: sum(bool(stored_reports(t)) for t in trials_of(kube, namespace)) >= 2,
         30,
         0.2,
         "two trials reporting",
     )
+
+
+def test_apiserver_restart_mid_study_the_operator_reconnects_and_no_report_is_lost(
+    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
+) -> None:
+    pid = operator.proc.pid if operator.proc else None
+    start_two_reporting(kube, namespace, log_dir, "steady")
     cluster.restart_apiserver(down_seconds=3)
     study = wait_phase(kube, namespace, "steady", {"Succeeded", "Failed"}, 90)
     assert study["status"]["phase"] == "Succeeded", study["status"]
+    logs = assert_came_through(operator, pid, cluster, kube, namespace, log_dir, "steady")
+    # The SDK did retry: some trial's report failed while the apiserver was away, then got through.
+    assert any("retrying" in text for text in logs), "no report was retried"
+
+
+def assert_came_through(
+    operator: OperatorProcess,
+    pid: int | None,
+    cluster: LocalCluster,
+    kube: Kube,
+    namespace: str,
+    log_dir: Path,
+    study: str,
+) -> list[str]:
+    """The operator process that began the study is still up, and the study came through whole:
+    nothing left running, no report lost, every trial once, the best recomputed from the reports.
+    Returns the trials' container logs."""
     assert operator.alive() and operator.proc is not None and operator.proc.pid == pid, (
-        "the operator restarted"
+        "the operator process ended"
     )
     assert_nothing_left_running(kube, namespace)
     assert_no_report_lost(kube, namespace, log_dir)
     assert_each_trial_once(kube, namespace, log_dir)
-    assert_best_matches_reports(kube, namespace, "steady")
-    # The SDK did retry: some trial's report failed while the apiserver was away, then got through.
-    logs = [p.read_text(errors="replace") for p in (cluster.log_dir / "containers").glob(f"{namespace}_*")]
-    assert any("retrying" in text for text in logs), "no report was retried"
+    assert_best_matches_reports(kube, namespace, study)
+    return [p.read_text(errors="replace") for p in (cluster.log_dir / "containers").glob(f"{namespace}_*")]
 
 
 def watch_failures(operator: OperatorProcess) -> float:
@@ -414,13 +434,7 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
 ) -> None:
     pid = operator.proc.pid if operator.proc else None
     failures = watch_failures(operator)
-    create(kube, namespace, manifest("unserved", log_dir, deadline="30s", parallel=2))
-    wait_for(
-        lambda: sum(bool(stored_reports(t)) for t in trials_of(kube, namespace)) >= 2,
-        30,
-        0.2,
-        "two trials reporting",
-    )
+    start_two_reporting(kube, namespace, log_dir, "unserved")
     # The restart ends kopf's watches; their reconnection finds HPOTrials not served (404), which
     # ends kopf, as when an API server serves a custom resource a moment after it listens. They are
     # served again once the next run of kopf waits for them in its startup (kopf looks its
@@ -452,18 +466,11 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
     )
     study = wait_phase(kube, namespace, "unserved", {"Succeeded", "Failed"}, 90)
     assert study["status"]["phase"] == "Succeeded", study["status"]
-    assert operator.alive() and operator.proc is not None and operator.proc.pid == pid, (
-        "the operator process ended"
-    )
+    logs = assert_came_through(operator, pid, cluster, kube, namespace, log_dir, "unserved")
     assert "starting it again" in operator.tail(400)
     # The new run of kopf found both resources: none is left unwatched.
     assert "Unresolved resources" not in operator.log_path.read_text(errors="replace")
-    assert_nothing_left_running(kube, namespace)
-    assert_no_report_lost(kube, namespace, log_dir)
-    assert_each_trial_once(kube, namespace, log_dir)
-    assert_best_matches_reports(kube, namespace, "unserved")
     # The trials retried the reports the 404 refused, and got them through once HPOTrials were back.
-    logs = [p.read_text(errors="replace") for p in (cluster.log_dir / "containers").glob(f"{namespace}_*")]
     assert any("not served" in text for text in logs), "no report met the 404"
 
 
