@@ -30,6 +30,7 @@ from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
 from tests.e2e.conftest import CHART, OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, helm_template
+from tests.e2e.test_operator import sample, scrape
 from tests.unit.test_bad_input_specs import broken_specs
 
 pytestmark = pytest.mark.e2e
@@ -414,11 +415,7 @@ def assert_came_through(
 
 def watch_failures(operator: OperatorProcess) -> float:
     """The operator's hpo_operator_watch_failures_total."""
-    _, text = operator.get("/metrics")
-    for line in text.splitlines():
-        if line.startswith("hpo_operator_watch_failures_total "):
-            return float(line.split()[1])
-    raise AssertionError("no hpo_operator_watch_failures_total in /metrics")
+    return sample(scrape(operator), "hpo_operator_watch_failures_total")
 
 
 def serve_trials(kube: Kube, served: bool) -> None:
