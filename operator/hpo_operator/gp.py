@@ -4,8 +4,11 @@ Every rung result of every trial is one observation at its point in the unit cub
 ``f`` (log of the resource, scaled so the first rung is 0 and the full resource 1), so a trial pruned
 at the first rung still tells the model about its region, and the model learns from the data how
 far a low-fidelity result predicts a full one (the fidelity's own length scale). Values enter as
-normal scores of their ranks (a Gaussian copula), so a function with a huge range, such as a loss
-that diverges in a corner, does not flatten the rest. The kernel is a Matérn 5/2 with one length
+normal scores of their ranks among the results at the same level (a Gaussian copula per level), so
+a function with a huge range, such as a loss that diverges in a corner, does not flatten the rest,
+and the rise of every value with training does not read as a difference between levels: ranked
+together, the few full-fidelity results all sat far above the rest, and the model explained that
+with a short fidelity scale that cut each level off from the others. The kernel is a Matérn 5/2 with one length
 scale for the configuration and one for the fidelity; a categorical dimension counts 0 between
 equal categories and 1 between different ones. Length scales and noise are chosen by marginal
 likelihood from a small grid, on a stratified subset of at most FIT_POINTS observations, so fitting
@@ -45,6 +48,17 @@ def normal_scores(values: Sequence[float]) -> np.ndarray:
     n = len(v)
     quantiles = np.array([_NORMAL.inv_cdf((r + 0.5) / n) for r in mean_rank])
     return quantiles[inverse.reshape(-1)] if len(unique) else np.empty(0)
+
+
+def level_scores(values: Sequence[float], levels: Sequence[int]) -> np.ndarray:
+    """normal_scores taken separately among the values of each level (``levels[i]`` is value i's)."""
+    v = np.asarray(values, dtype=float)
+    at = np.asarray(levels)
+    out = np.empty(len(v))
+    for level in np.unique(at):
+        mask = at == level
+        out[mask] = normal_scores(v[mask].tolist())
+    return out
 
 
 def squared_differences(a: np.ndarray, b: np.ndarray, sizes: Sequence[int]) -> np.ndarray:

@@ -19,8 +19,11 @@ collapsing. Proposals never repeat a configuration already tried while the space
 
 The ``gp`` sampler proposes as ``tpe`` until 5 trials per parameter have reported (half the "10 d"
 rule of thumb for fitting a Gaussian process, chosen by measurement), then takes the candidate of
-highest expected improvement at full fidelity under a Gaussian process over every rung result
-(gp.py), trials started but not reported counted at the model's own prediction.
+highest expected improvement at the first rung under a Gaussian process over every rung result
+(gp.py), trials started but not reported counted at the model's own prediction. The first rung is
+where a new trial is judged first, and the one level every trial has reached: at full fidelity,
+where few trials arrive, a region pruned at the first rung still looks unexplored, and expected
+improvement there kept sending trials back into it (digits, benchmarks/README.md).
 
 Pure: the inputs are the trials so far and a generator seeded by (seed, trial index), so the same
 observations always give the same proposal.
@@ -71,9 +74,11 @@ GP_LOCAL_CANDIDATES = 8  # per trial and scale
 # rule for fitting a GP), 5 ended closest to the optimum at 2 workers, and closer than 10 in 10 of
 # 12 cells on held-out seeds at 2 and 8 workers (benchmarks/README.md).
 GP_POINTS_PER_DIMENSION = 5
-# Expected improvement over the incumbent plus this (in normal scores): at 0 the GP crept along one
-# valley in small steps, each promoted to R; at 2 it explored too much at 8 workers.
-GP_XI = 1.0
+# Expected improvement over the incumbent plus this (in normal scores): of 0, 0.25, 0.5, 0.75 and 1,
+# 0.5 ended closest to the optimum over the six synthetic cells (benchmarks/README.md); at 0 the GP
+# crept along one valley in small steps, at 1 it spent the budget where it knew least.
+GP_XI = 0.5
+FIRST_RUNG = 0.0  # the fidelity coordinate of the first rung, where the GP's proposals are judged
 GP_SHORTLIST = 64  # trials whose full-fidelity value is predicted, best latest results first
 GP_SNAPPED = 16  # best raw candidates snapped to the space and re-scored
 
@@ -368,11 +373,12 @@ class Sampler:
     def _gp_based(
         self, rng: random.Random, derived: Sequence[_Derived], levels: Sequence[float], seen: set[str]
     ) -> dict[str, Any] | None:
-        """The unseen candidate of highest expected improvement at full fidelity under a Gaussian
+        """The unseen candidate of highest expected improvement at the first rung under a Gaussian
         process over every rung result (gp.py); None while too few trials reported."""
         lo, hi = math.log(levels[0]), math.log(levels[-1])
         xs: list[list[float]] = []
         values: list[float] = []
+        at_level: list[int] = []
         tried: list[list[float]] = []
         pending: list[list[float]] = []
         latest_at: list[int] = []  # the index in xs of each tried trial's latest result
@@ -380,18 +386,19 @@ class Sampler:
             if d.unit is None:
                 continue
             if not d.scores:
-                pending.append([*d.unit, 1.0])
+                pending.append([*d.unit, FIRST_RUNG])
                 continue
-            tried.append([*d.unit, 1.0])
+            tried.append([*d.unit, FIRST_RUNG])
             latest_at.append(len(xs) + len(d.scores) - 1)
             for k, s in enumerate(d.scores):
                 xs.append([*d.unit, (math.log(levels[k]) - lo) / (hi - lo) if hi > lo else 1.0])
                 values.append(s)
+                at_level.append(k)
         if len(tried) < min_observations(self.space):
             return None
-        scores = gp.normal_scores(values)
+        scores = gp.level_scores(values, at_level)
         model = gp.fit(np.asarray(xs), scores, self.sizes)
-        # The incumbent and the centres of local candidates: the best predicted at full fidelity among
+        # The incumbent and the centres of local candidates: the best predicted at the first rung among
         # the trials whose latest result ranks high (predicting every trial would cost more than the rest).
         shortlist = np.argsort(-scores[np.asarray(latest_at)], kind="stable")[:GP_SHORTLIST]
         tried = [tried[int(i)] for i in shortlist]
@@ -414,7 +421,7 @@ class Sampler:
         # Rank the raw candidates, then snap the best few to the space (its grids and choices) and
         # re-score them there: snapping every candidate would cost most of a proposal.
         raw = np.vstack(parts)
-        mu, sd = model.predict(np.hstack([raw, np.ones((len(raw), 1))]))
+        mu, sd = model.predict(np.hstack([raw, np.full((len(raw), 1), FIRST_RUNG)]))
         order = np.argsort(-gp.expected_improvement(mu, sd, incumbent + GP_XI), kind="stable")
         proposals: list[dict[str, Any]] = []
         units: list[list[float]] = []
@@ -427,7 +434,7 @@ class Sampler:
                 continue
             keys.add(key)
             proposals.append(params)
-            units.append([*(_unit_of(self.space, params) or u), 1.0])
+            units.append([*(_unit_of(self.space, params) or u), FIRST_RUNG])
             if len(proposals) == GP_SNAPPED:
                 break
         if not proposals:
