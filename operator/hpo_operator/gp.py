@@ -8,11 +8,11 @@ normal scores of their ranks among the results at the same level (a Gaussian cop
 a function with a huge range, such as a loss that diverges in a corner, does not flatten the rest,
 and the rise of every value with training does not read as a difference between levels: ranked
 together, the few full-fidelity results all sat far above the rest, and the model explained that
-with a short fidelity scale that cut each level off from the others. The kernel is a Matérn 5/2 with one length
-scale for the configuration and one for the fidelity; a categorical dimension counts 0 between
-equal categories and 1 between different ones. Length scales and noise are chosen by marginal
-likelihood from a small grid, on a stratified subset of at most FIT_POINTS observations, so fitting
-costs the same at 50 and 5,000 observations.
+with a short fidelity scale that cut each level off from the others. The kernel is a Matérn 5/2
+with one length scale for the configuration and one for the fidelity; a categorical dimension
+counts 0 between equal categories and 1 between different ones. Length scales and noise are chosen
+by marginal likelihood from a small grid, on a stratified subset of at most FIT_POINTS
+observations, so fitting costs the same at 50 and 5,000 observations.
 
 Pure: numpy only, no randomness (the caller draws the candidates).
 """

@@ -143,3 +143,75 @@ def test_gp_proposes_as_tpe_until_enough_reported_trials_per_dimension() -> None
     assert proposals("gp", fewer) == proposals("tpe", fewer)
     enough = _history(needed)
     assert proposals("gp", enough) != proposals("tpe", enough)
+
+
+def test_level_scores_rank_each_level_on_its_own() -> None:
+    values = [0.1, 0.5, 0.3, 0.97, 0.99, 0.98]  # the full-fidelity values all above the rest
+    levels = [0, 0, 0, 2, 2, 2]
+    scores = gp.level_scores(values, levels)
+    assert scores[:3].tolist() == pytest.approx(gp.normal_scores(values[:3]).tolist())
+    assert scores[3:].tolist() == pytest.approx(gp.normal_scores(values[3:]).tolist())
+    # The best of each level scores alike, however far apart their values are.
+    assert scores[1] == pytest.approx(scores[4])
+
+
+DIGITS_SPACE = parse_space(
+    {
+        "learning_parameters.learning_rate": {"param_type": "qloguniform", "range": [0.001, 0.3, 0.001]},
+        "learning_parameters.batch_size": {"param_type": "qloguniform", "range": [16, 128, 16]},
+    }
+)
+# The first 25 trials of a real `hpo run` of examples/demo (seed 1, 2 workers): batch size, learning
+# rate, validation accuracy after each epoch (rungs at 1 and 2 epochs, R = 4).
+DIGITS_TRIALS: list[tuple[int, float, tuple[float, ...]]] = [
+    (48, 0.017, (0.2830, 0.9066, 0.9753, 0.9753)),
+    (112, 0.053, (0.1016, 0.0989, 0.4753, 0.9341)),
+    (16, 0.01, (0.8626, 0.9670, 0.9808, 0.9780)),
+    (80, 0.201, (0.3626, 0.6951)),
+    (64, 0.046, (0.0989,)),
+    (16, 0.006, (0.7940, 0.9615, 0.9698, 0.9780)),
+    (16, 0.002, (0.6319, 0.7418)),
+    (16, 0.017, (0.9148, 0.9670, 0.9780, 0.9780)),
+    (16, 0.022, (0.9231, 0.9533, 0.9835, 0.9780)),
+    (32, 0.002, (0.1896,)),
+    (32, 0.001, (0.1071,)),
+    (32, 0.225, (0.5989, 0.8764)),
+    (48, 0.001, (0.0989,)),
+    (32, 0.297, (0.7692, 0.9176, 0.9725, 0.9808)),
+    (64, 0.001, (0.0989,)),
+    (32, 0.011, (0.4973, 0.9396, 0.9560, 0.9780)),
+    (16, 0.3, (0.8242, 0.9478, 0.9698, 0.9698)),
+    (16, 0.298, (0.8654, 0.9533, 0.9780, 0.9780)),
+    (64, 0.3, (0.2665,)),
+    (64, 0.294, (0.3984,)),
+    (128, 0.001, (0.1016,)),
+    (64, 0.298, (0.2500,)),
+    (96, 0.001, (0.1016,)),
+    (64, 0.299, (0.3132,)),
+    (112, 0.001, (0.1016,)),
+]
+
+
+def test_gp_does_not_go_back_to_where_trials_were_pruned_at_the_first_rung() -> None:
+    tried = [
+        Observed(
+            {"learning_parameters.batch_size": bs, "learning_parameters.learning_rate": lr},
+            tuple(Report(epoch, v, i + epoch / 10) for epoch, v in enumerate(values, start=1)),
+            i,
+        )
+        for i, (bs, lr, values) in enumerate(DIGITS_TRIALS)
+    ]
+    units = np.array([[p.to_unit(t.params[p.name]) for p in DIGITS_SPACE.params] for t in tried])
+    s = Sampler(DIGITS_SPACE, "gp", 1, "max")
+    model_made = 0
+    for i in range(len(tried), len(tried) + 12):
+        if s._rng(i).random() < sampler_module.RANDOM_FRACTION:
+            continue  # a random proposal may land anywhere
+        model_made += 1
+        proposal = s.propose(i, tried, (1, 2), 4)
+        u = np.array([p.to_unit(proposal[p.name]) for p in DIGITS_SPACE.params])
+        nearest = tried[int(np.argmin(np.linalg.norm(units - u, axis=1)))]
+        # Under expected improvement at full fidelity, these went to (64, ~0.3) and (80-128, 0.001),
+        # next to trials that were each pruned at the first rung.
+        assert len(nearest.reports) > 1, (proposal, nearest.params)
+    assert model_made >= 8
