@@ -79,7 +79,7 @@ GP_POINTS_PER_DIMENSION = 5
 # crept along one valley in small steps, at 1 it spent the budget where it knew least.
 GP_XI = 0.5
 FIRST_RUNG = 0.0  # the fidelity coordinate of the first rung, where the GP's proposals are judged
-GP_SHORTLIST = 64  # trials whose full-fidelity value is predicted, best latest results first
+GP_SHORTLIST = 64  # trials whose first-rung value is predicted, best latest results first
 GP_SNAPPED = 16  # best raw candidates snapped to the space and re-scored
 
 
