@@ -391,7 +391,7 @@ class Sampler:
             tried.append([*d.unit, FIRST_RUNG])
             latest_at.append(len(xs) + len(d.scores) - 1)
             for k, s in enumerate(d.scores):
-                xs.append([*d.unit, (math.log(levels[k]) - lo) / (hi - lo) if hi > lo else 1.0])
+                xs.append([*d.unit, (math.log(levels[k]) - lo) / (hi - lo) if hi > lo else FIRST_RUNG])
                 values.append(s)
                 at_level.append(k)
         if len(tried) < min_observations(self.space):

@@ -100,12 +100,14 @@ def _history(n: int, fidelity_flip: bool = False) -> list[Observed]:
     return out
 
 
-def test_gp_proposals_land_near_the_optimum() -> None:
+# No rungs: a study with one level (R), whose results all sit at the first rung.
+@pytest.mark.parametrize("rungs", [(1, 3), ()])
+def test_gp_proposals_land_near_the_optimum(rungs: tuple[float, ...]) -> None:
     tried = _history(40)
 
     def distances(kind: str) -> list[float]:
         s = Sampler(SPACE_2D, kind, 0, "max")  # type: ignore[arg-type]
-        props = [s.propose(i, tried, (1, 3), 9) for i in range(100, 140)]
+        props = [s.propose(i, tried, rungs, 9) for i in range(100, 140)]
         return [math.hypot(p["x"] - 0.8, p["y"] - 0.2) for p in props]
 
     near, rnd = statistics.median(distances("gp")), statistics.median(distances("random"))
