@@ -18,13 +18,19 @@ of one thread each), under the same wall-clock budget:
 Reported: the best validation accuracy at the full resource (the selection metric, so optimistic
 for both alike), trials run, and wall clock against the budget. Optuna's running trials finish past
 the budget, so its best is also given among the trials completed by the deadline
-(``best_accuracy_at_deadline``), as the synthetic benchmarks read every contender. Writes
-``benchmarks/results/digits.json``.
+(``best_accuracy_at_deadline``), as the synthetic benchmarks read every contender. Per number of
+workers, ``ours/optuna-sh-tpe`` compares the two seed by seed: the ratio of their mean error rates at
+the deadline with a 95% paired-bootstrap interval, and the smallest difference the seeds resolve.
+Writes ``benchmarks/results/digits.json``; ``--combine A.json B.json`` prints that summary over the
+runs of several files (seeds run apart) without running anything. ``--landscape`` runs no study: it
+trains every grid point of the region where both contenders' best configurations lie once, to R,
+and reports how high the objective reaches there and how much it moves between neighbours.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -34,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,7 @@ import yaml
 
 from hpo_operator.config import load_config
 
-from .metrics import package_versions
+from .metrics import package_versions, ratio_ci
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
@@ -195,10 +201,154 @@ def run_optuna(
 
 RUNNERS = {"ours": run_ours, "optuna-sh-tpe": run_optuna}
 
+# Where both contenders' best configurations lie (results/digits*.json): batch 16 and 32, learning
+# rates 0.04-0.08. The landscape trains every grid point there once, to R.
+LANDSCAPE_BATCHES = (16, 32)
+LANDSCAPE_RATES = tuple(round(0.001 * k, 3) for k in range(40, 81))
+
+
+def train_once(params: dict[str, Any], work: Path, tag: str) -> dict[int, float]:
+    """One full training with ``params`` (as a trial runs it); its value at each resource."""
+    config, _ = load_config(CONFIG)
+    report = work / f"landscape-{tag}.jsonl"
+    env = {
+        **_env(),
+        "HPO_METRIC": config.metric,
+        "HPO_MAX_RESOURCE": str(int(config.max_resource)),
+        "HPO_HYPERPARAMETERS": json.dumps(params),
+        "HPO_REPORT_FILE": str(report),
+        "HPO_CHECKPOINT_DIR": str(work / f"ckpt-landscape-{tag}"),
+    }
+    done = subprocess.run([sys.executable, *TRAINER], env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the trainer failed with {params}: {(done.stdout + done.stderr)[-500:]}")
+    lines = report.read_text().splitlines()
+    return {int(r["resource"]): float(r["value"]) for r in map(json.loads, lines)}
+
+
+def landscape(
+    work: Path, jobs: int, train: Callable[[dict[str, Any], Path, str], dict[int, float]] = train_once
+) -> dict[str, Any]:
+    """Every grid point of the region of the best configurations, trained once to R.
+
+    The trainer is deterministic for a configuration (its seed is fixed), so this is the objective
+    itself there: how high it reaches, and how much it moves between neighbouring learning rates."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config, _ = load_config(CONFIG)
+    r_max = int(config.max_resource)
+    names = [p.name for p in config.space.params]
+    batch = next(n for n in names if n.endswith("batch_size"))
+    rate = next(n for n in names if n.endswith("learning_rate"))
+    grid = [{batch: b, rate: lr} for b in LANDSCAPE_BATCHES for lr in LANDSCAPE_RATES]
+    with ThreadPoolExecutor(jobs) as pool:
+        values = list(pool.map(lambda ip: train(ip[1], work, str(ip[0])), enumerate(grid)))
+    points = [{"params": p, "values": v} for p, v in zip(grid, values, strict=True)]
+    summary: dict[str, Any] = {}
+    for b in LANDSCAPE_BATCHES:
+        at_r = [pt["values"][r_max] for pt in points if pt["params"][batch] == b]
+        steps = [abs(x - y) for x, y in itertools.pairwise(at_r)]
+        summary[f"batch {b}"] = {
+            "accuracy_mean": statistics.fmean(at_r),
+            "accuracy_min": min(at_r),
+            "accuracy_max": max(at_r),
+            "counts": {f"{a:.4f}": at_r.count(a) for a in sorted(set(at_r), reverse=True)},
+            # between learning rates 0.001 apart: how rugged the objective is at the grid's scale
+            "neighbour_step_mean": statistics.fmean(steps),
+        }
+    return {"resource": r_max, "summary": summary, "points": points}
+
 
 def _mean(values: Sequence[float | None]) -> float | None:
     """The mean, a run without an answer counting as accuracy 0 (it named no configuration)."""
     return statistics.fmean(0.0 if v is None else v for v in values) if values else None
+
+
+def _answer(row: dict[str, Any]) -> float:
+    """A run's best accuracy at its deadline; a run without an answer counts as accuracy 0."""
+    value = row.get("best_accuracy_at_deadline", row["best_accuracy"])
+    return 0.0 if value is None else float(value)
+
+
+def compare(rows: Sequence[dict[str, Any]], workers: int) -> dict[str, Any] | None:
+    """Ours against Optuna on the seeds both ran at ``workers``: the ratio of mean error rates
+    (1 - best accuracy at the deadline; below 1, ours is better) with its 95% paired-bootstrap
+    interval, the seeds each was better on, and the smallest mean difference those seeds resolve."""
+    by_seed: dict[str, dict[int, float]] = {"ours": {}, "optuna-sh-tpe": {}}
+    for row in rows:
+        if row["workers"] == workers and row["contender"] in by_seed:
+            by_seed[row["contender"]][int(row["seed"])] = 1.0 - _answer(row)
+    seeds = sorted(set(by_seed["ours"]) & set(by_seed["optuna-sh-tpe"]))
+    if not seeds:
+        return None
+    ours = [by_seed["ours"][s] for s in seeds]
+    theirs = [by_seed["optuna-sh-tpe"][s] for s in seeds]
+    ratio, low, high = ratio_ci(ours, theirs)
+    differences = [a - b for a, b in zip(ours, theirs, strict=True)]
+    # Two standard errors of the mean paired difference: a smaller true difference than this is
+    # as likely as not to end with an interval that includes "no difference".
+    resolves = 2 * statistics.stdev(differences) / math.sqrt(len(seeds)) if len(seeds) > 1 else None
+    return {
+        "seeds": seeds,
+        "error_rate_ours": statistics.fmean(ours),
+        "error_rate_optuna": statistics.fmean(theirs),
+        "error_rate_ratio": ratio,
+        "error_rate_ratio_ci95": [low, high],
+        "ours_better": sum(d < 0 for d in differences),
+        "ours_worse": sum(d > 0 for d in differences),
+        "equal": sum(d == 0 for d in differences),
+        "resolvable_difference": resolves,
+    }
+
+
+def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per contender and workers: accuracies, overrun and trials; per workers: the comparison."""
+    summary: dict[str, Any] = {}
+    for workers in sorted({int(r["workers"]) for r in rows}):
+        for name in sorted({str(r["contender"]) for r in rows}, reverse=True):
+            mine = [r for r in rows if r["contender"] == name and r["workers"] == workers]
+            if not mine:
+                continue
+            accs = [r["best_accuracy"] for r in mine if r["best_accuracy"] is not None]
+            summary[f"{name} {workers}w"] = {
+                "best_accuracy_mean": statistics.fmean(accs) if accs else None,
+                "best_accuracy_each": accs,
+                # ours ends inside its budget, so its answer is its answer at the deadline
+                "best_accuracy_at_deadline_mean": _mean(
+                    [r.get("best_accuracy_at_deadline", r["best_accuracy"]) for r in mine]
+                ),
+                "overrun_max": max(r["overrun"] for r in mine),
+                "trials_mean": statistics.fmean(r["trials"] for r in mine),
+            }
+        compared = compare(rows, workers)
+        if compared is not None:
+            summary[f"ours/optuna-sh-tpe {workers}w"] = compared
+    return summary
+
+
+def combine(paths: Sequence[Path]) -> dict[str, Any]:
+    """The summary over the runs of several result files (e.g. seeds 0-9 and 10-19, run apart).
+
+    Files must share the budget; a (contender, seed, workers) run present twice is an error, as
+    averaging over it would count that seed twice."""
+    budgets = set()
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, int, int]] = set()
+    for path in paths:
+        data = json.loads(path.read_text())
+        budgets.add(data["budget"])
+        for row in data["runs"]:
+            key = (row["contender"], int(row["seed"]), int(row["workers"]))
+            if key in seen:
+                raise SystemExit(
+                    f"{path}: {key[0]} seed {key[1]} at {key[2]} workers is also in an earlier file"
+                )
+            seen.add(key)
+            rows.append(row)
+    if len(budgets) > 1:
+        raise SystemExit(f"the files have different budgets ({sorted(budgets)}); combine runs of one budget")
+    return {"files": [str(p) for p in paths], "budget": budgets.pop() if budgets else None,
+            "summary": summarize_rows(rows)}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,7 +367,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="Optuna's SuccessiveHalvingPruner reduction factor (3: its default; the demo config's is 2)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "digits.json")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS",
+        help="run nothing: print the summary over the runs of these result files",
+    )
+    parser.add_argument(
+        "--landscape",
+        action="store_true",
+        help="run no study: train every grid point of the best configurations' region once "
+        "(batch 16 and 32, learning rates 0.040-0.080), --workers[0] at once",
+    )
     args = parser.parse_args(argv)
+    if args.landscape:
+        with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
+            found = landscape(Path(tmp), args.workers[0])
+        command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
+        found = {"command": command.strip(), "versions": package_versions(), **found}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(found, indent=1) + "\n")
+        print(json.dumps(found["summary"], indent=1))
+        return 0
+    if args.combine:
+        print(json.dumps(combine(args.combine), indent=1))
+        return 0
     runners = {**RUNNERS, "optuna-sh-tpe": partial(run_optuna, reduction_factor=args.optuna_reduction_factor)}
     rows = []
     with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
@@ -230,21 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
                     )
                     rows.append(row)
-    summary: dict[str, Any] = {}
-    for workers in args.workers:
-        for name in args.contenders:
-            mine = [r for r in rows if r["contender"] == name and r["workers"] == workers]
-            accs = [r["best_accuracy"] for r in mine if r["best_accuracy"] is not None]
-            summary[f"{name} {workers}w"] = {
-                "best_accuracy_mean": statistics.fmean(accs) if accs else None,
-                "best_accuracy_each": accs,
-                # ours ends inside its budget, so its answer is its answer at the deadline
-                "best_accuracy_at_deadline_mean": _mean(
-                    [r.get("best_accuracy_at_deadline", r["best_accuracy"]) for r in mine]
-                ),
-                "overrun_max": max(r["overrun"] for r in mine),
-                "trials_mean": statistics.fmean(r["trials"] for r in mine),
-            }
+    summary = summarize_rows(rows)
     command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

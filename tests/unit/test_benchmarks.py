@@ -236,3 +236,70 @@ def test_digits_passes_optuna_its_reduction_factor(tmp_path: Path, monkeypatch: 
     two = json.loads((tmp_path / "two.json").read_text())
     assert two["summary"]["optuna-sh-tpe 2w"]["trials_mean"] == 1
     assert two["versions"]["numpy"] == np.__version__
+
+
+def _digits_row(contender: str, seed: int, accuracy: float | None, workers: int = 2) -> dict[str, object]:
+    row: dict[str, object] = {"contender": contender, "seed": seed, "workers": workers, "trials": 3}
+    row |= {"overrun": 0.0, "best_accuracy": accuracy}
+    if contender == "optuna-sh-tpe":
+        row["best_accuracy_at_deadline"] = accuracy
+    return row
+
+
+def test_digits_compares_error_rates_seed_by_seed() -> None:
+    rows = [
+        _digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98),   # ours better
+        _digits_row("ours", 1, 0.97), _digits_row("optuna-sh-tpe", 1, 0.98),   # ours worse
+        _digits_row("ours", 2, 0.99), _digits_row("optuna-sh-tpe", 2, 0.99),   # equal
+        _digits_row("ours", 3, None), _digits_row("optuna-sh-tpe", 3, 0.99),   # no answer: accuracy 0
+        _digits_row("ours", 4, 0.99),                                          # unpaired: left out
+    ]  # fmt: skip
+    compared = digits.summarize_rows(rows)["ours/optuna-sh-tpe 2w"]
+    assert compared["seeds"] == [0, 1, 2, 3]
+    assert (compared["ours_better"], compared["ours_worse"], compared["equal"]) == (1, 2, 1)
+    assert compared["error_rate_ours"] == pytest.approx((0.01 + 0.03 + 0.01 + 1.0) / 4)
+    assert compared["error_rate_ratio"] == pytest.approx(1.05 / 0.06)
+    low, high = compared["error_rate_ratio_ci95"]
+    assert low <= compared["error_rate_ratio"] <= high
+    assert compared["resolvable_difference"] > 0
+
+
+def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -> None:
+    first = [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]
+    second = [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]
+    paths = []
+    for name, rows in (("a", first), ("b", second), ("again", first)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"budget": 60.0, "runs": rows}))
+    combined = digits.combine(paths[:2])["summary"]
+    assert combined["ours/optuna-sh-tpe 2w"]["seeds"] == [0, 1]
+    assert combined["ours/optuna-sh-tpe 2w"]["error_rate_ratio"] == pytest.approx(0.03 / 0.04)
+    with pytest.raises(SystemExit, match="ours seed 0 at 2 workers"):
+        digits.combine([paths[0], paths[2]])
+    paths[1].write_text(json.dumps({"budget": 150.0, "runs": second}))
+    with pytest.raises(SystemExit, match="different budgets"):
+        digits.combine(paths[:2])
+
+
+def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_path: Path) -> None:
+    seen: list[tuple[int, float]] = []
+
+    def fake_train(params: dict[str, object], work: Path, tag: str) -> dict[int, float]:
+        batch, rate = params["learning_parameters.batch_size"], params["learning_parameters.learning_rate"]
+        assert isinstance(batch, int) and isinstance(rate, float)
+        seen.append((batch, rate))
+        # batch 16: 0.98 everywhere but one spike; batch 32: alternating 0.97 and 0.99
+        at_r = 0.995 if (batch, rate) == (16, 0.059) else 0.98
+        if batch == 32:
+            at_r = 0.99 if round(rate * 1000) % 2 else 0.97
+        return {1: 0.5, 2: 0.9, 4: at_r}
+
+    found = digits.landscape(tmp_path, 2, train=fake_train)
+    grid = [(b, r) for b in digits.LANDSCAPE_BATCHES for r in digits.LANDSCAPE_RATES]
+    assert sorted(seen) == sorted(grid) and len(set(seen)) == len(grid) == 82
+    sixteen, thirty_two = found["summary"]["batch 16"], found["summary"]["batch 32"]
+    assert (sixteen["accuracy_max"], sixteen["counts"]) == (0.995, {"0.9950": 1, "0.9800": 40})
+    assert sixteen["neighbour_step_mean"] == pytest.approx(2 * 0.015 / 40)
+    assert thirty_two["neighbour_step_mean"] == pytest.approx(0.02)
+    assert thirty_two["accuracy_mean"] == pytest.approx((20 * 0.99 + 21 * 0.97) / 41)
+    assert found["resource"] == 4 and len(found["points"]) == 82
