@@ -41,13 +41,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hpo_operator.config import load_config
+from hpo_operator.config import StudyConfig, load_config
 
 from .metrics import package_versions, ratio_ci
 
@@ -64,6 +64,25 @@ def _env(threads: int = 1) -> dict[str, str]:
         env[name] = str(threads)
     env["CUDA_VISIBLE_DEVICES"] = ""  # both contenders train on the CPU, also on a machine with GPUs
     return env
+
+
+@cache
+def _demo_config() -> StudyConfig:
+    """The demo config, read once per process."""
+    return load_config(CONFIG)[0]
+
+
+def _trial_env(params: dict[str, Any], report_file: Path, checkpoint_dir: Path) -> dict[str, str]:
+    """The environment of one trial of the demo config, as the trial contract gives it."""
+    config = _demo_config()
+    return {
+        **_env(),
+        "HPO_METRIC": config.metric,
+        "HPO_MAX_RESOURCE": str(int(config.max_resource)),
+        "HPO_HYPERPARAMETERS": json.dumps(params),
+        "HPO_REPORT_FILE": str(report_file),
+        "HPO_CHECKPOINT_DIR": str(checkpoint_dir),
+    }
 
 
 def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, Any]:
@@ -98,15 +117,10 @@ def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, An
 class _OptunaTrial:
     """One Optuna trial running as the trainer's process, its reports read from its report file."""
 
-    def __init__(self, trial: Any, params: dict[str, Any], work: Path, tag: str, env: dict[str, str]) -> None:
+    def __init__(self, trial: Any, params: dict[str, Any], work: Path, tag: str) -> None:
         self.trial = trial
         self.report_file = work / f"optuna-{tag}-{trial.number}.jsonl"
-        env = {
-            **env,
-            "HPO_HYPERPARAMETERS": json.dumps(params),
-            "HPO_REPORT_FILE": str(self.report_file),
-            "HPO_CHECKPOINT_DIR": str(work / f"ckpt-{tag}-{trial.number}"),
-        }
+        env = _trial_env(params, self.report_file, work / f"ckpt-{tag}-{trial.number}")
         self.proc = subprocess.Popen(
             [sys.executable, *TRAINER],
             env=env,
@@ -135,7 +149,7 @@ def run_optuna(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    config, _ = load_config(CONFIG)
+    config = _demo_config()
     max_resource = int(config.max_resource)
     study = optuna.create_study(
         direction="maximize",
@@ -144,7 +158,6 @@ def run_optuna(
     )
     space = config.space
     study.enqueue_trial(space.initial())
-    env = {**_env(), "HPO_METRIC": config.metric, "HPO_MAX_RESOURCE": str(max_resource)}
     started = time.monotonic()
     trials = 0
     running: list[_OptunaTrial] = []
@@ -156,7 +169,7 @@ def run_optuna(
             for p in space.params:
                 x = trial.suggest_float(p.name, p.low, p.high, log=p.log)
                 params[p.name] = p.grid_value(p.nearest_grid_index(x)) if p.quantized else x
-            running.append(_OptunaTrial(trial, params, work, f"{seed}-{workers}", env))
+            running.append(_OptunaTrial(trial, params, work, f"{seed}-{workers}"))
             trials += 1
         for t in list(running):
             exited = t.proc.poll() is not None
@@ -209,16 +222,8 @@ LANDSCAPE_RATES = tuple(round(0.001 * k, 3) for k in range(40, 81))
 
 def train_once(params: dict[str, Any], work: Path, tag: str) -> dict[int, float]:
     """One full training with ``params`` (as a trial runs it); its value at each resource."""
-    config, _ = load_config(CONFIG)
     report = work / f"landscape-{tag}.jsonl"
-    env = {
-        **_env(),
-        "HPO_METRIC": config.metric,
-        "HPO_MAX_RESOURCE": str(int(config.max_resource)),
-        "HPO_HYPERPARAMETERS": json.dumps(params),
-        "HPO_REPORT_FILE": str(report),
-        "HPO_CHECKPOINT_DIR": str(work / f"ckpt-landscape-{tag}"),
-    }
+    env = _trial_env(params, report, work / f"ckpt-landscape-{tag}")
     done = subprocess.run([sys.executable, *TRAINER], env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the trainer failed with {params}: {(done.stdout + done.stderr)[-500:]}")
@@ -235,7 +240,7 @@ def landscape(
     itself there: how high it reaches, and how much it moves between neighbouring learning rates."""
     from concurrent.futures import ThreadPoolExecutor
 
-    config, _ = load_config(CONFIG)
+    config = _demo_config()
     r_max = int(config.max_resource)
     names = [p.name for p in config.space.params]
     batch = next(n for n in names if n.endswith("batch_size"))
@@ -259,13 +264,9 @@ def landscape(
     return {"resource": r_max, "summary": summary, "points": points}
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    """The mean, a run without an answer counting as accuracy 0 (it named no configuration)."""
-    return statistics.fmean(0.0 if v is None else v for v in values) if values else None
-
-
 def _answer(row: dict[str, Any]) -> float:
-    """A run's best accuracy at its deadline; a run without an answer counts as accuracy 0."""
+    """A run's best accuracy at its deadline; a run without an answer counts as accuracy 0 (it named
+    no configuration)."""
     value = row.get("best_accuracy_at_deadline", row["best_accuracy"])
     return 0.0 if value is None else float(value)
 
@@ -314,9 +315,7 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "best_accuracy_mean": statistics.fmean(accs) if accs else None,
                 "best_accuracy_each": accs,
                 # ours ends inside its budget, so its answer is its answer at the deadline
-                "best_accuracy_at_deadline_mean": _mean(
-                    [r.get("best_accuracy_at_deadline", r["best_accuracy"]) for r in mine]
-                ),
+                "best_accuracy_at_deadline_mean": statistics.fmean(_answer(r) for r in mine),
                 "overrun_max": max(r["overrun"] for r in mine),
                 "trials_mean": statistics.fmean(r["trials"] for r in mine),
             }
