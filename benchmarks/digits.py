@@ -23,8 +23,8 @@ workers, ``ours/optuna-sh-tpe`` compares the two seed by seed: the ratio of thei
 the deadline with a 95% paired-bootstrap interval, and the smallest difference the seeds resolve.
 Writes ``benchmarks/results/digits.json``; ``--combine A.json B.json`` prints that summary over the
 runs of several files (seeds run apart) without running anything. ``--landscape`` runs no study: it
-trains every grid point of the region where both contenders' best configurations lie once, to R,
-and reports how high the objective reaches there and how much it moves between neighbours.
+trains every grid point of a region that holds many of both contenders' best configurations once, to
+R, and reports how high the objective reaches there and how much it moves between neighbours.
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ def run_optuna(
 
 RUNNERS = {"ours": run_ours, "optuna-sh-tpe": run_optuna}
 
-# Where both contenders' best configurations lie (results/digits*.json): batch 16 and 32, learning
-# rates 0.04-0.08. The landscape trains every grid point there once, to R.
+# Half of the best configurations of both contenders' digits studies (results/digits*.json) lie
+# here: batch 16 and 32, learning rates 0.04-0.08. The landscape trains every grid point once, to R.
 LANDSCAPE_BATCHES = (16, 32)
 LANDSCAPE_RATES = tuple(round(0.001 * k, 3) for k in range(40, 81))
 
@@ -234,7 +234,7 @@ def train_once(params: dict[str, Any], work: Path, tag: str) -> dict[int, float]
 def landscape(
     work: Path, jobs: int, train: Callable[[dict[str, Any], Path, str], dict[int, float]] = train_once
 ) -> dict[str, Any]:
-    """Every grid point of the region of the best configurations, trained once to R.
+    """Every grid point of the region that holds many of the best configurations, trained once to R.
 
     The trainer is deterministic for a configuration (its seed is fixed), so this is the objective
     itself there: how high it reaches, and how much it moves between neighbouring learning rates."""
@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--landscape",
         action="store_true",
-        help="run no study: train every grid point of the best configurations' region once "
+        help="run no study: train every grid point of a region of good configurations once "
         "(batch 16 and 32, learning rates 0.040-0.080), --workers[0] at once",
     )
     args = parser.parse_args(argv)
