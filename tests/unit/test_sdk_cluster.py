@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -150,7 +151,7 @@ def api_url(api: FakeApi) -> Iterator[str]:
     server.server_close()
 
 
-def cluster_reporter(api_url: str, sa_dir: Path) -> Reporter:
+def cluster_reporter(api_url: str, sa_dir: Path, policy: RetryPolicy = FAST) -> Reporter:
     environ = {
         "HPO_TRIAL": "flowers-2",
         "HPO_NAMESPACE": "team-a",
@@ -159,7 +160,7 @@ def cluster_reporter(api_url: str, sa_dir: Path) -> Reporter:
     }
     transport = transport_from_env(environ)
     assert isinstance(transport, ClusterTransport)
-    return Reporter(transport, FAST)
+    return Reporter(transport, policy)
 
 
 def test_reports_are_appended_to_the_trial_status(api: FakeApi, api_url: str, sa_dir: Path) -> None:
@@ -252,10 +253,35 @@ def test_a_forbidden_report_after_a_delivered_one_is_retried(
     assert [r["value"] for r in api.reports] == [0.5, 0.6] and len(api.requests) == 4
 
 
-def test_a_forbidden_report_is_given_up_at_once(api: FakeApi, api_url: str, sa_dir: Path) -> None:
-    api.fail_next = [403]
-    assert cluster_reporter(api_url, sa_dir).report(1, 0.5) is False
-    assert len(api.requests) == 1
+def test_a_first_report_forbidden_by_a_server_that_just_came_back_is_delivered(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    # The process started while the server was away; it answers 403 until it has loaded RBAC.
+    api.obj["status"] = {"reports": []}
+    api.fail_next = [503, 403, 403]
+    assert cluster_reporter(api_url, sa_dir).report(1, 0.5)
+    assert [r["value"] for r in api.reports] == [0.5] and len(api.requests) == 4
+
+
+def test_a_forbidden_report_is_given_up_after_the_grace_and_later_ones_at_once(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    api.obj["status"] = {"reports": []}
+    policy = RetryPolicy(total_seconds=5.0, initial_delay=0.01, max_delay=0.01, forbidden_grace=0.2)
+    reporter = cluster_reporter(api_url, sa_dir, policy)
+    api.fail_next = [403] * 1000  # the trial lacks the right
+    started = time.monotonic()
+    assert reporter.report(1, 0.5) is False
+    assert 0.2 <= time.monotonic() - started < 5.0  # the grace, not the whole retry window
+    assert len(api.requests) > 2
+    before = len(api.requests)
+    assert reporter.report(2, 0.6) is False
+    assert len(api.requests) == before + 1  # given up at once: one grace per process
+    api.fail_next = []  # the right is granted; a later 403 is a server changing its mind again
+    assert reporter.report(3, 0.7)
+    api.fail_next = [403, 403]
+    assert reporter.report(4, 0.8)
+    assert [r["value"] for r in api.reports] == [0.7, 0.8]
 
 
 def test_the_token_is_read_again_for_every_request(api: FakeApi, api_url: str, sa_dir: Path) -> None:

@@ -34,6 +34,9 @@ class RetryPolicy:
     """Longest wait between two attempts."""
     request_timeout: float = 10.0
     """Longest a single attempt may take."""
+    forbidden_grace: float = 10.0
+    """Seconds a 403 is retried before any report of the process got through: a restarted API
+    server answers 403 until its authorizer has loaded the cluster's RBAC (well under a second)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
@@ -104,6 +107,9 @@ class Reporter:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._delivered = False  # some report of this process got through
+        # A report was given up on a 403 before any delivery: the trial most likely lacks the right,
+        # so later 403s are final at once and a misconfigured trial loses one grace period in all.
+        self._forbidden = False
 
     def report(self, resource: float, value: float, **extra: Any) -> bool:
         """Delivers one report; True when delivered. Never raises: failures are logged."""
@@ -122,6 +128,7 @@ class Reporter:
         deadline = time.monotonic() + policy.total_seconds
         delay = policy.initial_delay
         attempt = 0
+        first_forbidden: float | None = None
         while True:
             attempt += 1
             try:
@@ -132,18 +139,29 @@ class Reporter:
                     log.info("report seq=%d delivered on attempt %d", body["seq"], attempt)
                 return True
             except SendError as exc:
-                remaining = deadline - time.monotonic()
-                # A 403 before any delivery means the trial lacks the right; after one, the server
-                # changed its mind for a moment, as a restarted API server does until its
-                # authorizer has loaded the cluster's RBAC.
-                retryable = exc.retryable or (exc.status == FORBIDDEN and self._delivered)
+                now = time.monotonic()
+                remaining = deadline - now
+                retryable = exc.retryable
+                if exc.status == FORBIDDEN:
+                    # After a delivery the server changed its mind for a moment, as a restarted API
+                    # server does until its authorizer has loaded RBAC; before one that is told from
+                    # a missing right only by time, so it gets a grace period once per process.
+                    first_forbidden = now if first_forbidden is None else first_forbidden
+                    retryable = self._delivered or (
+                        not self._forbidden and now - first_forbidden < policy.forbidden_grace
+                    )
                 if not retryable or remaining <= 0:
+                    hint = ""
+                    if exc.status == FORBIDDEN and not self._delivered:
+                        self._forbidden = True
+                        hint = " (may the trial's service account patch hpotrials/status?)"
                     log.error(
-                        "report seq=%d to %s given up after %d attempt(s): %s",
+                        "report seq=%d to %s given up after %d attempt(s): %s%s",
                         body["seq"],
                         self.transport.describe(),
                         attempt,
                         exc,
+                        hint,
                     )
                     return False
                 log.warning("report seq=%d attempt %d failed (%s); retrying", body["seq"], attempt, exc)
