@@ -36,7 +36,7 @@ class RetryPolicy:
     """Longest a single attempt may take."""
     forbidden_grace: float = 10.0
     """Seconds a 403 is retried before any report of the process got through: a restarted API
-    server answers 403 until its authorizer has loaded the cluster's RBAC (well under a second)."""
+    server answers 403 until its authorizer has loaded the cluster's RBAC."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetryPolicy:
