@@ -15,16 +15,19 @@ of one thread each), under the same wall-clock budget:
   at once; a pruned trial gets SIGTERM. As ``study.optimize(timeout=B, n_jobs=W)``, no trial starts
   after the budget and running trials finish. Its first trial is the defaults.
 
-Reported: the best validation accuracy at the full resource (the selection metric, so optimistic
-for both alike), trials run, and wall clock against the budget. Optuna's running trials finish past
-the budget, so its best is also given among the trials completed by the deadline
-(``best_accuracy_at_deadline``), as the synthetic benchmarks read every contender. Per number of
-workers, ``ours/optuna-sh-tpe`` compares the two seed by seed: the ratio of their mean error rates at
-the deadline with a 95% paired-bootstrap interval, and the smallest difference the seeds resolve.
-Writes ``benchmarks/results/digits.json``; ``--combine A.json B.json`` prints that summary over the
-runs of several files (seeds run apart) without running anything. ``--landscape`` runs no study: it
-trains every grid point of a region that holds many of both contenders' best configurations once, to
-R, and reports how high the objective reaches there and how much it moves between neighbours.
+Reported: the best validation accuracy at the full resource (the selection metric, so optimistic for
+both alike), trials run, and wall clock against the budget. Optuna's running trials finish past the
+budget, so its best is also given among the trials completed by the deadline
+(``best_accuracy_at_deadline``), as the synthetic benchmarks read every contender. Each run also
+keeps every trial it started (``trial_log``: its configuration, its reports and how it ended), and
+the summary counts the distinct configurations each trained to the full resource
+(``trained_to_r_mean``). Per number of workers, ``ours/optuna-sh-tpe`` compares the two seed by
+seed: the ratio of their mean error rates at the deadline with a 95% paired-bootstrap interval, and
+the smallest difference the seeds resolve. Writes ``benchmarks/results/digits.json``; ``--combine
+A.json B.json`` prints that summary over the runs of several files (seeds run apart) without running
+anything. ``--landscape`` runs no study: it trains every grid point of a region that holds many of
+both contenders' best configurations once, to R, and reports how high the objective reaches there
+and how much it moves between neighbours.
 """
 
 from __future__ import annotations
@@ -109,9 +112,19 @@ def run_ours(budget: float, seed: int, work: Path, workers: int) -> dict[str, An
         "best_accuracy": best.get("value"),
         "best": best,
         "trials": len(study.get("trials", [])),
+        "trial_log": [
+            _logged(t["params"], [(r["resource"], r["value"]) for r in t["reports"]], t["status"].lower())
+            for t in study.get("trials", [])
+        ],
         "elapsed": elapsed,
         "overrun": elapsed - budget,
     }
+
+
+def _logged(params: dict[str, Any], reports: Sequence[tuple[float, float]], outcome: str) -> dict[str, Any]:
+    """One trial as a result file keeps it: what was proposed, what it reported and how it ended, so
+    that a result can be traced to the configurations each contender tried."""
+    return {"params": params, "reports": [[r, v] for r, v in reports], "outcome": outcome}
 
 
 class _OptunaTrial:
@@ -128,6 +141,8 @@ class _OptunaTrial:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self.params = params
+        self.reports: list[tuple[float, float]] = []
         self.seen = 0
         self.last: dict[str, Any] | None = None
 
@@ -137,6 +152,7 @@ class _OptunaTrial:
         self.seen = len(lines)
         if fresh:
             self.last = fresh[-1]
+        self.reports += [(r["resource"], r["value"]) for r in fresh]
         return fresh
 
 
@@ -162,6 +178,7 @@ def run_optuna(
     trials = 0
     running: list[_OptunaTrial] = []
     finished_at: dict[int, float] = {}  # trial number -> seconds into the study it completed
+    log: dict[int, dict[str, Any]] = {}  # trial number -> the trial as the result file keeps it
     while running or time.monotonic() - started < budget:
         while len(running) < workers and time.monotonic() - started < budget:
             trial = study.ask()
@@ -182,14 +199,18 @@ def run_optuna(
                 t.proc.send_signal(signal.SIGTERM)
                 t.proc.wait()
                 study.tell(t.trial, state=optuna.trial.TrialState.PRUNED)
+                outcome = "pruned"
             elif exited:
                 if t.last is not None and int(t.last["resource"]) >= max_resource:
                     study.tell(t.trial, float(t.last["value"]))
                     finished_at[t.trial.number] = time.monotonic() - started
+                    outcome = "completed"
                 else:
                     study.tell(t.trial, state=optuna.trial.TrialState.FAIL)
+                    outcome = "failed"
             else:
                 continue
+            log[t.trial.number] = _logged(t.params, t.reports, outcome)
             running.remove(t)
         time.sleep(0.2)
     elapsed = time.monotonic() - started
@@ -207,6 +228,7 @@ def run_optuna(
         "best_accuracy_at_deadline": None if best_in_time is None else best_in_time.value,
         "best": None if best is None else best.params,
         "trials": trials,
+        "trial_log": [log[n] for n in sorted(log)],
         "elapsed": elapsed,
         "overrun": elapsed - budget,
     }
@@ -302,6 +324,36 @@ def compare(rows: Sequence[dict[str, Any]], workers: int) -> dict[str, Any] | No
     }
 
 
+def trained_to_r(row: dict[str, Any]) -> int:
+    """How many distinct configurations a run trained to the full resource (from its trial log)."""
+    r_max = _demo_config().max_resource
+    return len({_key(t["params"]) for t in row["trial_log"] if any(r >= r_max for r, _ in t["reports"])})
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def by_value(rows: Sequence[dict[str, Any]], param: str) -> dict[str, Any]:
+    """Per contender and workers, per value of ``param`` (a parameter with few values, such as the
+    batch size): trials started with it and distinct configurations trained to R, summed over runs."""
+    r_max = _demo_config().max_resource
+    found: dict[str, dict[str, dict[str, int]]] = {}
+    for row in rows:
+        if "trial_log" not in row:
+            continue
+        counts = found.setdefault(f"{row['contender']} {row['workers']}w", {})
+        at_r: set[str] = set()
+        for t in row["trial_log"]:
+            value = counts.setdefault(str(t["params"][param]), {"started": 0, "trained_to_r": 0})
+            value["started"] += 1
+            key = _key(t["params"])
+            if key not in at_r and any(r >= r_max for r, _ in t["reports"]):
+                at_r.add(key)
+                value["trained_to_r"] += 1
+    return {name: dict(sorted(c.items(), key=lambda kv: float(kv[0]))) for name, c in sorted(found.items())}
+
+
 def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per contender and workers: accuracies, overrun and trials; per workers: the comparison."""
     summary: dict[str, Any] = {}
@@ -319,6 +371,10 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "overrun_max": max(r["overrun"] for r in mine),
                 "trials_mean": statistics.fmean(r["trials"] for r in mine),
             }
+            if all("trial_log" in r for r in mine):
+                summary[f"{name} {workers}w"]["trained_to_r_mean"] = statistics.fmean(
+                    trained_to_r(r) for r in mine
+                )
         compared = compare(rows, workers)
         if compared is not None:
             summary[f"ours/optuna-sh-tpe {workers}w"] = compared
@@ -374,12 +430,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run nothing: print the summary over the runs of these result files",
     )
     parser.add_argument(
+        "--by",
+        metavar="PARAM",
+        help="with --combine: per value of this parameter, the trials each contender started with it "
+        "and trained to R (from the runs' trial logs)",
+    )
+    parser.add_argument(
         "--landscape",
         action="store_true",
         help="run no study: train every grid point of a region of good configurations once "
         "(batch 16 and 32, learning rates 0.040-0.080), --workers[0] at once",
     )
     args = parser.parse_args(argv)
+    if args.by and not args.combine:
+        parser.error("--by reads result files: give them with --combine")
     if args.landscape:
         with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
             found = landscape(Path(tmp), args.workers[0])
@@ -390,7 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(found["summary"], indent=1))
         return 0
     if args.combine:
-        print(json.dumps(combine(args.combine), indent=1))
+        combined = combine(args.combine)
+        if args.by:
+            rows = [row for path in args.combine for row in json.loads(path.read_text())["runs"]]
+            combined["by_value"] = by_value(rows, args.by)
+        print(json.dumps(combined, indent=1))
         return 0
     runners = {**RUNNERS, "optuna-sh-tpe": partial(run_optuna, reduction_factor=args.optuna_reduction_factor)}
     rows = []

@@ -264,6 +264,31 @@ def test_digits_compares_error_rates_seed_by_seed() -> None:
     assert compared["resolvable_difference"] > 0
 
 
+def test_digits_counts_the_distinct_configurations_each_run_trained_to_r() -> None:
+    def trial(batch: int, rate: float, *resources: int) -> dict[str, object]:
+        params = {"learning_parameters.batch_size": batch, "learning_parameters.learning_rate": rate}
+        return {"params": params, "reports": [[r, 0.9] for r in resources], "outcome": "x"}
+
+    ours, theirs = _digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)
+    # R is the demo config's 4 epochs: a repeat of a configuration counts once, pruned ones not at all
+    ours["trial_log"] = [trial(16, 0.05, 1, 2, 4), trial(16, 0.05, 1, 2, 4), trial(32, 0.05, 1, 2, 4)]
+    theirs["trial_log"] = [trial(16, 0.05, 1), trial(32, 0.06, 1, 2, 3, 4), trial(48, 0.1)]
+    assert digits.trained_to_r(ours) == 2 and digits.trained_to_r(theirs) == 1
+    summary = digits.summarize_rows([ours, theirs])
+    assert summary["ours 2w"]["trained_to_r_mean"] == 2
+    assert summary["optuna-sh-tpe 2w"]["trained_to_r_mean"] == 1
+    # rows of result files from before the trial log have no such count
+    assert "trained_to_r_mean" not in digits.summarize_rows([_digits_row("ours", 0, 0.99)])["ours 2w"]
+    assert digits.by_value([ours, theirs], "learning_parameters.batch_size") == {
+        "optuna-sh-tpe 2w": {
+            "16": {"started": 1, "trained_to_r": 0},
+            "32": {"started": 1, "trained_to_r": 1},
+            "48": {"started": 1, "trained_to_r": 0},
+        },
+        "ours 2w": {"16": {"started": 2, "trained_to_r": 1}, "32": {"started": 1, "trained_to_r": 1}},
+    }
+
+
 def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -> None:
     first = [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]
     second = [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]
