@@ -52,7 +52,7 @@ import yaml
 
 from hpo_operator.config import StudyConfig, load_config
 
-from .metrics import package_versions, ratio_ci
+from .metrics import machine, package_versions, ratio_ci
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
             found = landscape(Path(tmp), args.workers[0])
         command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
-        found = {"command": command.strip(), "versions": package_versions(), **found}
+        found = {"command": command.strip(), "versions": package_versions(), "machine": machine(), **found}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(found, indent=1) + "\n")
         print(json.dumps(found["summary"], indent=1))
@@ -480,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "command": command.strip(),
                 "versions": package_versions(),
+                "machine": machine(),
                 "budget": args.budget,
                 "summary": summary,
                 "runs": rows,

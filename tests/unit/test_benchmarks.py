@@ -289,6 +289,16 @@ def test_digits_counts_the_distinct_configurations_each_run_trained_to_r() -> No
     }
 
 
+def test_results_name_the_cpu_and_the_vector_extensions_that_change_a_training() -> None:
+    from benchmarks.metrics import machine
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\nflags\t\t: fpu sse2 avx2 avx512f\n"
+    found = machine(cpuinfo)
+    assert found["cpu"] == "Example CPU @ 2.00GHz"
+    assert found["isa"] == ["avx2", "avx512f"]
+    assert machine("")["isa"] == []
+
+
 def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -> None:
     first = [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]
     second = [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]
