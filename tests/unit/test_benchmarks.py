@@ -299,6 +299,30 @@ def test_results_name_the_cpu_and_the_vector_extensions_that_change_a_training()
     assert machine("")["isa"] == []
 
 
+def test_digits_trains_the_returned_configuration_again_with_other_seeds(tmp_path: Path) -> None:
+    calls: list[tuple[object, int]] = []
+
+    def fake_train(params: dict[str, object], work: Path, tag: str, seed: int = 0) -> dict[int, float]:
+        calls.append((params["learning_parameters.learning_rate"], seed))
+        return {1: 0.5, 4: 0.98 + 0.001 * seed}
+
+    ours = _digits_row("ours", 0, 0.999) | {"returned": {"learning_parameters.learning_rate": 0.05}}
+    theirs = _digits_row("optuna-sh-tpe", 0, 0.98) | {"returned": {"learning_parameters.learning_rate": 0.1}}
+    nothing = _digits_row("optuna-sh-tpe", 1, None) | {"returned": None}
+    again = [digits.retrain(r, 3, tmp_path, 2, train=fake_train) for r in (ours, theirs, nothing)]
+    assert sorted(calls) == [(0.05, 1), (0.05, 2), (0.05, 3), (0.1, 1), (0.1, 2), (0.1, 3)]
+    assert again[0]["retrained_accuracy"] == pytest.approx(0.982)
+    assert again[0]["retrained_each"] == pytest.approx([0.981, 0.982, 0.983])
+    assert again[2]["retrained_accuracy"] is None
+    assert digits.retrain(ours, 0, tmp_path, 2, train=fake_train) == ours  # 0 seeds: left as it was
+    summary = digits.summarize_rows(again[:2])
+    # the selection metric favours ours (0.999 against 0.98); trained again the two are equal
+    assert summary["ours/optuna-sh-tpe 2w"]["error_rate_ratio"] == pytest.approx(0.001 / 0.02)
+    assert summary["ours/optuna-sh-tpe 2w retrained"]["error_rate_ratio"] == pytest.approx(1.0)
+    assert summary["ours 2w"]["retrained_accuracy_mean"] == pytest.approx(0.982)
+    assert "ours/optuna-sh-tpe 2w retrained" not in digits.summarize_rows([ours, theirs])
+
+
 def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -> None:
     first = [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]
     second = [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]
