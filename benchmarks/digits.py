@@ -369,10 +369,14 @@ def compare(
     }
 
 
+def _reached_r(trial: dict[str, Any]) -> bool:
+    """Whether a logged trial reported at the full resource."""
+    return any(r >= _demo_config().max_resource for r, _ in trial["reports"])
+
+
 def trained_to_r(row: dict[str, Any]) -> int:
     """How many distinct configurations a run trained to the full resource (from its trial log)."""
-    r_max = _demo_config().max_resource
-    return len({_key(t["params"]) for t in row["trial_log"] if any(r >= r_max for r, _ in t["reports"])})
+    return len({_key(t["params"]) for t in row["trial_log"] if _reached_r(t)})
 
 
 def _key(params: dict[str, Any]) -> str:
@@ -382,7 +386,6 @@ def _key(params: dict[str, Any]) -> str:
 def by_value(rows: Sequence[dict[str, Any]], param: str) -> dict[str, Any]:
     """Per contender and workers, per value of ``param`` (a parameter with few values, such as the
     batch size): trials started with it and distinct configurations trained to R, summed over runs."""
-    r_max = _demo_config().max_resource
     found: dict[str, dict[str, dict[str, int]]] = {}
     for row in rows:
         if "trial_log" not in row:
@@ -393,7 +396,7 @@ def by_value(rows: Sequence[dict[str, Any]], param: str) -> dict[str, Any]:
             value = counts.setdefault(str(t["params"][param]), {"started": 0, "trained_to_r": 0})
             value["started"] += 1
             key = _key(t["params"])
-            if key not in at_r and any(r >= r_max for r, _ in t["reports"]):
+            if key not in at_r and _reached_r(t):
                 at_r.add(key)
                 value["trained_to_r"] += 1
     return {name: dict(sorted(c.items(), key=lambda kv: float(kv[0]))) for name, c in sorted(found.items())}
@@ -427,9 +430,9 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         compared = compare(rows, workers)
         if compared is not None:
             summary[f"ours/optuna-sh-tpe {workers}w"] = compared
-        mine = [r for r in rows if r["workers"] == workers]
-        if mine and all("retrained_accuracy" in r for r in mine):
-            again = compare(mine, workers, answer=_retrained)
+        at_workers = [r for r in rows if r["workers"] == workers]
+        if all("retrained_accuracy" in r for r in at_workers):
+            again = compare(at_workers, workers, answer=_retrained)
             if again is not None:
                 summary[f"ours/optuna-sh-tpe {workers}w retrained"] = again
     return summary
@@ -523,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     runners = {**RUNNERS, "optuna-sh-tpe": partial(run_optuna, reduction_factor=args.optuna_reduction_factor)}
     rows = []
+    retrain_jobs = min(args.retrain_seeds, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
         # Seed-major, contenders alternating: a change in the machine's load hits both alike.
         for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -530,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name in args.contenders:
                     row = runners[name](args.budget, seed, Path(tmp), workers)
                     # After the study, so that the trainings take none of its budget.
-                    row = retrain(row, args.retrain_seeds, Path(tmp), min(2, max(1, args.retrain_seeds)))
+                    row = retrain(row, args.retrain_seeds, Path(tmp), retrain_jobs)
                     print(
                         json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
                     )
