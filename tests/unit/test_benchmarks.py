@@ -8,7 +8,9 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -362,3 +364,97 @@ def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_p
     assert thirty_two["neighbour_step_mean"] == pytest.approx(0.02)
     assert thirty_two["accuracy_mean"] == pytest.approx((20 * 0.99 + 21 * 0.97) / 41)
     assert found["resource"] == 4 and len(found["points"]) == 82
+
+
+FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fixtures" / "fake_trainer.py"
+
+
+@pytest.fixture
+def fake_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """digits.py's runners on the fake trainer (tests/fixtures) and a one-parameter grid, so that a
+    study takes seconds and every logged report can be checked against the trainer's function."""
+    config = tmp_path / "hpo_config.yaml"
+    space = {"x": {"param_type": "quniform", "range": [0.0, 1.0, 0.05]}}
+    config.write_text(json.dumps({"metric": "score", "mode": "max", "maximum_resource": 4,
+                                  "reduction_factor": 2, "hp_space": space}))  # fmt: skip
+    monkeypatch.setattr(digits, "CONFIG", config)
+    monkeypatch.setattr(digits, "TRAINER", [str(FAKE_TRAINER)])
+    digits._demo_config.cache_clear()
+    work = tmp_path / "work"
+    work.mkdir()
+    yield work
+    digits._demo_config.cache_clear()
+
+
+def _check_trial_log(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every logged trial's reports are what the fake trainer reported for its configuration."""
+    from tests.fixtures.fake_trainer import score
+
+    log = row["trial_log"]
+    assert isinstance(log, list) and len(log) == row["trials"] > 2
+    for t in log:
+        assert t["reports"], t
+        assert all(v == score(t["params"], int(r)) for r, v in t["reports"]), t
+    return log
+
+
+@pytest.mark.timeout(60)
+def test_digits_ours_logs_each_trial_and_returns_the_best_it_trained_to_r(fake_digits: Path) -> None:
+    from tests.fixtures.fake_trainer import score
+
+    row = digits.run_ours(4.0, 0, fake_digits, 2)
+    assert row["exit"] == 0, row["log_tail"]
+    log = _check_trial_log(row)
+    assert {t["outcome"] for t in log} <= {"completed", "pruned", "failed", "stopped"}
+    assert log[0]["params"] == {"x": 0.5}  # the default comes first
+    at_r = [t for t in log if digits._reached_r(t)]
+    assert at_r and all(t["outcome"] == "completed" for t in at_r)
+    best = max(score(t["params"], 4) for t in at_r)
+    assert row["best_accuracy"] == best
+    assert row["returned"] in [t["params"] for t in at_r] and score(row["returned"], 4) == best
+    assert digits.trained_to_r(row) == len(at_r)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna is not installed (the bench extra)")
+def test_digits_optuna_logs_each_trial_and_returns_its_best_completed_by_the_deadline(
+    fake_digits: Path,
+) -> None:
+    from tests.fixtures.fake_trainer import score
+
+    row = digits.run_optuna(4.0, 0, fake_digits, 2, reduction_factor=2)
+    log = _check_trial_log(row)
+    grid = {round(0.05 * k, 2) for k in range(21)}
+    assert all(round(t["params"]["x"], 10) in grid for t in log)  # the grid values the trials ran with
+    assert log[0]["params"] == {"x": 0.5}
+    completed = [t for t in log if t["outcome"] == "completed"]
+    assert completed and all(digits._reached_r(t) for t in completed)
+    assert all(not digits._reached_r(t) for t in log if t["outcome"] == "pruned")
+    assert row["returned"] in [t["params"] for t in completed]
+    assert row["best_accuracy_at_deadline"] == score(row["returned"], 4)
+    assert row["best_accuracy"] == max(score(t["params"], 4) for t in completed)
+    assert row["best_accuracy"] >= row["best_accuracy_at_deadline"]
+
+
+def test_digits_combine_by_prints_the_counts_per_value_from_the_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def logged(batch: int, *resources: int) -> dict[str, object]:
+        params = {"learning_parameters.batch_size": batch, "learning_parameters.learning_rate": 0.05}
+        return {"params": params, "reports": [[r, 0.9] for r in resources], "outcome": "x"}
+
+    first = _digits_row("ours", 0, 0.99) | {"trial_log": [logged(16, 1, 2, 4), logged(32, 1)]}
+    second = _digits_row("ours", 1, 0.98) | {"trial_log": [logged(32, 1, 2, 4)]}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, row in zip(paths, (first, second), strict=True):
+        path.write_text(json.dumps({"budget": 60.0, "runs": [row]}))
+    by = "learning_parameters.batch_size"
+    assert digits.main(["--combine", *map(str, paths), "--by", by]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["by_value"] == {
+        "ours 2w": {"16": {"started": 1, "trained_to_r": 1}, "32": {"started": 2, "trained_to_r": 1}}
+    }
+    assert printed["summary"]["ours 2w"]["trained_to_r_mean"] == 1
+    with pytest.raises(SystemExit):
+        digits.main(["--by", by])  # --by reads result files
+    assert "--by reads result files" in capsys.readouterr().err
