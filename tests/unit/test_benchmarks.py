@@ -31,6 +31,9 @@ from benchmarks.metrics import PACKAGES, mean_ci, ratio_ci, summarize
 from benchmarks.search_quality import _one_blas_thread, run_all
 from benchmarks.search_quality import main as search_quality_main
 
+from tests.fixtures import FAKE_TRAINER
+from tests.fixtures.fake_trainer import score
+
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None
 
@@ -366,9 +369,6 @@ def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_p
     assert found["resource"] == 4 and len(found["points"]) == 82
 
 
-FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fixtures" / "fake_trainer.py"
-
-
 @pytest.fixture
 def fake_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """digits.py's runners on the fake trainer (tests/fixtures) and a one-parameter grid, so that a
@@ -388,20 +388,16 @@ def fake_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 def _check_trial_log(row: dict[str, Any]) -> list[dict[str, Any]]:
     """Every logged trial's reports are what the fake trainer reported for its configuration."""
-    from tests.fixtures.fake_trainer import score
-
     log = row["trial_log"]
     assert isinstance(log, list) and len(log) == row["trials"] > 2
     for t in log:
-        assert t["reports"], t
+        assert t["reports"] or t["outcome"] in ("stopped", "failed"), t  # ended before a report
         assert all(v == score(t["params"], int(r)) for r, v in t["reports"]), t
     return log
 
 
 @pytest.mark.timeout(60)
 def test_digits_ours_logs_each_trial_and_returns_the_best_it_trained_to_r(fake_digits: Path) -> None:
-    from tests.fixtures.fake_trainer import score
-
     row = digits.run_ours(4.0, 0, fake_digits, 2)
     assert row["exit"] == 0, row["log_tail"]
     log = _check_trial_log(row)
@@ -420,8 +416,6 @@ def test_digits_ours_logs_each_trial_and_returns_the_best_it_trained_to_r(fake_d
 def test_digits_optuna_logs_each_trial_and_returns_its_best_completed_by_the_deadline(
     fake_digits: Path,
 ) -> None:
-    from tests.fixtures.fake_trainer import score
-
     row = digits.run_optuna(4.0, 0, fake_digits, 2, reduction_factor=2)
     log = _check_trial_log(row)
     grid = {round(0.05 * k, 2) for k in range(21)}

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from hpo_operator.cli import main
+from tests.fixtures import FAKE_TRAINER
 
 REPO = Path(__file__).resolve().parents[2]
-FAKE_TRAINER = REPO / "tests" / "fixtures" / "fake_trainer.py"
 DEMO_CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
 HPO = [sys.executable, "-m", "hpo_operator"]
 

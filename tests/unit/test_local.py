@@ -26,9 +26,8 @@ from hpo_operator.local import (
     make_slots,
 )
 from hpo_operator.study import Report, Study, TrialStatus, TrialView
+from tests.fixtures import FAKE_TRAINER
 from tests.fixtures.fake_trainer import CRASH_EXIT_CODE, score
-
-FAKE_TRAINER = Path(__file__).resolve().parents[1] / "fixtures" / "fake_trainer.py"
 
 pytestmark = pytest.mark.timeout(60)
 
