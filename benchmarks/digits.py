@@ -27,7 +27,9 @@ accuracy at R (``retrained_accuracy``) is compared as well: on digits the object
 the samplers search is a fixed pattern of noise from the one seed's training, which the best
 accuracy of a study selects on. Per number of workers, ``ours/optuna-sh-tpe`` compares the two seed by
 seed: the ratio of their mean error rates at the deadline with a 95% paired-bootstrap interval, and
-the smallest difference the seeds resolve. Writes ``benchmarks/results/digits.json``; ``--combine
+the smallest difference the seeds resolve (and the seeds that would resolve the difference seen);
+``retrained spread`` puts the spread of the returned configurations' own accuracies beside the
+spread between trainer seeds of one configuration. Writes ``benchmarks/results/digits.json``; ``--combine
 A.json B.json`` prints that summary over the runs of several files (seeds run apart) without running
 anything. ``--landscape`` runs no study: it trains every grid point of a region that holds many of
 both contenders' best configurations once, to R, and reports how high the objective reaches there
@@ -196,11 +198,18 @@ def run_optuna(
         for t in list(running):
             exited = t.proc.poll() is not None
             pruned = False
-            for report in t.new_reports():
+            fresh = t.new_reports()
+            kept = len(t.reports) - len(fresh)
+            for report in fresh:
+                kept += 1
                 t.trial.report(float(report["value"]), int(report["resource"]))
                 if int(report["resource"]) < max_resource and t.trial.should_prune():
                     pruned = True
+                    break
             if pruned:
+                # As an objective function stops at the report that pruned it: reports the trainer
+                # wrote past it between two polls (a slow poll, a fast trainer) are not the trial's.
+                del t.reports[kept:]
                 t.proc.send_signal(signal.SIGTERM)
                 t.proc.wait()
                 study.tell(t.trial, state=optuna.trial.TrialState.PRUNED)
@@ -355,7 +364,13 @@ def compare(
     differences = [a - b for a, b in zip(ours, theirs, strict=True)]
     # Two standard errors of the mean paired difference: a smaller true difference than this is
     # as likely as not to end with an interval that includes "no difference".
-    resolves = 2 * statistics.stdev(differences) / math.sqrt(len(seeds)) if len(seeds) > 1 else None
+    spread = statistics.stdev(differences) if len(seeds) > 1 else None
+    resolves = 2 * spread / math.sqrt(len(seeds)) if spread is not None else None
+    mean_difference = statistics.fmean(differences)
+    # How many seeds would resolve the mean difference seen, at the spread seen (None: no difference).
+    needed = None
+    if spread and abs(mean_difference) > 1e-12:
+        needed = math.ceil((2 * spread / abs(mean_difference)) ** 2)
     return {
         "seeds": seeds,
         "error_rate_ours": statistics.fmean(ours),
@@ -366,6 +381,26 @@ def compare(
         "ours_worse": sum(d > 0 for d in differences),
         "equal": sum(d == 0 for d in differences),
         "resolvable_difference": resolves,
+        "seeds_to_resolve": needed,
+    }
+
+
+def retrained_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """How much the returned configurations differ from one another once trained again, against the
+    noise of one training: the standard deviation between trainer seeds of one configuration
+    (pooled), and that of the configurations' own mean accuracies (the spread of the 3-seed means
+    less the part those seeds' noise explains; 0 when the noise explains all of it). When the second
+    is a fraction of the first, no sampler's answer can be told from another's in a few seeds."""
+    each = [r["retrained_each"] for r in rows if len(r.get("retrained_each") or []) > 1]
+    if len(each) < 2:
+        return None
+    within = statistics.fmean(statistics.variance(v) for v in each)
+    k = statistics.fmean(len(v) for v in each)
+    between = statistics.variance(statistics.fmean(v) for v in each) - within / k
+    return {
+        "configurations": len(each),
+        "trainer_seed_sd": math.sqrt(within),
+        "returned_configuration_sd": math.sqrt(max(between, 0.0)),
     }
 
 
@@ -435,6 +470,9 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             again = compare(at_workers, workers, answer=_retrained)
             if again is not None:
                 summary[f"ours/optuna-sh-tpe {workers}w retrained"] = again
+            spread = retrained_spread(at_workers)
+            if spread is not None:
+                summary[f"retrained spread {workers}w"] = spread
     return summary
 
 
