@@ -87,11 +87,18 @@ def compare_answers(
             continue
         recommended = recommend(row["trial_log"])
         assert recommended is not None  # a run that returned a configuration trained one to R
-        returned = digits.retrain(row, seeds, work, jobs, train)
+        # Each answer in its own folder: a training's report file and checkpoints are named by the run,
+        # and the trainer resumes from a checkpoint it finds.
+        run = f"{row['seed']}-{row['workers']}"
+        folders = {name: work / f"{name}-{run}" for name in ("returned", "recommended")}
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+        returned = digits.retrain(row, seeds, folders["returned"], jobs, train)
         if _same(recommended, row["returned"]):
             again = returned
         else:
-            again = digits.retrain({**row, "returned": recommended}, seeds, work, jobs, train)
+            other = {**row, "returned": recommended}
+            again = digits.retrain(other, seeds, folders["recommended"], jobs, train)
         runs.append(
             {
                 "seed": row["seed"],

@@ -511,9 +511,13 @@ def test_recommend_returns_the_configuration_of_highest_posterior_mean_at_r() ->
 
 def test_recommend_trains_both_answers_again_and_compares_them(tmp_path: Path) -> None:
     calls: list[tuple[object, int]] = []
+    places: set[Path] = set()
 
     def fake_train(params: dict[str, object], work: Path, tag: str, seed: int = 0) -> dict[int, float]:
         calls.append((params["learning_parameters.batch_size"], seed))
+        # the trainer resumes from the checkpoint it finds: a place must not serve two trainings
+        assert work / tag not in places and work.is_dir()
+        places.add(work / tag)
         return {4: 0.98 if params["learning_parameters.batch_size"] == 16 else 0.96}
 
     spike = _logged(112, 0.22, 0.99)["params"]
