@@ -158,6 +158,12 @@ class StopReplay:
             self.pruned.add(rec.trial)
 
 
+def tie_note(value: float, cutoff: float) -> str:
+    """For a pruned trial's message: a value equal to the cut-off it missed lost a tie (equal values
+    rank by arrival), which "0.9588, cut-off 0.9588" alone does not say."""
+    return " (a tie: the value recorded first continues)" if value == cutoff else ""
+
+
 def replay_stop(records: Iterable[RungRecord], eta: int, mode: Mode) -> dict[int, list[RungDecision]]:
     """Replays the ``stop`` rule over every record; returns each trial's decisions, in rung order.
 

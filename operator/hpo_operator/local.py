@@ -32,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, cast
 
+from .asha import tie_note
 from .budget import Plan
 from .study import (
     Best,
@@ -670,6 +671,7 @@ class LocalRunner:
         self.progress.log(
             f"{trial.name} pruned at rung {action.rung} (resource {action.resource:g}): "
             f"{self.study.config.metric} {action.value:.4g}, cut-off {action.cutoff:.4g}"
+            f"{tie_note(action.value, action.cutoff)}"
         )
         self._stop(trial, f"pruned at rung {action.rung}", TrialStatus.PRUNED)
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from hpo_operator.asha import Report, RungRecord, replay_stop, rung_records, rung_resources
+from hpo_operator.asha import Report, RungRecord, replay_stop, rung_records, rung_resources, tie_note
 from hpo_operator.config import Mode
 
 
@@ -86,6 +86,10 @@ def test_ties_go_to_the_value_recorded_first() -> None:
     assert got == {0: True, 1: False}
     # Same timestamp: the lower trial index counts as first.
     assert outcomes([rec(7, 0.5, 1.0), rec(3, 0.5, 1.0)]) == {3: True, 7: False}
+    # The pruned trial's message says why a value equal to the cut-off did not continue.
+    loser = replay_stop([rec(0, 0.5, 1.0), rec(1, 0.5, 2.0)], eta=2, mode="max")[1][-1]
+    assert loser.value == loser.cutoff and "tie" in tie_note(loser.value, loser.cutoff)
+    assert tie_note(0.4, 0.5) == ""
 
 
 def test_nan_is_the_worst_value() -> None:

@@ -196,6 +196,17 @@ def test_a_report_below_the_rung_cutoff_marks_the_trial_pruned_then_scales_its_j
     assert not any(isinstance(w, DeleteJob) for w in outcome.writes)
     # The freed slot goes to a new trial in the same reconcile.
     assert [w.trial["metadata"]["name"] for w in outcome.writes if isinstance(w, CreateTrial)] == ["s-2"]
+    assert patch.patch["message"] == "0.5 at resource 1 missed rung 0's cut-off 0.9"
+
+
+def test_a_value_equal_to_the_cutoff_is_pruned_as_a_tie_and_the_message_says_so() -> None:
+    t0, t1 = trial(0, (1, 0.9, 2)), trial(1, (1, 0.9, 3))
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 4)
+    patch = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-1")
+    assert patch.patch["phase"] == "Pruned" and patch.patch["cutoff"] == 0.9
+    assert patch.patch["message"] == (
+        "0.9 at resource 1 missed rung 0's cut-off 0.9 (a tie: the value recorded first continues)"
+    )
 
 
 def test_a_pruned_trial_whose_job_survived_a_restart_loses_its_job_and_nothing_else() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..asha import tie_note
 from ..config import ConfigError, StudyConfig, study_config_from_spec
 from ..study import (
     Decision,
@@ -407,7 +408,7 @@ def _trial_writes(
                 "cutoff": action.cutoff,
                 "reason": "Pruned",
                 "message": f"{action.value:g} at resource {action.resource:g} missed rung {action.rung}'s "
-                f"cut-off {action.cutoff:g}",
+                f"cut-off {action.cutoff:g}{tie_note(action.value, action.cutoff)}",
                 "finishedAt": to_rfc3339(now),
             }
         elif isinstance(action, StopTrial):
