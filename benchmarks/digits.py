@@ -259,17 +259,21 @@ LANDSCAPE_BATCHES = (16, 32)
 LANDSCAPE_RATES = tuple(round(0.001 * k, 3) for k in range(40, 81))
 
 
-def train_once(params: dict[str, Any], work: Path, tag: str, seed: int = 0) -> dict[int, float]:
+def train_reports(params: dict[str, Any], work: Path, tag: str, seed: int = 0) -> list[dict[str, Any]]:
     """One full training with ``params`` (as a trial runs it, with the trainer's ``--seed``); its
-    value at each resource."""
+    reports as the trial contract has them (``extra`` holds the trainer's other numbers)."""
     report = work / f"landscape-{tag}.jsonl"
     env = _trial_env(params, report, work / f"ckpt-landscape-{tag}")
     command = [sys.executable, *TRAINER, "--seed", str(seed)]
     done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the trainer failed with {params}: {(done.stdout + done.stderr)[-500:]}")
-    lines = report.read_text().splitlines()
-    return {int(r["resource"]): float(r["value"]) for r in map(json.loads, lines)}
+    return [json.loads(line) for line in report.read_text().splitlines()]
+
+
+def train_once(params: dict[str, Any], work: Path, tag: str, seed: int = 0) -> dict[int, float]:
+    """One full training with ``params``; its value at each resource."""
+    return {int(r["resource"]): float(r["value"]) for r in train_reports(params, work, tag, seed)}
 
 
 def landscape(
@@ -385,22 +389,32 @@ def compare(
     }
 
 
+def spread(groups: Sequence[Sequence[float]]) -> dict[str, Any] | None:
+    """How far apart groups of repeated measurements are against the noise within them: the pooled
+    standard deviation within a group, and that of the groups' own means (the spread of their
+    sample means less the part the noise within explains; 0 when the noise explains all of it).
+    Groups of fewer than two values are left out; None with fewer than two groups left."""
+    kept = [list(g) for g in groups if len(g) > 1]
+    if len(kept) < 2:
+        return None
+    within = statistics.fmean(statistics.variance(g) for g in kept)
+    k = statistics.fmean(len(g) for g in kept)
+    between = statistics.variance(statistics.fmean(g) for g in kept) - within / k
+    return {"groups": len(kept), "within_sd": math.sqrt(within), "between_sd": math.sqrt(max(between, 0.0))}
+
+
 def retrained_spread(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """How much the returned configurations differ from one another once trained again, against the
     noise of one training: the standard deviation between trainer seeds of one configuration
-    (pooled), and that of the configurations' own mean accuracies (the spread of the 3-seed means
-    less the part those seeds' noise explains; 0 when the noise explains all of it). When the second
-    is a fraction of the first, no sampler's answer can be told from another's in a few seeds."""
-    each = [r["retrained_each"] for r in rows if len(r.get("retrained_each") or []) > 1]
-    if len(each) < 2:
+    (pooled), and that of the configurations' own mean accuracies (``spread``). When the second is
+    a fraction of the first, no sampler's answer can be told from another's in a few seeds."""
+    found = spread([r.get("retrained_each") or [] for r in rows])
+    if found is None:
         return None
-    within = statistics.fmean(statistics.variance(v) for v in each)
-    k = statistics.fmean(len(v) for v in each)
-    between = statistics.variance(statistics.fmean(v) for v in each) - within / k
     return {
-        "configurations": len(each),
-        "trainer_seed_sd": math.sqrt(within),
-        "returned_configuration_sd": math.sqrt(max(between, 0.0)),
+        "configurations": found["groups"],
+        "trainer_seed_sd": found["within_sd"],
+        "returned_configuration_sd": found["between_sd"],
     }
 
 

@@ -535,3 +535,39 @@ def test_recommend_trains_both_answers_again_and_compares_them(tmp_path: Path) -
     assert summary["recommended_accuracy_mean"] == pytest.approx(0.98)
     assert summary["error_rate_ratio"] == pytest.approx(0.02 / 0.03)
     assert (summary["recommended_better"], summary["recommended_worse"]) == (1, 0)
+
+
+def test_noise_separates_configurations_from_trainer_seeds_per_metric(tmp_path: Path) -> None:
+    from benchmarks import digits_noise
+
+    places: set[str] = set()
+
+    def fake_reports(params: dict[str, float], work: Path, tag: str, seed: int = 0) -> list[dict[str, Any]]:
+        assert tag not in places  # every training its own report file and checkpoints
+        places.add(tag)
+        # accuracy: configurations apart by 0.01, seeds by +-0.01; loss: apart by 0.1, seeds by +-0.001
+        rate = params["learning_parameters.learning_rate"]
+        wobble = 1.0 if seed % 2 else -1.0
+        extra = {"val_accuracy": 0.9 + rate + 0.01 * wobble, "val_loss": 10 * rate + 0.001 * wobble}
+        return [{"resource": 1, "extra": {}}, {"resource": 4, "extra": extra}]
+
+    rows = [
+        {"returned": {"learning_parameters.learning_rate": 0.01}},
+        {"returned": {"learning_parameters.learning_rate": 0.01}},  # the same configuration again
+        {"returned": None},  # a run that returned nothing
+        {"returned": {"learning_parameters.learning_rate": 0.03}},
+        {"returned": {"learning_parameters.learning_rate": 0.05}},
+    ]
+    configurations = digits_noise.returned_configurations(rows, 10)
+    assert [c["learning_parameters.learning_rate"] for c in configurations] == [0.01, 0.03, 0.05]
+    assert digits_noise.returned_configurations(rows, 2) == configurations[:2]
+    found = digits_noise.measure(configurations, 2, tmp_path, 2, train=fake_reports)
+    assert len(places) == 6
+    accuracy, loss = found["summary"]["accuracy"], found["summary"]["loss"]
+    assert accuracy["within_sd"] == pytest.approx(0.01 * math.sqrt(2))
+    assert loss["within_sd"] == pytest.approx(0.001 * math.sqrt(2))
+    # the means are 0.02 (accuracy) and 0.2 (loss) apart: sd 0.02 and 0.2, less the seeds' part
+    assert accuracy["between_sd"] == pytest.approx(math.sqrt(0.02**2 - 0.0002 / 2))
+    assert loss["between_sd"] == pytest.approx(math.sqrt(0.2**2 - 0.000002 / 2))
+    assert loss["between_over_within"] > 100 * accuracy["between_over_within"] / 2
+    assert found["configurations"][0]["accuracy"] == pytest.approx([0.92, 0.90])  # seeds 1 and 2
