@@ -515,6 +515,38 @@ def combine(paths: Sequence[Path]) -> dict[str, Any]:
             "summary": summarize_rows(rows)}  # fmt: skip
 
 
+def offline_parser(doc: str, results_help: str, out_name: str) -> argparse.ArgumentParser:
+    """The command line every offline tool shares: result files in, trainings at once, file out."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("results", type=Path, nargs="+", help=results_help)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    parser.add_argument("--out", type=Path, default=RESULTS / out_name)
+    return parser
+
+
+def read_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Every run of the given result files, in file order."""
+    return [row for path in paths for row in json.loads(path.read_text())["runs"]]
+
+
+def write_offline(
+    module: str, argv: Sequence[str] | None, paths: Sequence[Path], found: dict[str, Any], out: Path
+) -> None:
+    """Writes what an offline tool found from ``paths`` (with its command, the package versions and
+    this machine, which ran its trainings) to ``out``, and prints its summary."""
+    command = f"python -m benchmarks.{module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    document = {
+        "command": command.strip(),
+        "versions": package_versions(),
+        "machine": machine(),
+        "files": [str(p) for p in paths],
+        **found,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=1) + "\n")
+    print(json.dumps(found["summary"], indent=1))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)

@@ -15,9 +15,7 @@ needs. Writes ``benchmarks/results/digits_noise.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from . import digits
-from .metrics import machine, package_versions
 
 METRICS = {"accuracy": "val_accuracy", "loss": "val_loss"}  # name -> the trainer's extra at each report
 
@@ -74,30 +71,17 @@ def measure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, nargs="+", help="digits.py result files")
+    parser = digits.offline_parser(__doc__ or "", "digits.py result files", "digits_noise.json")
     parser.add_argument("--configs", type=int, default=16, help="distinct returned configurations to train")
     parser.add_argument("--seeds", type=int, default=4, help="trainer seeds 1..N for each")
-    parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
-    parser.add_argument("--out", type=Path, default=digits.RESULTS / "digits_noise.json")
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.configs < 2:
         parser.error("--seeds and --configs must be at least 2 (a spread needs two of each)")
-    rows = [row for path in args.results for row in json.loads(path.read_text())["runs"]]
+    rows = digits.read_runs(args.results)
     configurations = returned_configurations(rows, args.configs)
     with tempfile.TemporaryDirectory(prefix="hpo-bench-noise-") as tmp:
         found = measure(configurations, args.seeds, Path(tmp), args.jobs)
-    command = "python -m benchmarks.digits_noise " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = {
-        "command": command.strip(),
-        "versions": package_versions(),
-        "machine": machine(),
-        "files": [str(p) for p in args.results],
-        **found,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(found["summary"], indent=1))
+    digits.write_offline("digits_noise", argv, args.results, found, args.out)
     return 0
 
 

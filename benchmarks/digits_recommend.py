@@ -16,11 +16,9 @@ training. Writes ``benchmarks/results/digits_recommend.json``. Nothing of the pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +30,7 @@ from hpo_operator import gp
 from hpo_operator.study import Study
 
 from . import digits
-from .metrics import machine, package_versions, ratio_ci
+from .metrics import ratio_ci
 
 
 def _levels() -> list[float]:
@@ -128,28 +126,17 @@ def compare_answers(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, nargs="+", help="digits.py result files with trial logs")
+    parser = digits.offline_parser(
+        __doc__ or "", "digits.py result files with trial logs", "digits_recommend.json"
+    )
     parser.add_argument("--retrain-seeds", type=int, default=3, help="trainer seeds 1..N for each answer")
-    parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
-    parser.add_argument("--out", type=Path, default=digits.RESULTS / "digits_recommend.json")
     args = parser.parse_args(argv)
     if args.retrain_seeds < 1:
         parser.error("--retrain-seeds must be at least 1")
-    rows = [row for path in args.results for row in json.loads(path.read_text())["runs"]]
+    rows = digits.read_runs(args.results)
     with tempfile.TemporaryDirectory(prefix="hpo-bench-recommend-") as tmp:
         found = compare_answers(rows, args.retrain_seeds, Path(tmp), args.jobs)
-    command = "python -m benchmarks.digits_recommend " + " ".join(sys.argv[1:] if argv is None else argv)
-    out = {
-        "command": command.strip(),
-        "versions": package_versions(),
-        "machine": machine(),
-        "files": [str(p) for p in args.results],
-        **found,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(found["summary"], indent=1))
+    digits.write_offline("digits_recommend", argv, args.results, found, args.out)
     return 0
 
 

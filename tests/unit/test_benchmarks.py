@@ -571,3 +571,21 @@ def test_noise_separates_configurations_from_trainer_seeds_per_metric(tmp_path: 
     assert loss["between_sd"] == pytest.approx(math.sqrt(0.2**2 - 0.000002 / 2))
     assert loss["between_over_within"] > 100 * accuracy["between_over_within"] / 2
     assert found["configurations"][0]["accuracy"] == pytest.approx([0.92, 0.90])  # seeds 1 and 2
+
+
+def test_offline_tools_read_runs_in_file_order_and_write_what_they_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps({"runs": [{"seed": 0}, {"seed": 1}]}))
+    paths[1].write_text(json.dumps({"runs": [{"seed": 2}]}))
+    assert [r["seed"] for r in digits.read_runs(paths)] == [0, 1, 2]
+    out = tmp_path / "results" / "found.json"
+    found = {"summary": {"ratio": 1.5}, "runs": [{"seed": 0}]}
+    digits.write_offline("digits_noise", ["a.json", "b.json", "--seeds", "2"], paths, found, out)
+    written = json.loads(out.read_text())
+    assert written["command"] == "python -m benchmarks.digits_noise a.json b.json --seeds 2"
+    assert written["files"] == [str(p) for p in paths]
+    assert written["summary"] == {"ratio": 1.5} and written["runs"] == [{"seed": 0}]
+    assert {"versions", "machine"} <= written.keys()
+    assert json.loads(capsys.readouterr().out) == {"ratio": 1.5}
