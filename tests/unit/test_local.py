@@ -10,6 +10,7 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,14 @@ import pytest
 from hpo_operator.config import BudgetSpec, config_from_mapping
 from hpo_operator.local import (
     LocalRunner,
+    LocalTrial,
     ReportReader,
     RunOptions,
     Slot,
     detect_gpus,
     make_slots,
 )
-from hpo_operator.study import Report, Study, TrialStatus, TrialView
+from hpo_operator.study import PruneTrial, Report, Study, TrialStatus, TrialView
 from tests.fixtures import FAKE_TRAINER
 from tests.fixtures.fake_trainer import CRASH_EXIT_CODE, score
 
@@ -302,3 +304,34 @@ def test_slots_one_trial_per_gpu_or_cpu_slots() -> None:
 )
 def test_cuda_visible_devices_narrows_the_gpus(visible: str, gpus: list[str]) -> None:
     assert detect_gpus({"CUDA_VISIBLE_DEVICES": visible}) == gpus
+
+
+def test_a_pruned_trial_whose_value_equals_the_cutoff_is_logged_as_a_tie(tmp_path: Path) -> None:
+    lines: list[str] = []
+
+    class Lines:
+        def log(self, message: str) -> None:
+            lines.append(message)
+
+        def update(self, document: Mapping[str, Any]) -> None: ...
+
+        def close(self) -> None: ...
+
+    config = fake_config(max_resource=4, eta=2, deadline=6.0)
+    options = RunOptions(
+        name="fake", command=(sys.executable, str(FAKE_TRAINER)), out_dir=tmp_path / "out",
+        slots=(Slot(0, None, 1),), grace=1.0, poll=0.05, config_summary={"metric": "score"},
+    )  # fmt: skip
+    runner = LocalRunner(Study(config, 1), options, progress=Lines())
+    for index in (0, 1):
+        runner.trials[index] = LocalTrial(
+            index, f"fake-{index}", {"x": 0.5}, Slot(0, None, 1), tmp_path, ReportReader(tmp_path / "r"), 0.0
+        )
+    runner._prune(PruneTrial(0, 0, 1, 0.9, 0.9))
+    runner._prune(PruneTrial(1, 0, 1, 0.8, 0.9))
+    assert lines == [
+        "fake-0 pruned at rung 0 (resource 1): score 0.9, cut-off 0.9"
+        " (a tie: the value recorded first continues)",
+        "fake-1 pruned at rung 0 (resource 1): score 0.8, cut-off 0.9",
+    ]
+    assert runner.trials[0].status is TrialStatus.PRUNED
