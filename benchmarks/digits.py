@@ -162,6 +162,20 @@ class _OptunaTrial:
         self.reports += [(r["resource"], r["value"]) for r in fresh]
         return fresh
 
+    def tell_reports(self, max_resource: int) -> bool:
+        """Reports the trainer's new reports to the Optuna trial; True once one below R prunes it.
+        As an objective function stops at the report that pruned it, the reports the trainer wrote
+        past that one between two polls (a slow poll, a fast trainer) are not the trial's."""
+        fresh = self.new_reports()
+        kept = len(self.reports) - len(fresh)
+        for report in fresh:
+            kept += 1
+            self.trial.report(float(report["value"]), int(report["resource"]))
+            if int(report["resource"]) < max_resource and self.trial.should_prune():
+                del self.reports[kept:]
+                return True
+        return False
+
 
 def run_optuna(
     budget: float, seed: int, work: Path, workers: int, reduction_factor: int = 3
@@ -197,19 +211,8 @@ def run_optuna(
             trials += 1
         for t in list(running):
             exited = t.proc.poll() is not None
-            pruned = False
-            fresh = t.new_reports()
-            kept = len(t.reports) - len(fresh)
-            for report in fresh:
-                kept += 1
-                t.trial.report(float(report["value"]), int(report["resource"]))
-                if int(report["resource"]) < max_resource and t.trial.should_prune():
-                    pruned = True
-                    break
+            pruned = t.tell_reports(max_resource)
             if pruned:
-                # As an objective function stops at the report that pruned it: reports the trainer
-                # wrote past it between two polls (a slow poll, a fast trainer) are not the trial's.
-                del t.reports[kept:]
                 t.proc.send_signal(signal.SIGTERM)
                 t.proc.wait()
                 study.tell(t.trial, state=optuna.trial.TrialState.PRUNED)
@@ -368,13 +371,13 @@ def compare(
     differences = [a - b for a, b in zip(ours, theirs, strict=True)]
     # Two standard errors of the mean paired difference: a smaller true difference than this is
     # as likely as not to end with an interval that includes "no difference".
-    spread = statistics.stdev(differences) if len(seeds) > 1 else None
-    resolves = 2 * spread / math.sqrt(len(seeds)) if spread is not None else None
+    sd = statistics.stdev(differences) if len(seeds) > 1 else None
+    resolves = 2 * sd / math.sqrt(len(seeds)) if sd is not None else None
     mean_difference = statistics.fmean(differences)
     # How many seeds would resolve the mean difference seen, at the spread seen (None: no difference).
     needed = None
-    if spread and abs(mean_difference) > 1e-12:
-        needed = math.ceil((2 * spread / abs(mean_difference)) ** 2)
+    if sd and abs(mean_difference) > 1e-12:
+        needed = math.ceil((2 * sd / abs(mean_difference)) ** 2)
     return {
         "seeds": seeds,
         "error_rate_ours": statistics.fmean(ours),
@@ -484,9 +487,9 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             again = compare(at_workers, workers, answer=_retrained)
             if again is not None:
                 summary[f"ours/optuna-sh-tpe {workers}w retrained"] = again
-            spread = retrained_spread(at_workers)
-            if spread is not None:
-                summary[f"retrained spread {workers}w"] = spread
+            apart = retrained_spread(at_workers)
+            if apart is not None:
+                summary[f"retrained spread {workers}w"] = apart
     return summary
 
 

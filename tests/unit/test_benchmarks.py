@@ -589,3 +589,31 @@ def test_offline_tools_read_runs_in_file_order_and_write_what_they_found(
     assert written["summary"] == {"ratio": 1.5} and written["runs"] == [{"seed": 0}]
     assert {"versions", "machine"} <= written.keys()
     assert json.loads(capsys.readouterr().out) == {"ratio": 1.5}
+
+
+def test_optuna_harness_stops_at_the_report_that_pruned_a_trial(tmp_path: Path) -> None:
+    class FakeTrial:
+        def __init__(self, prune_at: float | None) -> None:
+            self.prune_at, self.told = prune_at, []
+
+        def report(self, value: float, step: int) -> None:
+            self.told.append(step)
+
+        def should_prune(self) -> bool:
+            return self.told[-1] == self.prune_at
+
+    def harness(prune_at: float | None) -> Any:
+        t = object.__new__(digits._OptunaTrial)  # no trainer process: the report file is written here
+        t.trial, t.report_file, t.reports, t.seen, t.last = FakeTrial(prune_at), tmp_path / "r", [], 0, None
+        # a slow poll: the trainer wrote all four epochs before the harness read any
+        t.report_file.write_text(
+            "".join(json.dumps({"resource": r, "value": r / 10}) + "\n" for r in (1, 2, 3, 4))
+        )
+        return t
+
+    pruned = harness(prune_at=1)
+    assert pruned.tell_reports(4) is True
+    assert pruned.trial.told == [1] and pruned.reports == [(1, 0.1)]
+    finished = harness(prune_at=None)
+    assert finished.tell_reports(4) is False
+    assert finished.trial.told == [1, 2, 3, 4] and len(finished.reports) == 4
