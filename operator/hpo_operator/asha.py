@@ -11,7 +11,8 @@ values only the best of them does.
 index, then rung), never from the order in which a caller happened to look, so the same reports give
 the same decisions however often, and after however many restarts, they are evaluated.
 
-Values are normalised once to "higher is better" (``mode``); NaN counts as the worst value. Ties
+Values are normalised once to "higher is better" (``mode``); a value that is not finite (NaN, or
+an infinity, which a diverged loss or a broken metric gives) counts as the worst value. Ties
 between equal values go to the value recorded first. A trial pruned at a rung is recorded there
 (its value still raises the bar for later trials) and not at any higher rung.
 """
@@ -41,8 +42,9 @@ def rung_resources(min_resource: float, eta: int, max_resource: float) -> tuple[
 
 
 def score(value: float, mode: Mode) -> float:
-    """A value as 'higher is better'; NaN is the worst."""
-    if math.isnan(value):
+    """A value as 'higher is better'; a value that is not finite is the worst, in either mode (an
+    infinite accuracy or a loss of minus infinity is a broken report, not a result)."""
+    if not math.isfinite(value):
         return -math.inf
     return value if mode == "max" else -value
 

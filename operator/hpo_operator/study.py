@@ -7,6 +7,14 @@ observation always gives the same decision, so adapters call it as often as they
 restart too). Trial ``k``'s hyper-parameters depend only on ``(seed, k)``: trial 0 takes the
 defaults, as OTX tries the current configuration first.
 
+Which reports count (the same rules for every backend): a report counts when its resource is a
+finite number in (0, R], not below the highest resource the trial reported before it, and its time
+is finite (``report_refusal``); a value that is not finite counts, as the worst value, which never
+becomes the best. A pruned trial's reports past the rung ASHA pruned it at came after its verdict
+and do not count. Adapters that see reports arrive after they stopped or failed a trial drop those
+themselves (the core sees only timestamps, on the trial's clock). ``Study.counting`` gives the
+views with only the reports that count.
+
 The budget: with ``deadline`` or ``train_time`` it is known from the start; otherwise trial 0 runs
 alone and its first report measures one epoch, hence one training (R epochs), hence the budget. The
 deadline is hard: no trial starts that cannot finish its first rung before it, and at the deadline
@@ -172,6 +180,45 @@ class _Summary:
     standing: tuple[int, float, Report] | None  # highest level reached, its score, its report
 
 
+def report_refusal(report: Report, max_resource: float, highest: float = 0.0) -> str | None:
+    """Why a trial's report does not count, or None when it does.
+
+    ``highest``: the highest resource among the trial's reports that count before this one (in time
+    order); resources only grow within a trial, across its resumed runs too, so a lower one is a
+    trainer that restarted from scratch or a report out of place. A value that is not finite counts
+    (as the worst value): a diverged training is a result, and a bad one.
+    """
+    resource = report.resource
+    if not math.isfinite(resource):
+        return f"resource {resource} is not a finite number"
+    if resource <= 0:
+        return f"resource {resource:g} is not above 0"
+    if resource > max_resource:
+        return f"resource {resource:g} is beyond the maximum resource {max_resource:g}"
+    if resource < highest:
+        return f"resource {resource:g} is below {highest:g}, reported before"
+    if not math.isfinite(report.time):
+        return f"time {report.time} is not a finite number"
+    return None
+
+
+def screen_reports(
+    reports: Sequence[Report], max_resource: float
+) -> tuple[tuple[Report, ...], tuple[tuple[Report, str], ...]]:
+    """``reports`` (in time order) split into those that count and those that do not, with why."""
+    counted: list[Report] = []
+    refused: list[tuple[Report, str]] = []
+    highest = 0.0
+    for report in reports:
+        reason = report_refusal(report, max_resource, highest)
+        if reason is None:
+            counted.append(report)
+            highest = report.resource
+        else:
+            refused.append((report, reason))
+    return tuple(counted), tuple(refused)
+
+
 class StudyError(ValueError):
     """The study cannot run as configured (for example a budget smaller than one training)."""
 
@@ -201,6 +248,7 @@ class Study:
             self._trial0_runs_through = self.rungs[0]
         # Per-trial summaries, recomputed only when a trial's reports change (they only grow).
         self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
+        self._screened: dict[int, tuple[TrialView, TrialView]] = {}  # index -> (as given, screened)
         self._replay = StopReplay(self.eta, config.mode)
 
     # --- hyper-parameters -----------------------------------------------------------------
@@ -363,23 +411,70 @@ class Study:
             return max(1, min(self.config.parallel_trials, self.slots))
         return self.slots
 
+    # --- which reports count ----------------------------------------------------------------
+
+    def screen(self, trial: TrialView) -> TrialView:
+        """The trial with only the reports that pass ``report_refusal``."""
+        cached = self._screened.get(trial.index)
+        if cached is not None and cached[0] == trial:
+            return cached[1]
+        counted, refused = screen_reports(trial.reports, self.config.max_resource)
+        screened = replace(trial, reports=counted) if refused else trial
+        self._screened[trial.index] = (trial, screened)
+        return screened
+
+    def counting(self, trials: Sequence[TrialView]) -> list[TrialView]:
+        """The trials with only the reports that count: those ``screen`` keeps, and of a trial
+        pruned (its status) where the stop rule prunes it, none after the report that pruned it
+        (the first reaching that rung): what it sent while it was being stopped came after its
+        verdict."""
+        screened = [self.screen(t) for t in trials]
+        return self._cut_at_verdicts(screened, self._rung_decisions(screened))
+
+    def _cut_at_verdicts(
+        self, screened: Sequence[TrialView], decisions: dict[int, list[RungDecision]]
+    ) -> list[TrialView]:
+        out = []
+        for t in screened:
+            last = decisions.get(t.index)
+            # Only a trial the adapter pruned: a report that arrives late with an earlier timestamp
+            # may turn the replay against a trial that already trained on, and completed.
+            if t.status is TrialStatus.PRUNED and last and not last[-1].promoted:
+                at = next(k for k, r in enumerate(t.reports) if r.resource >= last[-1].resource)
+                if at + 1 < len(t.reports):
+                    t = replace(t, reports=t.reports[: at + 1])
+            out.append(t)
+        return out
+
     # --- ASHA and the best ------------------------------------------------------------------
 
     def rung_decisions(self, trials: Sequence[TrialView]) -> dict[int, list[RungDecision]]:
-        records = [rec for t in trials for rec in self.summary(t).records]
+        """The stop rule's decisions over the reports that pass ``report_refusal``."""
+        return self._rung_decisions([self.screen(t) for t in trials])
+
+    def _rung_decisions(self, screened: Sequence[TrialView]) -> dict[int, list[RungDecision]]:
+        if self.config.asha_variant == "promote":
+            return {}  # the promote variant pauses trials at rungs and never prunes
+        records = [rec for t in screened for rec in self.summary(t).records]
         return self._replay.update(records)
 
     def best(self, trials: Sequence[TrialView]) -> Best | None:
-        """The best of the trials that trained furthest: compared at the highest level (rung or R)
-        any trial reached, by its first report at that level; ties go to the lower index."""
-        candidates = [(s.standing, t) for t in trials if (s := self.summary(t)).standing is not None]
+        """The best of the reports that count (``counting``), among the trials that trained
+        furthest: compared at the highest level (rung or R) reached by a trial whose value there
+        is finite, by each trial's first report at its highest level; ties go to the lower index.
+        A trial whose value at its highest level is not finite is never the best, and does not
+        hide a finite best at a lower level."""
+        return self._best_of(self.counting(trials))
+
+    def _best_of(self, counting: Sequence[TrialView]) -> Best | None:
+        candidates = [
+            (standing, t)
+            for t in counting
+            if (standing := self.summary(t).standing) is not None and math.isfinite(standing[1])
+        ]
         if not candidates:
             return None
-        standing, trial = max(candidates, key=lambda c: (c[0][0], c[0][1], -c[1].index))
-        assert standing is not None
-        _, value_score, report = standing
-        if math.isinf(value_score):
-            return None
+        (_, _, report), trial = max(candidates, key=lambda c: (c[0][0], c[0][1], -c[1].index))
         return Best(
             index=trial.index, value=report.value, resource=report.resource, params=self.trial_params(trial)
         )
@@ -409,13 +504,16 @@ class Study:
     # --- the decision -----------------------------------------------------------------------
 
     def decide(self, obs: Observation) -> Decision:
-        trials = sorted(obs.trials, key=lambda t: t.index)
-        plan = self.plan(trials)
+        screened = [self.screen(t) for t in sorted(obs.trials, key=lambda t: t.index)]
+        # Timing reads every screened report (a pruned trial's last epochs were still epochs);
+        # everything else reads the reports that count.
+        plan = self.plan(screened)
+        budget = self.budget_seconds(screened)
         promote = self.config.asha_variant == "promote"
-        rung_decisions = {} if promote else self.rung_decisions(trials)
-        budget = self.budget_seconds(trials)
+        rung_decisions = self._rung_decisions(screened)
+        trials = self._cut_at_verdicts(screened, rung_decisions)
         deadline = None if budget is None else obs.started_at + budget
-        best = self.best(trials)
+        best = self._best_of(trials)
         if obs.final_index is not None:
             return self._final_phase(obs, trials, plan, deadline, best)
 
@@ -609,16 +707,15 @@ class Study:
             return Decision([], plan, deadline, best, "final training of the best configuration")
         reached = max((r.resource for r in trial.reports), default=0.0)
         if trial.status is TrialStatus.COMPLETED and reached >= self.config.max_resource:
-            final_best = self.best([trial])
-            return Decision(
-                [Finalize("final training finished", final_best, True, trial.index)],
-                plan,
-                deadline,
-                final_best,
-            )
-        return Decision(
-            [Finalize(f"final training ended {trial.status.value.lower()} before R", best, False)],
-            plan,
-            deadline,
-            best,
-        )
+            final_best = self._best_of([trial])
+            if final_best is not None:
+                return Decision(
+                    [Finalize("final training finished", final_best, True, trial.index)],
+                    plan,
+                    deadline,
+                    final_best,
+                )
+            why = "final training reached R with a value that is not finite"
+        else:
+            why = f"final training ended {trial.status.value.lower()} before R"
+        return Decision([Finalize(why, best, False)], plan, deadline, best)

@@ -97,6 +97,16 @@ def test_nan_is_the_worst_value() -> None:
     assert got == {0: True, 1: True, 2: False}
 
 
+@pytest.mark.parametrize(("mode", "broken"), [("max", math.inf), ("min", -math.inf), ("max", -math.inf)])
+def test_an_infinite_value_is_the_worst_in_either_mode(mode: Mode, broken: float) -> None:
+    # Without the rule an infinite accuracy (or a loss of minus infinity) would rank first and
+    # push a finite value out; as the worst, it is the one pruned.
+    got = outcomes([rec(0, 0.5, 1.0), rec(1, broken, 2.0)], eta=2, mode=mode)
+    assert got == {0: True, 1: False}
+    pruned = replay_stop([rec(0, 0.5, 1.0), rec(1, broken, 2.0)], eta=2, mode=mode)[1][-1]
+    assert pruned.rank == 2 and pruned.cutoff == 0.5
+
+
 def test_a_pruned_trial_is_not_recorded_at_higher_rungs() -> None:
     # Trial 1 is pruned at rung 0 but (a late report) also reached rung 1; that record is ignored
     # and does not count against trial 0 at rung 1.

@@ -22,6 +22,8 @@ from hpo_operator.study import (
     StudyError,
     TrialStatus,
     TrialView,
+    report_refusal,
+    screen_reports,
 )
 
 RUNNING, COMPLETED, PRUNED, FAILED = (
@@ -204,6 +206,81 @@ def test_the_best_comes_from_the_trials_that_trained_furthest() -> None:
 def test_nan_reports_never_make_the_best() -> None:
     study = Study(config(), slots=2)
     assert study.best([trial(0, COMPLETED, (9, math.nan, 90.0))]) is None
+
+
+@pytest.mark.parametrize(("mode", "broken"), [("max", math.nan), ("max", math.inf), ("min", -math.inf)])
+def test_a_value_that_is_not_finite_at_the_top_does_not_hide_a_finite_best(mode: Mode, broken: float) -> None:
+    # Trial 0 is the only one at R, and its value there is broken: the best is the best of the
+    # others at the highest level they reached, not "no result".
+    study = Study(config(mode), slots=3)
+    diverged = trial(0, COMPLETED, (1, 0.5, 10.0), (3, 0.6, 30.0), (9, broken, 90.0))
+    at_three = trial(1, COMPLETED, (1, 0.4, 11.0), (3, 0.55, 31.0))
+    at_one = trial(2, PRUNED, (1, 0.3, 12.0))
+    best = study.best([diverged, at_three, at_one])
+    assert best is not None and (best.index, best.value, best.resource) == (1, 0.55, 3)
+    # The decision reports the same best, and finalizes with it at the deadline.
+    decision = study.decide(obs(400, 0, diverged, at_three, at_one))
+    final = decision.finalize
+    assert final is not None and final.succeeded and final.best == best
+
+
+def test_a_pruned_trials_reports_after_the_report_that_pruned_it_do_not_count() -> None:
+    study = Study(config(), slots=2)
+    leader = trial(0, RUNNING, (1, 0.9, 10.0), (3, 0.91, 30.0))
+    # Trial 1 is pruned by its report at rung 0 (0.5 behind 0.9), then sent two more while it was
+    # being stopped, the last at R and better than anything else.
+    late = trial(1, PRUNED, (1, 0.5, 11.0), (3, 0.95, 31.0), (9, 0.99, 91.0))
+    best = study.best([leader, late])
+    assert best is not None and (best.index, best.resource) == (0, 3)
+    assert [len(t.reports) for t in study.counting([leader, late])] == [2, 1]
+    decision = study.decide(obs(95, 0, leader, late))
+    assert decision.best == best
+    assert not [a for a in decision.actions if isinstance(a, PruneTrial)]  # already pruned
+    # A trial that completed keeps its reports even if a late report of another trial, with an
+    # earlier timestamp, now makes the replay prune it at rung 0.
+    completed = replace(late, status=COMPLETED)
+    best = study.best([leader, completed])
+    assert best is not None and (best.index, best.resource, best.value) == (1, 9, 0.99)
+
+
+@pytest.mark.parametrize(
+    ("report", "highest", "reason"),
+    [
+        (Report(0, 0.5, 1.0), 0.0, "resource 0 is not above 0"),
+        (Report(-2, 0.5, 1.0), 0.0, "resource -2 is not above 0"),
+        (Report(10, 0.5, 1.0), 0.0, "resource 10 is beyond the maximum resource 9"),
+        (Report(math.inf, 0.5, 1.0), 0.0, "resource inf is not a finite number"),
+        (Report(math.nan, 0.5, 1.0), 0.0, "resource nan is not a finite number"),
+        (Report(2, 0.5, 1.0), 3.0, "resource 2 is below 3, reported before"),
+        (Report(2, 0.5, math.nan), 0.0, "time nan is not a finite number"),
+        (Report(3, 0.5, 1.0), 3.0, None),  # the same resource again: allowed
+        (Report(9, math.nan, 1.0), 0.0, None),  # a value that is not finite counts, as the worst
+        (Report(0.5, -math.inf, 1.0), 0.0, None),
+    ],
+)
+def test_which_reports_count(report: Report, highest: float, reason: str | None) -> None:
+    assert report_refusal(report, 9, highest) == reason
+
+
+def test_refused_reports_neither_prune_nor_make_the_best() -> None:
+    study = Study(config(), slots=3)
+    # Trial 1 claims resource 27 (beyond R = 9) and -1: neither counts, so it stands at rung 0.
+    honest = trial(0, RUNNING, (1, 0.6, 10.0), (3, 0.7, 30.0))
+    boastful = trial(1, RUNNING, (1, 0.65, 11.0), (27, 0.99, 12.0), (-1, 0.99, 13.0))
+    # Trial 2's resource falls back to 1 after 3 (a trainer that restarted from scratch).
+    restarted = trial(2, RUNNING, (1, 0.2, 14.0), (3, 0.5, 33.0), (1, 0.99, 40.0))
+    counted, refused = screen_reports(boastful.reports, 9)
+    assert [r.resource for r in counted] == [1]
+    assert [why for _, why in refused] == [
+        "resource 27 is beyond the maximum resource 9",
+        "resource -1 is not above 0",
+    ]
+    assert [r.resource for r in study.screen(restarted).reports] == [1, 3]
+    best = study.best([honest, boastful, restarted])
+    assert best is not None and (best.index, best.resource) == (0, 3)
+    # Had trial 1's report at 27 counted, it would be recorded at rung 1 (3) and above trial 0.
+    decisions = study.rung_decisions([honest, boastful, restarted])
+    assert [d.rung for d in decisions[1]] == [0]
 
 
 def test_decide_is_pure() -> None:
