@@ -11,7 +11,7 @@ from hpo_operator.kube.builders import (
     active_deadline_seconds,
     build_job,
     build_trial,
-    build_trial_access,
+    build_trial_identity,
 )
 from hpo_operator.kube.capacity import gpu_capacity, pod_gpus, quantity
 
@@ -102,8 +102,20 @@ def test_job_never_retries_is_owned_by_its_trial_and_labelled() -> None:
         "hpo.dev/trial": "mnist-3",
     }
     assert pod["spec"]["restartPolicy"] == "Never"
-    assert pod["spec"]["serviceAccountName"] == "mnist-trial"
+    assert pod["spec"]["serviceAccountName"] == "mnist-3"
     assert "activeDeadlineSeconds" not in job["spec"]
+
+
+def test_the_pod_runs_as_the_account_the_template_names_or_else_as_the_trial_and_never_the_deprecated_field() -> (
+    None
+):
+    s = study()
+    s["spec"]["trialTemplate"]["spec"]["serviceAccount"] = "admin"
+    pod = build_job(s, trial_with_uid(s), None, 0)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "admin" and "serviceAccount" not in pod  # the policy decides
+    del s["spec"]["trialTemplate"]["spec"]["serviceAccount"]
+    pod = build_job(s, trial_with_uid(s), None, 0)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "mnist-3" and "serviceAccount" not in pod
 
 
 def test_job_of_a_trial_not_created_yet_has_no_owner_reference() -> None:
@@ -147,15 +159,20 @@ def test_active_deadline_never_outlives_the_budget(
     assert active_deadline_seconds(deadline, now) == seconds
 
 
-def test_trial_access_may_only_get_and_patch_trial_status() -> None:
-    account, role, binding = build_trial_access(study())
-    assert account["kind"] == "ServiceAccount" and account["metadata"]["name"] == "mnist-trial"
+def test_a_trials_identity_may_only_get_and_patch_its_own_status() -> None:
+    account, role, binding = build_trial_identity(trial_with_uid(study()))
+    assert account["kind"] == "ServiceAccount" and account["metadata"]["name"] == "mnist-3"
     assert role["rules"] == [
-        {"apiGroups": ["hpo.dev"], "resources": ["hpotrials/status"], "verbs": ["get", "patch"]}
+        {
+            "apiGroups": ["hpo.dev"],
+            "resources": ["hpotrials/status"],
+            "resourceNames": ["mnist-3"],
+            "verbs": ["get", "patch"],
+        }
     ]
-    assert binding["roleRef"]["name"] == "mnist-trial"
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mnist-trial", "namespace": "team"}]
-    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "study-uid" for o in (account, role, binding))
+    assert binding["roleRef"]["name"] == "mnist-3"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mnist-3", "namespace": "team"}]
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "trial-uid" for o in (account, role, binding))
 
 
 # --- capacity -------------------------------------------------------------------------------------

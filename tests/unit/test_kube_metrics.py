@@ -17,6 +17,7 @@ from hpo_operator.kube.api import Api, ApiError, verb_and_resource
 from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.metrics import PrometheusMetrics
 from hpo_operator.kube.observe import to_rfc3339
+from hpo_operator.kube.policy import TrialPolicy
 from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.metrics import OperatorMetrics
@@ -172,6 +173,7 @@ class StubCluster:
     def __init__(self, w: World | None, error: Exception | None = None) -> None:
         self.world, self.error = w, error
         self.api = self
+        self.policy = TrialPolicy()
 
     def read(self, namespace: str, name: str) -> World | None:
         if self.error is not None:

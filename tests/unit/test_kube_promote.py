@@ -105,7 +105,7 @@ def test_the_best_paused_trial_is_resumed_by_a_second_job() -> None:
 
 
 def test_the_operator_creates_the_claim_when_it_is_missing() -> None:
-    out = reconcile(World(promote_study(), access="ready", claim_exists=False), T0)
+    out = reconcile(World(promote_study(), claim_exists=False), T0)
     assert isinstance(out.writes[0], CreateClaim)
     assert out.writes[0].claim["metadata"]["name"] == "s-checkpoints"
 

@@ -15,7 +15,7 @@ from hpo_operator.kube.reconcile import (
     ACCESS_RETRY_SECONDS,
     JOB_CONTROLLER_WAIT_SECONDS,
     SCALED_DOWN_AT,
-    CreateAccess,
+    CreateIdentity,
     CreateJob,
     CreateTrial,
     DeleteJob,
@@ -25,6 +25,7 @@ from hpo_operator.kube.reconcile import (
     condition,
     reconcile,
 )
+from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
 from hpo_operator.study import TrialStatus
 
 JSON = dict[str, Any]
@@ -50,11 +51,26 @@ def study(status: JSON | None = None, **spec: Any) -> JSON:
     }
 
 
-def trial(index: int, *reports: tuple[float, float, float], phase: str | None = None, **status: Any) -> JSON:
+def trial(
+    index: int,
+    *reports: tuple[float, float, float],
+    phase: str | None = None,
+    legacy: bool = False,
+    **status: Any,
+) -> JSON:
+    """An HPOTrial whose status says ``phase`` and ``status``, as the operator recorded them in its
+    verdict annotation (``legacy``: no annotation, as an operator before it wrote them)."""
+    recorded = {
+        "phase": phase or "Pending",
+        **{k: v for k, v in status.items() if k not in ("resource", "lastValue")},
+    }
+    if phase in ("Completed", "Pruned", "Failed", "Stopped", "Paused"):
+        recorded["reportsCounted"] = len(reports)
+    annotations = {} if legacy else {VERDICT_ANNOTATION: verdict_text(recorded)}
     body: JSON = {
         "apiVersion": "hpo.dev/v1alpha1",
         "kind": "HPOTrial",
-        "metadata": {"name": f"s-{index}", "namespace": "ns", "uid": f"t{index}"},
+        "metadata": {"name": f"s-{index}", "namespace": "ns", "uid": f"t{index}", "annotations": annotations},
         "spec": {"study": "s", "index": index, "hyperparameters": {"x": 0.1 * index}},
         "status": {
             "reports": [
@@ -100,7 +116,8 @@ def world(
     jobs: list[JSON] | None = None,
     pods: dict[str, list[JSON]] | None = None,
     free: int = 4,
-    access: str = "ready",
+    identities: dict[str, str] | None = None,
+    token_secrets: bool = False,
 ) -> World:
     return World(
         study=s,
@@ -108,7 +125,8 @@ def world(
         jobs={j["metadata"]["name"]: j for j in jobs or []},
         pods={k: tuple(v) for k, v in (pods or {}).items()},
         capacity=Capacity(total=4, used=4 - free),
-        access=access,
+        identities=identities or {},
+        token_secrets=token_secrets,
     )
 
 
@@ -146,12 +164,45 @@ def test_a_budget_smaller_than_one_training_fails_the_study() -> None:
 # --- starting trials ----------------------------------------------------------------------------------
 
 
-def test_a_new_study_records_its_start_first_and_creates_the_trials_access_before_any_trial() -> None:
+def test_a_new_study_records_its_start_first_and_creates_trials_with_their_own_identity() -> None:
     s = study(status={})
-    outcome = reconcile(world(s, access="missing"), T0)
+    outcome = reconcile(world(s, free=2), T0)
     assert outcome.first_status == {"budget": {"startedAt": to_rfc3339(T0, micro=True)}}
-    assert [type(w) for w in outcome.writes] == [CreateAccess]
+    created = [w for w in outcome.writes if isinstance(w, CreateTrial)]
+    assert [w.identity for w in created] == [True, True]
+    accounts = [w.job["spec"]["template"]["spec"]["serviceAccountName"] for w in created if w.job]
+    assert accounts == ["s-0", "s-1"]
+
+
+def test_before_1_24_a_new_trials_job_waits_for_its_identitys_token() -> None:
+    outcome = reconcile(world(study(status={}), free=1, token_secrets=True), T0)
+    created = [w for w in outcome.writes if isinstance(w, CreateTrial)]
+    assert len(created) == 1 and created[0].job is None and created[0].identity
     assert outcome.requeue_after == ACCESS_RETRY_SECONDS
+    # Next time: the trial exists without a Job; its account waits for the token, then is ready.
+    waiting = reconcile(world(study(), trial(0), free=1, identities={"s-0": "waiting"}), T0 + 0.1)
+    assert not any(isinstance(w, CreateJob) for w in waiting.writes)
+    assert waiting.requeue_after == ACCESS_RETRY_SECONDS
+    ready = reconcile(world(study(), trial(0), free=1, identities={"s-0": "ready"}), T0 + 0.2)
+    assert [w.trial for w in ready.writes if isinstance(w, CreateJob)] == ["s-0"]
+
+
+def test_a_trial_without_its_identity_gets_it_before_its_job() -> None:
+    outcome = reconcile(world(study(), trial(0), free=1, identities={"s-0": "missing"}), T0)
+    made = [w for w in outcome.writes if isinstance(w, CreateIdentity)]
+    assert [w.trial for w in made] == ["s-0"] and not any(isinstance(w, CreateJob) for w in outcome.writes)
+    account, role, binding = made[0].objects
+    assert role["rules"][0]["resourceNames"] == ["s-0"]
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"] == "s-0"
+    assert account["metadata"]["ownerReferences"][0]["uid"] == "t0"
+
+
+def test_an_account_of_the_trials_name_that_is_not_its_own_fails_the_trial_instead_of_running_as_it() -> None:
+    outcome = reconcile(world(study(), trial(0), free=1, identities={"s-0": "foreign"}), T0)
+    assert not any(isinstance(w, CreateJob | CreateIdentity) for w in outcome.writes)
+    patch = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0")
+    assert patch.verdict is not None and patch.verdict["phase"] == "Failed"
+    assert patch.verdict["reason"] == "IdentityTaken"
 
 
 def test_a_study_with_its_access_ready_starts_as_many_trials_as_free_gpus() -> None:

@@ -1,4 +1,4 @@
-"""The objects the operator creates for a study: HPOTrials, trial Jobs and the trials' API access.
+"""The objects the operator creates for a study: HPOTrials, trial Jobs and each trial's identity.
 
 Pure functions from the study (a dict as the API returns it) to manifests; nothing here talks to
 the API. Every name is deterministic, so a create repeated after a restart is a 409, never a copy.
@@ -24,9 +24,10 @@ from .resources import (
     TRIAL_PLURAL,
     created_claim_name,
     job_name,
-    trial_access_name,
+    trial_identity_name,
     trial_name,
 )
+from .verdict import VERDICT_ANNOTATION, verdict_of, verdict_text
 
 JSON = dict[str, Any]
 
@@ -51,8 +52,8 @@ class Run:
 
 
 def run_of(trial: Mapping[str, Any]) -> Run:
-    """The trial's current run, as stored in the API."""
-    status = trial.get("status") or {}
+    """The trial's current run, as the operator recorded it."""
+    status = verdict_of(trial)
     number = int(status.get("run") or 0)
     if number == 0:
         stop_at = (trial.get("spec") or {}).get("stopAt")
@@ -197,6 +198,7 @@ def build_trial(
             "name": name,
             "namespace": meta["namespace"],
             "labels": labels(meta["name"], name),
+            "annotations": {VERDICT_ANNOTATION: verdict_text({"phase": "Pending"})},
             "ownerReferences": [owner_reference(study)],
         },
         "spec": {
@@ -284,7 +286,10 @@ def pod_template(study: Mapping[str, Any], trial: Mapping[str, Any], service_acc
         resources["limits"] = {**(resources.get("limits") or {}), GPU: str(gpus)}
     if spec.get("restartPolicy") not in ("Never", "OnFailure"):
         spec["restartPolicy"] = "Never"  # a Job's pod may not restart Always
-    spec.setdefault("serviceAccountName", service_account)
+    # Always the account the reconcile chose (the policy checked the template's): the deprecated
+    # serviceAccount field would otherwise name another.
+    spec.pop("serviceAccount", None)
+    spec["serviceAccountName"] = service_account
     trial_meta = trial["metadata"]
     meta["labels"] = {**(meta.get("labels") or {}), **labels(study["metadata"]["name"], trial_meta["name"])}
     run = run_of(trial).number
@@ -308,7 +313,7 @@ def build_job(study: Mapping[str, Any], trial: Mapping[str, Any], deadline: floa
         "backoffLimit": 0,
         "completions": 1,
         "parallelism": 1,
-        "template": pod_template(study, trial, trial_access_name(study["metadata"]["name"])),
+        "template": pod_template(study, trial, trial_account(study, trial["metadata"]["name"])),
     }
     seconds = active_deadline_seconds(deadline, now)
     if seconds is not None:
@@ -327,11 +332,24 @@ def build_job(study: Mapping[str, Any], trial: Mapping[str, Any], deadline: floa
     }
 
 
-def build_trial_access(study: Mapping[str, Any]) -> list[JSON]:
-    """ServiceAccount, Role and RoleBinding with which trial pods may only get and patch their status."""
-    meta = study["metadata"]
-    name, namespace = trial_access_name(meta["name"]), meta["namespace"]
-    common = owned_by_study(study, name)
+def trial_account(study: Mapping[str, Any], trial: str) -> str:
+    """The ServiceAccount a trial's pods run as: the one its template names (which the trial policy
+    must allow, see policy.py), else the trial's own identity."""
+    spec = (study["spec"].get("trialTemplate") or {}).get("spec") or {}
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or trial_identity_name(trial))
+
+
+def build_trial_identity(trial: Mapping[str, Any]) -> list[JSON]:
+    """ServiceAccount, Role and RoleBinding with which the trial's pods may get and patch their own
+    HPOTrial's status and nothing else; owned by the HPOTrial (which needs a uid: create it first)."""
+    meta = trial["metadata"]
+    name = trial_identity_name(meta["name"])
+    common: JSON = {
+        "name": name,
+        "namespace": meta["namespace"],
+        "labels": dict(meta.get("labels") or {}),
+        **({"ownerReferences": [owner_reference(trial)]} if "uid" in meta else {}),
+    }
     rbac = "rbac.authorization.k8s.io"
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
@@ -340,7 +358,12 @@ def build_trial_access(study: Mapping[str, Any]) -> list[JSON]:
             "kind": "Role",
             "metadata": dict(common),
             "rules": [
-                {"apiGroups": [GROUP], "resources": [f"{TRIAL_PLURAL}/status"], "verbs": ["get", "patch"]}
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{TRIAL_PLURAL}/status"],
+                    "resourceNames": [meta["name"]],
+                    "verbs": ["get", "patch"],
+                }
             ],
         },
         {
@@ -348,6 +371,6 @@ def build_trial_access(study: Mapping[str, Any]) -> list[JSON]:
             "kind": "RoleBinding",
             "metadata": dict(common),
             "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": meta["namespace"]}],
         },
     ]

@@ -35,6 +35,27 @@ import click
     help="The Lease's namespace; default: $POD_NAMESPACE, else the pod's own, else default",
 )
 @click.option("--leader-election-id", default="hpo-operator", show_default=True, help="The Lease's name")
+@click.option(
+    "--allow-service-account",
+    "allowed_accounts",
+    multiple=True,
+    metavar="NAMESPACE/NAME",
+    help="A ServiceAccount trial templates may name (*/NAME: in every namespace); repeatable",
+)
+@click.option(
+    "--allow-trial-setting",
+    "allowed_settings",
+    multiple=True,
+    metavar="SETTING",
+    help="Let trial templates use hostNamespaces, privileged, hostPath, hostPorts or unconfined; repeatable",
+)
+@click.option(
+    "--allow-capability",
+    "allowed_capabilities",
+    multiple=True,
+    metavar="CAP",
+    help="A Linux capability trial containers may add beyond the baseline's; repeatable",
+)
 def operator_command(
     namespaces: tuple[str, ...],
     kubeconfig: str | None,
@@ -44,8 +65,21 @@ def operator_command(
     leader_elect: bool,
     leader_election_namespace: str | None,
     leader_election_id: str,
+    allowed_accounts: tuple[str, ...],
+    allowed_settings: tuple[str, ...],
+    allowed_capabilities: tuple[str, ...],
 ) -> None:
-    """Run the operator: HPOStudy resources to GPU trial Jobs, until interrupted."""
+    """Run the operator: HPOStudy resources to GPU trial Jobs, until interrupted.
+
+    Trial templates are held to the Pod Security baseline and to the trial's own identity unless
+    the --allow-* options say otherwise (docs/security.md)."""
+    from .policy import parse_policy
+
+    try:
+        policy = parse_policy(allowed_accounts, allowed_settings, allowed_capabilities)
+    except ValueError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
     try:
         from .engine import EngineSettings
         from .main import LeaderSettings, default_lease_namespace, run_operator
@@ -58,7 +92,7 @@ def operator_command(
     if leader_elect:
         leader = LeaderSettings(leader_election_namespace or default_lease_namespace(), leader_election_id)
     settings = EngineSettings(resync_seconds=resync)
-    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, settings, leader)
+    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, settings, leader, policy)
 
 
 @click.command(name="crds")

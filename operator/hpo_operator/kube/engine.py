@@ -161,7 +161,7 @@ class Engine:
         if world is None:
             self.metrics.forget(*key)
             return None
-        outcome = reconcile(world, self.clock())
+        outcome = reconcile(world, self.clock(), self.cluster.policy)
         self.cluster.apply(world, outcome)
         took = time.monotonic() - started
         self.metrics.observe(world, outcome, took)

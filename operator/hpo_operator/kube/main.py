@@ -22,6 +22,7 @@ from .api import Api, load_configuration
 from .engine import Engine, EngineSettings
 from .leader import LeaderElector
 from .metrics import PrometheusMetrics
+from .policy import TrialPolicy
 from .world import Cluster
 
 log = logging.getLogger("hpo_operator")
@@ -105,6 +106,7 @@ def run_operator(
     metrics_port: int | None = None,
     settings: EngineSettings | None = None,
     leader: LeaderSettings | None = None,
+    policy: TrialPolicy | None = None,
 ) -> None:
     """Serve every namespace (or the given ones) until SIGTERM or SIGINT; with ``leader``, reconcile
     only while holding that Lease (no kopf peering either way).
@@ -124,7 +126,8 @@ def run_operator(
     configuration = load_configuration(kubeconfig)
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
-    cluster = Cluster(Api(configuration, timer=metrics), metrics=seam)
+    cluster = Cluster(Api(configuration, timer=metrics), metrics=seam, policy=policy or TrialPolicy())
+    log.info("trial templates may use: %s", cluster.policy.describe())
     # One identity for the process: after a restart of kopf it renews its own Lease at once.
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
     lease_api = Api(configuration, timer=metrics)

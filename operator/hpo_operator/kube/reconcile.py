@@ -31,11 +31,12 @@ from .builders import (
     build_cleanup_job,
     build_job,
     build_trial,
-    build_trial_access,
+    build_trial_identity,
     checkpoint_claim,
     checkpoint_path,
     cleanup_job_name,
     run_of,
+    trial_account,
 )
 from .capacity import Capacity
 from .observe import (
@@ -47,7 +48,19 @@ from .observe import (
     to_rfc3339,
     to_timestamp,
 )
-from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_name
+from .policy import TrialPolicy, refused_fields
+from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_identity_name, trial_name
+from .verdict import (
+    DERIVED_FIELDS,
+    REPORTS_COUNTED,
+    VERDICT_ANNOTATION,
+    has_verdict,
+    verdict_of,
+    verdict_text,
+)
+
+# A run's verdict is final for these: its reports are counted then, and later ones never count.
+SETTLED_PHASES = TERMINAL_TRIAL_PHASES | {"Paused"}
 
 JSON = dict[str, Any]
 
@@ -61,7 +74,7 @@ LEAD_SECONDS = 1.0
 # seconds, for a late reconcile (a busy operator or API server) and the trial pods' stopping.
 STOP_MARGIN_FRACTION = 0.03
 STOP_MARGIN_MAX = 10.0
-# While the trials' ServiceAccount waits for its token (clusters before 1.24), look again soon.
+# While a trial's ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
 # A stopped trial's Job is first scaled to no pods, so that the Job controller deletes the pod itself;
 # if its pod still runs this long after, the operator deletes the pod and the Job by name.
@@ -83,8 +96,21 @@ class World:
     jobs: Mapping[str, JSON] = field(default_factory=dict)  # by name (= the trial's name)
     pods: Mapping[str, tuple[JSON, ...]] = field(default_factory=dict)  # by trial name
     capacity: Capacity = field(default_factory=lambda: Capacity(0, 0))
-    access: str = "missing"  # the trials' ServiceAccount: "missing", "waiting" (for its token) or "ready"
+    # The identity (ServiceAccount) of each trial that may need a new Job (needs_identity): "missing",
+    # "waiting" (for its token Secret), "ready", or "foreign" (an account of that name that is not
+    # the trial's own); a trial not named is looked at again next time.
+    identities: Mapping[str, str] = field(default_factory=dict)
+    token_secrets: bool = False  # before 1.24 a pod is admitted only once its account has a token
     claim_exists: bool = True  # the checkpoint claim the operator creates (spec.checkpoints.size)
+
+
+def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
+    """Whether the trial may get a new Job soon (and so its identity must be ready): it has not
+    settled and its current run's Job does not exist, or it is paused and may be resumed."""
+    phase = verdict_of(trial).get("phase")
+    if phase in TERMINAL_TRIAL_PHASES:
+        return False
+    return phase == "Paused" or current_job_name(trial) not in jobs
 
 
 # --- the writes ---------------------------------------------------------------------------------
@@ -98,7 +124,10 @@ class Event:
 
 
 @dataclass(frozen=True)
-class CreateAccess:
+class CreateIdentity:
+    """A trial's ServiceAccount, Role and RoleBinding, owned by its HPOTrial (409: they exist)."""
+
+    trial: str
     objects: tuple[JSON, ...]
 
 
@@ -119,11 +148,14 @@ class CreateCleanupJob:
 
 @dataclass(frozen=True)
 class CreateTrial:
-    """Create the HPOTrial (409: it exists), then its Job owned by it; the event only if new."""
+    """Create the HPOTrial (409: it exists), then its identity (unless the template names an allowed
+    account) and its Job, owned by it; the event only if new. No Job where the cluster must first
+    make the identity's token: a later reconcile makes it."""
 
     trial: JSON
-    job: JSON
+    job: JSON | None
     event: Event
+    identity: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,9 +166,13 @@ class CreateJob:
 
 @dataclass(frozen=True)
 class PatchTrialStatus:
+    """``verdict``: the operator's record of the trial (verdict.py), written first when it changed;
+    ``patch``: a merge patch of the HPOTrial's status, which mirrors it."""
+
     trial: str
     patch: JSON
     event: Event | None = None
+    verdict: JSON | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +203,7 @@ class PatchJobDeadline:
 
 
 Write = (
-    CreateAccess
+    CreateIdentity
     | CreateClaim
     | CreateCleanupJob
     | CreateTrial
@@ -214,7 +250,8 @@ def stop_margin(budget_seconds: float | None) -> float:
     return 0.0 if not budget_seconds else min(STOP_MARGIN_MAX, STOP_MARGIN_FRACTION * budget_seconds)
 
 
-def reconcile(world: World, now: float) -> Outcome:
+def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Outcome:
+    """``policy``: what trial templates may ask for beyond the default (policy.py)."""
     study = world.study
     status = study.get("status") or {}
     if status.get("phase") in TERMINAL_STUDY_PHASES:
@@ -223,6 +260,13 @@ def reconcile(world: World, now: float) -> Outcome:
         config = study_config_from_spec(study.get("spec") or {})
     except ConfigError as err:
         return _invalid(world, "InvalidSpec", "; ".join(err.problems), now)
+    refused = refused_fields(
+        study["spec"].get("trialTemplate") or {}, study["metadata"]["namespace"], policy or TrialPolicy()
+    )
+    if refused:
+        # Before any trial is created; a study refused later (a changed policy) stops its trials as
+        # every finished study does.
+        return _invalid(world, "TemplateRefused", "; ".join(refused), now)
 
     gpus = int(study["spec"].get("gpusPerTrial", 1))
     largest = world.capacity.largest
@@ -262,13 +306,10 @@ def reconcile(world: World, now: float) -> Outcome:
     levels = (*plan.rungs, plan.max_resource) if plan else (config.max_resource,)
     writes, events = _trial_writes(world, states, decision, levels, now)
     requeue = RESYNC_SECONDS
-    starts = [a for a in decision.actions if isinstance(a, StartTrial)]
-    if starts and world.access != "ready":
-        # Trial pods need their ServiceAccount (and, before 1.24, its token) to be admitted.
-        writes = [w for w in writes if not isinstance(w, CreateTrial)]
-        if world.access == "missing":
-            writes.insert(0, CreateAccess(tuple(build_trial_access(study))))
-        requeue = ACCESS_RETRY_SECONDS
+    if any(
+        isinstance(w, CreateIdentity) or (isinstance(w, CreateTrial) and w.job is None) for w in writes
+    ) or any(world.identities.get(s.name) == "waiting" for s in states):
+        requeue = ACCESS_RETRY_SECONDS  # a Job waits for its trial's identity
     claim = build_claim(study)
     if claim is not None and not world.claim_exists:
         writes.insert(0, CreateClaim(claim))
@@ -329,6 +370,7 @@ def _resume_status(action: ResumeTrial, run: int) -> JSON:
         "startFrom": action.start_from,
         "stopAt": action.stop_at,
         "final": action.final or None,
+        REPORTS_COUNTED: None,
         "runStartedAt": None,
         "finishedAt": None,
         "reason": None,
@@ -385,11 +427,33 @@ def _free_slots(gpus: int, capacity: Capacity, states: list[TrialState]) -> int:
     return max(0, capacity.free - promised) // gpus
 
 
+def trial_patch(trial: JSON, desired: JSON, event: Event | None = None) -> PatchTrialStatus | None:
+    """The write that makes the operator's record of ``trial`` and its status say ``desired`` (a
+    merge: None removes a field), or None when both say it already. The status is compared with the
+    record, not trusted: a field forged there is written back. A run's verdict (settled or paused)
+    records how many reports it was made on; later ones never count."""
+    recorded = verdict_of(trial)
+    verdict = {**recorded, **{k: v for k, v in desired.items() if k not in DERIVED_FIELDS}}
+    verdict = {k: v for k, v in verdict.items() if v is not None}
+    if verdict.get("phase") in SETTLED_PHASES and verdict.get(REPORTS_COUNTED) is None:
+        verdict[REPORTS_COUNTED] = len((trial.get("status") or {}).get("reports") or [])
+    shown = {**recorded, **desired}
+    shown.pop(REPORTS_COUNTED, None)
+    patch = status_patch(trial.get("status"), shown)
+    changed = verdict != recorded or not has_verdict(trial)
+    if not patch and not changed:
+        return None
+    return PatchTrialStatus(trial["metadata"]["name"], patch, event, verdict if changed else None)
+
+
+def _needs_own_identity(study: JSON, trial: str) -> bool:
+    return trial_account(study, trial) == trial_identity_name(trial)
+
+
 def _trial_writes(
     world: World, states: list[TrialState], decision: Decision, levels: tuple[float, ...], now: float
 ) -> tuple[list[Write], list[Event]]:
     study, name = world.study, world.study["metadata"]["name"]
-    current = {t["metadata"]["name"]: t.get("status") or {} for t in world.trials}
     trials = {t["metadata"]["name"]: t for t in world.trials}
     writes: list[Write] = []
     events: list[Event] = []
@@ -419,11 +483,25 @@ def _trial_writes(
                 "finishedAt": to_rfc3339(now),
             }
     for state in states:
+        if (
+            world.identities.get(state.name) == "foreign"
+            and state.name not in settled
+            and state.status["phase"] in ("Pending", "Paused")
+        ):
+            settled[state.name] = {
+                "phase": "Failed",
+                "reason": "IdentityTaken",
+                "message": f"a ServiceAccount named {trial_identity_name(state.name)} exists and is not the "
+                "trial's own: the trial does not run as it",
+                "finishedAt": to_rfc3339(now),
+            }
+    for state in states:
         desired = {**state.status, **settled.get(state.name, {})}
         phase = desired["phase"]
         desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
-        patch = status_patch(current[state.name], desired)
-        event = _trial_event(state.name, phase, desired) if "phase" in patch else None
+        trial = trials[state.name]
+        recorded_phase = verdict_of(trial).get("phase")
+        event = _trial_event(state.name, phase, desired) if phase != recorded_phase else None
         if state.name in resumed:
             action = resumed[state.name]
             what = "final training" if action.final else "promoted"
@@ -431,22 +509,30 @@ def _trial_writes(
                 "TrialResumed",
                 f"trial {state.name}: {what}, from resource {action.start_from:g} to {action.stop_at:g}",
             )
-        if patch:
-            writes.append(PatchTrialStatus(state.name, patch, event))
-        trial = trials[state.name]
+        write = trial_patch(trial, desired, event)
+        if write is not None:
+            writes.append(write)
+        identity = world.identities.get(state.name, "ready")
+        own = _needs_own_identity(study, state.name)
+        if own and identity == "missing" and phase in ("Pending", "Running", "Paused"):
+            writes.append(CreateIdentity(state.name, tuple(build_trial_identity(trial))))
+        ready = not own or identity == "ready"
         if state.name in resumed:
             # The new run's Job, from the status just written (a restart makes it from the API).
-            trial = {**trial, "status": {**current[state.name], **desired}}
-            job_deadline = _job_deadline(decision, trial, now)
-            writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
+            if ready:
+                recorded = {**trial.get("status", {}), **desired}
+                resumed_trial = {**trial, "metadata": _with_verdict(trial, write), "status": recorded}
+                job_deadline = _job_deadline(decision, resumed_trial, now)
+                writes.append(CreateJob(state.name, build_job(study, resumed_trial, job_deadline, now)))
             continue
         job = world.jobs.get(state.job_name)
         if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
             writes += _stop_job(world, state.name, state.job_name, job, now)
         elif phase in ("Pending", "Running") and job is None and not state.run_started:
-            job_deadline = _job_deadline(decision, trial, now)
-            writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
+            if ready:
+                job_deadline = _job_deadline(decision, trial, now)
+                writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
         elif (
             phase in ("Pending", "Running")
             and job is not None
@@ -460,10 +546,24 @@ def _trial_writes(
     for action in decision.actions:
         if isinstance(action, StartTrial):
             trial = build_trial(study, action.index, action.params, action.stop_at)
-            job = build_job(study, trial, decision.deadline, now)
-            started = Event("TrialStarted", f"trial {trial['metadata']['name']}: {action.params}")
-            writes.append(CreateTrial(trial, job, started))
+            trial_name_ = trial["metadata"]["name"]
+            own = _needs_own_identity(study, trial_name_)
+            # Before 1.24 the new account's token Secret must exist before its pod is admitted.
+            job = None if own and world.token_secrets else build_job(study, trial, decision.deadline, now)
+            started = Event("TrialStarted", f"trial {trial_name_}: {action.params}")
+            writes.append(CreateTrial(trial, job, started, identity=own))
     return writes, events
+
+
+def _with_verdict(trial: JSON, write: PatchTrialStatus | None) -> JSON:
+    """The trial's metadata with the verdict ``write`` records (what a later read would see)."""
+    meta = dict(trial["metadata"])
+    if write is not None and write.verdict is not None:
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            VERDICT_ANNOTATION: verdict_text(write.verdict),
+        }
+    return meta
 
 
 def _job_deadline(decision: Decision, trial: JSON, now: float) -> float | None:
@@ -682,11 +782,13 @@ def _invalid(
         now,
     )
     writes: list[Write] = []
+    trials = {t["metadata"]["name"]: t for t in world.trials}
     for state in states or []:
         if state.view.status.active:
             stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
             job = world.jobs.get(state.job_name)
-            writes.append(PatchTrialStatus(state.name, stop))
+            write = trial_patch(trials[state.name], stop)
+            writes += [write] if write else []
             writes += _stop_job(world, state.name, state.job_name, job, now)
     status = {"phase": "Failed", "message": message, "conditions": conditions}
     return Outcome(
@@ -702,12 +804,14 @@ def _settled(world: World, now: float) -> Outcome:
     writes: list[Write] = []
     for trial in world.trials:
         name = trial["metadata"]["name"]
-        phase = (trial.get("status") or {}).get("phase")
+        phase = verdict_of(trial).get("phase")
         job_name = current_job_name(trial)
         job = world.jobs.get(job_name)
+        stop: JSON = {}
         if phase not in TERMINAL_TRIAL_PHASES and phase != "Paused":  # a paused trial stays as it ended
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
-            writes.append(PatchTrialStatus(name, stop))
+        write = trial_patch(trial, stop)  # also writes back a status forged after the end
+        writes += [write] if write else []
         # A Completed or Paused verdict comes from a pod that exited 0, often before its Job says
         # Complete: that Job is finishing on its own and is kept, a resumed run's record.
         if phase not in ("Completed", "Paused") and _still_running(world, name, job):

@@ -48,9 +48,10 @@ def created_claim_name(study: str) -> str:
     return f"{study}-checkpoints"
 
 
-def trial_access_name(study: str) -> str:
-    """The ServiceAccount, Role and RoleBinding the study's trial pods report with."""
-    return f"{study}-trial"
+def trial_identity_name(trial: str) -> str:
+    """The ServiceAccount, Role and RoleBinding one trial's pods report with (the trial's name: a
+    ServiceAccount is of another kind, and the names are the operator's already)."""
+    return trial
 
 
 class _Model(BaseModel):

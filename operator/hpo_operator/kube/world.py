@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .api import Api, ApiError, ns_path
-from .builders import build_claim, owner_reference
+from .builders import build_claim, build_trial_identity, owner_reference
 from .capacity import gpu_capacity
 from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
+from .policy import TrialPolicy
 from .reconcile import (
     SCALED_DOWN_AT,
-    CreateAccess,
     CreateClaim,
     CreateCleanupJob,
+    CreateIdentity,
     CreateJob,
     CreateTrial,
     DeleteJob,
@@ -36,8 +37,10 @@ from .reconcile import (
     ScaleJobDown,
     World,
     Write,
+    needs_identity,
 )
-from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_access_name
+from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
+from .verdict import VERDICT_ANNOTATION, verdict_text
 
 log = logging.getLogger("hpo_operator")
 JSON = dict[str, Any]
@@ -63,9 +66,10 @@ class Cluster:
     api: Api
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=NullMetrics)
+    policy: TrialPolicy = field(default_factory=TrialPolicy)  # what trial templates may ask for
     _needs_token_secret: bool | None = field(default=None, init=False)
-    # Studies whose trial ServiceAccount was seen ready: a cache of an API fact, never re-checked.
-    _access_ready: set[tuple[str, str]] = field(default_factory=set, init=False)
+    # Trials (by uid) whose ServiceAccount was seen ready: a cache of an API fact, never re-checked.
+    _identity_ready: set[str] = field(default_factory=set, init=False)
     # Checkpoint claims seen to exist, by (namespace, name): likewise never re-checked.
     _claims: set[tuple[str, str]] = field(default_factory=set, init=False)
     _events: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "events"), init=False)
@@ -100,7 +104,10 @@ class Cluster:
             jobs=jobs,
             pods={k: tuple(v) for k, v in pods.items()},
             capacity=gpu_capacity(nodes, active),
-            access=self._access(namespace, name),
+            identities={
+                t["metadata"]["name"]: self._identity(t) for t in trials if needs_identity(t, jobs)
+            },
+            token_secrets=self.needs_token_secret(),
             claim_exists=self._claim_exists(study),
         )
 
@@ -117,18 +124,30 @@ class Cluster:
         self._claims.add(key)
         return True
 
-    def _access(self, namespace: str, study: str) -> str:
-        if (namespace, study) in self._access_ready:
+    def _identity(self, trial: JSON) -> str:
+        """The state of the trial's own ServiceAccount (World.identities)."""
+        meta = trial["metadata"]
+        if meta["uid"] in self._identity_ready:
             return "ready"
         account = self.api.get_or_none(
-            ns_path("", "v1", namespace, "serviceaccounts", trial_access_name(study))
+            ns_path("", "v1", meta["namespace"], "serviceaccounts", trial_identity_name(meta["name"]))
         )
         if account is None:
             return "missing"
+        owners = (account.get("metadata") or {}).get("ownerReferences") or []
+        if not any(o.get("uid") == meta["uid"] for o in owners):
+            return "foreign"
         if self.needs_token_secret() and not account.get("secrets"):
             return "waiting"
-        self._access_ready.add((namespace, study))
+        self._identity_ready.add(meta["uid"])
         return "ready"
+
+    def _create_identity(self, namespace: str, objects: list[JSON]) -> None:
+        """Creates the objects; 409 (they exist) is fine: _identity checks whose the account is."""
+        plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}
+        for obj in objects:
+            group, _, version = obj["apiVersion"].rpartition("/")
+            self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
 
     def apply(self, world: World, outcome: Outcome) -> None:
         study = world.study
@@ -146,11 +165,8 @@ class Cluster:
     def _write(self, study: JSON, write: Write) -> bool:
         """Make one write; False when it changed nothing (the object existed, or was gone)."""
         namespace = study["metadata"]["namespace"]
-        if isinstance(write, CreateAccess):
-            for obj in write.objects:
-                group, _, version = obj["apiVersion"].rpartition("/")
-                plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}
-                self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
+        if isinstance(write, CreateIdentity):
+            self._create_identity(namespace, list(write.objects))
         elif isinstance(write, CreateClaim):
             claims = ns_path("", "v1", namespace, "persistentvolumeclaims")
             return self.api.create(claims, write.claim) is not None
@@ -162,14 +178,20 @@ class Cluster:
             created = self.api.create(trial_path(namespace), write.trial)
             if created is None:
                 return False  # it existed: the next reconcile makes its Job from the trial as stored
-            made = self._create_job(namespace, created, write.job)
+            if write.identity:
+                self._create_identity(namespace, build_trial_identity(created))
+            made = write.job is None or self._create_job(namespace, created, write.job)
             log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
             self.event(study, write.event)
             return made
         elif isinstance(write, CreateJob):
             return self._create_job(namespace, self.api.get(trial_path(namespace, write.trial)), write.job)
         elif isinstance(write, PatchTrialStatus):
-            self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
+            if write.verdict is not None:  # the record first: the status only mirrors it
+                record = {VERDICT_ANNOTATION: verdict_text(write.verdict)}
+                self.api.patch(trial_path(namespace, write.trial), {"metadata": {"annotations": record}})
+            if write.patch:
+                self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
             if write.event is not None:
                 log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
                 self.event(study, write.event)
