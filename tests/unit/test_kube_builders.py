@@ -106,9 +106,7 @@ def test_job_never_retries_is_owned_by_its_trial_and_labelled() -> None:
     assert "activeDeadlineSeconds" not in job["spec"]
 
 
-def test_the_pod_runs_as_the_account_the_template_names_or_else_as_the_trial_and_never_the_deprecated_field() -> (
-    None
-):
+def test_the_pod_runs_as_the_account_the_template_names_or_else_as_the_trial_itself() -> None:
     s = study()
     s["spec"]["trialTemplate"]["spec"]["serviceAccount"] = "admin"
     pod = build_job(s, trial_with_uid(s), None, 0)["spec"]["template"]["spec"]

@@ -11,6 +11,7 @@ import pytest
 
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
+from hpo_operator.kube.policy import parse_policy
 from hpo_operator.kube.reconcile import (
     ACCESS_RETRY_SECONDS,
     JOB_CONTROLLER_WAIT_SECONDS,
@@ -417,3 +418,78 @@ def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
     assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
     assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
     assert not _only_estimates_moved({}, plan)
+
+
+# --- the trial policy -------------------------------------------------------------------------------
+
+
+def test_the_reconcile_refuses_a_hostile_template_before_any_trial_and_says_why() -> None:
+    s = study()
+    s["spec"]["trialTemplate"]["spec"] |= {"serviceAccountName": "admin", "hostPID": True}
+    outcome = reconcile(world(s), T0)
+    assert outcome.writes == []
+    assert outcome.status is not None and outcome.status["phase"] == "Failed"
+    invalid = next(c for c in outcome.status["conditions"] if c["type"] == "Invalid")
+    assert (invalid["status"], invalid["reason"]) == ("True", "TemplateRefused")
+    assert "serviceAccountName" in invalid["message"] and "hostPID" in invalid["message"]
+    # With the admin's allowance the same study runs, as the account it names.
+    allowed = reconcile(world(s), T0, parse_policy(["ns/admin"], ["hostNamespaces"]))
+    created = [w for w in allowed.writes if isinstance(w, CreateTrial)]
+    assert created and all(not w.identity for w in created)
+    assert all(w.job and w.job["spec"]["template"]["spec"]["serviceAccountName"] == "admin" for w in created)
+
+
+# --- verdicts trials cannot forge -----------------------------------------------------------------------
+
+
+def test_a_phase_forged_into_a_trials_status_changes_nothing_and_is_written_back() -> None:
+    t0 = trial(0, (1, 0.9, 2), phase="Running", startedAt=to_rfc3339(T0 + 1))
+    t0["status"] |= {"phase": "Failed", "reason": "Forged", "exitCode": 1}  # the status only
+    outcome = reconcile(world(study(parallelTrials=1), t0, **running(t0)), T0 + 3)
+    write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0")
+    assert write.verdict is None  # the record says Running: nothing to change there
+    assert (
+        write.patch["phase"] == "Running"
+        and write.patch["reason"] is None
+        and write.patch["exitCode"] is None
+    )
+    assert outcome.status is not None and outcome.status["phase"] == "Running"
+    assert outcome.status["trials"]["running"] == 1 and outcome.status["trials"]["failed"] == 0
+
+
+def test_reports_appended_after_a_verdict_never_count() -> None:
+    # s-1 was pruned on its report at resource 1; a report appended later claims it is the best.
+    pruned = trial(1, (1, 0.2, 3), phase="Pruned", startedAt=to_rfc3339(T0 + 1))
+    pruned["status"]["reports"].append({"seq": 1, "resource": 9, "value": 100.0, "time": T0 + 4})
+    t0 = trial(0, (1, 0.9, 2), (3, 0.95, 4), startedAt=to_rfc3339(T0 + 1))
+    outcome = reconcile(world(study(parallelTrials=2), t0, pruned, **running(t0)), T0 + 5)
+    assert outcome.status is not None and outcome.status["best"]["trial"] == "s-0"
+    assert not any(isinstance(w, PatchTrialStatus) and w.trial == "s-1" and w.verdict for w in outcome.writes)
+
+
+def test_a_settled_trials_verdict_records_the_reports_it_was_made_on() -> None:
+    t0 = trial(0, (1, 0.9, 2), (9, 0.95, 4), startedAt=to_rfc3339(T0 + 1))
+    jobs = [job("s-0", "Complete")]
+    outcome = reconcile(
+        world(study(parallelTrials=1), t0, jobs=jobs, pods={"s-0": [pod("s-0", "Succeeded")]}), T0 + 5
+    )
+    write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0")
+    assert write.verdict is not None and write.verdict["phase"] == "Completed"
+    assert write.verdict["reportsCounted"] == 2 and "reportsCounted" not in write.patch
+
+
+def test_a_trial_of_an_earlier_operator_is_read_from_its_status_once_and_recorded() -> None:
+    legacy = trial(0, (1, 0.9, 2), phase="Running", legacy=True, startedAt=to_rfc3339(T0 + 1))
+    outcome = reconcile(world(study(parallelTrials=1), legacy, **running(legacy)), T0 + 3)
+    write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0")
+    assert write.verdict is not None and write.verdict["phase"] == "Running"
+    assert not any(isinstance(w, CreateJob | CreateTrial) for w in outcome.writes)
+
+
+def test_reports_outside_0_r_are_refused_counted_and_never_the_best() -> None:
+    t0 = trial(0, (1, 0.5, 2), startedAt=to_rfc3339(T0 + 1))
+    t1 = trial(1, (1, 0.4, 2), (-3, 50.0, 3), (12, 60.0, 4), startedAt=to_rfc3339(T0 + 1))
+    outcome = reconcile(world(study(parallelTrials=2), t0, t1, **running(t0, t1)), T0 + 5)
+    assert outcome.status is not None and outcome.status["best"]["trial"] == "s-0"
+    write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-1")
+    assert write.patch["refusedReports"] == 2 and "12" in write.patch["refusedReason"]

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel
 
 from ..config import StudySpec
+from .policy import RULES
 from .resources import (
     GROUP,
     STUDY_KIND,
@@ -149,7 +150,14 @@ def study_crd() -> Schema:
         _column("Used", "number", ".status.budget.usedSeconds", "Seconds of the budget used", 1),
         _AGE,
     ]
-    return _crd(STUDY_KIND, STUDY_PLURAL, "hpo", model_schema(StudySpec), model_schema(StudyStatus), columns)
+    spec = model_schema(StudySpec)
+    template = spec["properties"]["trialTemplate"]
+    # The operator refuses these (policy.py); the schema cannot, since an admin may allow them.
+    rules = "; ".join(RULES)
+    template["description"] = (
+        f"{template.get('description', '')} Unless the operator's trialPolicy allows: {rules}."
+    )
+    return _crd(STUDY_KIND, STUDY_PLURAL, "hpo", spec, model_schema(StudyStatus), columns)
 
 
 def trial_crd() -> Schema:

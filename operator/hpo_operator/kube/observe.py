@@ -3,7 +3,7 @@
 A trial's state is the operator's verdict once it recorded one (Completed, Pruned, Failed, Stopped,
 in the HPOTrial's verdict annotation, see verdict.py); before that it is read from its Job and pod,
 the pod first because it says "finished" a moment before the Job controller does. Reports are read
-from the status, where the trial writes them, and each is checked before it counts.
+from the status, where the trial writes them; which of them count is the core's rule.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..study import Report, TrialStatus, TrialView
+from ..study import Report, TrialStatus, TrialView, screen_reports
 from .builders import Run, run_of
 from .resources import RUN_LABEL, TERMINAL_TRIAL_PHASES, job_name
 from .verdict import counted_reports, verdict_of
@@ -33,61 +33,39 @@ def to_rfc3339(seconds: float, micro: bool = False) -> str:
     return moment.isoformat(timespec="microseconds" if micro else "seconds").replace("+00:00", "Z")
 
 
-@dataclass(frozen=True)
-class ReadReports:
-    """A trial's reports that count, and why the others did not."""
-
-    reports: tuple[Report, ...]
-    refused: dict[str, int] = field(default_factory=dict)  # reason -> count
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
 
 
-def read_reports(trial: Mapping[str, Any], max_resource: float | None = None) -> ReadReports:
-    """The trial's reports, the first of each ``(seq, time)``: a retried report may arrive twice,
-    while a second process of the same trial counts ``seq`` from 0 again at new times. A report
-    counts when its resource is a number in (0, R] not below the resource its process reported
-    before, and its time a finite number; a value that is not a finite number counts as NaN (the
-    worst). Reports appended after the operator's verdict on the run never count (verdict.py)."""
+def reports_of(trial: Mapping[str, Any]) -> tuple[Report, ...]:
+    """The trial's reports as written, the first of each ``(seq, time)``: a retried report may
+    arrive twice, while a second process of the same trial counts ``seq`` from 0 again at new times.
+    Reports appended after the operator's verdict on the run are not read (verdict.py); an entry
+    without a numeric resource and time is skipped, a value that is not a number is NaN. Which of
+    these count is the core's rule (study.report_refusal)."""
     seen: set[tuple[Any, Any]] = set()
     out: list[Report] = []
-    refused: dict[str, int] = {}
-    last: tuple[float, float] | None = None  # (seq, resource) of the process's previous report
-
-    def refuse(reason: str) -> None:
-        refused[reason] = refused.get(reason, 0) + 1
-
     for raw in counted_reports(trial):
         if not isinstance(raw, Mapping):
-            refuse("not an object")
             continue
         key = (raw.get("seq"), raw.get("time"))
-        if key in seen and key != (None, None):
+        resource, at = _number(raw.get("resource")), _number(raw.get("time"))
+        if key in seen or resource is None or at is None:
             continue
         seen.add(key)
-        resource, at, seq = _number(raw.get("resource")), _number(raw.get("time")), _number(raw.get("seq"))
-        if resource is None or not math.isfinite(resource):
-            refuse("resource not a finite number")
-        elif resource <= 0 or (max_resource is not None and resource > max_resource):
-            refuse("resource outside (0, R]")
-        elif at is None or not math.isfinite(at):
-            refuse("time not a finite number")
-        elif last is not None and seq is not None and seq > last[0] and resource < last[1]:
-            refuse("resource below its process's previous report")
-        else:
-            value = _number(raw.get("value"))
-            out.append(Report(resource, math.nan if value is None or not math.isfinite(value) else value, at))
-            last = (seq, resource) if seq is not None else None
-            continue
-    return ReadReports(tuple(out), refused)
+        value = _number(raw.get("value"))
+        out.append(Report(resource, math.nan if value is None else value, at))
+    return tuple(out)
 
 
-def reports_of(trial: Mapping[str, Any], max_resource: float | None = None) -> tuple[Report, ...]:
-    return read_reports(trial, max_resource).reports
+def refused(reports: Sequence[Report], max_resource: float | None) -> JSON:
+    """status.refusedReports and refusedReason: how many reports do not count, and why the last."""
+    if max_resource is None:
+        return {}
+    _, out = screen_reports(sorted(reports, key=lambda r: r.time), max_resource)
+    return {"refusedReports": len(out) or None, "refusedReason": out[-1][1] if out else None}
 
 
 def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -148,7 +126,6 @@ class TrialState:
     run: Run = field(default_factory=Run)
     job_name: str = ""  # the current run's Job
     run_started: bool = False  # the current run's pod has started
-    refused_reports: Mapping[str, int] = field(default_factory=dict)  # reason -> count
 
 
 def current_job_name(trial: Mapping[str, Any]) -> str:
@@ -204,8 +181,7 @@ def observe_trial(
     below which a run that pauses (its stopAt) and exits 0 leaves the trial Paused."""
     meta, current = trial["metadata"], verdict_of(trial)
     run = run_of(trial)
-    read = read_reports(trial, max_resource)
-    reports = read.reports
+    reports = reports_of(trial)
     pods = run_pods(trial, pods)
     pod = newest_pod([p for p in pods if not p["metadata"].get("deletionTimestamp")]) or newest_pod(pods)
     started_text = current.get("startedAt")
@@ -248,7 +224,6 @@ def observe_trial(
         run=run,
         job_name=job_name(meta["name"], run.number),
         run_started=run_started_text is not None,
-        refused_reports=read.refused,
     )
 
 

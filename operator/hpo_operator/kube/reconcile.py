@@ -44,6 +44,7 @@ from .observe import (
     current_job_name,
     observe_trial,
     progress,
+    refused,
     status_patch,
     to_rfc3339,
     to_timestamp,
@@ -52,6 +53,7 @@ from .policy import TrialPolicy, refused_fields
 from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_identity_name, trial_name
 from .verdict import (
     DERIVED_FIELDS,
+    RECORDED_FIELDS,
     REPORTS_COUNTED,
     VERDICT_ANNOTATION,
     has_verdict,
@@ -437,7 +439,7 @@ def trial_patch(trial: JSON, desired: JSON, event: Event | None = None) -> Patch
     verdict = {k: v for k, v in verdict.items() if v is not None}
     if verdict.get("phase") in SETTLED_PHASES and verdict.get(REPORTS_COUNTED) is None:
         verdict[REPORTS_COUNTED] = len((trial.get("status") or {}).get("reports") or [])
-    shown = {**recorded, **desired}
+    shown = {**dict.fromkeys(RECORDED_FIELDS), **recorded, **desired}
     shown.pop(REPORTS_COUNTED, None)
     patch = status_patch(trial.get("status"), shown)
     changed = verdict != recorded or not has_verdict(trial)
@@ -499,6 +501,7 @@ def _trial_writes(
         desired = {**state.status, **settled.get(state.name, {})}
         phase = desired["phase"]
         desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
+        desired |= refused(state.view.reports, levels[-1])
         trial = trials[state.name]
         recorded_phase = verdict_of(trial).get("phase")
         event = _trial_event(state.name, phase, desired) if phase != recorded_phase else None

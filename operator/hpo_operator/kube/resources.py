@@ -186,6 +186,10 @@ class TrialStatusModel(_Model):
     finished_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     resource: float | None = Field(default=None, description="The highest resource reported")
     last_value: float | None = None
+    refused_reports: int | None = Field(
+        default=None, description="Reports that do not count (a resource outside (0, R], falling, ...)"
+    )
+    refused_reason: str | None = Field(default=None, description="Why the last of them does not count")
     rung: int | None = Field(default=None, description="The rung a pruned trial stopped at")
     cutoff: float | None = Field(default=None, description="The value it needed to continue")
     reason: str | None = None

@@ -21,7 +21,25 @@ JSON = dict[str, Any]
 
 VERDICT_ANNOTATION = f"{GROUP}/verdict"
 # Status fields computed from the reports on every reconcile: display only, never read back.
-DERIVED_FIELDS = frozenset({"resource", "lastValue"})
+DERIVED_FIELDS = frozenset({"resource", "lastValue", "refusedReports", "refusedReason"})
+# The status fields the operator writes besides the derived ones: the mirror of the record.
+RECORDED_FIELDS = frozenset(
+    {
+        "phase",
+        "startedAt",
+        "finishedAt",
+        "rung",
+        "cutoff",
+        "reason",
+        "message",
+        "exitCode",
+        "run",
+        "startFrom",
+        "stopAt",
+        "final",
+        "runStartedAt",
+    }
+)
 # Kept in the annotation only: how many of status.reports the settled run counts.
 REPORTS_COUNTED = "reportsCounted"
 
