@@ -203,6 +203,38 @@ def test_values_reach_the_operators_arguments_and_pod() -> None:
     assert pod["metadata"]["labels"] == {**SELECTOR_LABELS, "team": "ml"}
 
 
+def test_the_trial_policy_reaches_the_operator_as_allowances_that_it_accepts() -> None:
+    objects = render(
+        "trialPolicy.allowedServiceAccounts[0].namespace=team-a",
+        "trialPolicy.allowedServiceAccounts[0].name=bucket-reader",
+        "trialPolicy.allowedServiceAccounts[1].namespace=*",
+        "trialPolicy.allowedServiceAccounts[1].name=shared",
+        "trialPolicy.allowHostPath=true",
+        "trialPolicy.allowUnconfined=true",
+        "trialPolicy.allowedCapabilities={SYS_PTRACE}",
+        "trialRbac.create=true",
+        "trialRbac.namespaces={team-b}",
+    )
+    allowances = [a for a in container(objects)["args"] if a.startswith("--allow-")]
+    assert allowances == [
+        "--allow-service-account=team-a/bucket-reader",
+        "--allow-service-account=*/shared",
+        "--allow-service-account=team-b/hpo-trial",
+        "--allow-trial-setting=hostPath",
+        "--allow-trial-setting=unconfined",
+        "--allow-capability=SYS_PTRACE",
+    ]
+    from hpo_operator.kube.policy import parse_policy
+
+    accounts = [a.split("=", 1)[1] for a in allowances if a.startswith("--allow-service-account")]
+    settings = [a.split("=", 1)[1] for a in allowances if a.startswith("--allow-trial-setting")]
+    policy = parse_policy(accounts, settings, ["SYS_PTRACE"])
+    assert policy.allows_account("team-b", "hpo-trial") and policy.allows_account("anywhere", "shared")
+    assert policy.allows("hostPath") and not policy.allows("privileged")
+    # By default the operator gets no allowance at all.
+    assert not [a for a in container(render())["args"] if a.startswith("--allow-")]
+
+
 def test_replicas_elect_a_leader_on_a_lease_in_the_release_namespace() -> None:
     objects = render("replicaCount=3", "leaderElection.leaseName=hpo-leader")
     assert one(objects, "Deployment")["spec"]["replicas"] == 3
@@ -445,6 +477,8 @@ def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
         ),
         (("replicas=2",), "additional properties 'replicas' not allowed"),
         (("metrics.port=70000",), "maximum"),
+        (("trialPolicy.allowPrivileged=yes",), "/trialPolicy/allowPrivileged"),
+        (("trialPolicy.allowedServiceAccounts[0].name=x",), "namespace"),
     ],
     ids=[
         "monitor-without-metrics",
@@ -458,6 +492,8 @@ def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
         "replicas-without-leader-election",
         "unknown-key",
         "bad-port",
+        "bad-policy-flag",
+        "policy-account-without-namespace",
     ],
 )
 def test_conflicting_or_bad_values_fail_with_a_message_naming_the_keys(

@@ -50,3 +50,26 @@ The leader Lease's name, and the name of the Role and RoleBinding that let the o
 {{- define "hpo-operator.leaderElectionName" -}}
 {{- printf "%s-leader-election" (include "hpo-operator.fullname" . | trunc 46 | trimSuffix "-") -}}
 {{- end -}}
+
+{{/*
+The operator's --allow-* arguments from trialPolicy (and trialRbac's shared account), one per line.
+*/}}
+{{- define "hpo-operator.trialPolicyArgs" -}}
+{{- $policy := .Values.trialPolicy | default dict }}
+{{- range $policy.allowedServiceAccounts }}
+- {{ printf "--allow-service-account=%s/%s" .namespace .name | quote }}
+{{- end }}
+{{- if .Values.trialRbac.create }}
+{{- range .Values.trialRbac.namespaces }}
+- {{ printf "--allow-service-account=%s/%s" . $.Values.trialRbac.serviceAccountName | quote }}
+{{- end }}
+{{- end }}
+{{- range $key, $setting := dict "allowHostNamespaces" "hostNamespaces" "allowPrivileged" "privileged" "allowHostPath" "hostPath" "allowHostPorts" "hostPorts" "allowUnconfined" "unconfined" }}
+{{- if index $policy $key }}
+- {{ printf "--allow-trial-setting=%s" $setting | quote }}
+{{- end }}
+{{- end }}
+{{- range $policy.allowedCapabilities }}
+- {{ printf "--allow-capability=%s" . | quote }}
+{{- end }}
+{{- end }}
