@@ -721,62 +721,6 @@ def test_the_operator_account_can_do_exactly_what_the_chart_grants(
     assert not can_i(cluster, user, "delete", "leases.coordination.k8s.io", OPERATOR_NAMESPACE)
 
 
-def test_a_trial_account_may_patch_only_its_own_namespaces_trial_status(
-    operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str, log_dir: Path
-) -> None:
-    guarded = manifest("guarded", log_dir, deadline="15s", parallel=1)
-    pod_security = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001}
-    container_security = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
-    template = guarded["spec"]["trialTemplate"]["spec"]
-    template["securityContext"] = pod_security
-    template["containers"][0]["securityContext"] = container_security
-    create(kube, namespace, guarded)
-    account = "guarded-trial"
-    wait_for(
-        lambda: kube.get_or_none(f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}"),
-        20,
-        0.2,
-        "the trials' ServiceAccount",
-    )
-    user = f"system:serviceaccount:{namespace}:{account}"
-    assert can_i(cluster, user, "patch", "hpotrials.hpo.dev/status", namespace)
-    assert can_i(cluster, user, "get", "hpotrials.hpo.dev/status", namespace)
-    for verb, resource, ns in [
-        ("patch", "hpotrials.hpo.dev/status", "default"),
-        ("patch", "hpotrials.hpo.dev/status", OPERATOR_NAMESPACE),
-        ("patch", "hpotrials.hpo.dev", namespace),
-        ("create", "hpotrials.hpo.dev", namespace),
-        ("patch", "hpostudies.hpo.dev/status", namespace),
-        ("get", "pods", namespace),
-        ("delete", "pods", namespace),
-        ("get", "secrets", namespace),
-        ("list", "secrets", namespace),
-        ("create", "jobs.batch", namespace),
-    ]:
-        assert not can_i(cluster, user, verb, resource, ns), (verb, resource, ns)
-    # And for real, with the account's token: 403 outside its namespace, on pods, on secrets.
-    token = cluster.service_account_token(namespace, account)
-    as_trial = Kube(cluster.server, token, str(cluster.ca_file))
-    patch = [{"op": "add", "path": "/status/reports/-", "value": {"seq": 0}}]
-    for method, path in [
-        ("PATCH", f"{GROUP_PATH}/namespaces/default/hpotrials/guarded-0/status"),
-        ("GET", f"/api/v1/namespaces/{namespace}/pods"),
-        ("GET", f"/api/v1/namespaces/{namespace}/secrets"),
-    ]:
-        with pytest.raises(ApiError) as denied:
-            if method == "PATCH":
-                as_trial.patch(path, patch, content_type="application/json-patch+json")
-            else:
-                as_trial.get(path)
-        assert denied.value.status == 403, (method, path, denied.value)
-    # The trial pod runs as the template says: non-root, read-only root filesystem.
-    pods = wait_for(lambda: pods_of(kube, namespace), 20, 0.2, "a trial pod")
-    assert pods[0]["spec"]["securityContext"] == pod_security
-    assert pods[0]["spec"]["containers"][0]["securityContext"] == container_security
-    wait_phase(kube, namespace, "guarded", {"Succeeded", "Failed"}, 40)
-    as_trial.close()
-
-
 def test_the_operator_runs_non_root_with_a_read_only_root_filesystem() -> None:
     import yaml
 
