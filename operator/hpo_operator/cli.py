@@ -24,11 +24,14 @@ from .config import (
     API_VERSION,
     ConfigError,
     StudyConfig,
+    check_max_resource,
+    check_time_ratio,
     format_duration,
     load_config,
     parse_duration,
     study_config_from_spec,
 )
+from .space import quote
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,8 +84,7 @@ def budget_seconds(
             fail("give either --budget or --time-ratio, not both")
         return budget, f"budget {format_duration(budget)}"
     ratio = time_ratio if time_ratio is not None else config.budget.time_ratio
-    if ratio <= 0:
-        fail(f"--time-ratio must be positive, got {ratio}")
+    check_time_ratio(ratio)
     if train_time is None:
         return None, f"{ratio:g} x one training (measured by the first trial)"
     return ratio * train_time, f"{ratio:g} x train time {format_duration(train_time)}"
@@ -113,7 +115,7 @@ def validate(config: Path) -> None:
         + (f", from {study.min_resource:g}" if study.min_resource else "")
     )
     for p in study.space.params:
-        click.echo(f"  {p.name}: {p.describe()}, first tried {p.initial()!r}")
+        click.echo(f"  {p.name}: {p.describe()}, first tried {quote(p.initial())}")
 
 
 @main.command()
@@ -150,8 +152,12 @@ def _plan_options(func: F) -> F:
 def _with_max_resource(config: StudyConfig, max_resource: float | None) -> StudyConfig:
     if max_resource is None:
         return config
-    if max_resource <= 0:
-        fail(f"--max-resource must be positive, got {max_resource}")
+    check_max_resource(max_resource)
+    if config.min_resource is not None and config.min_resource > max_resource:
+        fail(
+            f"--max-resource ({max_resource:g}) is below the config's minimum_resource "
+            f"({config.min_resource:g})"
+        )
     return replace(config, max_resource=max_resource)
 
 
@@ -199,10 +205,12 @@ def plan(
 
 
 def _hp_space_spec(raw: dict[str, Any]) -> dict[str, Any]:
+    """The file's hp_space in the spec's camelCase; the file names the type param_type or paramType."""
     out: dict[str, Any] = {}
     for name, spec in raw["hp_space"].items():
-        item = {"paramType": spec["param_type"], "range": spec["range"]}
-        if "default" in spec:
+        ptype = spec["param_type"] if "param_type" in spec else spec["paramType"]
+        item = {"paramType": ptype, "range": spec["range"]}
+        if spec.get("default") is not None:
             item["default"] = spec["default"]
         out[name] = item
     return out
@@ -253,6 +261,10 @@ def manifest(
 ) -> None:
     """Print an HPOStudy manifest for kubectl apply."""
     study, raw = load_config(config)
+    if max_resource is not None:
+        study = _with_max_resource(study, max_resource)
+    if time_ratio is not None:
+        check_time_ratio(time_ratio)
     budget = budget if budget is not None else deadline
     budget_spec: dict[str, Any] = {}
     if budget is not None:
@@ -280,7 +292,7 @@ def manifest(
         "mode": study.mode,
         "searchAlgorithm": "asha",
         "hpSpace": _hp_space_spec(raw),
-        "maximumResource": max_resource if max_resource is not None else study.max_resource,
+        "maximumResource": study.max_resource,
     }
     if study.min_resource is not None:
         spec["minimumResource"] = study.min_resource
@@ -431,7 +443,7 @@ def run_command(
     import time as _time
 
     from .config import BudgetSpec
-    from .local import LocalRunner, RunOptions, make_slots
+    from .local import LocalRunner, ResultsError, RunOptions, make_slots
     from .progress import LineProgress, TerminalProgress
     from .study import Study, StudyError
 
@@ -481,6 +493,10 @@ def run_command(
         result = LocalRunner(study, options, progress).run()
     except StudyError as err:
         fail(f"{err} (results so far in {out_dir})")
+    except ResultsError as err:  # raised before any trial starts
+        fail(f"{err}: choose a results folder (--out) that can be written")
+    if result.results_error is not None:
+        click.echo(f"error: {result.results_error}; the study stopped", err=True)
     best = result.document["best"]
     if best is None:
         click.echo(f"no trial reported a usable {study_config.metric}; see {out_dir}/study.json", err=True)

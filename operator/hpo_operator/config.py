@@ -1,15 +1,20 @@
 """Models of hpo_config.yaml and of the HPOStudy / HPOTrial resources, and their validation.
 
-``load_config`` (a YAML file) and ``StudySpec.model_validate`` (an HPOStudy spec) both end in a
+``load_config`` (a YAML file) and ``study_config_from_spec`` (an HPOStudy spec) both end in a
 ``StudyConfig``: the validated settings the decision core runs on. Every problem of an input is
 collected and reported at once, each naming the field and what is wrong.
+
+Validation is the one gate: whatever it accepts, every command and the operator can run without an
+exception, and every configuration it yields is valid JSON. The limits below (and the search space's
+in space.py) bound the work and the memory it takes and the length of its messages; docs/security.md
+("Input limits") lists them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from .space import SearchSpace, SpaceError, parse_space
+from .space import MAX_PARAMS, SearchSpace, SpaceError, exponent_hint, parse_space, quote
 
 API_GROUP = "hpo.dev"
 API_VERSION = "v1alpha1"
@@ -33,12 +38,42 @@ SamplerName = Literal["random", "qmc", "tpe", "gp"]
 AshaVariant = Literal["stop", "promote"]
 DEFAULT_SAMPLER: SamplerName = "gp"
 
+# --- Input limits (docs/security.md) ---
+# A config file: its size, its nesting, its values (nodes, each use of an alias counting its whole
+# anchor, so that a "billion laughs" file is refused before it is built), the characters of a number.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+MAX_NUMBER_CHARS = 100
+# Resources (epochs, or steps) and the reduction factor: rungs r * eta^k stay few (at most ~40).
+MIN_RESOURCE_LIMIT = 0.001
+MAX_RESOURCE_LIMIT = 1e9
+MAX_REDUCTION_FACTOR = 100
+# Durations and the budget: deadlines stay within what timestamps can express.
+MAX_DURATION_SECONDS = 366 * 86400
+MAX_TIME_RATIO = 1000.0
+# The metric reaches each trial in an environment variable (HPO_METRIC).
+MAX_METRIC_CHARS = 256
+# Integers anywhere in a spec, and the seed: what the Kubernetes API stores (int64).
+INT64_MAX = 2**63 - 1
+# Messages: problems listed, and the characters of each.
+MAX_PROBLEMS = 50
+MAX_PROBLEM_CHARS = 500
+
+
+def _shorten(problem: str) -> str:
+    return problem if len(problem) <= MAX_PROBLEM_CHARS else problem[: MAX_PROBLEM_CHARS - 3] + "..."
+
 
 class ConfigError(ValueError):
-    """An input with one or more problems; ``problems`` names each one."""
+    """An input with one or more problems; ``problems`` names each one (at most MAX_PROBLEMS, each
+    at most MAX_PROBLEM_CHARS long, so that a message stays readable whatever the input)."""
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = problems
+        shown = [_shorten(p) for p in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            shown.append(f"... and {len(problems) - MAX_PROBLEMS:,} more problems")
+        self.problems = shown
         self.source = source
         super().__init__(self.summary())
 
@@ -53,18 +88,25 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(value: str | float | int) -> float:
-    """Seconds from a number of seconds or a duration like '20m', '1h30m', '90s', '2h'."""
+    """Seconds from a number of seconds or a duration like '20m', '1h30m', '90s', '2h'; at most
+    MAX_DURATION_SECONDS (366 days)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"duration must be a positive, finite number of seconds, got {value}")
+        # Compared before float(): float() of a huge int overflows.
+        if not (value > 0 and value <= MAX_DURATION_SECONDS):
+            raise ValueError(
+                f"duration must be a positive number of seconds up to {MAX_DURATION_SECONDS} "
+                f"(366 days), got {quote(value)}"
+            )
         return float(value)
     if not isinstance(value, str):
-        raise ValueError(f"duration must be a number of seconds or a string like '20m', got {value!r}")
+        raise ValueError(f"duration must be a number of seconds or a string like '20m', got {quote(value)}")
     text = value.strip().replace(" ", "")
     try:
-        return parse_duration(float(text))
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        return parse_duration(number)
     pos, total = 0, 0.0
     for match in _DURATION.finditer(text):
         if match.start() != pos:
@@ -72,7 +114,9 @@ def parse_duration(value: str | float | int) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text or total <= 0:
-        raise ValueError(f"cannot read duration {value!r}: use e.g. '90s', '20m', '1h30m' or seconds")
+        raise ValueError(f"cannot read duration {quote(value)}: use e.g. '90s', '20m', '1h30m' or seconds")
+    if not total <= MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {quote(value)} is longer than 366 days")
     return total
 
 
@@ -150,19 +194,24 @@ class HpoConfigFile(_Strict):
     asha: AshaSettings = Field(default_factory=AshaSettings)
 
 
+def _loc_text(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) if len(str(p)) <= 80 else str(p)[:77] + "..." for p in loc]
+    return ".".join(parts) or "(top level)"
+
+
 def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -> list[str]:
     problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = _loc_text(e["loc"])
         if e["type"] == "extra_forbidden":
             hint = f" (allowed: {', '.join(allowed)})" if allowed and len(e["loc"]) == 1 else ""
             problems.append(f"{loc}: unknown key{hint}")
         elif e["type"] == "missing":
             problems.append(f"{loc}: required")
         elif e["type"] == "literal_error":
-            problems.append(f"{loc}: {e['msg'].lower()}, got {e['input']!r}")
+            problems.append(f"{loc}: {e['msg'].lower()}, got {quote(e['input'])}")
         else:
-            problems.append(f"{loc}: {e['msg']}, got {e['input']!r}")
+            problems.append(f"{loc}: {e['msg']}, got {quote(e['input'])}{exponent_hint(e['input'])}")
     return problems
 
 
@@ -171,13 +220,86 @@ def _spec_path(problem: str) -> str:
     return re.sub(r"^hp_space\b", "spec.hpSpace", problem)
 
 
-def _check_resources(
-    max_resource: float | None, min_resource: float | None, names: tuple[str, str]
-) -> list[str]:
-    if min_resource is not None and min_resource > (max_resource or DEFAULT_MAX_RESOURCE):
-        limit = f"{max_resource:g}" if max_resource is not None else f"{DEFAULT_MAX_RESOURCE}, its default"
-        return [f"{names[1]} ({min_resource:g}) must not exceed {names[0]} ({limit})"]
-    return []
+def _number(value: Any) -> float | int | None:
+    """``value`` if it is an int or a finite float (not a bool): the fields whose type is wrong are
+    reported by the models, the limits below only judge numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _limit_problems(values: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+    """Problems of the study settings beyond their types: resources, reduction factor, seed, metric.
+
+    ``values`` holds the settings under the names of the input (snake_case in a file, camelCase in a
+    spec); ``names`` maps each setting (max_resource, min_resource, reduction_factor, seed, metric,
+    and time_ratio where the input has one) to that name. Fields of the wrong type are skipped: the
+    models report those.
+    """
+    problems: list[str] = []
+    max_r = _number(values.get(names["max_resource"]))
+    min_r = _number(values.get(names["min_resource"]))
+    for key, value in ((names["max_resource"], max_r), (names["min_resource"], min_r)):
+        # An int is compared as an int: float() of a huge one overflows.
+        if value is not None and value > 0 and not MIN_RESOURCE_LIMIT <= value <= MAX_RESOURCE_LIMIT:
+            problems.append(
+                f"{key} ({quote(value)}) must lie between {MIN_RESOURCE_LIMIT:g} and {MAX_RESOURCE_LIMIT:g}"
+            )
+    if not problems and min_r is not None and min_r > 0:
+        limit = max_r if max_r is not None and max_r > 0 else None
+        if min_r > (limit or DEFAULT_MAX_RESOURCE):
+            shown = f"{limit:g}" if limit is not None else f"{DEFAULT_MAX_RESOURCE}, its default"
+            problems.append(
+                f"{names['min_resource']} ({min_r:g}) must not exceed {names['max_resource']} ({shown})"
+            )
+    eta = values.get(names["reduction_factor"])
+    if isinstance(eta, int) and not isinstance(eta, bool) and eta > MAX_REDUCTION_FACTOR:
+        problems.append(f"{names['reduction_factor']} ({quote(eta)}) must be at most {MAX_REDUCTION_FACTOR}")
+    seed = values.get(names["seed"])
+    if isinstance(seed, int) and not isinstance(seed, bool) and abs(seed) > INT64_MAX:
+        problems.append(f"{names['seed']} ({quote(seed)}) must lie within ±(2^63 - 1)")
+    ratio = _number(values.get(names["time_ratio"])) if "time_ratio" in names else None
+    if ratio is not None and ratio > MAX_TIME_RATIO:
+        problems.append(f"{names['time_ratio']} ({quote(ratio)}) must be at most {MAX_TIME_RATIO:g}")
+    metric = values.get(names["metric"])
+    if isinstance(metric, str) and not (0 < len(metric) <= MAX_METRIC_CHARS and metric.isprintable()):
+        problems.append(
+            f"{names['metric']}: 1 to {MAX_METRIC_CHARS} printable characters, got {quote(metric)}"
+        )
+    return problems
+
+
+_FILE_NAMES = {
+    "max_resource": "maximum_resource",
+    "min_resource": "minimum_resource",
+    "reduction_factor": "reduction_factor",
+    "seed": "seed",
+    "metric": "metric",
+}
+_SPEC_NAMES = {
+    "max_resource": "maximumResource",
+    "min_resource": "minimumResource",
+    "reduction_factor": "reductionFactor",
+    "seed": "seed",
+    "metric": "metric",
+    "time_ratio": "budget.timeRatio",
+}
+
+
+def check_max_resource(value: float, name: str = "--max-resource") -> None:
+    """Raises ConfigError unless ``value`` is a maximum resource the limits allow."""
+    if _number(value) is None or not MIN_RESOURCE_LIMIT <= value <= MAX_RESOURCE_LIMIT:
+        raise ConfigError(
+            [f"must lie between {MIN_RESOURCE_LIMIT:g} and {MAX_RESOURCE_LIMIT:g}, got {quote(value)}"], name
+        )
+
+
+def check_time_ratio(value: float, name: str = "--time-ratio") -> None:
+    """Raises ConfigError unless ``value`` is a positive, finite time ratio up to MAX_TIME_RATIO."""
+    if _number(value) is None or not 0 < value <= MAX_TIME_RATIO:
+        raise ConfigError([f"must be positive and at most {MAX_TIME_RATIO:g}, got {quote(value)}"], name)
 
 
 def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConfig:
@@ -199,10 +321,7 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
             space = parse_space(data["hp_space"])
         except SpaceError as err:
             problems.extend(err.problems)
-    if model is not None:
-        problems += _check_resources(
-            model.maximum_resource, model.minimum_resource, ("maximum_resource", "minimum_resource")
-        )
+    problems += _limit_problems(data, _FILE_NAMES)
     if problems or model is None or space is None:
         raise ConfigError(problems, source)
     return StudyConfig(
@@ -218,35 +337,161 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
     )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+# --- Reading a file ------------------------------------------------------------------------------
+
+_LOADER_BASE: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built
+
+
+class _Loader(_LOADER_BASE):  # type: ignore[valid-type,misc]
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last), numbers
+    longer than MAX_NUMBER_CHARS (int() of thousands of digits is slow, then refused by Python) and
+    dates that do not exist; each as a YAML error with the line."""
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: list[Any] = []
+    seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:
+            continue  # "<<": merged keys may be overridden, as YAML specifies
         key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.append(key)
+        try:
+            duplicate = key in seen
+        except TypeError:
+            continue  # unhashable: construct_mapping refuses it with its line
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {quote(key)}", key_node.start_mark
+            )
+        seen.add(key)
     return loader.construct_mapping(node, deep=True)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+def _short_number(construct: Any) -> Any:
+    def checked(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a number of {len(node.value):,} characters (at most {MAX_NUMBER_CHARS})",
+                node.start_mark,
+            )  # fmt: skip
+        return construct(loader, node)
+
+    return checked
+
+
+def _timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    try:
+        return yaml.constructor.SafeConstructor.construct_yaml_timestamp(loader, node)
+    except (ValueError, OverflowError) as err:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"not a date: {quote(node.value)} ({err})", node.start_mark
+        ) from err
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:int", _short_number(yaml.constructor.SafeConstructor.construct_yaml_int)
+)
+_Loader.add_constructor(
+    "tag:yaml.org,2002:float", _short_number(yaml.constructor.SafeConstructor.construct_yaml_float)
+)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
+def _line(event: yaml.Event) -> str:
+    return f"line {event.start_mark.line + 1}" if event.start_mark is not None else "the file"
+
+
+class _TooLarge(ValueError):
+    """A document beyond MAX_DEPTH or MAX_NODES."""
+
+
+def _check_shape(text: str) -> None:
+    """Refuses a document nested deeper than MAX_DEPTH or holding more than MAX_NODES values once its
+    aliases are expanded, from its parse events (linear, flat), before anything is built from it:
+    building and printing are where deep nesting and aliases of aliases cost. Raises _TooLarge."""
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, depth) of what it names
+    open_: list[tuple[str | None, int, int]] = []  # per open collection: anchor, values before, deepest
+    total = 0
+    events: Iterator[yaml.Event] = yaml.parse(text, Loader=_Loader)
+    for event in events:
+        if isinstance(event, yaml.CollectionStartEvent):
+            total += 1
+            open_.append((event.anchor, total, len(open_) + 1))
+            if len(open_) > MAX_DEPTH:
+                raise _TooLarge(f"nested more than {MAX_DEPTH} levels deep ({_line(event)})")
+        elif isinstance(event, yaml.CollectionEndEvent) and open_:
+            anchor, before, deepest = open_.pop()
+            if anchor is not None:
+                anchors[anchor] = (total - before + 1, deepest - len(open_))
+            if open_:
+                parent = open_[-1]
+                open_[-1] = (parent[0], parent[1], max(parent[2], deepest))
+        elif isinstance(event, yaml.ScalarEvent):
+            total += 1
+            if event.anchor is not None:
+                anchors[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.AliasEvent):
+            # An unknown anchor is left to the composer, which names it.
+            values, depth = anchors.get(event.anchor or "", (1, 0))
+            total += values
+            if len(open_) + depth > MAX_DEPTH:
+                raise _TooLarge(
+                    f"nested more than {MAX_DEPTH} levels deep once aliases are expanded ({_line(event)})"
+                )
+            if open_:
+                parent = open_[-1]
+                open_[-1] = (parent[0], parent[1], max(parent[2], len(open_) + depth))
+        if total > MAX_NODES:
+            raise _TooLarge(f"more than {MAX_NODES:,} values, aliases counted at each use ({_line(event)})")
+
+
+def read_text(path: Path) -> str:
+    """The file's text: at most MAX_FILE_BYTES, strictly UTF-8 (a byte-order mark is allowed).
+    Raises ConfigError naming the file."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise ConfigError([f"cannot read: {err.strerror or err}"], str(path)) from err
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(
+            [f"larger than {MAX_FILE_BYTES // 2**20} MiB, the limit of a config file"], str(path)
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            [f"not UTF-8 text: byte {data[err.start]:#04x} at offset {err.start} cannot be decoded"],
+            str(path),
+        ) from err
 
 
 def load_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
     """Reads and validates an hpo_config.yaml; returns the config and the raw mapping."""
     path = Path(path)
+    text = read_text(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError([f"cannot read: {err.strerror}"], str(path)) from err
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader underneath
+        _check_shape(text)
+        data = yaml.load(text, Loader=_Loader)  # a SafeLoader underneath
+    except _TooLarge as err:
+        raise ConfigError([str(err)], str(path)) from err
     except yaml.YAMLError as err:
-        raise ConfigError([f"not valid YAML: {err}".replace("\n", " ")], str(path)) from err
+        raise ConfigError([f"not valid YAML: {_yaml_message(err)}"], str(path)) from err
+    except (ValueError, TypeError, OverflowError) as err:  # a constructor's own error: still bad input
+        raise ConfigError([f"cannot read a value: {err}"], str(path)) from err
     return config_from_mapping(data, str(path)), data
+
+
+def _yaml_message(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with the line and column of the problem."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return "; ".join(p for p in (err.context, err.problem) if p) + where
+    return " ".join(str(err).replace('in "<unicode string>", ', "").split())
 
 
 # --- The HPOStudy and HPOTrial resources -------------------------------------------------------
@@ -372,12 +617,15 @@ class StudySpec(_Camel):
             space = parse_space(raw_space)
         except SpaceError as err:
             problems.extend(_spec_path(e) for e in err.problems)
-        problems += [
-            "spec." + p
-            for p in _check_resources(
-                self.maximum_resource, self.minimum_resource, ("maximumResource", "minimumResource")
-            )
-        ]
+        settings = {
+            "maximumResource": self.maximum_resource,
+            "minimumResource": self.minimum_resource,
+            "reductionFactor": self.reduction_factor,
+            "seed": self.seed,
+            "metric": self.metric,
+            "budget.timeRatio": self.budget.time_ratio,
+        }
+        problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         problems += self._checkpoint_problems()
         if problems or space is None:
             raise ConfigError(problems, "spec")
@@ -422,22 +670,97 @@ class StudySpec(_Camel):
         return []
 
 
+# Top-level fields whose values the model and _limit_problems judge; the walk only sizes them.
+_JUDGED_ELSEWHERE = frozenset(
+    {"hpSpace", "maximumResource", "minimumResource", "reductionFactor", "seed", "metric"}
+)
+
+
+def _path_text(path: tuple[Any, ...]) -> str:
+    """("spec", ("a", "b")...) as spec.a.b[3]: a path is (parent path, key) pairs, built only on need."""
+    parts: list[str] = []
+    while path:
+        path, key = path
+        parts.append(
+            f"[{key}]" if isinstance(key, int) else "." + (key if len(key) <= 80 else key[:77] + "...")
+        )
+    return "spec" + "".join(reversed(parts))
+
+
+def _spec_shape_problems(spec: Mapping[str, Any]) -> list[str]:
+    """Problems of the spec as JSON, in one iterative pass: more than MAX_NODES values or MAX_DEPTH
+    levels ends the pass (a ConfigError of its own); otherwise every value that is not JSON the
+    API can store (a non-finite float, an integer beyond int64, a non-string key, another type),
+    outside the fields judged elsewhere."""
+    problems: list[str] = []
+    # (value, path, depth, judge): the path is (parent path, key), rendered only for a problem.
+    stack: list[tuple[Any, tuple[Any, ...], int, bool]] = [(dict(spec), (), 0, True)]
+    count = 0
+    while stack:
+        value, path, depth, judge = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError([f"{_path_text(path)}: nested more than {MAX_DEPTH} levels deep"], "spec")
+        if isinstance(value, dict | list):
+            items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+            count += len(items)
+            if count > MAX_NODES:
+                raise ConfigError([f"more than {MAX_NODES:,} values"], "spec")
+            for key, child in items:
+                if isinstance(value, dict) and not isinstance(key, str):
+                    problems.append(f"{_path_text(path)}: a key is not a string: {quote(key)}")
+                    continue
+                judged = judge and not (depth == 0 and key in _JUDGED_ELSEWHERE)
+                stack.append((child, (path, key), depth + 1, judged))
+        elif not judge or value is None or isinstance(value, str | bool):
+            continue
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{_path_text(path)}: {quote(value)} is not a finite number")
+        elif isinstance(value, int) and abs(value) > INT64_MAX:
+            problems.append(f"{_path_text(path)}: {quote(value)} is beyond ±(2^63 - 1), what the API stores")
+        elif not isinstance(value, int | float):
+            problems.append(
+                f"{_path_text(path)}: {quote(value)} ({type(value).__name__}) is not a JSON value"
+            )
+    return problems
+
+
 def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:
-    """Validates an HPOStudy spec as stored in the API; raises ConfigError naming every problem."""
+    """Validates an HPOStudy spec as stored in the API; raises ConfigError naming every problem.
+
+    This is the operator's one check of a spec: a spec it accepts can be run, and every trial
+    configuration sampled from it is valid JSON.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError([f"must be a mapping of keys, got {type(spec).__name__}"], "spec")
+    shape = _spec_shape_problems(spec)
+    space = spec.get("hpSpace")
+    if isinstance(space, Mapping) and len(space) > MAX_PARAMS:  # before building 1e5 models
+        raise ConfigError([f"spec.hpSpace: {len(space):,} parameters, at most {MAX_PARAMS:,}"], "spec")
     try:
         model = StudySpec.model_validate(dict(spec))
     except ValidationError as err:
-        problems = [
+        problems = shape + [
             "spec." + p
             for p in _pydantic_problems(err, sorted(f.alias or n for n, f in StudySpec.model_fields.items()))
         ]
-        # The search space's own rules too, so that one round of fixes is enough.
-        space = spec.get("hpSpace")
+        # The search space's own rules and the limits too, so that one round of fixes is enough.
         if isinstance(space, Mapping) and not any(p.startswith("spec.hpSpace") for p in problems):
             raw = {k: dict(v) if isinstance(v, Mapping) else v for k, v in space.items()}
             try:
                 parse_space(raw)
             except SpaceError as space_err:
                 problems += [_spec_path(e) for e in space_err.problems]
+        budget = spec.get("budget")
+        settings = {
+            **spec,
+            "budget.timeRatio": budget.get("timeRatio") if isinstance(budget, Mapping) else None,
+        }
+        problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         raise ConfigError(problems, "spec") from err
-    return model.to_study_config()
+    try:
+        config = model.to_study_config()
+    except ConfigError as err:
+        raise ConfigError(shape + err.problems, "spec") from err
+    if shape:
+        raise ConfigError(shape, "spec")
+    return config

@@ -13,17 +13,42 @@ Semantics (the same in the CLI, the local backend and the operator):
 Grid values are computed in decimal arithmetic from the values as written, so ``0.0007 + 3*0.0001``
 is ``0.001`` and never ``0.0010000000000000002``; when min, max and step are all integers the values
 are ints.
+
+Every configuration a valid space yields is a JSON object of finite numbers, strings, booleans, nulls,
+lists and mappings (it reaches each trial as JSON). The limits that guarantee it, and keep validation
+linear and its messages short, are the constants below (docs/security.md, "Input limits").
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import reprlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_FLOOR, Decimal
 from functools import cached_property
 from typing import Any
+
+# Parameters in one space, and values in one choice list.
+MAX_PARAMS = 1_000
+MAX_CHOICES = 10_000
+# Every number in hp_space (bounds, steps, log bases, choices, defaults) lies within this magnitude:
+# integers up to it are exact as float64 (the JSON numbers of most readers), and no arithmetic on
+# bounds (max - min, log, exp, the grid) can overflow.
+MAX_MAGNITUDE = 1e15
+# A grid's step is at least this share of its largest bound, so that neighbouring grid values are
+# distinct float64 numbers (with ~4,500 ulps between them) and a grid has at most 2e12 points.
+GRID_RESOLUTION = 1e-12
+# Nesting of a choice value (a list or mapping inside a choice counts one level per layer).
+MAX_VALUE_DEPTH = 16
+# The largest configuration, as JSON: it reaches each trial in the HPO_HYPERPARAMETERS environment
+# variable, and Linux refuses to start a process with one environment string over 128 KiB.
+MAX_CONFIGURATION_BYTES = 65_536
+# The longest JSON of a number this module can produce (a negative float with exponent).
+_NUMBER_JSON_CHARS = 24
 
 PARAM_TYPES = ("uniform", "quniform", "loguniform", "qloguniform", "choice")
 
@@ -44,8 +69,87 @@ class SpaceError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, also for integers too long for repr() (over 4,300 digits)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * self.maxlong:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2))} digits>"
+        return super().repr_int(x, level)
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring = 60
+_SHORT.maxother = 60
+_SHORT.maxlong = 40
+_SHORT.maxlevel = 3
+
+
+def quote(value: Any) -> str:
+    """repr() cut to a few dozen characters, for messages: the cost and the length do not grow with
+    the value (a list of a million items, a string of megabytes, a 5,000-digit integer)."""
+    return _SHORT.repr(value)
+
+
+def number_problem(value: Any) -> str | None:
+    """Why ``value`` is not a number hp_space accepts (a finite int or float within MAX_MAGNITUDE,
+    not a bool), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{quote(value)} is not a number{exponent_hint(value)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{quote(value)} is not finite"
+    # An int is compared as an int: float() of a huge one overflows.
+    if abs(value) > MAX_MAGNITUDE:
+        return f"{quote(value)} exceeds {MAX_MAGNITUDE:g} in magnitude"
+    return None
+
+
+def exponent_hint(value: Any) -> str:
+    """A note for a string that Python reads as a number with an exponent ('1e-4'): YAML 1.1, which
+    PyYAML implements, reads it as a string; '' for anything else."""
+    if not isinstance(value, str) or len(value) > 100 or "e" not in value.lower():
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (YAML reads an exponent without a dot as a string: write 1.0e-4, not 1e-4)"
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return number_problem(value) is None
+
+
+def json_value_problem(value: Any) -> str | None:
+    """Why ``value`` is not a plain JSON value (string, number accepted by number_problem, bool,
+    null, list, mapping with string keys, at most MAX_VALUE_DEPTH deep), or None. Iterative, so
+    no nesting exhausts the stack; each part is visited once."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            return f"nested more than {MAX_VALUE_DEPTH} levels deep"
+        if item is None or isinstance(item, str | bool):
+            continue
+        if isinstance(item, int | float):
+            problem = number_problem(item)
+            if problem is not None:
+                return problem
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            for key, v in item.items():
+                if not isinstance(key, str):
+                    return f"a mapping key is not a string: {quote(key)}"
+                stack.append((v, depth + 1))
+        else:
+            return f"{quote(item)} ({type(item).__name__}) is not a JSON value"
+    return None
+
+
+def _json_chars(value: Any) -> int:
+    """Characters of ``value`` in json.dumps with its defaults, as the trial adapters write it."""
+    return len(json.dumps(value))
 
 
 def _dec(value: int | float) -> Decimal:
@@ -110,10 +214,18 @@ class Param:
         middle for log types, snapped to the grid), or the first choice."""
         if self.type == "choice":
             return self.choices[0]
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if self.log:
+            product = self.low * self.high
+            # sqrt of the product where it is a normal float; of each bound where it would underflow.
+            if product >= sys.float_info.min:
+                mid = math.sqrt(product)
+            else:
+                mid = math.sqrt(self.low) * math.sqrt(self.high)
+        else:
+            mid = (self.low + self.high) / 2  # bounds within MAX_MAGNITUDE: the sum cannot overflow
         if self.quantized:
             return self.grid_value(self.nearest_grid_index(mid))
-        return mid
+        return min(max(mid, self.low), self.high)
 
     def initial(self) -> Any:
         return self.middle() if self.default is None else self.default
@@ -160,7 +272,7 @@ class Param:
 
     def describe(self) -> str:
         if self.type == "choice":
-            return f"choice {list(self.choices)}"
+            return f"choice {quote(list(self.choices))}"
         text = f"{self.type} [{self.low}, {self.high}"
         if self.step is not None:
             text += f", step {self.step}"
@@ -190,31 +302,79 @@ class SearchSpace:
         return len(self.params)
 
 
+_NAME_CHARS = 80  # of a parameter's name in messages
+
+
+def _where(name: str) -> str:
+    shown = name if len(name) <= _NAME_CHARS else name[: _NAME_CHARS - 3] + "..."
+    return f"hp_space.{shown}"
+
+
+def _numeric_problems(ptype: str, values: list[Any], where: str) -> list[str]:
+    """Problems of a numeric range whose values are all numbers within MAX_MAGNITUDE."""
+    problems: list[str] = []
+    low, high = values[0], values[1]
+    step = values[2] if ptype in ("quniform", "qloguniform") else None
+    if low >= high:
+        problems.append(f"{where}: min ({low}) must be smaller than max ({high})")
+    if step is not None:
+        if step <= 0:
+            problems.append(f"{where}: step ({step}) must be positive")
+        elif low < high and _dec(step) > _dec(high) - _dec(low):
+            problems.append(f"{where}: step ({step}) is larger than max - min ({high} - {low})")
+        elif step < GRID_RESOLUTION * max(abs(low), abs(high)):
+            finest = GRID_RESOLUTION * max(abs(low), abs(high))
+            problems.append(
+                f"{where}: step ({step}) is too fine for bounds as large as {max(abs(low), abs(high))}: "
+                f"neighbouring grid values would not be distinct numbers (use a step of at least {finest:g})"
+            )
+    if ptype in ("loguniform", "qloguniform"):
+        if low <= 0 or high <= 0:
+            problems.append(f"{where}: {ptype} bounds must be positive, got [{low}, {high}]")
+        if len(values) == max(_RANGE_LENGTHS[ptype]) and values[-1] <= 1:
+            problems.append(f"{where}: log_base ({values[-1]}) must be greater than 1")
+    return problems
+
+
 def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
-    where = f"hp_space.{name}"
+    where = _where(name)
     if not isinstance(spec, Mapping):
-        problems.append(f"{where}: must be a mapping with param_type and range, got {spec!r}")
+        problems.append(f"{where}: must be a mapping with param_type and range, got {quote(spec)}")
         return None
-    start = len(problems)
     spec = dict(spec)
-    ptype = spec.pop("param_type", spec.pop("paramType", None))
+    if "param_type" in spec and "paramType" in spec:
+        problems.append(f"{where}: give param_type or paramType, not both")
+        return None
+    ptype = spec.pop("param_type", None)
+    ptype = spec.pop("paramType", ptype)
     rng_values = spec.pop("range", None)
     default = spec.pop("default", None)
     for key in spec:
-        problems.append(f"{where}: unknown key {key!r} (allowed: param_type, range, default)")
+        problems.append(f"{where}: unknown key {quote(key)} (allowed: param_type, range, default)")
     if ptype is None:
         problems.append(f"{where}: param_type is missing (one of {', '.join(PARAM_TYPES)})")
         return None
     if ptype not in PARAM_TYPES:
-        problems.append(f"{where}: unknown param_type {ptype!r} (one of {', '.join(PARAM_TYPES)})")
+        problems.append(f"{where}: unknown param_type {quote(ptype)} (one of {', '.join(PARAM_TYPES)})")
         return None
     if not isinstance(rng_values, list):
-        problems.append(f"{where}: range must be a list, got {rng_values!r}")
+        problems.append(f"{where}: range must be a list, got {quote(rng_values)}")
         return None
     if ptype == "choice":
         if not rng_values:
             problems.append(f"{where}: choice needs at least one value in range")
             return None
+        if len(rng_values) > MAX_CHOICES:
+            problems.append(f"{where}: choice has {len(rng_values):,} values, at most {MAX_CHOICES:,}")
+            return None
+        for i, value in enumerate(rng_values):
+            problem = json_value_problem(value)
+            if problem is not None:
+                problems.append(
+                    f"{where}: choice values must be JSON values (strings, numbers, booleans, null, "
+                    f"lists, mappings with string keys); value {i}: {problem}"
+                )
+                return None
         param = Param(name=name, type=ptype, choices=tuple(rng_values))
     else:
         lengths = _RANGE_LENGTHS[ptype]
@@ -222,9 +382,16 @@ def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
         if len(rng_values) not in lengths:
             problems.append(f"{where}: {ptype} range needs {shape} values, got {len(rng_values)}")
             return None
-        bad = [v for v in rng_values if not _is_number(v)]
-        if bad:
-            problems.append(f"{where}: range values must be finite numbers, got {bad[0]!r}")
+        for value in rng_values:
+            problem = number_problem(value)
+            if problem is not None:
+                problems.append(
+                    f"{where}: range values must be finite numbers within ±{MAX_MAGNITUDE:g}; {problem}"
+                )
+                return None
+        found = _numeric_problems(ptype, rng_values, where)
+        if found:
+            problems.extend(found)
             return None
         low, high = rng_values[0], rng_values[1]
         quantized = ptype in ("quniform", "qloguniform")
@@ -232,44 +399,47 @@ def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
         log_base = 10.0
         if ptype in ("loguniform", "qloguniform") and len(rng_values) == max(lengths):
             log_base = float(rng_values[-1])
-        if low >= high:
-            problems.append(f"{where}: min ({low}) must be smaller than max ({high})")
-        if step is not None and step <= 0:
-            problems.append(f"{where}: step ({step}) must be positive")
-        elif step is not None and low < high and _dec(step) > _dec(high) - _dec(low):
-            problems.append(f"{where}: step ({step}) is larger than max - min ({high} - {low})")
-        if ptype in ("loguniform", "qloguniform"):
-            if low <= 0 or high <= 0:
-                problems.append(f"{where}: {ptype} bounds must be positive, got [{low}, {high}]")
-            if log_base <= 1:
-                problems.append(f"{where}: log_base ({rng_values[-1]}) must be greater than 1")
-        if len(problems) > start:
-            return None
         integer = quantized and all(isinstance(v, int) for v in (low, high, step))
         param = Param(
             name=name, type=ptype, low=low, high=high, step=step, log_base=log_base, integer=integer
         )
     if default is not None:
         if not param.contains(default):
-            problems.append(f"{where}: default {default!r} is not a value of {param.describe()}")
+            problems.append(f"{where}: default {quote(default)} is not a value of {param.describe()}")
             return None
         param = replace(param, default=default)
     return param
+
+
+def _largest_json(param: Param) -> int:
+    """Characters of the longest value ``param`` can take, as JSON."""
+    if param.type == "choice":
+        return max(_json_chars(c) for c in param.choices)
+    return _NUMBER_JSON_CHARS
 
 
 def parse_space(raw: Any) -> SearchSpace:
     """Validates a raw ``hp_space`` mapping; raises SpaceError listing every problem found."""
     problems: list[str] = []
     if not isinstance(raw, Mapping) or not raw:
-        raise SpaceError([f"hp_space: must be a non-empty mapping of parameter names, got {raw!r}"])
+        raise SpaceError([f"hp_space: must be a non-empty mapping of parameter names, got {quote(raw)}"])
+    if len(raw) > MAX_PARAMS:
+        raise SpaceError([f"hp_space: {len(raw):,} parameters, at most {MAX_PARAMS:,}"])
     params: list[Param] = []
     for name, spec in raw.items():
         if not isinstance(name, str) or not name.strip():
-            problems.append(f"hp_space: parameter names must be non-empty strings, got {name!r}")
+            problems.append(f"hp_space: parameter names must be non-empty strings, got {quote(name)}")
             continue
         param = _parse_param(name, spec, problems)
         if param is not None:
             params.append(param)
     if problems:
         raise SpaceError(problems)
+    # {"name": value, ...}: each name and value, ": " between them, ", " between items, the braces.
+    size = sum(_json_chars(p.name) + 2 + _largest_json(p) for p in params) + 2 * len(params)
+    if size > MAX_CONFIGURATION_BYTES:
+        raise SpaceError([
+            f"hp_space: a configuration can take {size:,} characters of JSON, at most "
+            f"{MAX_CONFIGURATION_BYTES:,} (each trial gets it in one environment variable)"
+        ])  # fmt: skip
     return SearchSpace(tuple(params))
