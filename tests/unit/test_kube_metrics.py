@@ -174,6 +174,9 @@ class StubCluster:
         self.world, self.error = w, error
         self.api = self
         self.policy = TrialPolicy()
+        self.applied: list[Any] = []
+        self.events: list[tuple[JSON, Any]] = []
+        self.studies: list[JSON] = [{"metadata": {"namespace": "ns", "name": "s"}}]
 
     def read(self, namespace: str, name: str) -> World | None:
         if self.error is not None:
@@ -181,10 +184,17 @@ class StubCluster:
         return self.world
 
     def apply(self, w: World, outcome: Any) -> None:
-        pass
+        self.applied.append(outcome)
 
     def list(self, path: str) -> list[JSON]:
-        return [{"metadata": {"namespace": "ns", "name": "s"}}]
+        return [
+            s
+            for s in self.studies
+            if path.endswith("/hpostudies") or f"/{s['metadata']['namespace']}/" in path
+        ]
+
+    def event(self, study: JSON, event: Any) -> None:
+        self.events.append((study, event))
 
 
 class Clock:
@@ -315,3 +325,47 @@ def test_a_resumed_run_is_the_same_trial_going_on_not_a_new_start() -> None:
     assert not h.value("hpo_trials_started_total", **STUDY)
     h.seam.written(w, CreateJob("s-0", {"metadata": {"name": "s-0"}}), T0 + 4)  # its first Job
     assert h.value("hpo_trials_started_total", **STUDY) == 1
+
+
+def test_a_reconcile_that_raises_fails_its_study_once_with_the_error_and_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hpo_operator.kube.engine as engine_module
+
+    def broken(*_: Any) -> Any:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(engine_module, "reconcile", broken)
+    cluster = StubCluster(world(study(), free=0))
+    engine = engine_with(cluster, OperatorMetrics())
+    assert engine.reconcile_once(("ns", "s")) is None
+    assert engine.reconcile_once(("ns", "s")) is None
+    outcome = cluster.applied[0]
+    assert outcome.status["phase"] == "Failed" and outcome.writes == []
+    invalid = next(c for c in outcome.status["conditions"] if c["type"] == "Invalid")
+    assert invalid["reason"] == "ReconcileError" and "OverflowError: int too large" in invalid["message"]
+    assert len([r for r in caplog.records if "marked Failed" in r.getMessage()]) == 1
+    # A study already finished is left as it is.
+    done = StubCluster(world(study(status={"phase": "Succeeded"}), free=0))
+    engine_with(done, OperatorMetrics()).reconcile_once(("ns", "s"))
+    assert done.applied[0].status is None and done.applied[0].writes == []
+
+
+def test_a_study_no_operator_serves_gets_one_warning_event_from_an_operator_that_sees_it() -> None:
+    cluster = StubCluster(None)
+    old, fresh = to_rfc3339(T0 - 120), to_rfc3339(T0 - 1)
+    cluster.studies = [
+        {"metadata": {"namespace": "team-a", "name": "served", "uid": "1", "creationTimestamp": old}},
+        {"metadata": {"namespace": "team-b", "name": "lost", "uid": "2", "creationTimestamp": old}},
+        {"metadata": {"namespace": "team-b", "name": "new", "uid": "3", "creationTimestamp": fresh}},
+        {"metadata": {"namespace": "team-c", "name": "other", "uid": "4", "creationTimestamp": old},
+         "status": {"phase": "Running"}},
+    ]  # fmt: skip
+    settings = EngineSettings(resync_seconds=30)
+    engine = Engine(cast(Cluster, cluster), namespaces=("team-a",), settings=settings, clock=lambda: T0)
+    engine._tell_unserved()
+    engine._tell_unserved()
+    assert [(s["metadata"]["name"], e.reason, e.type) for s, e in cluster.events] == [
+        ("lost", "NotServed", "Warning")
+    ]
+    assert "team-a" in cluster.events[0][1].message

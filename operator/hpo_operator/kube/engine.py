@@ -24,7 +24,8 @@ import urllib3
 
 from .api import ApiError
 from .metrics import Metrics, NullMetrics
-from .reconcile import reconcile
+from .observe import to_timestamp
+from .reconcile import Event, reconcile, reconcile_failed
 from .resources import GROUP, STUDY_PLURAL, VERSION
 from .world import Cluster, study_path
 
@@ -61,6 +62,8 @@ class Engine:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
     # Set while this replica may reconcile: always without leader election, else while it leads.
     _leading: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _failed: dict[Key, str] = field(default_factory=dict, init=False)  # the last error each study gave
+    _unserved: set[str] = field(default_factory=set, init=False)  # uids of studies told they are not served
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -161,7 +164,14 @@ class Engine:
         if world is None:
             self.metrics.forget(*key)
             return None
-        outcome = reconcile(world, self.clock(), self.cluster.policy)
+        try:
+            outcome = reconcile(world, self.clock(), self.cluster.policy)
+        except Exception as err:  # the pure reconcile: the same world would fail the same way again
+            text = f"{type(err).__name__}: {err}"
+            if self._failed.get(key) != text:
+                log.exception("reconcile of %s/%s failed; the study is marked Failed", *key)
+            self._failed[key] = text
+            outcome = reconcile_failed(world, err, self.clock())
         self.cluster.apply(world, outcome)
         took = time.monotonic() - started
         self.metrics.observe(world, outcome, took)
@@ -181,8 +191,35 @@ class Engine:
         try:
             for key in await asyncio.to_thread(self._list_studies):
                 self.enqueue(key)
+            if self.namespaces:
+                await asyncio.to_thread(self._tell_unserved)
         except TRANSIENT_ERRORS as err:
             log.warning("listing studies failed: %s", err)
+
+    def _tell_unserved(self) -> None:
+        """A study in a namespace this operator does not serve, that no operator has taken up (no
+        status) a resync after its creation, gets one Warning event that says so: otherwise its
+        user sees nothing at all."""
+        now = self.clock()
+        for study in self.cluster.api.list(f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"):
+            meta = study["metadata"]
+            created = to_timestamp(meta.get("creationTimestamp"))
+            if (
+                meta["namespace"] in self.namespaces
+                or study.get("status")
+                or meta["uid"] in self._unserved
+                or created is None
+                or now - created < self.settings.resync_seconds
+            ):
+                continue
+            self._unserved.add(meta["uid"])
+            served = ", ".join(self.namespaces)
+            message = (
+                f"no hpo-operator has taken up this study: the operator that sees it serves only {served} "
+                "(`hpo operator -n`, the chart's watchNamespaces)"
+            )
+            log.warning("%s/%s: %s", meta["namespace"], meta["name"], message)
+            self.cluster.event(study, Event("NotServed", message, "Warning"))
 
     def _list_studies(self) -> list[Key]:
         paths = [study_path(ns) for ns in self.namespaces] or [f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"]

@@ -802,6 +802,17 @@ def _invalid(
     )
 
 
+def reconcile_failed(world: World, error: Exception, now: float) -> Outcome:
+    """What a reconcile that raised leaves behind: a running study is Failed with the error in its
+    Invalid condition (its trials are stopped as every finished study's are); a finished one is left
+    as it is. Nothing is retried: the same world would fail the same way."""
+    if (world.study.get("status") or {}).get("phase") in TERMINAL_STUDY_PHASES:
+        return Outcome()
+    message = f"the operator could not reconcile this study: {type(error).__name__}: {error}"[:1000]
+    outcome = _invalid(world, "ReconcileError", message, now)
+    return Outcome(status=outcome.status, events=outcome.events)
+
+
 def _settled(world: World, now: float) -> Outcome:
     """A finished study: make sure no trial of it still runs (a crash may have interrupted the end)."""
     writes: list[Write] = []
