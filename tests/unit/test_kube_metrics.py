@@ -18,7 +18,7 @@ from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.metrics import PrometheusMetrics
 from hpo_operator.kube.observe import to_rfc3339
 from hpo_operator.kube.policy import TrialPolicy
-from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, World, reconcile
+from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, CreateTrial, Event, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.metrics import OperatorMetrics
 from tests.unit.test_kube_reconcile import T0, job, pod, running, study, trial, world
@@ -324,6 +324,15 @@ def test_a_resumed_run_is_the_same_trial_going_on_not_a_new_start() -> None:
     h.seam.written(w, CreateJob("s-0", {"metadata": {"name": "s-0-run1"}}), T0 + 4)
     assert not h.value("hpo_trials_started_total", **STUDY)
     h.seam.written(w, CreateJob("s-0", {"metadata": {"name": "s-0"}}), T0 + 4)  # its first Job
+    assert h.value("hpo_trials_started_total", **STUDY) == 1
+
+
+def test_a_trial_whose_job_waits_for_its_accounts_token_starts_once_with_its_job() -> None:
+    h = Harness(T0 + 4)
+    w = world(study())
+    h.seam.written(w, CreateTrial({"metadata": {"name": "s-1"}}, None, Event("TrialStarted", "")), T0 + 4)
+    assert not h.value("hpo_trials_started_total", **STUDY)
+    h.seam.written(w, CreateJob("s-1", {"metadata": {"name": "s-1"}}), T0 + 5)
     assert h.value("hpo_trials_started_total", **STUDY) == 1
 
 

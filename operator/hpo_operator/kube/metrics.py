@@ -172,8 +172,9 @@ class PrometheusMetrics:
             self.metrics.trial_finished(namespace, name, OUTCOMES[str(phase)])
             if phase == "Pruned" and end is not None:
                 self.metrics.observe_decision_latency(at - end)
-        elif isinstance(write, CreateTrial) or (
-            # A trial's first Job; a resumed run's Job is the same trial going on.
+        elif (isinstance(write, CreateTrial) and write.job is not None) or (
+            # A trial's first Job (made after the trial where its account waited for a token); a
+            # resumed run's Job is the same trial going on.
             isinstance(write, CreateJob) and write.job["metadata"]["name"] == write.trial
         ):
             with self._lock:
