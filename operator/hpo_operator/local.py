@@ -4,7 +4,11 @@ A thin adapter around the decision core. It starts each trial as a subprocess wi
 environment of docs/architecture.md, one per slot (a GPU, via ``CUDA_VISIBLE_DEVICES``, or a share
 of the CPU), reads the JSON-lines reports the trials append to their report files, and asks the core
 what to do on every change and at least every ``poll`` seconds. A pruned or stopped trial gets
-SIGTERM, then, after ``grace`` seconds, SIGKILL of its whole process group.
+SIGTERM, then, after ``grace`` seconds, SIGKILL; either goes to its process group and to every
+process it started (contain.py: no process of a trial outlives it, nor the runner).
+
+A report counts when it passes the core's ``report_refusal`` and arrives while its trial runs; the
+others are refused, counted and kept in study.json with the reason, and never reach the core.
 
 The deadline is hard: the core is shown a clock ``stop_margin`` seconds ahead of the real one, so it
 stops trials early enough that their SIGTERM (at most 1 s before SIGKILL there, whatever the grace)
@@ -34,6 +38,7 @@ from typing import Any, Protocol, cast
 
 from .asha import tie_note
 from .budget import Plan
+from .contain import Containment, runner_record
 from .study import (
     Best,
     Decision,
@@ -48,6 +53,7 @@ from .study import (
     StudyError,
     TrialStatus,
     TrialView,
+    report_refusal,
 )
 
 DEFAULT_GRACE_SECONDS = 5.0
@@ -62,6 +68,9 @@ MAX_DEFAULT_CPU_SLOTS = 8
 NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
+# Refused reports kept in study.json per trial (all are counted), and logged.
+REFUSED_KEPT = 50
+REFUSED_LOGGED = 5
 STUDY_FILE = "study.json"
 BEST_FILE = "best.json"
 FORMAT_VERSION = 1
@@ -236,6 +245,7 @@ class ReportReader:
             self.rejected.append(f"not a JSON object: {line[:200]!r}")
             return None
         seq, resource, value, at = raw.get("seq"), raw.get("resource"), raw.get("value"), raw.get("time")
+        # Whether a resource is in range, and a time finite, is the core's rule (report_refusal).
         if not _is_int(seq) or not _is_number(resource) or not _is_number(at):
             self.rejected.append(f"needs integer seq, numeric resource and time: {line[:200]!r}")
             return None
@@ -246,14 +256,16 @@ class ReportReader:
         return {
             "seq": seq,
             "resource": resource,
-            "value": value,  # null: not finite, the worst value
+            # null, NaN or an infinity (Python's json writes both): not finite, the worst value.
+            "value": value if value is None or math.isfinite(value) else None,
             "time": float(cast(float, at)),  # a number, checked above
             "extra": extra if isinstance(extra, dict) else {},
         }
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number, NaN and the infinities included."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
@@ -286,6 +298,30 @@ class LocalTrial:
     stop_at: float | None = None  # this run ends at this resource (promote variant); None: at R
     runs: int = 1  # the first start and each resumption
     final: bool = False  # resumed for the final training
+    reports: list[dict[str, Any]] = field(default_factory=list)  # those that count, as they arrived
+    refused: list[dict[str, Any]] = field(default_factory=list)  # the first REFUSED_KEPT, with why
+    refused_count: int = 0
+
+    def take(self, report: dict[str, Any], max_resource: float) -> str | None:
+        """Counts ``report``, or refuses it; returns why it was refused."""
+        reason: str | None
+        if not self.status.active:
+            reason = f"arrived after the trial was {self.status.value.lower()}"
+        else:
+            highest = self.reports[-1]["resource"] if self.reports else 0.0
+            reason = report_refusal(_core_report(report), max_resource, highest)
+        if reason is None:
+            self.reports.append(report)
+        else:
+            self.refuse(reason, report=report)
+        return reason
+
+    def refuse(self, reason: str, *, report: dict[str, Any] | None = None, line: str | None = None) -> None:
+        self.refused_count += 1
+        if len(self.refused) < REFUSED_KEPT:
+            self.refused.append(
+                {"reason": reason, "report": report} if line is None else {"reason": reason, "line": line}
+            )
 
     @property
     def alive(self) -> bool:
@@ -297,15 +333,17 @@ class LocalTrial:
         return self.folder / "log.txt"
 
     def view(self) -> TrialView:
-        reports = tuple(
-            Report(
-                resource=float(r["resource"]),
-                value=math.nan if r["value"] is None else float(r["value"]),
-                time=float(r["time"]),
-            )
-            for r in self.reader.reports
-        )
+        reports = tuple(_core_report(r) for r in self.reports)
         return TrialView(self.index, self.status, reports, self.started_at, params=self.params)
+
+
+def _core_report(report: Mapping[str, Any]) -> Report:
+    value = report["value"]
+    return Report(
+        resource=float(report["resource"]),
+        value=math.nan if value is None else float(value),
+        time=float(report["time"]),
+    )
 
 
 def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -404,6 +442,15 @@ class RunResult:
     exit_code: int
     best: Best | None
     document: dict[str, Any]
+    results_error: str | None = None  # why the results folder could not be written to the end
+
+
+class ResultsError(Exception):
+    """The results folder cannot be written (read-only, full, gone)."""
+
+    def __init__(self, path: Path, err: OSError) -> None:
+        super().__init__(f"cannot write {path}: {err.strerror or err}")
+        self.path = path
 
 
 class LocalRunner:
@@ -435,27 +482,54 @@ class LocalRunner:
         self.interrupts = 0
         self._last_update = 0.0
         self._announced_plan: tuple[int, int] | None = None
+        self.contain = Containment()
+        self.runner: dict[str, Any] | None = None  # study.json's record of this process
+        self.results_error: str | None = None
 
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self) -> RunResult:
+        """Runs the study. Raises ResultsError, before any trial starts, when the results folder
+        cannot be written."""
         out = self.options.out_dir
-        (out / "trials").mkdir(parents=True, exist_ok=True)
+        try:
+            (out / "trials").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ResultsError(out / "trials", err) from err
         self.started_at = self.clock()
         self._write()
-        with self._signals():
-            try:
-                self._loop()
-            except BaseException as err:
-                # Whatever went wrong, no trial outlives the runner and what was learned is kept.
-                self.state = "Failed"
-                self.error = self.error or f"{type(err).__name__}: {err}"
-                self._stop_all("the runner failed", TrialStatus.STOPPED)
-                self._drain(escalate_now=isinstance(err, KeyboardInterrupt))
-                self._conclude()
-                raise
-        self._conclude()
-        return RunResult(self.state, self._exit_code(), self.best, self.document())
+        self.contain.start(out / STUDY_FILE)
+        self.runner = runner_record(self.contain)
+        try:
+            with self._signals():
+                try:
+                    self._loop()
+                except ResultsError as err:
+                    self._results_failed(err)
+                except BaseException as err:
+                    # Whatever went wrong, no trial outlives the runner and what was learned is kept.
+                    self.state = "Failed"
+                    self.error = self.error or f"{type(err).__name__}: {err}"
+                    self._stop_all("the runner failed", TrialStatus.STOPPED)
+                    self._drain(escalate_now=isinstance(err, KeyboardInterrupt))
+                    self._conclude()
+                    raise
+            self._conclude()
+        finally:
+            left = self.contain.close()
+            if left:
+                self.progress.log(f"processes of the study that would not end: {left}")
+        result = RunResult(self.state, self._exit_code(), self.best, self.document(), self.results_error)
+        return result
+
+    def _results_failed(self, err: ResultsError) -> None:
+        """The results folder failed mid-study: stop, keeping whatever can still be written."""
+        self.state = "Failed"
+        self.reason = "the results cannot be written"
+        self.error = self.results_error = str(err)
+        self.progress.log(f"{err}: stopping the study")
+        self._stop_all("the results cannot be written", TrialStatus.STOPPED)
+        self._drain()
 
     def _loop(self) -> None:
         while True:
@@ -496,7 +570,11 @@ class LocalRunner:
         if self.state == "Running":  # the loop ended without a decision to finalize
             self.state = "Failed"
         self._discard_checkpoints()
-        self._write()
+        try:
+            self._write(last=True)
+        except ResultsError as err:
+            self.results_error = self.results_error or str(err)
+            self.error = self.error or str(err)
         self.progress.update(self.document())
         self.progress.close()
 
@@ -525,7 +603,7 @@ class LocalRunner:
     # --- looking at the trials -------------------------------------------------------------------
 
     def _poll(self, now: float) -> bool:
-        changed = False
+        changed = self.contain.scan()  # new processes show in study.json
         for trial in self.trials.values():
             if not trial.alive:
                 continue
@@ -540,7 +618,7 @@ class LocalRunner:
                 and not trial.killed
                 and now >= self._kill_at(trial.term_sent_at)
             ):
-                self._signal_group(trial, signal.SIGKILL)
+                self.contain.kill(trial.name)
                 trial.killed = True
         return changed
 
@@ -556,20 +634,30 @@ class LocalRunner:
         rejected = len(trial.reader.rejected)
         new = trial.reader.read(final=final)
         for line in trial.reader.rejected[rejected:]:
-            self.progress.log(f"{trial.name}: ignored a report line: {line}")
+            trial.refuse("not a report", line=line)
+            self._log_refusal(trial, f"ignored a report line: {line}")
         for report in new:
             value = "null" if report["value"] is None else f"{report['value']:.4g}"
-            self.progress.log(
-                f"{trial.name} reported {self.study.config.metric} {value} at {report['resource']:g}"
-            )
-        return bool(new)
+            said = f"{trial.name} reported {self.study.config.metric} {value} at {report['resource']:g}"
+            reason = trial.take(report, self.study.config.max_resource)
+            if reason is None:
+                self.progress.log(said)
+            else:
+                self._log_refusal(trial, f"{said}: refused, {reason}")
+        return bool(new) or len(trial.reader.rejected) > rejected
+
+    def _log_refusal(self, trial: LocalTrial, message: str) -> None:
+        if trial.refused_count <= REFUSED_LOGGED:
+            self.progress.log(message if message.startswith(trial.name) else f"{trial.name}: {message}")
+        if trial.refused_count == REFUSED_LOGGED:
+            self.progress.log(f"{trial.name}: further refused reports are only counted (study.json)")
 
     def _ended(self, trial: LocalTrial, code: int, now: float) -> None:
         self._read_reports(trial, final=True)
         trial.exit_code = code
         trial.ended_at = now
-        # Children the trial left behind (data loaders, shells) must not outlive it.
-        self._signal_group(trial, signal.SIGKILL)
+        # Children the trial left behind (data loaders, shells, daemons) must not outlive it.
+        self.contain.kill(trial.name)
         if trial.status is TrialStatus.RUNNING:
             if code == 0 and trial.stop_at is not None and trial.stop_at < self.study.config.max_resource:
                 trial.status = TrialStatus.PAUSED
@@ -684,7 +772,7 @@ class LocalRunner:
             if status is TrialStatus.STOPPED:
                 self.progress.log(f"{trial.name} stopped: {reason}")
             trial.term_sent_at = self.clock()
-            self._signal_group(trial, signal.SIGTERM)
+            self.contain.terminate(trial.name)
 
     def _stop_all(self, reason: str, status: TrialStatus) -> int:
         running = [t for t in self.trials.values() if t.status.active]
@@ -695,7 +783,7 @@ class LocalRunner:
     def _kill_all(self) -> None:
         for trial in self.trials.values():
             if trial.alive and not trial.killed:
-                self._signal_group(trial, signal.SIGKILL)
+                self.contain.kill(trial.name)
                 trial.killed = True
 
     def _drain(self, escalate_now: bool = False) -> None:
@@ -705,13 +793,6 @@ class LocalRunner:
         while any(t.alive for t in self.trials.values()):
             self._poll(self.clock())
             time.sleep(min(self.options.poll, 0.05))
-
-    @staticmethod
-    def _signal_group(trial: LocalTrial, signum: int) -> None:
-        if trial.process is None:
-            return
-        with suppress(ProcessLookupError, PermissionError):  # already gone
-            os.killpg(trial.process.pid, signum)
 
     # --- starting ------------------------------------------------------------------------------
 
@@ -736,14 +817,17 @@ class LocalRunner:
         env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
         for variable in THREAD_VARIABLES:
             env[variable] = str(slot.threads)
-        return env
+        return env | self.contain.environment()  # the study's marker (contain.py)
 
     def _start(self, action: StartTrial, slot: Slot) -> None:
         name = f"{self.options.name}-{action.index}"
         folder = self.options.out_dir / "trials" / name
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         reports = folder / "reports.jsonl"
-        reports.write_bytes(b"")
+        try:
+            (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+            reports.write_bytes(b"")
+        except OSError as err:
+            raise ResultsError(folder, err) from err
         trial = LocalTrial(
             index=action.index,
             name=name,
@@ -780,7 +864,11 @@ class LocalRunner:
     def _launch(self, trial: LocalTrial, extra: Mapping[str, str], log_mode: str) -> bool:
         """Starts the trial's process; False (and the trial Failed) when it cannot start."""
         env = self.trial_environment(trial.name, trial.params, trial.slot, trial.folder) | dict(extra)
-        with trial.log_path.open(log_mode) as log:
+        try:
+            log = trial.log_path.open(log_mode)
+        except OSError as err:
+            raise ResultsError(trial.log_path, err) from err
+        with log:
             try:
                 trial.process = subprocess.Popen(
                     list(self.options.command),
@@ -799,6 +887,7 @@ class LocalRunner:
                 trial.reason = f"cannot start: {err.strerror or err}"
                 self.progress.log(f"{trial.name} failed: {trial.reason}")
                 return False
+        self.contain.add(trial.name, trial.process.pid)
         return True
 
     # --- results -------------------------------------------------------------------------------
@@ -831,6 +920,7 @@ class LocalRunner:
             "command": list(self.options.command),
             "slots": [s.as_dict() for s in self.options.slots],
             "graceSeconds": self.options.grace,
+            "runner": self.runner,
             "startedAt": _round(self.started_at),
             "deadline": None if self.deadline is None else _round(self.deadline),
             "finishedAt": None if self.finished_at is None else _round(self.finished_at),
@@ -866,7 +956,7 @@ class LocalRunner:
         if index is None or index not in self.trials:
             return None
         trial = self.trials[index]
-        at_r = [r for r in trial.reader.reports if r["resource"] >= self.study.config.max_resource]
+        at_r = [r for r in trial.reports if r["resource"] >= self.study.config.max_resource]
         return {
             "trial": trial.name,
             "index": index,
@@ -892,7 +982,7 @@ class LocalRunner:
         pruned = t.pruned
         # The highest rung the trial was recorded at: a pruned trial's reports past its rung
         # (sent before SIGTERM took effect) do not count.
-        top = max((r["resource"] for r in t.reader.reports), default=None)
+        top = max((r["resource"] for r in t.reports), default=None)
         rung = None if top is None else sum(1 for r in rungs if top >= r) - 1
         if pruned is not None:
             rung = pruned.rung
@@ -919,27 +1009,57 @@ class LocalRunner:
                 "value": _finite(pruned.value),
                 "cutoff": _finite(pruned.cutoff),
             },
-            "reports": [dict(r) for r in t.reader.reports],  # copies: a document is a snapshot
-            "rejectedReports": len(t.reader.rejected),
+            "reports": [dict(r) for r in t.reports],  # copies: a document is a snapshot
+            "refusedReports": t.refused_count,
+            "refused": [dict(r) for r in t.refused],
+            "processes": self.contain.members(t.name),  # as of the last look; ended trials: none
             "log": str(t.log_path.relative_to(self.options.out_dir)),
             "logTail": t.log_tail,
         }
 
-    def _write(self) -> None:
+    def _write(self, last: bool = False) -> None:
+        """study.json and best.json, each atomically; raises ResultsError for the first that
+        failed, having tried both. ``last``: a study.json that cannot be written atomically is
+        overwritten in place (on a full disk the old file's blocks make room for the new one)."""
         document = self.document()
-        write_json_atomic(self.options.out_dir / STUDY_FILE, document)
-        if document["best"] is not None:
-            write_json_atomic(
-                self.options.out_dir / BEST_FILE, {"study": self.options.name, **document["best"]}
-            )
+        best = document["best"]
+        failed: ResultsError | None = None
+        for name, content in (
+            (STUDY_FILE, document),
+            (BEST_FILE, None if best is None else {"study": self.options.name, **best}),
+        ):
+            if content is None:
+                continue
+            path = self.options.out_dir / name
+            try:
+                write_json_atomic(path, content, in_place_fallback=last and name == STUDY_FILE)
+            except OSError as err:
+                failed = failed or ResultsError(path, err)
+        if failed is not None:
+            raise failed
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
+def write_json_atomic(path: Path, document: Any, in_place_fallback: bool = False) -> None:
     """Writes JSON to a temporary file beside ``path`` and renames it over ``path``: a reader (or a
-    crash) never sees half a file."""
+    crash) never sees half a file. ``in_place_fallback``: when that fails, ``path`` is rewritten in
+    place, which a full disk may still allow; if that fails too, the first error is raised."""
+    text = json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        with suppress(OSError):
+            tmp.unlink()
+        if not in_place_fallback:
+            raise
+        try:
+            path.write_text(text)
+        except OSError:
+            pass
+        else:
+            return
+        raise
 
 
 def _json_default(value: Any) -> Any:

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
+from .contain import runner_gone
+
 # Terminal control: cursor up N lines, back to column 0, clear to the end of the screen.
 _UP = "\x1b[{n}A"
 _CLEAR_BELOW = "\r\x1b[J"
@@ -66,6 +68,10 @@ def summary_lines(doc: Mapping[str, Any], now: float | None = None) -> list[str]
         f"{counts[k]} {k}" for k in ("running", "completed", "pruned", "failed", "stopped") if counts.get(k)
     ]
     state = doc["state"] + (f" ({doc['reason']})" if doc.get("reason") else "")
+    gone = runner_gone(dict(doc))
+    if gone is not None:
+        # Killed together with its watchdog (or the machine went down): nobody marked it.
+        state = f"Interrupted ({gone}; study.json is as it last wrote it)"
     lines = [
         f"study {doc['name']}: {state}; {timing}; {counts['total']} trials"
         + (f": {', '.join(parts)}" if parts else "")
@@ -81,6 +87,10 @@ def summary_lines(doc: Mapping[str, Any], now: float | None = None) -> list[str]
         lines.append(f"note: {doc['message']}")
     if doc.get("error"):
         lines.append(f"error: {doc['error']}")
+    refused = [(t["name"], t["refusedReports"]) for t in doc["trials"] if t.get("refusedReports")]
+    if refused:
+        each = ", ".join(f"{name} {count}" for name, count in refused)
+        lines.append(f"refused reports: {each} (why: each trial's refused in study.json)")
     best = doc.get("best")
     if best:
         lines.append(

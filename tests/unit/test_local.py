@@ -260,10 +260,12 @@ def test_the_report_reader_keeps_the_first_of_each_seq_and_waits_for_whole_lines
         f.write("not json\n")
         f.write(json.dumps({"seq": 1, "resource": 2, "value": None, "time": 11.0}) + "\n")
         f.write(json.dumps({"seq": 2, "resource": "3", "value": 1, "time": 12.0}) + "\n")
+        f.write('{"seq": 5, "resource": 2, "value": NaN, "time": 11.5}\n')  # Python's json.dumps
+        f.write('{"seq": 6, "resource": 2, "value": -Infinity, "time": 11.6}\n')
     new = reader.read()
-    assert [r["seq"] for r in new] == [0, 1]
+    assert [r["seq"] for r in new] == [0, 1, 5, 6]
     assert new[0]["value"] == 0.5 and new[0]["extra"] == {"loss": 1.2}
-    assert new[1]["value"] is None  # not finite: the worst value
+    assert [r["value"] for r in new[1:]] == [None, None, None]  # not finite: the worst value
     assert len(reader.rejected) == 2
     with path.open("a") as f:
         f.write(json.dumps({"seq": 3, "resource": 4, "value": 0.7, "time": 13.0}))  # killed mid-line
@@ -279,8 +281,8 @@ def test_a_report_of_null_is_the_worst_value_for_the_core(tmp_path: Path) -> Non
     from hpo_operator.local import LocalTrial
 
     reader = ReportReader(tmp_path / "r.jsonl")
-    reader.reports.append({"seq": 0, "resource": 1, "value": None, "time": 1.0, "extra": {}})
     trial = LocalTrial(0, "s-0", {}, Slot(0, None, 1), tmp_path, reader, started_at=0.0)
+    assert trial.take({"seq": 0, "resource": 1, "value": None, "time": 1.0, "extra": {}}, 4) is None
     assert math.isnan(trial.view().reports[0].value)
 
 
