@@ -318,6 +318,11 @@ class LocalTrial:
 
     def refuse(self, reason: str, *, report: dict[str, Any] | None = None, line: str | None = None) -> None:
         self.refused_count += 1
+        if report is not None:
+            # JSON has no NaN or infinity: a refused report may hold them where its value cannot.
+            report = {
+                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in report.items()
+            }
         if len(self.refused) < REFUSED_KEPT:
             self.refused.append(
                 {"reason": reason, "report": report} if line is None else {"reason": reason, "line": line}

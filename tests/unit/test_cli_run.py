@@ -75,6 +75,14 @@ def read_study(out: Path) -> dict[str, Any] | None:
     return doc
 
 
+def delivered(trial: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's reports in study.json: those that count, then those refused for arriving after
+    its verdict (a pruned or stopped trial's last epochs), in the order they were written."""
+    late = [r for r in trial["refused"] if r["reason"].startswith("arrived after")]
+    assert trial["refusedReports"] == len(late), trial["refused"]
+    return [*trial["reports"], *(r["report"] for r in late)]
+
+
 def test_hpo_run_writes_complete_results_and_prints_the_best(tmp_path: Path, fake_config: Path) -> None:
     out = tmp_path / "run"
     done = hpo(
@@ -108,7 +116,7 @@ def test_hpo_run_writes_complete_results_and_prints_the_best(tmp_path: Path, fak
         assert t["exitCode"] is not None and t["endedAt"] <= doc["deadline"]
         assert (out / t["log"]).is_file()
         lines = (out / "trials" / t["name"] / "reports.jsonl").read_text().splitlines()
-        assert [r["seq"] for r in t["reports"]] == [json.loads(line)["seq"] for line in lines]
+        assert [r["seq"] for r in delivered(t)] == [json.loads(line)["seq"] for line in lines]
 
     status = hpo_here("status", str(out))
     assert status.exit_code == 0, status.output
@@ -165,10 +173,11 @@ def test_an_interrupted_run_stops_its_trials_and_keeps_every_report(
         assert t["reason"] in ("interrupted", "pruned at rung 0", "pruned at rung 1", None)
         with pytest.raises(ProcessLookupError):
             os.kill(t["pid"], 0)
-        # Every report a trial wrote, even while it was being stopped, is in study.json.
+        # Every report a trial wrote, even while it was being stopped, is in study.json (those
+        # sent after it was stopped as refused: they do not count).
         written = [json.loads(line) for line in (out / "trials" / t["name"] / "reports.jsonl").open()]
-        assert [r["seq"] for r in t["reports"]] == [r["seq"] for r in written]
-        assert [r["value"] for r in t["reports"]] == [r["value"] for r in written]
+        assert [r["seq"] for r in delivered(t)] == [r["seq"] for r in written]
+        assert [r["value"] for r in delivered(t)] == [r["value"] for r in written]
     # What was learned is still summarised: the best so far, on stdout and in best.json.
     assert doc["best"] is not None
     assert json.loads((out / "best.json").read_text())["trial"] == doc["best"]["trial"]

@@ -188,7 +188,7 @@ def test_a_sigkilled_runner_leaves_no_process_and_its_study_says_interrupted(tmp
     assert not marked(doc["runner"]["marker"])
 
     def marked_interrupted() -> bool:
-        return json.loads((out / "study.json").read_text())["state"] == "Interrupted"
+        return bool(json.loads((out / "study.json").read_text())["state"] == "Interrupted")
 
     wait_for(marked_interrupted, 15, "the watchdog to mark the study interrupted")
     wait_for(lambda: not running(watchdog), 15, "the watchdog to end")
@@ -206,9 +206,9 @@ def test_status_says_interrupted_when_the_runner_and_its_watchdog_are_gone(tmp_p
     # A study.json left at Running by a runner that no longer runs (the watchdog died too).
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    doc = {"state": "Running", "runner": {"pid": gone.pid, "host": socket.gethostname()}}
+    doc: dict[str, Any] = {"state": "Running", "runner": {"pid": gone.pid, "host": socket.gethostname()}}
     assert contain.runner_gone(doc) == f"its hpo run (pid {gone.pid}) is no longer running"
-    alive = {"state": "Running", "runner": {"pid": os.getpid(), "host": socket.gethostname()}}
+    alive: dict[str, Any] = {"state": "Running", "runner": {"pid": os.getpid(), "host": socket.gethostname()}}
     assert contain.runner_gone(alive) is None
     reused = {**alive, "runner": {**alive["runner"], "startTime": -1}}  # same pid, another process
     assert contain.runner_gone(reused) is not None
