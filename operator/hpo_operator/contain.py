@@ -34,6 +34,7 @@ import json
 import math
 import os
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -46,8 +47,12 @@ from typing import Any
 
 TOKEN_VARIABLE = "HPO_RUN_TOKEN"
 TRIAL_VARIABLE = "HPO_TRIAL"
-# Between two periodic scans of /proc: each costs a read of every new process's stat and environ.
+# Between two periodic scans of /proc: each reads the stat of the study's processes and of new
+# ones, and the environment of new ones.
 SCAN_SECONDS = 0.5
+# Every this many periodic scans, and at every forced one, the stat of every process is read
+# again: a pid taken for a process known not to be the study's may since have been reused.
+FULL_SCAN_EVERY = 10
 # How long closing waits for killed processes to go.
 CLOSE_TIMEOUT_SECONDS = 10.0
 # How long the watchdog keeps killing after the runner is gone (a process may fork meanwhile).
@@ -171,6 +176,8 @@ class Containment:
         self.condemned: set[Key] = set()  # to be killed on sight: left behind by an ended trial
         self.strangers: set[Key] = set()  # looked at once: not of this study
         self.live: set[Key] = set()  # the study's processes that ran (not zombies) at the last scan
+        self._seen: dict[int, Proc] = {}  # every process at the last scan
+        self._scans = 0
         self.subreaper = False
         self._previous_subreaper: bool | None = None
         self.watchdog: subprocess.Popen[bytes] | None = None
@@ -219,19 +226,11 @@ class Containment:
 
     def _sweep(self, timeout: float) -> list[int]:
         if not self.proc:
-            for root in self.roots.values():
-                with contextlib.suppress(OSError):
-                    os.killpg(root.pid, signal.SIGKILL)
-            return []
+            return []  # each trial's group was killed when it ended (kill): nothing more to find
         until = self.clock() + timeout
         while True:
             self.scan(force=True)
-            procs = processes()
-            left = [
-                p.pid
-                for key, trial in self.owner.items()
-                if (p := procs.get(key[0])) is not None and p.start == key[1] and not p.zombie
-            ]
+            left = [pid for pid, start in self.live]
             if not left or self.clock() >= until:
                 return left
             for pid in left:
@@ -279,6 +278,10 @@ class Containment:
         self.running.discard(trial)
         self._signal(trial, signal.SIGKILL)
         self.condemned |= {key for key, owner in self.owner.items() if owner == trial}
+        root = self.roots.get(trial)
+        if root is not None:
+            # Its group is dead; once empty its number may be reused, so the watchdog forgets it.
+            self._tell(f"ended {root.pid}\n")
 
     def _signal(self, trial: str, signum: int) -> None:
         root = self.roots.get(trial)
@@ -305,7 +308,9 @@ class Containment:
         if not force and now - self._last_scan < SCAN_SECONDS:
             return False
         self._last_scan = now
-        procs = processes()
+        full = force or self._scans % FULL_SCAN_EVERY == 0
+        self._scans += 1
+        procs = self._processes(full)
         present = {p.key for p in procs.values()}
         self.owner = {k: t for k, t in self.owner.items() if k in present}
         self.condemned &= present
@@ -345,6 +350,22 @@ class Containment:
                     os.waitpid(p.pid, os.WNOHANG)
         return bool(found)
 
+    def _processes(self, full: bool) -> dict[int, Proc]:
+        """Every process; unless ``full``, those known not to be the study's as last seen (a
+        machine's thousands of processes cost a stat read each, the study's dozen do not)."""
+        procs = {}
+        for entry in os.listdir(_PROC):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            seen = self._seen.get(pid)
+            if not full and seen is not None and seen.key in self.strangers:
+                procs[pid] = seen
+            elif (proc := read_proc(pid)) is not None:
+                procs[pid] = proc
+        self._seen = procs
+        return procs
+
     def _own(self, p: Proc, trial: str, procs: dict[int, Proc], found: list[Proc]) -> None:
         parent = procs.get(p.ppid)
         if trial == "" and parent is not None:
@@ -364,10 +385,17 @@ class Containment:
 
     @staticmethod
     def _tell_to(watchdog: subprocess.Popen[bytes], lines: str) -> bool:
+        """Writes whole lines, in chunks of at most PIPE_BUF bytes: a pipe takes such a write whole
+        or not at all, so a full pipe drops lines, never half a line."""
         assert watchdog.stdin is not None
+        chunks: list[bytes] = [b""]
+        for line in lines.encode().splitlines(keepends=True):
+            if len(chunks[-1]) + len(line) > select.PIPE_BUF:
+                chunks.append(b"")
+            chunks[-1] += line
         try:
-            watchdog.stdin.write(lines.encode())
-            watchdog.stdin.flush()
+            for chunk in chunks:
+                os.write(watchdog.stdin.fileno(), chunk)
         except BlockingIOError:
             return True  # full: dropped, see start()
         except (OSError, ValueError):  # the watchdog is gone
@@ -496,6 +524,8 @@ def watch(token: str, runner_pid: int, study_file: Path | None, lines: Iterable[
             told.add((int(words[1]), int(words[2])))
         elif words[:1] == [b"group"] and len(words) == 2:
             groups.add(int(words[1]))
+        elif words[:1] == [b"ended"] and len(words) == 2:
+            groups.discard(int(words[1]))
         elif words == [b"done"]:
             done = True
     sweep(token, told, groups)

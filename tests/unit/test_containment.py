@@ -321,3 +321,24 @@ def test_a_process_name_with_spaces_and_parentheses_is_read_right() -> None:
         child.stdin.close()
         child.wait()
     assert contain.read_proc(child.pid) is None
+
+
+@pytest.mark.parametrize("done", [False, True])
+def test_the_watchdog_kills_what_it_was_told_of_and_marks_only_a_runner_that_did_not_finish(
+    tmp_path: Path, done: bool
+) -> None:
+    # A process without the marker (its environment cleared), known to the watchdog only because
+    # the runner told it; a stale line names a pid with another start time, which must be spared.
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(60)"], env={})
+    try:
+        start = contain.start_time(child.pid)
+        study = tmp_path / "study.json"
+        study.write_text(json.dumps({"state": "Running", "trials": []}))
+        lines = [f"process {child.pid} {start}\n".encode(), f"process {os.getpid()} 1\n".encode()]
+        contain.watch("no-such-token", 4242, study, [*lines, *([b"done\n"] if done else [])])
+        assert child.wait(timeout=10) == -9
+        assert json.loads(study.read_text())["state"] == ("Running" if done else "Interrupted")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
