@@ -73,7 +73,9 @@ def test_a_nan_at_the_top_does_not_erase_a_finite_best(
 
 
 def test_an_infinite_value_never_becomes_the_best(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result, doc = run_study(tmp_path, monkeypatch, {"0": [[1, 0.5], [2, 0.6], [4, 0.7]], "1": [[1, "inf"], "hold"]})
+    result, doc = run_study(
+        tmp_path, monkeypatch, {"0": [[1, 0.5], [2, 0.6], [4, 0.7]], "1": [[1, "inf"], "hold"]}
+    )
     assert doc["trials"][1]["status"] == "Pruned"  # the worst value at rung 0, not the best
     assert doc["trials"][1]["reports"][0]["value"] is None
     assert result.best is not None and (result.best.index, result.best.value) == (0, 0.7)
