@@ -68,7 +68,7 @@ def escaped(out: Path) -> list[int]:
     return [int(p.name) for p in out.glob("trials/*/checkpoints/escaped/*") if p.name.isdigit()]
 
 
-def config(max_resource: int = 4, eta: int = 2, deadline: float = 4.0) -> Any:
+def config(max_resource: int = 4, eta: int = 2, deadline: float = 6.0) -> Any:
     base = config_from_mapping(
         {
             "metric": "score",

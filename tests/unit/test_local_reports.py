@@ -42,7 +42,8 @@ def run_study(
             "hp_space": {"x": {"param_type": "uniform", "range": [0.0, 1.0]}},
         }
     )
-    config = replace(config, budget=BudgetSpec(deadline=4.0))
+    # Room for trials 0 and 1 to finish on a loaded machine: the others are pruned at once.
+    config = replace(config, budget=BudgetSpec(deadline=6.0))
     options = RunOptions(
         name="s",
         command=(sys.executable, str(TRAINER)),
