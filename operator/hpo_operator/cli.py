@@ -22,6 +22,7 @@ from .budget import BudgetTooSmall, make_plan
 from .config import (
     API_GROUP,
     API_VERSION,
+    MAX_PARALLEL_TRIALS,
     ConfigError,
     StudyConfig,
     check_max_resource,
@@ -392,7 +393,7 @@ def _check_command(argv: tuple[str, ...]) -> None:
 )
 @click.option(
     "--cpu-slots",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_PARALLEL_TRIALS),
     default=None,
     help="Trials at once without GPUs [one per core, at most 8]; each gets cores/slots threads",
 )
@@ -408,7 +409,11 @@ def _check_command(argv: tuple[str, ...]) -> None:
     "--grace", type=DURATION, default=5.0, show_default=True, help="SIGTERM to SIGKILL for a stopped trial"
 )
 @click.option(
-    "--poll", type=click.FloatRange(min=0.01), default=0.2, show_default=True, help="Seconds between looks"
+    "--poll",
+    type=click.FloatRange(min=0.01, max=60),
+    default=0.2,
+    show_default=True,
+    help="Seconds between looks",
 )
 @click.option(
     "--final-training",

@@ -52,6 +52,8 @@ MAX_REDUCTION_FACTOR = 100
 # Durations and the budget: deadlines stay within what timestamps can express.
 MAX_DURATION_SECONDS = 366 * 86400
 MAX_TIME_RATIO = 1000.0
+# Trials at once (spec.parallelTrials): one reconcile may start as many, each proposal seeing the others.
+MAX_PARALLEL_TRIALS = 1_000
 # The metric reaches each trial in an environment variable (HPO_METRIC).
 MAX_METRIC_CHARS = 256
 # Integers anywhere in a spec, and the seed: what the Kubernetes API stores (int64).
@@ -235,8 +237,8 @@ def _limit_problems(values: Mapping[str, Any], names: Mapping[str, str]) -> list
 
     ``values`` holds the settings under the names of the input (snake_case in a file, camelCase in a
     spec); ``names`` maps each setting (max_resource, min_resource, reduction_factor, seed, metric,
-    and time_ratio where the input has one) to that name. Fields of the wrong type are skipped: the
-    models report those.
+    and time_ratio and parallel_trials where the input has them) to that name. Fields of the wrong
+    type are skipped: the models report those.
     """
     problems: list[str] = []
     max_r = _number(values.get(names["max_resource"]))
@@ -260,6 +262,11 @@ def _limit_problems(values: Mapping[str, Any], names: Mapping[str, str]) -> list
     seed = values.get(names["seed"])
     if isinstance(seed, int) and not isinstance(seed, bool) and abs(seed) > INT64_MAX:
         problems.append(f"{names['seed']} ({quote(seed)}) must lie within ±(2^63 - 1)")
+    parallel = values.get(names["parallel_trials"]) if "parallel_trials" in names else None
+    if isinstance(parallel, int) and not isinstance(parallel, bool) and parallel > MAX_PARALLEL_TRIALS:
+        problems.append(
+            f"{names['parallel_trials']} ({quote(parallel)}) must be at most {MAX_PARALLEL_TRIALS:,}"
+        )
     ratio = _number(values.get(names["time_ratio"])) if "time_ratio" in names else None
     if ratio is not None and ratio > MAX_TIME_RATIO:
         problems.append(f"{names['time_ratio']} ({quote(ratio)}) must be at most {MAX_TIME_RATIO:g}")
@@ -285,6 +292,7 @@ _SPEC_NAMES = {
     "seed": "seed",
     "metric": "metric",
     "time_ratio": "budget.timeRatio",
+    "parallel_trials": "parallelTrials",
 }
 
 
@@ -624,6 +632,7 @@ class StudySpec(_Camel):
             "seed": self.seed,
             "metric": self.metric,
             "budget.timeRatio": self.budget.time_ratio,
+            "parallelTrials": self.parallel_trials,
         }
         problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         problems += self._checkpoint_problems()
@@ -672,7 +681,7 @@ class StudySpec(_Camel):
 
 # Top-level fields whose values the model and _limit_problems judge; the walk only sizes them.
 _JUDGED_ELSEWHERE = frozenset(
-    {"hpSpace", "maximumResource", "minimumResource", "reductionFactor", "seed", "metric"}
+    {"hpSpace", "maximumResource", "minimumResource", "reductionFactor", "seed", "metric", "parallelTrials"}
 )
 
 
@@ -732,10 +741,10 @@ def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:
     """
     if not isinstance(spec, Mapping):
         raise ConfigError([f"must be a mapping of keys, got {type(spec).__name__}"], "spec")
-    shape = _spec_shape_problems(spec)
     space = spec.get("hpSpace")
-    if isinstance(space, Mapping) and len(space) > MAX_PARAMS:  # before building 1e5 models
+    if isinstance(space, Mapping) and len(space) > MAX_PARAMS:  # before walking or building them
         raise ConfigError([f"spec.hpSpace: {len(space):,} parameters, at most {MAX_PARAMS:,}"], "spec")
+    shape = _spec_shape_problems(spec)
     try:
         model = StudySpec.model_validate(dict(spec))
     except ValidationError as err:

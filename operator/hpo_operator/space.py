@@ -266,8 +266,10 @@ class Param:
             return False
         if self.quantized:
             assert self.step is not None
-            k = (_dec(value) - _dec(self.low)) / _dec(self.step)
-            return k == k.to_integral_value()
+            # The grid point nearest in decimal, then compared as a number: a large grid value has
+            # more digits than its shortest repr (2**46 + 12.125 prints as ...676.12).
+            k = int(((_dec(value) - _dec(self.low)) / _dec(self.step)).to_integral_value())
+            return 0 <= k < self.grid_size and self.grid_value(k) == value
         return True
 
     def describe(self) -> str:
