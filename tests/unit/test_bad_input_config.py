@@ -92,6 +92,8 @@ def broken_configs(draw: st.DrawFn) -> tuple[JSON, str]:
                 ("loguniform", [-1, 1]), ("quniform", [0, 10, 0]), ("quniform", [0, 10, 20]),
                 ("qloguniform", [0.1, 1, -0.1]), ("loguniform", [0.1, 1, 1]), ("choice", []),
                 ("uniform", [-1e308, float("nan")]), ("quniform", [0, 1e308, -1]),
+                ("uniform", [-1e308, 1e308]), ("quniform", [0, 1e300, 1e-300]), ("choice", [float("nan"), 1]),
+                ("quniform", [0, 1000000, 1e-9]), ("choice", [b"binary"]),
             ])
         )  # fmt: skip
         data["hp_space"] = {name: {"param_type": bad[0], "range": bad[1]}}

@@ -129,9 +129,37 @@ def bad_default(spec: JSON, rng: random.Random) -> str:
     return "spec.hpSpace.lr"
 
 
+def hostile_range(spec: JSON, rng: random.Random) -> str:
+    """Numbers JSON cannot carry, or whose arithmetic overflows or whose grid is not representable."""
+    spec["hpSpace"] = (
+        copy.deepcopy(VALID["hpSpace"]) if not isinstance(spec.get("hpSpace"), dict) else spec["hpSpace"]
+    )
+    name = rng.choice(["u", "q", "c"])
+    spec["hpSpace"][name] = rng.choice([
+        {"paramType": "uniform", "range": [-1e308, 1e308]},
+        {"paramType": "uniform", "range": [0, float("nan")]},
+        {"paramType": "quniform", "range": [0, 1e300, 1e-300]},
+        {"paramType": "quniform", "range": [0, 10**400, 1]},
+        {"paramType": "loguniform", "range": [1e-300, 1.7976931348623157e308]},
+        {"paramType": "choice", "range": [float("inf"), 1]},
+        {"paramType": "choice", "range": list(range(20_000))},
+    ])  # fmt: skip
+    return f"spec.hpSpace.{name}"
+
+
+def hostile_resource(spec: JSON, rng: random.Random) -> str:
+    key, value = rng.choice([
+        ("minimumResource", 1e-300), ("maximumResource", 1e300), ("reductionFactor", 10**30),
+        ("seed", 10**5000), ("parallelTrials", 10**6),
+    ])  # fmt: skip
+    spec[key] = value
+    return f"spec.{key}"
+
+
 MUTATIONS: list[Mutation] = [
     wrong_type_number, out_of_range_number, minimum_above_maximum, bad_mode, bad_duration, unknown_key,
-    missing_field, empty_space, empty_or_odd_name, bad_range, bad_param_type, bad_default,
+    missing_field, empty_space, empty_or_odd_name, bad_range, bad_param_type, bad_default, hostile_range,
+    hostile_resource,
 ]  # fmt: skip
 # The mutations the CRD's schema lets through (well-typed): the operator itself must refuse them.
 SCHEMA_VALID: list[Mutation] = [

@@ -144,3 +144,39 @@ def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) ->
     assert (config.asha_variant, config.final_training, config.sampler) == ("promote", True, "gp")
     claim = yaml.safe_load(hpo(*args[:-2], "--checkpoint-claim", "shared").stdout)["spec"]["checkpoints"]
     assert claim == {"claimName": "shared"}
+
+
+def test_manifest_of_a_file_that_names_the_type_param_type_or_paramtype(tmp_path: Path) -> None:
+    path = tmp_path / "camel.yaml"
+    path.write_text(
+        "hp_space:\n"
+        "  lr: {paramType: loguniform, range: [0.001, 0.1], default: 0.01}\n"
+        "  opt: {param_type: choice, range: [sgd, adam]}\n"
+    )
+    result = hpo("manifest", path, "--name", "x", "--image", "i")
+    assert result.returncode == 0, result.stderr
+    space = yaml.safe_load(result.stdout)["spec"]["hpSpace"]
+    assert space == {
+        "lr": {"paramType": "loguniform", "range": [0.001, 0.1], "default": 0.01},
+        "opt": {"paramType": "choice", "range": ["sgd", "adam"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--time-ratio", "nan"), "error: --time-ratio: must be positive and at most 1000, got nan"),
+        (("--time-ratio", "1e300"), "error: --time-ratio: must be positive and at most 1000, got 1e+300"),
+        (("--max-resource", "inf"), "error: --max-resource: must lie between 0.001 and 1e+09, got inf"),
+        (("--max-resource", "0.5"), "error: --max-resource (0.5) is below the config's minimum_resource (1)"),
+    ],
+)
+def test_flag_numbers_beyond_the_limits_exit_2_in_one_line(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("minimum_resource: 1\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n")
+    for command in (("plan", path, "--train-time", "10m"), ("manifest", path, "--name", "x", "--image", "i")):
+        result = hpo(*command, *args)
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr == message + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import yaml
 
 from hpo_operator.config import (
     DEFAULT_MAX_RESOURCE,
+    MAX_PROBLEMS,
     BudgetSpec,
     ConfigError,
     config_from_mapping,
@@ -138,7 +140,10 @@ def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "20x", "m20", "-5", 0, "1h 2x", "soon"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "20x", "m20", "-5", 0, "1h 2x", "soon", "367d", "8800h", 1e300, 10**400, "inf", "nan", "1e400"],
+)
 def test_bad_durations(text: str | int) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -222,3 +227,142 @@ def test_asha_variant_and_final_training_settings() -> None:
     )
     assert (config.asha_variant, config.final_training) == ("promote", True)
     assert study_config_from_spec(SPEC).asha_variant == "stop"
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+X = {"x": {"param_type": "uniform", "range": [0, 1]}}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"minimum_resource": 1e-300}, "minimum_resource (1e-300) must lie between 0.001 and 1e+09"),
+        ({"maximum_resource": 1e300}, "maximum_resource (1e+300) must lie between 0.001 and 1e+09"),
+        ({"maximum_resource": 10**400}, "maximum_resource: Input should be a valid number"),
+        ({"reduction_factor": 101}, "reduction_factor (101) must be at most 100"),
+        (
+            {"reduction_factor": 10**5000},
+            "reduction_factor (<an integer of about 5000 digits>) must be at most",
+        ),
+        ({"seed": 2**63}, "seed (9223372036854775808) must lie within"),
+        ({"metric": ""}, "metric: 1 to 256 printable characters"),
+        ({"metric": "m" * 257}, "metric: 1 to 256 printable characters"),
+        ({"metric": "a\x00b"}, "metric: 1 to 256 printable characters, got 'a\\x00b'"),
+        ({"minimum_resource": "1e-3"}, "write 1.0e-4, not 1e-4"),
+    ],
+)
+def test_settings_beyond_their_limits_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"hp_space": X, **settings})
+    assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_settings_at_their_limits_are_accepted() -> None:
+    config = config_from_mapping(
+        {"hp_space": X, "minimum_resource": 0.001, "maximum_resource": 1e9, "reduction_factor": 100,
+         "seed": -(2**63) + 1, "metric": "m" * 256}
+    )  # fmt: skip
+    assert (config.min_resource, config.max_resource, config.reduction_factor) == (0.001, 1e9, 100)
+
+
+def test_many_problems_are_listed_up_to_a_limit() -> None:
+    space = {f"p{i}": {"param_type": "uniform", "range": [1, 0]} for i in range(200)}
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"hp_space": space})
+    assert len(err.value.problems) == MAX_PROBLEMS + 1
+    assert err.value.problems[-1] == "... and 150 more problems"
+    assert len(str(err.value)) < 10_000
+
+
+def _load(tmp_path: Path, content: str | bytes) -> ConfigError:
+    path = tmp_path / "hpo_config.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert err.value.source == str(path)
+    return err.value
+
+
+def test_files_beyond_the_reading_limits_are_refused_naming_the_file(tmp_path: Path) -> None:
+    assert _load(tmp_path, "#" * (4 * 2**20 + 1)).problems == [
+        "larger than 4 MiB, the limit of a config file"
+    ]
+    assert _load(tmp_path, b"metric: caf\xe9\n").problems == [
+        "not UTF-8 text: byte 0xe9 at offset 11 cannot be decoded"
+    ]
+    assert _load(tmp_path, "hp_space: " + "[" * 40 + "]" * 40 + "\n").problems == [
+        "nested more than 32 levels deep (line 1)"
+    ]
+    assert _load(tmp_path, "seed: " + "7" * 101 + "\n").problems == [
+        "not valid YAML: a number of 101 characters (at most 100) (line 1, column 7)"
+    ]
+    assert (
+        _load(tmp_path, "seed: 2020-13-45\n")
+        .problems[0]
+        .startswith("not valid YAML: not a date: '2020-13-45'")
+    )
+
+
+def test_aliases_count_at_each_use(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    started = time.perf_counter()
+    err = _load(tmp_path, "\n".join(lines) + "\nmetric: *a8\n")
+    assert err.problems == ["more than 100,000 values, aliases counted at each use (line 5)"]
+    assert time.perf_counter() - started < 5  # refused before the 10^9 values are built or printed
+    # Aliases and merge keys within the limit are ordinary YAML.
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        "hp_space:\n  a: &u {param_type: uniform, range: [0, 1]}\n  b: *u\n  c: {<<: *u, default: 0.5}\n"
+    )
+    config, _ = load_config(path)
+    assert [p.name for p in config.space.params] == ["a", "b", "c"] and config.space.initial()["c"] == 0.5
+
+
+def test_a_mapping_of_many_keys_is_checked_for_duplicates_in_linear_time(tmp_path: Path) -> None:
+    # 45,000 keys: pairwise comparison took minutes; a set takes well under a second.
+    started = time.perf_counter()
+    err = _load(tmp_path, "hp_space: {" + ", ".join(f"p{i}: 0" for i in range(45_000)) + "}\n")
+    assert err.problems == ["hp_space: 45,000 parameters, at most 1,000"]
+    assert time.perf_counter() - started < 10
+    text = "hp_space: {" + ", ".join(f"p{i}: 0" for i in [*range(30_000), 7]) + "}\n"
+    column = text.rindex("p7:") + 1
+    assert _load(tmp_path, text).problems == [f"not valid YAML: duplicate key 'p7' (line 1, column {column})"]
+
+
+def test_a_spec_beyond_the_limits_is_refused_naming_the_field() -> None:
+    def problems(**changes: Any) -> list[str]:
+        with pytest.raises(ConfigError) as err:
+            study_config_from_spec({**SPEC, **changes})
+        return err.value.problems
+
+    template = {"spec": {"containers": [{"name": "t", "image": "i", "x": float("nan")}]}}
+    assert problems(trialTemplate=template) == [
+        "spec.trialTemplate.spec.containers[0].x: nan is not a finite number"
+    ]
+    assert problems(gpusPerTrial=2**63) == [
+        "spec.gpusPerTrial: 9223372036854775808 is beyond ±(2^63 - 1), what the API stores"
+    ]
+    assert problems(parallelTrials=1001) == ["spec.parallelTrials (1001) must be at most 1,000"]
+    assert problems(budget={"timeRatio": 1e300, "trainTime": "1h"}) == [
+        "spec.budget.timeRatio (1e+300) must be at most 1000"
+    ]
+    assert problems(minimumResource=1e-300, seed=10**5000) == [
+        "spec.minimumResource (1e-300) must lie between 0.001 and 1e+09",
+        "spec.seed (<an integer of about 5000 digits>) must lie within ±(2^63 - 1)",
+    ]
+    deep: Any = 1
+    for _ in range(5000):
+        deep = [deep]
+    assert problems(trialTemplate={"spec": {"x": deep}})[0].endswith("nested more than 32 levels deep")
+    started = time.perf_counter()
+    many = {f"p{i}": {"paramType": "uniform", "range": [0, 1]} for i in range(100_000)}
+    assert problems(hpSpace=many) == ["spec.hpSpace: 100,000 parameters, at most 1,000"]
+    assert problems(hpSpace={"c": {"paramType": "choice", "range": list(range(10**6))}}) == [
+        "more than 100,000 values"
+    ]
+    assert time.perf_counter() - started < 10

@@ -4,9 +4,9 @@ Generated configs and specs (hostile numbers, types, nesting) either raise Confi
 message, or give a config whose every sampled value is JSON (no NaN, no infinity) and a value of
 its space, and whose plan and (for specs) first reconcile run. A corpus of hostile files (billion
 laughs, deep nesting, non-UTF-8, huge numbers, 100,000 parameters, a 10 MB choice list, dates,
-!!binary, .nan, overflowing ranges) goes through the real `hpo validate`, `hpo manifest` and
-`hpo sample` in a process with an address-space limit and a timeout: exit 2, one line of reason,
-no traceback.
+!!binary, .nan, overflowing ranges) goes through the real `hpo validate`, `hpo manifest`,
+`hpo sample`, `hpo plan` and `hpo run` in a process with an address-space limit and a timeout:
+exit 2, one line of reason (validate: one line a problem), no traceback.
 """
 
 from __future__ import annotations
@@ -376,7 +376,19 @@ HOSTILE: dict[str, str | bytes] = {
     "two-documents": _uniform() + "---\n" + _uniform(),
     "long-name": _uniform(name="n" * 3_000_000),
 }
-COMMANDS = [["validate"], ["sample", "-n", "3"], ["manifest", "--name", "s", "--image", "i"]]
+
+
+def commands(path: Path, out: Path) -> list[list[str]]:
+    """Every command that reads a config; `hpo run` would start `true` were the file accepted."""
+    return [
+        ["validate", str(path)],
+        ["sample", str(path), "-n", "3"],
+        ["manifest", str(path), "--name", "s", "--image", "i"],
+        ["plan", str(path), "--train-time", "10m"],
+        ["run", str(path), "--budget", "10s", "--gpus", "0", "--out", str(out), "--", "true"],
+    ]
+
+
 # Runs each command through the `hpo` entry point in one process (one start instead of three); an
 # exception that escapes a command ends it with a traceback, as it would end `hpo`.
 DRIVER = """
@@ -423,10 +435,11 @@ def test_a_hostile_file_exits_2_with_a_short_reason(tmp_path: Path, name: str) -
         path.write_bytes(content)
     else:
         path.write_text(content, encoding="utf-8")
-    codes, errors, output = _hpo(*([c[0], str(path), *c[1:]] for c in COMMANDS))
-    assert codes == [2] * len(COMMANDS), (codes, errors)
-    assert output == ""
-    for command, error in zip(COMMANDS, errors, strict=True):
+    runs = commands(path, tmp_path / "out")
+    codes, errors, output = _hpo(*runs)
+    assert codes == [2] * len(runs), (codes, errors)
+    assert output == "" and not (tmp_path / "out").exists()
+    for command, error in zip(runs, errors, strict=True):
         assert error.startswith(("error: ", f"{path}: ")), error[:500]
         if command[0] != "validate":  # validate lists the problems, one a line
             assert error.count("\n") == 1, error[:2000]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
 import random
 from collections import Counter
@@ -9,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hpo_operator.space import Param, SearchSpace, SpaceError, parse_space
+from hpo_operator.space import Param, SearchSpace, SpaceError, parse_space, quote
 
 N = 20_000
 
@@ -194,3 +196,79 @@ def test_an_empty_or_malformed_space_is_an_error(raw: Any) -> None:
 def test_empty_parameter_names_are_rejected() -> None:
     with pytest.raises(SpaceError, match="non-empty strings"):
         parse_space({" ": {"param_type": "uniform", "range": [0, 1]}})
+
+
+# --- limits: every accepted space samples finite JSON values ---------------------------------------
+
+LIMITS = [
+    ({"param_type": "uniform", "range": [-1e308, 1e308]}, "-1e+308 exceeds 1e+15 in magnitude"),
+    ({"param_type": "uniform", "range": [0, 10**400]}, "exceeds 1e+15 in magnitude"),
+    ({"param_type": "uniform", "range": [0, 10**16]}, "10000000000000000 exceeds 1e+15"),
+    ({"param_type": "loguniform", "range": [1e-300, 1.7976931348623157e308]}, "exceeds 1e+15"),
+    ({"param_type": "quniform", "range": [0, 1e300, 1e-300]}, "1e+300 exceeds 1e+15"),
+    ({"param_type": "quniform", "range": [0, 1000000, 1e-9]}, "step (1e-09) is too fine for bounds"),
+    ({"param_type": "qloguniform", "range": [1e-9, 1e6, 1e-9]}, "use a step of at least 1e-06"),
+    ({"param_type": "uniform", "range": [0, "1e-4"]}, "write 1.0e-4, not 1e-4"),
+    ({"param_type": "uniform", "range": [0, 1], "default": 10**5000}, "is not a value of uniform [0, 1]"),
+    ({"param_type": "choice", "range": [float("nan"), 1]}, "value 0: nan is not finite"),
+    ({"param_type": "choice", "range": [1, float("inf")]}, "value 1: inf is not finite"),
+    ({"param_type": "choice", "range": [datetime.date(2020, 1, 1)]}, "(date) is not a JSON value"),
+    ({"param_type": "choice", "range": [b"\x00"]}, "(bytes) is not a JSON value"),
+    ({"param_type": "choice", "range": [(1, 2)]}, "(tuple) is not a JSON value"),
+    ({"param_type": "choice", "range": [{1: "a"}]}, "a mapping key is not a string: 1"),
+    ({"param_type": "choice", "range": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}, "nested more than 16"),
+    ({"param_type": "choice", "range": list(range(10_001))}, "choice has 10,001 values, at most 10,000"),
+    ({"param_type": "choice", "range": ["x" * 70_000]}, "at most 65,536"),
+    ({"param_type": "uniform", "paramType": "uniform", "range": [0, 1]}, "param_type or paramType, not both"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), LIMITS, ids=[m for _, m in LIMITS])
+def test_values_beyond_the_limits_are_refused_naming_the_parameter(
+    spec: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(SpaceError) as err:
+        parse_space({"learning_rate": spec})
+    assert len(err.value.problems) == 1, err.value.problems
+    assert err.value.problems[0].startswith(("hp_space.learning_rate: ", "hp_space: "))
+    assert message in err.value.problems[0]
+    assert len(err.value.problems[0]) < 400
+
+
+def test_the_largest_bounds_and_the_finest_grid_still_sample_on_the_grid() -> None:
+    space = parse_space(
+        {
+            "wide": {"param_type": "quniform", "range": [-(10**15), 10**15, 2000]},
+            "fine": {"param_type": "quniform", "range": [0.0, 1e15, 1000.0]},
+            "big": {"param_type": "qloguniform", "range": [1.125, 70368744177677.0, 71.0]},
+            "tiny": {"param_type": "loguniform", "range": [5e-324, 1e-300]},
+            "span": {"param_type": "uniform", "range": [-1e15, 1e15]},
+        }
+    )
+    assert space.params[0].grid_size == 10**12 + 1
+    rng = random.Random(3)
+    configs = [space.initial(), *(space.sample(rng) for _ in range(300))]
+    configs += [space.from_unit([u] * len(space)) for u in (0.0, 0.5, math.nextafter(1.0, 0.0))]
+    for config in configs:
+        json.dumps(config, allow_nan=False)
+        for p in space.params:
+            assert p.contains(config[p.name]), (p.name, config[p.name])
+    # The geometric middle of subnormal bounds: their product underflows to 0.
+    assert 5e-324 <= space.initial()["tiny"] <= 1e-300
+
+
+def test_parameters_beyond_the_limit_are_refused_at_once() -> None:
+    with pytest.raises(SpaceError, match=r"hp_space: 1,001 parameters, at most 1,000"):
+        parse_space({f"p{i}": None for i in range(1001)})
+    assert (
+        len(parse_space({f"p{i}": {"param_type": "uniform", "range": [0, 1]} for i in range(1000)})) == 1000
+    )
+
+
+def test_messages_quote_values_briefly() -> None:
+    assert len(quote("x" * 10**6)) < 80
+    assert len(quote(list(range(10**5)))) < 80
+    assert "digits" in quote(10**5000)  # repr() would raise: more than 4,300 digits
+    with pytest.raises(SpaceError) as err:
+        parse_space({"n" * 10_000: {"param_type": "normal" * 10_000, "range": [0, 1]}})
+    assert len(err.value.problems[0]) < 300
