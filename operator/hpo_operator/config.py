@@ -63,7 +63,12 @@ MAX_PROBLEMS = 50
 MAX_PROBLEM_CHARS = 500
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _shorten(problem: str) -> str:
+    """One line (control characters, as in a parameter's name, escaped) of at most MAX_PROBLEM_CHARS."""
+    problem = _CONTROL.sub(lambda m: repr(m.group())[1:-1], problem)
     return problem if len(problem) <= MAX_PROBLEM_CHARS else problem[: MAX_PROBLEM_CHARS - 3] + "..."
 
 
@@ -320,7 +325,10 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
         model = HpoConfigFile.model_validate(dict(data))
     except ValidationError as err:
         allowed = sorted(HpoConfigFile.model_fields)
-        problems.extend(p for p in _pydantic_problems(err, allowed) if not p.startswith("hp_space:"))
+        # hp_space is parse_space's to judge, with messages that name the parameter.
+        problems.extend(
+            p for p in _pydantic_problems(err, allowed) if not p.startswith(("hp_space:", "hp_space."))
+        )
         if any(e["loc"][:1] == ("hp_space",) for e in err.errors()) and "hp_space" not in data:
             problems.append("hp_space: required (a mapping of parameter names to param_type/range)")
     space: SearchSpace | None = None

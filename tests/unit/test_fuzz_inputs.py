@@ -375,6 +375,8 @@ HOSTILE: dict[str, str | bytes] = {
     "empty": "",
     "two-documents": _uniform() + "---\n" + _uniform(),
     "long-name": _uniform(name="n" * 3_000_000),
+    "control-characters-in-name": _uniform(name='"a\\nb\\r\\u001b[31m"', low="1", high="0"),
+    "control-characters-in-values": 'metric: "x\\ny"\n' + _choice('"a\\nb", .nan'),
 }
 
 
