@@ -42,8 +42,10 @@ MAX_MAGNITUDE = 1e15
 # A grid's step is at least this share of its largest bound, so that neighbouring grid values are
 # distinct float64 numbers (with ~4,500 ulps between them) and a grid has at most 2e12 points.
 GRID_RESOLUTION = 1e-12
-# Nesting of a choice value (a list or mapping inside a choice counts one level per layer).
+# Nesting of a choice value (a list or mapping inside a choice counts one level per layer), and
+# the parts of one parameter's choices, nested ones included (as a file's or spec's values).
 MAX_VALUE_DEPTH = 16
+MAX_VALUE_NODES = 100_000
 # The largest configuration, as JSON: it reaches each trial in the HPO_HYPERPARAMETERS environment
 # variable, and Linux refuses to start a process with one environment string over 128 KiB.
 MAX_CONFIGURATION_BYTES = 65_536
@@ -120,31 +122,36 @@ def _is_number(value: Any) -> bool:
     return number_problem(value) is None
 
 
-def json_value_problem(value: Any) -> str | None:
+def json_value_problem(value: Any, max_values: int = MAX_VALUE_NODES) -> tuple[str | None, int]:
     """Why ``value`` is not a plain JSON value (string, number accepted by number_problem, bool,
-    null, list, mapping with string keys, at most MAX_VALUE_DEPTH deep), or None. Iterative, so
-    no nesting exhausts the stack; each part is visited once."""
+    null, list, mapping with string keys, at most MAX_VALUE_DEPTH deep, at most ``max_values``
+    parts), or None; and the parts visited. Iterative, so no nesting exhausts the stack, and
+    bounded, so that a list holding itself many times over ends too."""
     stack: list[tuple[Any, int]] = [(value, 0)]
+    visited = 0
     while stack:
         item, depth = stack.pop()
+        visited += 1
+        if visited > max_values:
+            return f"more than {MAX_VALUE_NODES:,} values in the choices", visited
         if depth > MAX_VALUE_DEPTH:
-            return f"nested more than {MAX_VALUE_DEPTH} levels deep"
+            return f"nested more than {MAX_VALUE_DEPTH} levels deep", visited
         if item is None or isinstance(item, str | bool):
             continue
         if isinstance(item, int | float):
             problem = number_problem(item)
             if problem is not None:
-                return problem
+                return problem, visited
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item)
         elif isinstance(item, dict):
             for key, v in item.items():
                 if not isinstance(key, str):
-                    return f"a mapping key is not a string: {quote(key)}"
+                    return f"a mapping key is not a string: {quote(key)}", visited
                 stack.append((v, depth + 1))
         else:
-            return f"{quote(item)} ({type(item).__name__}) is not a JSON value"
-    return None
+            return f"{quote(item)} ({type(item).__name__}) is not a JSON value", visited
+    return None, visited
 
 
 def _json_chars(value: Any) -> int:
@@ -369,8 +376,10 @@ def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
         if len(rng_values) > MAX_CHOICES:
             problems.append(f"{where}: choice has {len(rng_values):,} values, at most {MAX_CHOICES:,}")
             return None
+        left = MAX_VALUE_NODES
         for i, value in enumerate(rng_values):
-            problem = json_value_problem(value)
+            problem, visited = json_value_problem(value, left)
+            left -= visited
             if problem is not None:
                 problems.append(
                     f"{where}: choice values must be JSON values (strings, numbers, booleans, null, "

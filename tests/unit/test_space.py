@@ -272,3 +272,17 @@ def test_messages_quote_values_briefly() -> None:
     with pytest.raises(SpaceError) as err:
         parse_space({"n" * 10_000: {"param_type": "normal" * 10_000, "range": [0, 1]}})
     assert len(err.value.problems[0]) < 300
+
+
+def test_choice_values_are_walked_within_a_bound() -> None:
+    """A value that holds itself, or one list many times over (10^13 parts once expanded), ends
+    the walk with a message instead of running on."""
+    itself: list[Any] = []
+    itself.append(itself)
+    wide: list[Any] = [1] * 10
+    for _ in range(12):
+        wide = [wide] * 10
+    for value, message in ((itself, "nested more than 16 levels deep"), (wide, "more than 100,000 values")):
+        with pytest.raises(SpaceError) as err:
+            parse_space({"c": {"param_type": "choice", "range": [value]}})
+        assert message in err.value.problems[0]
