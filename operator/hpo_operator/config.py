@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .space import MAX_PARAMS, SearchSpace, SpaceError, exponent_hint, parse_space, quote
@@ -172,6 +172,7 @@ class StudyConfig:
     sampler: SamplerName = DEFAULT_SAMPLER
     asha_variant: AshaVariant = "stop"
     final_training: bool = False
+    metrics_collector: MetricsCollector | None = None  # None: trials report with hpo_trial.report()
 
 
 class _Strict(BaseModel):
@@ -184,6 +185,86 @@ class AshaSettings(_Strict):
     their checkpoints, as the ASHA paper and OTX)."""
 
     variant: AshaVariant = "stop"
+
+
+CollectorKind = Literal["stdout", "file", "tensorboard"]
+# A metrics collector's pattern and names: compiled by the operator and every trial, kept short.
+MAX_PATTERN_CHARS = 1000
+MAX_COLLECTOR_PATH_CHARS = 4096
+
+
+class MetricsCollector(BaseModel):
+    """How trials that do not call hpo_trial.report() report: a wrapper around the trial command
+    (``python -m hpo_trial.collect``) reads the metric from the command's output (``stdout``), from
+    a file it appends to (``file``: CSV or JSON lines) or from TensorBoard event files
+    (``tensorboard``), and reports it as the SDK would (docs/byo-trainer.md)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True)
+
+    kind: CollectorKind = Field(description="stdout, file or tensorboard")
+    pattern: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PATTERN_CHARS,
+        description="stdout: a Python regular expression; each named group is a metric of that name, or "
+        "groups 'name' and 'value' make one pair per match. Unset: name=value (or name: value) pairs",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_COLLECTOR_PATH_CHARS,
+        description="file: the CSV or JSON-lines file (a glob) the trainer appends to; tensorboard: the "
+        "folder of its event files. Relative to the trial's working directory; $(VAR) is expanded",
+    )
+    format: Literal["csv", "jsonl"] | None = Field(
+        default=None, description="file: csv or jsonl; unset: csv for a .csv path, else jsonl"
+    )
+    resource_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_METRIC_CHARS,
+        description="The key (column, tag) that holds the resource; unset: epoch, else step (tensorboard: "
+        "the event's step)",
+    )
+    resource_offset: float = Field(
+        default=0,
+        allow_inf_nan=False,
+        ge=-MAX_RESOURCE_LIMIT,
+        le=MAX_RESOURCE_LIMIT,
+        description="Added to the resource read, e.g. 1 where epochs count from 0 (Lightning, Keras)",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as err:
+            raise ValueError(f"not a Python regular expression: {err}") from None
+        groups = set(compiled.groupindex)
+        if not groups:
+            raise ValueError(
+                "names no group: name a group after each metric, (?P<accuracy>...), or use groups "
+                "(?P<name>...) and (?P<value>...)"
+            )
+        if ("name" in groups) != ("value" in groups):
+            raise ValueError("groups 'name' and 'value' go together")
+        return value
+
+    @model_validator(mode="after")
+    def _options_of_kind(self) -> MetricsCollector:
+        if self.kind in ("file", "tensorboard") and self.path is None:
+            what = "the file the trainer writes" if self.kind == "file" else "the folder of its event files"
+            raise ValueError(f"kind {self.kind} needs path ({what})")
+        if self.kind != "stdout" and self.pattern is not None:
+            raise ValueError(f"pattern is for kind stdout, not {self.kind}")
+        if self.kind == "stdout" and self.path is not None:
+            raise ValueError("path is for kinds file and tensorboard, not stdout")
+        if self.kind != "file" and self.format is not None:
+            raise ValueError(f"format is for kind file, not {self.kind}")
+        return self
 
 
 class HpoConfigFile(_Strict):
@@ -199,6 +280,7 @@ class HpoConfigFile(_Strict):
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = DEFAULT_SAMPLER
     asha: AshaSettings = Field(default_factory=AshaSettings)
+    metrics_collector: MetricsCollector | None = None
 
 
 def _loc_text(loc: tuple[Any, ...]) -> str:
@@ -350,6 +432,7 @@ def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConf
         seed=model.seed,
         sampler=model.sampler,
         asha_variant=model.asha.variant,
+        metrics_collector=model.metrics_collector,
     )
 
 
@@ -608,6 +691,11 @@ class StudySpec(_Camel):
     asha: AshaSettings = Field(default_factory=AshaSettings)
     final_training: FinalTrainingModel = Field(default_factory=FinalTrainingModel)
     checkpoints: CheckpointsModel | None = None
+    metrics_collector: MetricsCollector | None = Field(
+        default=None,
+        description="Trials that do not call hpo_trial.report(): how a wrapper around the first "
+        "container's command reads their metric (its image needs python3 with hpo_trial)",
+    )
     trial_template: TrialTemplate
 
     @field_validator("parallel_trials")
@@ -665,6 +753,7 @@ class StudySpec(_Camel):
             sampler=self.sampler,
             asha_variant=self.asha.variant,
             final_training=self.final_training.enabled,
+            metrics_collector=self.metrics_collector,
         )
 
     def _checkpoint_problems(self) -> list[str]:
