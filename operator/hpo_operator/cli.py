@@ -288,6 +288,7 @@ def manifest(
         fail(f"--command: {err}")
     if not argv:
         fail("--command is empty")
+    _check_references(argv, study, "--command")
     spec: dict[str, Any] = {
         "metric": study.metric,
         "mode": study.mode,
@@ -324,6 +325,10 @@ def manifest(
             "the promote variant and final training keep checkpoints on a volume: give --checkpoint-claim "
             "NAME (an existing claim) or --checkpoint-size SIZE (a claim the operator creates)"
         )
+    if study.metrics_collector is not None:
+        collector = study.metrics_collector
+        options = collector.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
+        spec["metricsCollector"] = {"kind": collector.kind, **options}
     spec |= {
         "trialTemplate": {
             "spec": {
@@ -380,6 +385,31 @@ def _check_command(argv: tuple[str, ...]) -> None:
             fail(f"the trial command {program!r} is not an executable file")
     elif shutil.which(program) is None:
         fail(f"the trial command {program!r} is not on PATH")
+
+
+def _check_references(
+    argv: tuple[str, ...] | list[str], study: StudyConfig, what: str = "the trial command"
+) -> None:
+    """Exits 2 when a ``${name}`` of the command names no hyper-parameter of the space."""
+    from .trial_command import command_problems
+
+    problems = command_problems(argv, [p.name for p in study.space.params], what)
+    if problems:
+        fail("; ".join(problems))
+
+
+def _warn_shared_path(study: StudyConfig, slots: int) -> None:
+    """Trials of `hpo run` share a working directory: a collector's file read by every trial is
+    almost certainly a mistake."""
+    collector = study.metrics_collector
+    if collector is None or collector.path is None or slots < 2 or "$(HPO_" in collector.path:
+        return
+    click.echo(
+        f"warning: metrics_collector.path {collector.path!r} is the same file for every trial, and "
+        f"{slots} run at once: give each trial its own, e.g. $(HPO_CHECKPOINT_DIR)/... (and the "
+        "trainer the same folder)",
+        err=True,
+    )
 
 
 @main.command(name="run")
@@ -466,6 +496,7 @@ def run_command(
         final_training=final_training or study_config.final_training,
     )
     _check_command(command)
+    _check_references(command, study_config)
     name = name or _default_study_name(config)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         fail(f"--name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit")
@@ -493,7 +524,9 @@ def run_command(
         grace=grace,
         poll=poll,
         config_summary=_config_summary(config, study_config),
+        collector=study_config.metrics_collector,
     )
+    _warn_shared_path(study_config, len(slots))
     try:
         result = LocalRunner(study, options, progress).run()
     except StudyError as err:
@@ -528,6 +561,26 @@ def _load_local_study(target: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+EXTRA_SHOWN = 8
+
+
+def _extra_lines(trials: list[dict[str, Any]]) -> list[str]:
+    """The other metrics of each trial's last report (a collector's, or report(**extra)): shown, never
+    used for decisions."""
+    from .progress import value_text
+
+    lines = []
+    for trial in trials:
+        last = trial["reports"][-1] if trial.get("reports") else None
+        extra = last.get("extra") if last else None
+        if last is None or not extra or not isinstance(extra, dict):
+            continue
+        shown = [f"{k}={value_text(v)}" for k, v in list(extra.items())[:EXTRA_SHOWN]]
+        more = f" (+{len(extra) - EXTRA_SHOWN} more in study.json)" if len(extra) > EXTRA_SHOWN else ""
+        lines.append(f"  {trial['name']} at {last['resource']:g}: {' '.join(shown)}{more}")
+    return ["", "other metrics, at each trial's last report:", *lines] if lines else []
+
+
 @main.command(name="status")
 @click.argument("target")
 @click.option("-n", "--namespace", default=None, help="The HPOStudy's namespace (cluster studies)")
@@ -549,6 +602,8 @@ def status_command(target: str, namespace: str | None, kubeconfig: str | None) -
         click.echo(line)
     if doc.get("finishedAt") is None and now - float(doc.get("updatedAt", now)) > 30:
         click.echo(f"(last updated {now - float(doc['updatedAt']):.0f}s ago: is its hpo run still running?)")
+    for line in _extra_lines(doc["trials"]):
+        click.echo(line)
     for trial in doc["trials"]:
         if trial["status"] == "Failed" and trial.get("logTail"):
             click.echo(f"\n{trial['name']} ({trial.get('reason')}), last lines of {trial['log']}:")

@@ -8,7 +8,12 @@ SIGTERM, then, after ``grace`` seconds, SIGKILL; either goes to its process grou
 process it started (contain.py: no process of a trial outlives it, nor the runner).
 
 A report counts when it passes the core's ``report_refusal`` and arrives while its trial runs; the
-others are refused, counted and kept in study.json with the reason, and never reach the core.
+others are refused, counted and kept in study.json with the reason, and never reach the core. A run
+that exits 0 without a report that counts beyond where it started is Failed, never Completed: a
+trainer whose metric nobody saw has no result.
+
+Each trial's command is the study's with its hyper-parameters substituted (trial_command.py), run by
+the metrics collector (``python -m hpo_trial.collect``) when the config names one.
 
 The deadline is hard: the core is shown a clock ``stop_margin`` seconds ahead of the real one, so it
 stops trials early enough that their SIGTERM (at most 1 s before SIGKILL there, whatever the grace)
@@ -27,6 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,6 +44,7 @@ from typing import Any, Protocol, cast
 
 from .asha import tie_note
 from .budget import Plan
+from .config import MetricsCollector
 from .contain import Containment, runner_record
 from .study import (
     Best,
@@ -55,6 +62,7 @@ from .study import (
     TrialView,
     report_refusal,
 )
+from .trial_command import describe_collector, substitute, wrap
 
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
@@ -298,6 +306,9 @@ class LocalTrial:
     stop_at: float | None = None  # this run ends at this resource (promote variant); None: at R
     runs: int = 1  # the first start and each resumption
     final: bool = False  # resumed for the final training
+    start_from: float = 0.0  # this run resumed from this resource; a run that reports goes beyond it
+    run_refused_from: int = 0  # refused_count when this run started
+    argv: list[str] = field(default_factory=list)  # the command this run ran
     reports: list[dict[str, Any]] = field(default_factory=list)  # those that count, as they arrived
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first REFUSED_KEPT, with why
     refused_count: int = 0
@@ -420,6 +431,8 @@ class RunOptions:
     """The config as study.json records it."""
     cwd: Path | None = None
     """The trials' working directory (None: this process's)."""
+    collector: MetricsCollector | None = None
+    """Run each trial's command under ``python -m hpo_trial.collect`` with these options."""
 
     @property
     def deadline_grace(self) -> float:
@@ -664,7 +677,12 @@ class LocalRunner:
         # Children the trial left behind (data loaders, shells, daemons) must not outlive it.
         self.contain.kill(trial.name)
         if trial.status is TrialStatus.RUNNING:
-            if code == 0 and trial.stop_at is not None and trial.stop_at < self.study.config.max_resource:
+            if code == 0 and not any(r["resource"] > trial.start_from for r in trial.reports):
+                trial.status = TrialStatus.FAILED
+                trial.reason = self._no_reports(trial)
+                trial.log_tail = read_log_tail(trial.log_path)
+                self.progress.log(f"{trial.name} failed: {trial.reason}")
+            elif code == 0 and trial.stop_at is not None and trial.stop_at < self.study.config.max_resource:
                 trial.status = TrialStatus.PAUSED
                 self.progress.log(f"{trial.name} paused at {trial.stop_at:g}")
             elif code == 0:
@@ -678,6 +696,22 @@ class LocalRunner:
                 self.progress.log(f"{trial.name} failed ({trial.reason}): {last}")
         elif trial.killed:
             trial.log_tail = read_log_tail(trial.log_path)
+
+    def _no_reports(self, trial: LocalTrial) -> str:
+        """Why a run that exited 0 has no result: nothing reported, or nothing that counts."""
+        metric = self.study.config.metric
+        refused = trial.refused_count - trial.run_refused_from
+        if refused:
+            reason = f"exited 0 without a report of {metric} that counts ({refused} refused"
+            kept = len(trial.refused) > trial.run_refused_from  # the first REFUSED_KEPT are kept
+            reason += f", the last: {trial.refused[-1]['reason']})" if kept else ")"
+        else:
+            reason = f"exited 0 without reporting {metric}"
+        if trial.start_from > 0:
+            reason += f" beyond resource {trial.start_from:g}, where it resumed"
+        if self.options.collector is not None:
+            reason += f"; the collector looked for {describe_collector(self.options.collector, metric)}"
+        return reason
 
     def _observe(self, now: float, free_slots: int) -> Decision:
         # The core sees the clock stop_margin ahead, so its deadline stops leave time to stop.
@@ -855,6 +889,7 @@ class LocalRunner:
         trial.slot, trial.stop_at, trial.runs = slot, action.stop_at, trial.runs + 1
         trial.status, trial.reason, trial.exit_code, trial.ended_at = TrialStatus.RUNNING, None, None, None
         trial.term_sent_at, trial.killed, trial.pruned, trial.log_tail = None, False, None, None
+        trial.start_from = action.start_from
         if action.final:
             trial.final, self.final_index = True, action.index
         extra = {
@@ -869,6 +904,10 @@ class LocalRunner:
     def _launch(self, trial: LocalTrial, extra: Mapping[str, str], log_mode: str) -> bool:
         """Starts the trial's process; False (and the trial Failed) when it cannot start."""
         env = self.trial_environment(trial.name, trial.params, trial.slot, trial.folder) | dict(extra)
+        command = [substitute(arg, trial.params, env) for arg in self.options.command]
+        # The collector is this package's own module, so it runs with this interpreter.
+        trial.argv = wrap(command, self.options.collector, sys.executable)
+        trial.run_refused_from = trial.refused_count
         try:
             log = trial.log_path.open(log_mode)
         except OSError as err:
@@ -876,7 +915,7 @@ class LocalRunner:
         with log:
             try:
                 trial.process = subprocess.Popen(
-                    list(self.options.command),
+                    trial.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -885,7 +924,7 @@ class LocalRunner:
                     start_new_session=True,  # its own process group, out of reach of the terminal's ^C
                 )
             except OSError as err:
-                log.write(f"cannot start {self.options.command[0]}: {err}\n".encode())
+                log.write(f"cannot start {trial.argv[0]}: {err}\n".encode())
                 trial.status = TrialStatus.FAILED
                 trial.exit_code = 127 if isinstance(err, FileNotFoundError) else 126
                 trial.ended_at = self.clock()
@@ -1005,6 +1044,7 @@ class LocalRunner:
             "killed": t.killed,
             "runs": t.runs,
             "final": t.final,
+            "command": list(t.argv),
             "rung": None if rung is None or rung < 0 else rung,
             "pruned": None
             if pruned is None
