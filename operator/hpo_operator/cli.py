@@ -28,11 +28,13 @@ from .config import (
     check_max_resource,
     check_time_ratio,
     format_duration,
+    ignored_warning,
     load_config,
     parse_duration,
+    require_max_resource,
     study_config_from_spec,
 )
-from .space import quote
+from .space import SearchSpace, quote
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,26 +99,77 @@ def main() -> None:
     """Hyper-parameter optimisation with ASHA under a time budget, in Kubernetes or on this machine."""
 
 
+def _warn_ignored(path: Path, study: StudyConfig) -> None:
+    warning = ignored_warning(study)
+    if warning is not None:
+        click.echo(f"warning: {path}: {warning}", err=True)
+
+
+def _written(raw: dict[str, Any], *names: str) -> str | None:
+    """Which of a setting's names (this project's, then OTX's others) the file gives it under."""
+    return next((name for name in names if name in raw), None)
+
+
+def summary_lines(study: StudyConfig, raw: dict[str, Any]) -> list[str]:
+    """hpo validate's summary: each setting, the key that set it and the flag that overrides it."""
+    lines = [f"metric: {study.metric} ({study.mode})"]
+    if study.max_resource_given:
+        key = _written(raw, "maximum_resource", "max_iterations")
+        resource = f"resource: up to R = {study.max_resource:g} ({key}; --max-resource overrides)"
+    else:
+        resource = (
+            "resource: R is not set: hpo plan, manifest and run need --max-resource R "
+            "(or maximum_resource in the config)"
+        )
+    if study.min_resource is not None:
+        resource += (
+            f", from r = {study.min_resource:g} ({_written(raw, 'minimum_resource', 'min_iterations')})"
+        )
+    lines.append(resource)
+    if study.reduction_factor is not None:
+        lines.append(f"reduction factor: {study.reduction_factor}")
+    if "sampler" in raw:
+        lines.append(f"sampler: {study.sampler} (sampler)")
+    elif raw.get("search_algorithm") == "smbo":
+        lines.append(f"sampler: {study.sampler} (search_algorithm smbo: model-based)")
+    else:
+        lines.append(f"sampler: {study.sampler} (default)")
+    ratio = "expected_time_ratio" if "expected_time_ratio" in raw else "default"
+    lines.append(f"time ratio: {study.budget.time_ratio:g} ({ratio}; --time-ratio or --budget overrides)")
+    if study.parallel_trials is not None:
+        lines.append(
+            f"trials at once: at most {study.parallel_trials} (num_workers; --gpus, --cpu-slots and "
+            "--parallel-trials override)"
+        )
+    if study.priors:
+        key = _written(raw, "prior_hyper_parameters")
+        lines.append(f"first trials: {len(study.priors)} prior configuration(s) ({key}), then the sampler")
+        lines += [f"prior {i}: {json.dumps(prior)}" for i, prior in enumerate(study.priors)]
+        lines += [f"{p.name}: {p.describe()}" for p in study.space.params]
+    else:
+        lines.append("first trial: the defaults (each parameter's default, else the middle of its range)")
+        lines += [f"{p.name}: {p.describe()}, first tried {quote(p.initial())}" for p in study.space.params]
+    return lines
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @bad_input_exits
 def validate(config: Path) -> None:
-    """Check an hpo_config.yaml and print a summary, or every problem found."""
+    """Check an hpo_config.yaml and print a summary, or every problem found.
+
+    A file without maximum_resource is valid: R is then given when planning (--max-resource)."""
     try:
-        study, _ = load_config(config)
+        study, raw = load_config(config, require_max_resource=False)
     except ConfigError as err:
         click.echo(f"{config}: {len(err.problems)} problem(s):", err=True)
         for problem in err.problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    _warn_ignored(config, study)
     click.echo(f"{config}: valid")
-    click.echo(f"  metric: {study.metric} ({study.mode})")
-    click.echo(
-        f"  resource: up to {study.max_resource:g}"
-        + (f", from {study.min_resource:g}" if study.min_resource else "")
-    )
-    for p in study.space.params:
-        click.echo(f"  {p.name}: {p.describe()}, first tried {quote(p.initial())}")
+    for line in summary_lines(study, raw):
+        click.echo(f"  {line}")
 
 
 @main.command()
@@ -126,7 +179,8 @@ def validate(config: Path) -> None:
 @bad_input_exits
 def sample(config: Path, count: int, seed: int | None) -> None:
     """Print N configurations drawn from the search space, one JSON object a line."""
-    study, _ = load_config(config)
+    study, _ = load_config(config, require_max_resource=False)
+    _warn_ignored(config, study)
     rng = random.Random(study.seed if seed is None else seed)
     for _ in range(count):
         click.echo(json.dumps(study.space.sample(rng)))
@@ -162,10 +216,31 @@ def _with_max_resource(config: StudyConfig, max_resource: float | None) -> Study
     return replace(config, max_resource=max_resource)
 
 
+def load_study(
+    config: Path, max_resource: float | None, slots_flag: bool = False
+) -> tuple[StudyConfig, dict[str, Any]]:
+    """The config of a command that plans (plan, manifest, run): its warning printed once,
+    --max-resource applied, and R required, else ConfigError naming the flag and the key (exit 2).
+    A flag wins over the config: with ``slots_flag`` (trials at once given by --gpus or
+    --cpu-slots) the config's num_workers is set aside."""
+    study, raw = load_config(config, require_max_resource=False)
+    _warn_ignored(config, study)
+    study = _with_max_resource(study, max_resource)
+    require_max_resource(study, str(config))
+    if slots_flag:
+        study = replace(study, parallel_trials=None)
+    return study, raw
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @_plan_options
-@click.option("--gpus", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at once")
+@click.option(
+    "--gpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Trials at once [the config's num_workers, else 1]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON")
 @bad_input_exits
 def plan(
@@ -174,11 +249,12 @@ def plan(
     time_ratio: float | None,
     budget: float | None,
     max_resource: float | None,
-    gpus: int,
+    gpus: int | None,
     as_json: bool,
 ) -> None:
     """Show the ASHA plan auto-configured for a time budget."""
-    study = _with_max_resource(load_config(config)[0], max_resource)
+    study, _ = load_study(config, max_resource, slots_flag=gpus is not None)
+    gpus = (study.parallel_trials or 1) if gpus is None else gpus
     if train_time is None:
         fail("--train-time is needed to plan: it gives the time of one epoch")
     assert train_time is not None
@@ -205,15 +281,14 @@ def plan(
     )
 
 
-def _hp_space_spec(raw: dict[str, Any]) -> dict[str, Any]:
-    """The file's hp_space in the spec's camelCase; the file names the type param_type or paramType."""
+def _hp_space_spec(space: SearchSpace) -> dict[str, Any]:
+    """The search space in the spec's form, paramType and range, whichever OTX form the file used."""
     out: dict[str, Any] = {}
-    for name, spec in raw["hp_space"].items():
-        ptype = spec["param_type"] if "param_type" in spec else spec["paramType"]
-        item = {"paramType": ptype, "range": spec["range"]}
-        if spec.get("default") is not None:
-            item["default"] = spec["default"]
-        out[name] = item
+    for p in space.params:
+        item: dict[str, Any] = {"paramType": p.type, "range": p.range_values()}
+        if p.default is not None:
+            item["default"] = p.default
+        out[p.name] = item
     return out
 
 
@@ -231,7 +306,9 @@ def _hp_space_spec(raw: dict[str, Any]) -> dict[str, Any]:
 )
 @_plan_options
 @click.option("--deadline", type=DURATION, default=None, help="Alias of --budget")
-@click.option("--parallel-trials", default="auto", show_default=True, help="'auto' or a number")
+@click.option(
+    "--parallel-trials", default=None, help="'auto' or a number [the config's num_workers, else auto]"
+)
 @click.option("--gpus-per-trial", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--final-training", is_flag=True, help="After HPO, train the best configuration to R")
 @click.option("--checkpoint-claim", default=None, help="An existing claim for the trials' checkpoints")
@@ -253,7 +330,7 @@ def manifest(
     budget: float | None,
     max_resource: float | None,
     deadline: float | None,
-    parallel_trials: str,
+    parallel_trials: str | None,
     gpus_per_trial: int,
     final_training: bool,
     checkpoint_claim: str | None,
@@ -261,9 +338,7 @@ def manifest(
     storage_class: str | None,
 ) -> None:
     """Print an HPOStudy manifest for kubectl apply."""
-    study, raw = load_config(config)
-    if max_resource is not None:
-        study = _with_max_resource(study, max_resource)
+    study, _ = load_study(config, max_resource)
     if time_ratio is not None:
         check_time_ratio(time_ratio)
     budget = budget if budget is not None else deadline
@@ -276,8 +351,10 @@ def manifest(
         budget_spec["timeRatio"] = time_ratio if time_ratio is not None else study.budget.time_ratio
         if train_time is not None:
             budget_spec["trainTime"] = format_duration(train_time)
-    parallel: int | str = parallel_trials
-    if parallel_trials != "auto":
+    parallel: int | str = study.parallel_trials or "auto"
+    if parallel_trials == "auto":
+        parallel = parallel_trials
+    elif parallel_trials is not None:
         try:
             parallel = int(parallel_trials)
         except ValueError:
@@ -293,7 +370,7 @@ def manifest(
         "metric": study.metric,
         "mode": study.mode,
         "searchAlgorithm": "asha",
-        "hpSpace": _hp_space_spec(raw),
+        "hpSpace": _hp_space_spec(study.space),
         "maximumResource": study.max_resource,
     }
     if study.min_resource is not None:
@@ -307,6 +384,8 @@ def manifest(
         "seed": study.seed,
         "sampler": study.sampler,
     }
+    if study.priors:
+        spec["priorHyperparameters"] = [dict(prior) for prior in study.priors]
     if study.asha_variant != "stop":
         spec["asha"] = {"variant": study.asha_variant}
     if final_training or study.final_training:
@@ -482,7 +561,7 @@ def run_command(
     from .progress import LineProgress, TerminalProgress
     from .study import Study, StudyError
 
-    study_config = _with_max_resource(load_config(config)[0], max_resource)
+    study_config = load_study(config, max_resource, slots_flag=cpu_slots is not None or gpus != "auto")[0]
     if budget is not None and train_time is not None:
         fail("give either --budget or --train-time (with --time-ratio), not both")
     budget_seconds(study_config, train_time, time_ratio, budget)  # checks the combination

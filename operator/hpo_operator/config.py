@@ -23,13 +23,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .space import MAX_PARAMS, SearchSpace, SpaceError, exponent_hint, parse_space, quote
+from .space import MAX_PARAMS, SearchSpace, SpaceError, exponent_hint, parse_space, quote, suggestion
 
 API_GROUP = "hpo.dev"
 API_VERSION = "v1alpha1"
 
 DEFAULT_METRIC = "mAP"
-DEFAULT_MAX_RESOURCE = 10
+# R, the resource of one full training, has no default: a config without it is refused by every
+# command that plans (require_max_resource). StudyConfig.max_resource holds this until R is known.
+NO_MAX_RESOURCE = 0.0
 DEFAULT_REDUCTION_FACTOR = 3
 DEFAULT_TIME_RATIO = 4.0
 
@@ -54,6 +56,8 @@ MAX_DURATION_SECONDS = 366 * 86400
 MAX_TIME_RATIO = 1000.0
 # Trials at once (spec.parallelTrials): one reconcile may start as many, each proposal seeing the others.
 MAX_PARALLEL_TRIALS = 1_000
+# Prior configurations (prior_hyper_parameters): each one is a trial started before the sampler's.
+MAX_PRIORS = 1_000
 # The metric reaches each trial in an environment variable (HPO_METRIC).
 MAX_METRIC_CHARS = 256
 # Integers anywhere in a spec, and the seed: what the Kubernetes API stores (int64).
@@ -162,7 +166,7 @@ class StudyConfig:
     space: SearchSpace
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
-    max_resource: float = DEFAULT_MAX_RESOURCE
+    max_resource: float = NO_MAX_RESOURCE  # R; NO_MAX_RESOURCE until a file, a flag or a spec gives it
     min_resource: float | None = None
     reduction_factor: int | None = None
     seed: int = 0
@@ -173,6 +177,14 @@ class StudyConfig:
     asha_variant: AshaVariant = "stop"
     final_training: bool = False
     metrics_collector: MetricsCollector | None = None  # None: trials report with hpo_trial.report()
+    # Configurations tried first, in order (trials 0..k-1); without them trial 0 takes the defaults.
+    priors: tuple[dict[str, Any], ...] = ()
+    # OTX keys the file gives that change nothing here, each "key (why)": one warning names them.
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def max_resource_given(self) -> bool:
+        return self.max_resource != NO_MAX_RESOURCE
 
 
 class _Strict(BaseModel):
@@ -267,20 +279,56 @@ class MetricsCollector(BaseModel):
         return self
 
 
+# --- hpo_config.yaml as OpenVINO Training Extensions (OTX) reads it ------------------------------
+#
+# OTX 0.x (through the hpopt library), 1.x and 2.x (its HpoConfig) read these keys; docs/architecture.md
+# ("OTX configs") says what each does here. A key none of them reads is an error.
+
+# Keys under an older or newer OTX name: the name here, which the rest of the module uses.
+OTX_RENAMED = {
+    "search_space": "hp_space",  # 2.x
+    "metric_name": "metric",  # 2.x
+    "max_iterations": "maximum_resource",  # 0.x: "max training epochs for each trial"
+    "min_iterations": "minimum_resource",  # 0.x: ASHA's minimum epochs
+}
+# Keys OTX reads that have no equivalent here, and why ignoring them changes nothing.
+OTX_IGNORED = {
+    "early_stop": "ASHA's rungs stop trials",
+    "num_trials": "the budget sets the number of trials",
+    "num_init_trials": "the sampler starts with its own quasi-random trials",
+    "num_brackets": "ASHA runs one bracket",
+    "asynchronous_bracket": "ASHA runs one bracket",
+    "subset_ratio": "the trainer chooses its data",
+    "resume": "every study starts anew",
+    "save_path": "results go where hpo run --out or the HPOStudy says",
+    "acceptable_additional_time_ratio": "the deadline is hard",
+    "adapt_bs_search_space_max_val": "the search space is used as written",
+    "callbacks_to_exclude": "the trainer chooses its callbacks",
+}
+
+
 class HpoConfigFile(_Strict):
-    """hpo_config.yaml as OpenVINO Training Extensions writes it (snake_case keys)."""
+    """hpo_config.yaml under the names above (OTX_RENAMED mapped, OTX_IGNORED removed)."""
 
     metric: str = DEFAULT_METRIC
     mode: Mode = "max"
-    search_algorithm: Literal["asha"] = "asha"
+    # smbo (OTX 0.x's Gaussian-process Bayesian optimisation): a model-based sampler, gp by default.
+    search_algorithm: Literal["asha", "smbo"] = "asha"
     hp_space: dict[str, Any]
     maximum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
     minimum_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
     reduction_factor: int | None = Field(default=None, ge=2, strict=True)
+    expected_time_ratio: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    num_workers: int | None = Field(default=None, ge=1, strict=True)
+    prior_hyper_parameters: Any = None  # judged against the search space (prior_configurations)
+    asynchronous_sha: bool = Field(default=True, strict=True)
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = DEFAULT_SAMPLER
     asha: AshaSettings = Field(default_factory=AshaSettings)
     metrics_collector: MetricsCollector | None = None
+
+
+FILE_KEYS = sorted({*HpoConfigFile.model_fields, *OTX_RENAMED, *OTX_IGNORED})
 
 
 def _loc_text(loc: tuple[Any, ...]) -> str:
@@ -288,12 +336,20 @@ def _loc_text(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(top level)"
 
 
-def _pydantic_problems(err: ValidationError, allowed: list[str] | None = None) -> list[str]:
+def _pydantic_problems(
+    err: ValidationError, allowed: list[str] | None = None, names: Mapping[str, str] | None = None
+) -> list[str]:
+    """One line per error; ``names`` maps a top-level field to the key the input wrote it under."""
     problems = []
     for e in err.errors():
-        loc = _loc_text(e["loc"])
+        where = e["loc"]
+        if names and where and isinstance(where[0], str):
+            where = (names.get(where[0], where[0]), *where[1:])
+        loc = _loc_text(where)
         if e["type"] == "extra_forbidden":
-            hint = f" (allowed: {', '.join(allowed)})" if allowed and len(e["loc"]) == 1 else ""
+            hint = ""
+            if allowed and len(e["loc"]) == 1:
+                hint = suggestion(e["loc"][0], allowed) or f" (allowed: {', '.join(allowed)})"
             problems.append(f"{loc}: unknown key{hint}")
         elif e["type"] == "missing":
             problems.append(f"{loc}: required")
@@ -336,13 +392,11 @@ def _limit_problems(values: Mapping[str, Any], names: Mapping[str, str]) -> list
             problems.append(
                 f"{key} ({quote(value)}) must lie between {MIN_RESOURCE_LIMIT:g} and {MAX_RESOURCE_LIMIT:g}"
             )
-    if not problems and min_r is not None and min_r > 0:
-        limit = max_r if max_r is not None and max_r > 0 else None
-        if min_r > (limit or DEFAULT_MAX_RESOURCE):
-            shown = f"{limit:g}" if limit is not None else f"{DEFAULT_MAX_RESOURCE}, its default"
-            problems.append(
-                f"{names['min_resource']} ({min_r:g}) must not exceed {names['max_resource']} ({shown})"
-            )
+    # Without R the flag that gives it is checked against the minimum (cli._with_max_resource).
+    if not problems and min_r is not None and min_r > 0 and max_r is not None and max_r > 0 and min_r > max_r:
+        problems.append(
+            f"{names['min_resource']} ({min_r:g}) must not exceed {names['max_resource']} ({max_r:g})"
+        )
     eta = values.get(names["reduction_factor"])
     if isinstance(eta, int) and not isinstance(eta, bool) and eta > MAX_REDUCTION_FACTOR:
         problems.append(f"{names['reduction_factor']} ({quote(eta)}) must be at most {MAX_REDUCTION_FACTOR}")
@@ -371,6 +425,8 @@ _FILE_NAMES = {
     "reduction_factor": "reduction_factor",
     "seed": "seed",
     "metric": "metric",
+    "time_ratio": "expected_time_ratio",
+    "parallel_trials": "num_workers",
 }
 _SPEC_NAMES = {
     "max_resource": "maximumResource",
@@ -397,42 +453,145 @@ def check_time_ratio(value: float, name: str = "--time-ratio") -> None:
         raise ConfigError([f"must be positive and at most {MAX_TIME_RATIO:g}, got {quote(value)}"], name)
 
 
-def config_from_mapping(data: Any, source: str = "hpo_config.yaml") -> StudyConfig:
-    """Validates a parsed hpo_config.yaml; raises ConfigError naming every problem."""
+MISSING_MAX_RESOURCE = (
+    "R, the epochs (or steps) of one full training, is not set: give --max-resource R, or "
+    "maximum_resource: R in the config"
+)
+
+
+def ignored_warning(config: StudyConfig) -> str | None:
+    """The one warning that names every OTX key the config gives to no effect, or None."""
+    if not config.ignored:
+        return None
+    return "OTX settings with no use here, ignored: " + "; ".join(config.ignored)
+
+
+def require_max_resource(config: StudyConfig, source: str) -> None:
+    """Raises ConfigError naming the flag and the key unless ``config`` has R: nothing plans on a
+    guess."""
+    if not config.max_resource_given:
+        raise ConfigError([MISSING_MAX_RESOURCE], source)
+
+
+def prior_configurations(
+    raw: Any, space: SearchSpace, key: str
+) -> tuple[tuple[dict[str, Any], ...], list[str]]:
+    """OTX's ``prior_hyper_parameters`` (a configuration, or a list of them) checked against the
+    space: each gives every parameter a value of its range, and nothing else; problems name ``key``.
+    Returns the configurations in order, their parameters in the space's order."""
+    if raw is None:
+        return (), []
+    items = [raw] if isinstance(raw, Mapping) else raw
+    if not isinstance(items, list):
+        return (), [f"{key}: a configuration (parameter names to values) or a list of them, got {quote(raw)}"]
+    if len(items) > MAX_PRIORS:
+        return (), [f"{key}: {len(items):,} configurations, at most {MAX_PRIORS:,}"]
+    params = {p.name: p for p in space.params}
+    priors: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for i, item in enumerate(items):
+        where = key if isinstance(raw, Mapping) else f"{key}[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: must map parameter names to values, got {quote(item)}")
+            continue
+        before = len(problems)
+        for name, value in item.items():
+            param = params.get(name) if isinstance(name, str) else None
+            if param is None:
+                hint = suggestion(name, list(params))
+                problems.append(f"{where}: {quote(name)} is not a parameter of the search space{hint}")
+            elif not param.contains(value):
+                problems.append(f"{where}.{name}: {quote(value)} is not a value of {param.describe()}")
+        missing = [name for name in params if name not in item]
+        if missing:
+            problems.append(
+                f"{where}: no value for {', '.join(missing)} (a prior configuration sets every parameter)"
+            )
+        if len(problems) == before:
+            priors.append({name: item[name] for name in params})
+    return tuple(priors), problems
+
+
+def _otx_keys(data: Mapping[Any, Any]) -> tuple[dict[Any, Any], dict[str, str], list[str], list[str]]:
+    """The file under this module's names: (mapping, name here -> key in the file, ignored keys each
+    as "key (why)", problems of a setting given under two names)."""
+    out: dict[Any, Any] = {}
+    written: dict[str, str] = {}
+    ignored: list[str] = []
+    problems: list[str] = []
+    for key, value in data.items():
+        if key in OTX_IGNORED:
+            ignored.append(f"{key} ({OTX_IGNORED[key]})")
+            continue
+        name = OTX_RENAMED.get(key, key) if isinstance(key, str) else key
+        if name in out:
+            problems.append(f"{written[name]}, {key}: two names of one setting ({name}); give one")
+            continue
+        out[name] = value
+        if isinstance(name, str):
+            written[name] = key
+    return out, written, ignored, problems
+
+
+def config_from_mapping(
+    data: Any, source: str = "hpo_config.yaml", require_max_resource: bool = True
+) -> StudyConfig:
+    """Validates a parsed hpo_config.yaml, in any of OTX's forms; raises ConfigError naming every
+    problem. Without ``require_max_resource`` a file without R loads (hpo validate, hpo sample) and
+    its ``max_resource`` is NO_MAX_RESOURCE."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"must be a mapping of keys, got {type(data).__name__}"], source)
-    problems: list[str] = []
+    data, written, ignored, problems = _otx_keys(data)
     model: HpoConfigFile | None = None
     try:
-        model = HpoConfigFile.model_validate(dict(data))
+        model = HpoConfigFile.model_validate(data)
     except ValidationError as err:
-        allowed = sorted(HpoConfigFile.model_fields)
         # hp_space is parse_space's to judge, with messages that name the parameter.
         problems.extend(
-            p for p in _pydantic_problems(err, allowed) if not p.startswith(("hp_space:", "hp_space."))
+            p
+            for p in _pydantic_problems(err, FILE_KEYS, written)
+            if not p.startswith(("hp_space:", "hp_space."))
         )
         if any(e["loc"][:1] == ("hp_space",) for e in err.errors()) and "hp_space" not in data:
-            problems.append("hp_space: required (a mapping of parameter names to param_type/range)")
+            problems.append("hp_space: required (a mapping of parameter names to param_type and range)")
     space: SearchSpace | None = None
+    notes: list[str] = []
     if "hp_space" in data:
         try:
-            space = parse_space(data["hp_space"])
+            space = parse_space(data["hp_space"], notes)
         except SpaceError as err:
             problems.extend(err.problems)
-    problems += _limit_problems(data, _FILE_NAMES)
+    problems += _limit_problems(data, {k: written.get(v, v) for k, v in _FILE_NAMES.items()})
+    priors: tuple[dict[str, Any], ...] = ()
+    if space is not None:
+        key = written.get("prior_hyper_parameters", "prior_hyper_parameters")
+        priors, found = prior_configurations(data.get("prior_hyper_parameters"), space, key)
+        problems += found
+    sampler = model.sampler if model is not None else DEFAULT_SAMPLER
+    if model is not None and model.search_algorithm == "smbo" and sampler not in ("gp", "tpe"):
+        problems.append(f"search_algorithm smbo is model-based: sampler must be gp or tpe, got {sampler}")
+    if model is not None and not model.asynchronous_sha:
+        ignored.append("asynchronous_sha (successive halving here is always asynchronous)")
     if problems or model is None or space is None:
         raise ConfigError(problems, source)
+    # Not a problem of the file (hpo validate accepts it) but of planning with it: asked for last.
+    if require_max_resource and model.maximum_resource is None:
+        raise ConfigError([MISSING_MAX_RESOURCE], source)
     return StudyConfig(
         space=space,
         metric=model.metric,
         mode=model.mode,
-        max_resource=model.maximum_resource or DEFAULT_MAX_RESOURCE,
+        max_resource=model.maximum_resource or NO_MAX_RESOURCE,
         min_resource=model.minimum_resource,
         reduction_factor=model.reduction_factor,
         seed=model.seed,
-        sampler=model.sampler,
+        budget=BudgetSpec(time_ratio=model.expected_time_ratio or DEFAULT_TIME_RATIO),
+        parallel_trials=model.num_workers,
+        sampler=sampler,
         asha_variant=model.asha.variant,
         metrics_collector=model.metrics_collector,
+        priors=priors,
+        ignored=(*ignored, *notes),
     )
 
 
@@ -568,8 +727,9 @@ def read_text(path: Path) -> str:
         ) from err
 
 
-def load_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
-    """Reads and validates an hpo_config.yaml; returns the config and the raw mapping."""
+def load_config(path: str | Path, require_max_resource: bool = True) -> tuple[StudyConfig, dict[str, Any]]:
+    """Reads and validates an hpo_config.yaml; returns the config and the raw mapping. Without
+    ``require_max_resource`` a file without R loads, its max_resource NO_MAX_RESOURCE."""
     path = Path(path)
     text = read_text(path)
     try:
@@ -581,7 +741,7 @@ def load_config(path: str | Path) -> tuple[StudyConfig, dict[str, Any]]:
         raise ConfigError([f"not valid YAML: {_yaml_message(err)}"], str(path)) from err
     except (ValueError, TypeError, OverflowError) as err:  # a constructor's own error: still bad input
         raise ConfigError([f"cannot read a value: {err}"], str(path)) from err
-    return config_from_mapping(data, str(path)), data
+    return config_from_mapping(data, str(path), require_max_resource), data
 
 
 def _yaml_message(err: yaml.YAMLError) -> str:
@@ -662,6 +822,12 @@ class CheckpointsModel(_Camel):
     )
 
 
+SPEC_MISSING_MAX_RESOURCE = (
+    "spec.maximumResource: required: R, the epochs (or steps) of one full training "
+    "(hpo manifest writes it from --max-resource or the config's maximum_resource)"
+)
+
+
 class StudySpec(_Camel):
     """spec of an HPOStudy."""
 
@@ -687,6 +853,11 @@ class StudySpec(_Camel):
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = Field(
         default=DEFAULT_SAMPLER, description="random, qmc (Latin hypercube), tpe or gp (model-based)"
+    )
+    prior_hyperparameters: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Configurations tried first, in order (trials 0, 1, ...), each giving every parameter "
+        "of hpSpace; unset: trial 0 takes each parameter's default, or the middle of its range",
     )
     asha: AshaSettings = Field(default_factory=AshaSettings)
     final_training: FinalTrainingModel = Field(default_factory=FinalTrainingModel)
@@ -732,14 +903,22 @@ class StudySpec(_Camel):
         }
         problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         problems += self._checkpoint_problems()
-        if problems or space is None:
+        priors: tuple[dict[str, Any], ...] = ()
+        if space is not None:
+            priors, found = prior_configurations(
+                self.prior_hyperparameters, space, "spec.priorHyperparameters"
+            )
+            problems += found
+        if self.maximum_resource is None:
+            problems.append(SPEC_MISSING_MAX_RESOURCE)
+        if problems or space is None or self.maximum_resource is None:
             raise ConfigError(problems, "spec")
         budget = self.budget
         return StudyConfig(
             space=space,
             metric=self.metric,
             mode=self.mode,
-            max_resource=self.maximum_resource or DEFAULT_MAX_RESOURCE,
+            max_resource=self.maximum_resource,
             min_resource=self.minimum_resource,
             reduction_factor=self.reduction_factor,
             seed=self.seed,
@@ -754,6 +933,7 @@ class StudySpec(_Camel):
             asha_variant=self.asha.variant,
             final_training=self.final_training.enabled,
             metrics_collector=self.metrics_collector,
+            priors=priors,
         )
 
     def _checkpoint_problems(self) -> list[str]:
@@ -862,6 +1042,8 @@ def study_config_from_spec(spec: Mapping[str, Any]) -> StudyConfig:
             "budget.timeRatio": budget.get("timeRatio") if isinstance(budget, Mapping) else None,
         }
         problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
+        if spec.get("maximumResource") is None:
+            problems.append(SPEC_MISSING_MAX_RESOURCE)
         raise ConfigError(problems, "spec") from err
     try:
         config = model.to_study_config()

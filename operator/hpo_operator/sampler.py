@@ -228,11 +228,19 @@ class _Parzen:
 class Sampler:
     """Proposes trial configurations for one study."""
 
-    def __init__(self, space: SearchSpace, kind: SamplerName, seed: int, mode: Mode) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        kind: SamplerName,
+        seed: int,
+        mode: Mode,
+        priors: Sequence[dict[str, Any]] = (),
+    ) -> None:
         self.space = space
         self.kind = kind
         self.seed = seed
         self.mode = mode
+        self.priors = tuple(priors)
         self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
         self._derived: dict[int, _Derived] = {}
 
@@ -248,7 +256,11 @@ class Sampler:
     def propose(
         self, index: int, tried: Sequence[Observed], rungs: Sequence[float], max_resource: float
     ) -> dict[str, Any]:
-        """Trial ``index``'s configuration given every trial tried so far (the defaults for 0)."""
+        """Trial ``index``'s configuration given every trial tried so far: the prior configurations
+        first, in order (OTX's prior_hyper_parameters), or without them the defaults for trial 0; then
+        the sampler's proposals, which see the priors among the trials tried."""
+        if index < len(self.priors):
+            return dict(self.priors[index])
         if index == 0:
             return self.space.initial()
         if self.kind == "random":

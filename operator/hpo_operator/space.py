@@ -1,14 +1,28 @@
 """The search space: five parameter types, their validation and seeded sampling.
 
-Semantics (the same in the CLI, the local backend and the operator):
+Semantics (the same in the CLI, the local backend and the operator), as OpenVINO Training
+Extensions (OTX) defines them in ``hpo/search_space.py``:
 
 * ``uniform [min, max]``: a float uniform in [min, max].
 * ``quniform [min, max, step]``: uniform over the grid ``min + k*step`` inside [min, max].
-* ``loguniform [min, max, (log_base=10)]``: uniform in log space; the base does not change the
-  distribution and is accepted for compatibility.
-* ``qloguniform [min, max, step, (log_base=10)]``: log-uniform, then rounded to the grid
-  ``min + k*step`` and kept inside [min, max].
+* ``loguniform [min, max, (log_base)]``: uniform in log space. OTX draws ``log_base ** u`` for ``u``
+  uniform in ``[log(min), log(max)]`` to that base, which is the same distribution for every base:
+  the base is accepted and changes nothing (OTX's code defaults it to 2, its documentation to 10).
+* ``qloguniform [min, max, step, (log_base)]``: log-uniform, then rounded to the grid
+  ``min + k*step`` (OTX rounds in real space, after the exponent) and kept inside [min, max].
 * ``choice [v1, v2, ...]``: one of the values, each equally likely; values may be any YAML value.
+
+A parameter gives its values as ``range`` (the lists above) or, OTX's recommended form, as keys:
+``min``, ``max``, ``step``, ``log_base`` and, for ``choice``, ``choice_list``. Its type is
+``param_type`` (OTX 1.x), ``type`` (OTX 2.x) or ``paramType`` (the HPOStudy spec). With ``range``,
+OTX 1.x ignores the other value keys, and so does this module; keys a type does not use (a ``step``
+of a ``uniform``) OTX ignores too. Such keys are returned to the caller as notes, to be named in
+one warning.
+
+Bounds are inclusive. OTX rounds a draw to the nearest grid point, so where ``max`` is not on the
+grid it can return the grid point past ``max``, and it gives the end points of a grid half the
+chance of the others; here every value lies inside [min, max] and a ``quniform`` grid point is as
+likely as any other.
 
 Grid values are computed in decimal arithmetic from the values as written, so ``0.0007 + 3*0.0001``
 is ``0.001`` and never ``0.0010000000000000002``; when min, max and step are all integers the values
@@ -21,6 +35,7 @@ linear and its messages short, are the constants below (docs/security.md, "Input
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import random
@@ -53,6 +68,18 @@ MAX_CONFIGURATION_BYTES = 65_536
 _NUMBER_JSON_CHARS = 24
 
 PARAM_TYPES = ("uniform", "quniform", "loguniform", "qloguniform", "choice")
+
+# The keys that name a parameter's type: OTX 1.x, OTX 2.x, the HPOStudy spec.
+TYPE_KEYS = ("param_type", "type", "paramType")
+# OTX's keyed form: the keys each type uses, in the order of its range list; log_base is optional.
+FORM_KEYS: dict[str, tuple[str, ...]] = {
+    "uniform": ("min", "max"),
+    "quniform": ("min", "max", "step"),
+    "loguniform": ("min", "max", "log_base"),
+    "qloguniform": ("min", "max", "step", "log_base"),
+    "choice": ("choice_list",),
+}
+VALUE_KEYS = ("min", "max", "step", "log_base", "choice_list")
 
 # Range lengths each type accepts (the optional trailing element is log_base).
 _RANGE_LENGTHS: dict[str, tuple[int, ...]] = {
@@ -173,7 +200,7 @@ class Param:
     low: float = 0.0
     high: float = 0.0
     step: float | None = None
-    log_base: float = 10.0
+    log_base: float | None = None  # as given; it changes no value
     choices: tuple[Any, ...] = ()
     integer: bool = False
     default: Any = None
@@ -279,6 +306,17 @@ class Param:
             return 0 <= k < self.grid_size and self.grid_value(k) == value
         return True
 
+    def range_values(self) -> list[Any]:
+        """The parameter as a ``range`` list (the form of the HPOStudy spec), log_base if given."""
+        if self.type == "choice":
+            return list(self.choices)
+        values: list[Any] = [self.low, self.high]
+        if self.step is not None:
+            values.append(self.step)
+        if self.log and self.log_base is not None:
+            values.append(self.log_base)
+        return values
+
     def describe(self) -> str:
         if self.type == "choice":
             return f"choice {quote(list(self.choices))}"
@@ -345,39 +383,97 @@ def _numeric_problems(ptype: str, values: list[Any], where: str) -> list[str]:
     return problems
 
 
-def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
+def suggestion(key: Any, known: Sequence[str]) -> str:
+    """' (did you mean X?)' for the known key closest to a misspelt ``key``, or ''."""
+    if not isinstance(key, str) or len(key) > 100:
+        return ""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+_PARAM_KEYS = (*TYPE_KEYS, "range", *VALUE_KEYS, "default")
+
+
+def _given_values(
+    ptype: str, spec: dict[str, Any], where: str, problems: list[str], notes: list[str]
+) -> tuple[list[Any], bool] | None:
+    """The parameter's values in range order, and whether they came as ``range``; None after a
+    problem. Value keys that OTX ignores (all of them beside ``range``, those a type does not use)
+    become notes."""
+    keyed = [k for k in VALUE_KEYS if k in spec]
+    if "range" in spec:
+        if keyed:
+            notes.append(f"{where}: {', '.join(keyed)} (range is used)")
+        values = spec["range"]
+        if not isinstance(values, list):
+            problems.append(f"{where}: range must be a list, got {quote(values)}")
+            return None
+        return values, True
+    form = FORM_KEYS[ptype]
+    unused = [k for k in keyed if k not in form]
+    if unused:
+        notes.append(f"{where}: {', '.join(unused)} (not used by {ptype})")
+    required = [k for k in form if k != "log_base"]
+    missing = [k for k in required if k not in spec]
+    if missing:
+        problems.append(
+            f"{where}: {ptype} needs range, or {' and '.join(required)}; missing {', '.join(missing)}"
+        )
+        return None
+    if ptype == "choice":
+        choices = spec["choice_list"]
+        if not isinstance(choices, list):
+            problems.append(f"{where}: choice_list must be a list, got {quote(choices)}")
+            return None
+        return choices, False
+    for key in form:
+        problem = number_problem(spec[key]) if key in spec else None
+        if problem is not None:
+            problems.append(f"{where}: {key} must be a finite number within ±{MAX_MAGNITUDE:g}; {problem}")
+            return None
+    return [spec[k] for k in form if k in spec], False
+
+
+def _parse_param(name: str, spec: Any, problems: list[str], notes: list[str]) -> Param | None:
     where = _where(name)
     if not isinstance(spec, Mapping):
         problems.append(f"{where}: must be a mapping with param_type and range, got {quote(spec)}")
         return None
     spec = dict(spec)
-    if "param_type" in spec and "paramType" in spec:
-        problems.append(f"{where}: give param_type or paramType, not both")
+    type_keys = [k for k in TYPE_KEYS if k in spec]
+    if len(type_keys) > 1:
+        problems.append(
+            f"{where}: give {' or '.join(type_keys)}, not {'both' if len(type_keys) == 2 else 'all'}"
+        )
         return None
-    ptype = spec.pop("param_type", None)
-    ptype = spec.pop("paramType", ptype)
-    rng_values = spec.pop("range", None)
-    default = spec.pop("default", None)
+    ptype = spec[type_keys[0]] if type_keys else None
+    default = spec.get("default")
     for key in spec:
-        problems.append(f"{where}: unknown key {quote(key)} (allowed: param_type, range, default)")
+        if key not in _PARAM_KEYS:
+            problems.append(
+                f"{where}: unknown key {quote(key)}{suggestion(key, _PARAM_KEYS)} (allowed: param_type "
+                "or type, range or min/max/step/log_base/choice_list, default)"
+            )
     if ptype is None:
         problems.append(f"{where}: param_type is missing (one of {', '.join(PARAM_TYPES)})")
         return None
     if ptype not in PARAM_TYPES:
         problems.append(f"{where}: unknown param_type {quote(ptype)} (one of {', '.join(PARAM_TYPES)})")
         return None
-    if not isinstance(rng_values, list):
-        problems.append(f"{where}: range must be a list, got {quote(rng_values)}")
+    given = _given_values(ptype, spec, where, problems, notes)
+    if given is None:
         return None
+    values, as_range = given
     if ptype == "choice":
-        if not rng_values:
-            problems.append(f"{where}: choice needs at least one value in range")
+        where_values = "range" if as_range else "choice_list"
+        if not values:
+            problems.append(f"{where}: choice needs at least one value in {where_values}")
             return None
-        if len(rng_values) > MAX_CHOICES:
-            problems.append(f"{where}: choice has {len(rng_values):,} values, at most {MAX_CHOICES:,}")
+        if len(values) > MAX_CHOICES:
+            problems.append(f"{where}: choice has {len(values):,} values, at most {MAX_CHOICES:,}")
             return None
         left = MAX_VALUE_NODES
-        for i, value in enumerate(rng_values):
+        for i, value in enumerate(values):
             problem, visited = json_value_problem(value, left)
             left -= visited
             if problem is not None:
@@ -386,30 +482,30 @@ def _parse_param(name: str, spec: Any, problems: list[str]) -> Param | None:
                     f"lists, mappings with string keys); value {i}: {problem}"
                 )
                 return None
-        param = Param(name=name, type=ptype, choices=tuple(rng_values))
+        param = Param(name=name, type=ptype, choices=tuple(values))
     else:
         lengths = _RANGE_LENGTHS[ptype]
         shape = " or ".join(str(n) for n in lengths)
-        if len(rng_values) not in lengths:
-            problems.append(f"{where}: {ptype} range needs {shape} values, got {len(rng_values)}")
+        if len(values) not in lengths:
+            problems.append(f"{where}: {ptype} range needs {shape} values, got {len(values)}")
             return None
-        for value in rng_values:
+        for value in values:
             problem = number_problem(value)
             if problem is not None:
                 problems.append(
                     f"{where}: range values must be finite numbers within ±{MAX_MAGNITUDE:g}; {problem}"
                 )
                 return None
-        found = _numeric_problems(ptype, rng_values, where)
+        found = _numeric_problems(ptype, values, where)
         if found:
             problems.extend(found)
             return None
-        low, high = rng_values[0], rng_values[1]
+        low, high = values[0], values[1]
         quantized = ptype in ("quniform", "qloguniform")
-        step = rng_values[2] if quantized else None
-        log_base = 10.0
-        if ptype in ("loguniform", "qloguniform") and len(rng_values) == max(lengths):
-            log_base = float(rng_values[-1])
+        step = values[2] if quantized else None
+        log_base = (
+            values[-1] if ptype in ("loguniform", "qloguniform") and len(values) == max(lengths) else None
+        )
         integer = quantized and all(isinstance(v, int) for v in (low, high, step))
         param = Param(
             name=name, type=ptype, low=low, high=high, step=step, log_base=log_base, integer=integer
@@ -429,8 +525,12 @@ def _largest_json(param: Param) -> int:
     return _NUMBER_JSON_CHARS
 
 
-def parse_space(raw: Any) -> SearchSpace:
-    """Validates a raw ``hp_space`` mapping; raises SpaceError listing every problem found."""
+def parse_space(raw: Any, notes: list[str] | None = None) -> SearchSpace:
+    """Validates a raw ``hp_space`` mapping; raises SpaceError listing every problem found.
+
+    Keys OTX accepts and ignores (see the module's docstring) are appended to ``notes``, one
+    ``hp_space.<name>: <keys> (<why>)`` per parameter."""
+    notes = [] if notes is None else notes
     problems: list[str] = []
     if not isinstance(raw, Mapping) or not raw:
         raise SpaceError([f"hp_space: must be a non-empty mapping of parameter names, got {quote(raw)}"])
@@ -441,7 +541,7 @@ def parse_space(raw: Any) -> SearchSpace:
         if not isinstance(name, str) or not name.strip():
             problems.append(f"hp_space: parameter names must be non-empty strings, got {quote(name)}")
             continue
-        param = _parse_param(name, spec, problems)
+        param = _parse_param(name, spec, problems, notes)
         if param is not None:
             params.append(param)
     if problems:

@@ -4,8 +4,10 @@
 state and reports, and returns the actions to take: start trials, prune trials, stop trials at the
 deadline, finalize with the best. It has no clock, no I/O and no state of its own; the same
 observation always gives the same decision, so adapters call it as often as they like (after a
-restart too). Trial ``k``'s hyper-parameters depend only on ``(seed, k)``: trial 0 takes the
-defaults, as OTX tries the current configuration first.
+restart too). Trial ``k``'s hyper-parameters: the config's prior configurations first, in order
+(OTX's ``prior_hyper_parameters``); without them trial 0 takes the defaults (each parameter's
+``default``, else the middle of its range), as OTX tries the model's own configuration first; then
+the sampler's proposals.
 
 Which reports count (the same rules for every backend): a report counts when its resource is a
 finite number in (0, R], not below the highest resource the trial reported before it, and its time
@@ -230,7 +232,7 @@ class Study:
         self.config = config
         self.slots = max(1, slots)
         self.eta = config.reduction_factor or 3
-        self.sampler = Sampler(config.space, config.sampler, config.seed, config.mode)
+        self.sampler = Sampler(config.space, config.sampler, config.seed, config.mode, config.priors)
         r = config.min_resource or default_min_resource(config.max_resource)
         self.rungs = rung_resources(r, self.eta, config.max_resource)  # the plan's rungs too
         self.levels = (*self.rungs, config.max_resource)
@@ -256,8 +258,9 @@ class Study:
     def params_for(
         self, index: int, trials: Sequence[TrialView] = (), rungs: Sequence[float] = ()
     ) -> dict[str, Any]:
-        """Trial ``index``'s configuration: the defaults for trial 0, else the sampler's proposal from
-        the trials so far (random and qmc depend on (seed, index) only)."""
+        """Trial ``index``'s configuration: the prior configurations for trials 0..k-1 (the defaults for
+        trial 0 without them), then the sampler's proposal from the trials so far (random and qmc
+        depend on (seed, index) only)."""
         tried = [Observed(self.trial_params(t), t.reports, t.index) for t in trials]
         return self.sampler.propose(index, tried, rungs, self.config.max_resource)
 
@@ -265,7 +268,8 @@ class Study:
         """A trial's configuration as started (re-derived when the adapter did not keep it)."""
         if trial.params is not None:
             return trial.params
-        if self.config.sampler in ("tpe", "gp") and trial.index > 0:
+        # The defaults and the priors depend on the index alone; a model-based proposal does not.
+        if self.config.sampler in ("tpe", "gp") and trial.index >= max(1, len(self.config.priors)):
             raise ValueError(
                 f"trial {trial.index}: the {self.config.sampler} sampler needs the params each trial "
                 "started with"

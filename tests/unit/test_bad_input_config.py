@@ -57,8 +57,7 @@ def broken_configs(draw: st.DrawFn) -> tuple[JSON, str]:
         data[key] = draw(st.integers(max_value=1))
     elif kind == 3:
         key = "minimum_resource"
-        data[key] = draw(st.integers(11, 10**12))
-        data.pop("maximum_resource")
+        data[key] = draw(st.integers(11, 10**12))  # above maximum_resource, 10
     elif kind == 4:
         key = draw(st.sampled_from(["mode", "search_algorithm"]))
         data[key] = draw(st.one_of(UNICODE, st.sampled_from(["MAX", "", "hyperband"]), st.integers()))

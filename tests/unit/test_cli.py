@@ -14,6 +14,7 @@ from hpo_operator.config import load_config, study_config_from_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 OTX = ROOT / "examples" / "otx-classification" / "hpo_config.yaml"
+R10 = ("--max-resource", "10")  # OTX's file leaves R to the trainer: plan, manifest and run need it
 
 
 def hpo(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -64,7 +65,7 @@ def test_sample_prints_seeded_json_lines_inside_the_space() -> None:
     first = hpo("sample", OTX, "-n", "50", "--seed", "3")
     again = hpo("sample", OTX, "-n", "50", "--seed", "3")
     assert first.returncode == 0 and first.stdout == again.stdout
-    config, _ = load_config(OTX)
+    config, _ = load_config(OTX, require_max_resource=False)
     rows = [json.loads(line) for line in first.stdout.splitlines()]
     assert len(rows) == 50
     for row in rows:
@@ -74,9 +75,9 @@ def test_sample_prints_seeded_json_lines_inside_the_space() -> None:
 
 
 def test_plan_json_for_the_otx_default() -> None:
-    one = json.loads(hpo("plan", OTX, "--train-time", "10m", "--json").stdout)
+    one = json.loads(hpo("plan", OTX, *R10, "--train-time", "10m", "--json").stdout)
     four = json.loads(
-        hpo("plan", OTX, "--train-time", "10m", "--time-ratio", "4", "--gpus", "4", "--json").stdout
+        hpo("plan", OTX, *R10, "--train-time", "10m", "--time-ratio", "4", "--gpus", "4", "--json").stdout
     )
     for plan in (one, four):
         assert {"eta", "minimumResource", "maximumResource", "rungs", "plannedTrials", "parallelism"} <= set(
@@ -88,26 +89,26 @@ def test_plan_json_for_the_otx_default() -> None:
 
 
 def test_plan_text_and_a_budget_too_small() -> None:
-    text = hpo("plan", OTX, "--train-time", "10m", "--budget", "1h")
+    text = hpo("plan", OTX, *R10, "--train-time", "10m", "--budget", "1h")
     assert text.returncode == 0 and "budget: 1h" in text.stdout and "rungs: 1, 3, 9" in text.stdout
-    small = hpo("plan", OTX, "--train-time", "10m", "--budget", "5m")
+    small = hpo("plan", OTX, *R10, "--train-time", "10m", "--budget", "5m")
     assert small.returncode == 2
     assert "smallest workable budget is 667s" in small.stderr
-    both = hpo("plan", OTX, "--train-time", "10m", "--budget", "1h", "--time-ratio", "2")
+    both = hpo("plan", OTX, *R10, "--train-time", "10m", "--budget", "1h", "--time-ratio", "2")
     assert both.returncode == 2 and "either --budget or --time-ratio" in both.stderr
-    nott = hpo("plan", OTX)
+    nott = hpo("plan", OTX, *R10)
     assert nott.returncode == 2 and "--train-time" in nott.stderr
 
 
 def test_bad_flag_values_exit_2() -> None:
-    result = hpo("plan", OTX, "--train-time", "soon")
+    result = hpo("plan", OTX, *R10, "--train-time", "soon")
     assert result.returncode == 2 and "cannot read duration 'soon'" in result.stderr
 
 
 def test_manifest_is_an_hpostudy_the_operator_accepts() -> None:
     command = "python -m hpo_trial.train --dataset digits"
     result = hpo(
-        "manifest", OTX, "--name", "cls", "--namespace", "ml", "--image", "reg/trial:1",
+        "manifest", OTX, *R10, "--name", "cls", "--namespace", "ml", "--image", "reg/trial:1",
         "--command", command, "--train-time", "20m", "--gpus-per-trial", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -121,18 +122,20 @@ def test_manifest_is_an_hpostudy_the_operator_accepts() -> None:
     assert container["image"] == "reg/trial:1"
     assert container["command"] == ["python", "-m", "hpo_trial.train", "--dataset", "digits"]
     config = study_config_from_spec(spec)
-    assert config.space == load_config(OTX)[0].space
+    assert config.space == load_config(OTX, require_max_resource=False)[0].space
 
 
 def test_manifest_with_a_deadline() -> None:
-    doc = yaml.safe_load(hpo("manifest", OTX, "--name", "x", "--image", "i", "--budget", "2h").stdout)
+    doc = yaml.safe_load(hpo("manifest", OTX, *R10, "--name", "x", "--image", "i", "--budget", "2h").stdout)
     assert doc["spec"]["budget"] == {"deadline": "2h"}
     assert study_config_from_spec(doc["spec"]).budget.seconds() == 7200
 
 
 def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) -> None:
     path = tmp_path / "promote.yaml"
-    path.write_text("asha: {variant: promote}\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n")
+    path.write_text(
+        "maximum_resource: 9\nasha: {variant: promote}\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n"
+    )
     result = hpo("manifest", path, "--name", "x", "--image", "i")
     assert result.returncode == 2 and "--checkpoint-claim NAME" in result.stderr
     args = ("manifest", path, "--name", "x", "--image", "i", "--final-training", "--checkpoint-size", "5Gi")
@@ -149,6 +152,7 @@ def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) ->
 def test_manifest_of_a_file_that_names_the_type_param_type_or_paramtype(tmp_path: Path) -> None:
     path = tmp_path / "camel.yaml"
     path.write_text(
+        "maximum_resource: 9\n"
         "hp_space:\n"
         "  lr: {paramType: loguniform, range: [0.001, 0.1], default: 0.01}\n"
         "  opt: {param_type: choice, range: [sgd, adam]}\n"
@@ -175,7 +179,9 @@ def test_flag_numbers_beyond_the_limits_exit_2_in_one_line(
     tmp_path: Path, args: tuple[str, ...], message: str
 ) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("minimum_resource: 1\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n")
+    path.write_text(
+        "minimum_resource: 1\nmaximum_resource: 9\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n"
+    )
     for command in (("plan", path, "--train-time", "10m"), ("manifest", path, "--name", "x", "--image", "i")):
         result = hpo(*command, *args)
         assert result.returncode == 2 and result.stdout == ""

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from hpo_operator.config import (
-    DEFAULT_MAX_RESOURCE,
     MAX_PROBLEMS,
+    NO_MAX_RESOURCE,
     BudgetSpec,
     ConfigError,
     config_from_mapping,
@@ -35,8 +35,8 @@ hp_space:
 def test_the_otx_default_file_loads_in_block_and_flow_style(tmp_path: Path) -> None:
     flow = tmp_path / "flow.yaml"
     flow.write_text(FLOW_STYLE)
-    block, raw = load_config(EXAMPLES / "hpo_config.yaml")
-    same, _ = load_config(flow)
+    block, raw = load_config(EXAMPLES / "hpo_config.yaml", require_max_resource=False)
+    same, _ = load_config(flow, require_max_resource=False)
     assert block == same
     assert raw["search_algorithm"] == "asha"
     assert block.metric == "accuracy"
@@ -44,16 +44,18 @@ def test_the_otx_default_file_loads_in_block_and_flow_style(tmp_path: Path) -> N
 
 
 def test_the_narrow_variant_loads() -> None:
-    config, _ = load_config(EXAMPLES / "hpo_config_narrow.yaml")
+    config, _ = load_config(EXAMPLES / "hpo_config_narrow.yaml", require_max_resource=False)
     lr = config.space.params[0]
     assert (lr.type, lr.low, lr.high, lr.step) == ("quniform", 0.001, 0.01, 0.001)
 
 
 def test_documented_defaults() -> None:
-    config = config_from_mapping({"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}})
+    config = config_from_mapping(
+        {"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}}, require_max_resource=False
+    )
     assert config.metric == "mAP"
     assert config.mode == "max"
-    assert config.max_resource == DEFAULT_MAX_RESOURCE == 10
+    assert config.max_resource == NO_MAX_RESOURCE and not config.max_resource_given  # R has no default
     assert config.min_resource is None  # auto: one epoch
     assert config.reduction_factor is None  # auto: 3
     assert config.seed == 0
@@ -61,6 +63,18 @@ def test_documented_defaults() -> None:
     assert config.parallel_trials is None
     assert config.max_failed_trials is None
     assert config.sampler == "gp"
+    assert config.priors == () and config.ignored == ()
+
+
+def test_a_file_without_r_is_refused_unless_r_comes_later() -> None:
+    data = {"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}}
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping(data, "f.yaml")
+    assert err.value.problems == [
+        "R, the epochs (or steps) of one full training, is not set: give --max-resource R, or "
+        "maximum_resource: R in the config"
+    ]
+    assert config_from_mapping({**data, "maximum_resource": 12}).max_resource == 12
 
 
 def test_all_problems_of_a_file_are_reported_together() -> None:
@@ -77,7 +91,7 @@ def test_all_problems_of_a_file_are_reported_together() -> None:
         config_from_mapping(data, "my.yaml")
     text = "\n".join(err.value.problems)
     assert "mode: input should be 'max' or 'min', got 'maximum'" in text
-    assert "search_algorithm: input should be 'asha', got 'bohb'" in text
+    assert "search_algorithm: input should be 'asha' or 'smbo', got 'bohb'" in text
     assert "colour: unknown key" in text
     assert "hp_space.lr: loguniform bounds must be positive" in text
     assert err.value.summary().startswith("my.yaml: ")
@@ -189,8 +203,9 @@ def test_study_spec_errors_name_spec_fields() -> None:
 
 
 def test_the_examples_round_trip_through_yaml() -> None:
-    config, raw = load_config(EXAMPLES / "hpo_config.yaml")
-    assert config_from_mapping(yaml.safe_load(yaml.safe_dump(raw, sort_keys=False))) == config
+    config, raw = load_config(EXAMPLES / "hpo_config.yaml", require_max_resource=False)
+    again = yaml.safe_load(yaml.safe_dump(raw, sort_keys=False))
+    assert config_from_mapping(again, require_max_resource=False) == config
 
 
 def test_study_spec_type_errors_and_space_errors_come_together() -> None:
@@ -203,11 +218,11 @@ def test_study_spec_type_errors_and_space_errors_come_together() -> None:
 
 
 def test_asha_variant_and_final_training_settings() -> None:
-    space = {"x": {"param_type": "uniform", "range": [0, 1]}}
-    assert config_from_mapping({"hp_space": space}).asha_variant == "stop"
-    assert config_from_mapping({"hp_space": space, "asha": {"variant": "promote"}}).asha_variant == "promote"
+    file = {"hp_space": {"x": {"param_type": "uniform", "range": [0, 1]}}, "maximum_resource": 9}
+    assert config_from_mapping(file).asha_variant == "stop"
+    assert config_from_mapping({**file, "asha": {"variant": "promote"}}).asha_variant == "promote"
     with pytest.raises(ConfigError, match=r"asha\.variant: input should be 'stop' or 'promote', got 'pause'"):
-        config_from_mapping({"hp_space": space, "asha": {"variant": "pause"}})
+        config_from_mapping({**file, "asha": {"variant": "pause"}})
     # An HPOStudy takes them too, with a volume for the checkpoints.
     with pytest.raises(ConfigError, match=r"spec\.checkpoints: required"):
         study_config_from_spec({**SPEC, "asha": {"variant": "promote"}})
@@ -317,6 +332,7 @@ def test_aliases_count_at_each_use(tmp_path: Path) -> None:
     # Aliases and merge keys within the limit are ordinary YAML.
     path = tmp_path / "ok.yaml"
     path.write_text(
+        "maximum_resource: 9\n"
         "hp_space:\n  a: &u {param_type: uniform, range: [0, 1]}\n  b: *u\n  c: {<<: *u, default: 0.5}\n"
     )
     config, _ = load_config(path)

@@ -287,7 +287,9 @@ def well_formed(draw: st.DrawFn) -> JSON:
 @given(st.lists(well_formed(), min_size=1, max_size=3))
 def test_well_formed_ranges_anywhere_inside_the_limits_run(specs: list[JSON]) -> None:
     try:
-        config = config_from_mapping({"hp_space": {f"p{i}": spec for i, spec in enumerate(specs)}})
+        config = config_from_mapping(
+            {"maximum_resource": 9, "hp_space": {f"p{i}": spec for i, spec in enumerate(specs)}}
+        )
     except ConfigError as err:
         assert_short(err)
         return
