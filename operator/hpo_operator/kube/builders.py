@@ -13,6 +13,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import MetricsCollector
+from ..trial_command import (
+    COLLECTOR_MODULE,
+    DEFAULT_TERMINATION_LOG,
+    IMAGE_PYTHON,
+    collector_args,
+    kube_literal,
+    substitute,
+)
 from .resources import (
     API,
     GPU,
@@ -259,11 +268,58 @@ def _sets_gpus(containers: list[JSON]) -> bool:
     )
 
 
+def _with_params(container: JSON, params: Mapping[str, Any]) -> JSON:
+    """The container with each ``${name}`` of its command and args replaced by the trial's value."""
+    out = dict(container)
+    for key in ("command", "args"):
+        items = container.get(key)
+        if isinstance(items, list):
+            out[key] = [substitute(a, params, kube=True) if isinstance(a, str) else a for a in items]
+    return out
+
+
+def _with_collector(container: JSON, collector: MetricsCollector) -> JSON:
+    """The container's command and args run by the metrics collector, from the image's python3
+    (the image must hold hpo_trial, as the trial image does)."""
+    termination_log = container.get("terminationMessagePath") or DEFAULT_TERMINATION_LOG
+    own = [
+        IMAGE_PYTHON,
+        "-m",
+        COLLECTOR_MODULE,
+        *collector_args(collector),
+        "--termination-log",
+        termination_log,
+    ]
+    # The user's part keeps Kubernetes' $(VAR) expansion; the collector's own options are literal.
+    command = [
+        *(kube_literal(a) for a in own),
+        "--",
+        *(container.get("command") or []),
+        *(container.get("args") or []),
+    ]
+    out = {k: v for k, v in container.items() if k != "args"}
+    out["command"] = command
+    return out
+
+
+def metrics_collector(study: Mapping[str, Any]) -> MetricsCollector | None:
+    """The study's spec.metricsCollector, or None (trials report with hpo_trial.report())."""
+    raw = (study.get("spec") or {}).get("metricsCollector")
+    return None if raw is None else MetricsCollector.model_validate(raw)
+
+
 def pod_template(study: Mapping[str, Any], trial: Mapping[str, Any], service_account: str) -> JSON:
-    """trialTemplate with the trial environment, labels, restartPolicy and GPU limit applied."""
+    """trialTemplate with the trial's hyper-parameters in its command lines, the metrics collector
+    around the first container's command, and the trial environment, labels, restartPolicy and GPU
+    limit applied."""
     template = copy.deepcopy(study["spec"]["trialTemplate"])
     spec: JSON = template.get("spec", {})
     meta: JSON = template.get("metadata", {})
+    params = trial["spec"].get("hyperparameters") or {}
+    spec["containers"] = [_with_params(c, params) for c in spec.get("containers", [])]
+    collector = metrics_collector(study)
+    if collector is not None and spec["containers"]:
+        spec["containers"][0] = _with_collector(spec["containers"][0], collector)
     env = trial_env(study, trial)
     claim = checkpoint_claim(study)
     if claim is None:

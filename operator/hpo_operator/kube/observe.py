@@ -3,7 +3,9 @@
 A trial's state is the operator's verdict once it recorded one (Completed, Pruned, Failed, Stopped,
 in the HPOTrial's verdict annotation, see verdict.py); before that it is read from its Job and pod,
 the pod first because it says "finished" a moment before the Job controller does. Reports are read
-from the status, where the trial writes them; which of them count is the core's rule.
+from the status, where the trial writes them; which of them count is the core's rule. A run that
+exits 0 without a report that counts beyond where it started has no result: it is Failed
+(NoReports), never Completed or Paused.
 """
 
 from __future__ import annotations
@@ -146,6 +148,40 @@ def _finished(phase: str, reason: str, message: str, exit_code: int | None = Non
     return out
 
 
+def termination_message(pod: Mapping[str, Any] | None) -> str | None:
+    """What a container of the pod left in its termination message (the metrics collector says
+    there why a trial reported nothing), or None."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        message = ((status.get("state") or {}).get("terminated") or {}).get("message")
+        if isinstance(message, str) and message.strip():
+            return message.strip()
+    return None
+
+
+def _reported(reports: Sequence[Report], run: Run, max_resource: float | None) -> bool:
+    """The run made a report that counts beyond the resource it started from (0, or where it was
+    resumed): a paused run at its stop resource has, a run whose trainer's metric nobody saw has not."""
+    ordered = sorted(reports, key=lambda r: r.time)
+    counted = screen_reports(ordered, max_resource)[0] if max_resource is not None else ordered
+    return any(r.resource > (run.start_from or 0.0) for r in counted)
+
+
+def _no_reports(
+    reports: Sequence[Report], run: Run, max_resource: float | None, pod: Mapping[str, Any] | None
+) -> JSON:
+    message = "the trial exited with status 0 without a report that counts"
+    if run.start_from:
+        message += f" beyond resource {run.start_from:g}, where it resumed"
+    if max_resource is not None:
+        refused_ = screen_reports(sorted(reports, key=lambda r: r.time), max_resource)[1]
+        if refused_:
+            message += f" ({len(refused_)} refused, the last: {refused_[-1][1]})"
+    said = termination_message(pod)
+    if said:
+        message += f"; {said}"
+    return _finished("Failed", "NoReports", message, 0)
+
+
 def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, started: bool) -> JSON:
     """Phase (and reason) of a trial the operator has not settled yet, from its Job and pod."""
     pod_phase = (pod.get("status") or {}).get("phase") if pod else None
@@ -198,7 +234,10 @@ def observe_trial(
     else:
         status = _verdict(job, pod, run_started_text is not None)
         pauses = run.stop_at is not None and max_resource is not None and run.stop_at < max_resource
-        if status["phase"] == "Completed" and pauses:
+        if status["phase"] == "Completed" and not _reported(reports, run, max_resource):
+            status = _no_reports(reports, run, max_resource, pod)
+            status["finishedAt"] = to_rfc3339(now)
+        elif status["phase"] == "Completed" and pauses:
             assert run.stop_at is not None
             status = _finished("Paused", "Paused", f"trained to resource {run.stop_at:g}; may be promoted", 0)
         elif status["phase"] in TERMINAL_TRIAL_PHASES:

@@ -26,6 +26,7 @@ from ..study import (
     Study,
     StudyError,
 )
+from ..trial_command import template_problems
 from .builders import (
     build_claim,
     build_cleanup_job,
@@ -269,6 +270,9 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         # Before any trial is created; a study refused later (a changed policy) stops its trials as
         # every finished study does.
         return _invalid(world, "TemplateRefused", "; ".join(refused), now)
+    unknown = template_problems(study["spec"])  # ${name}s of the command lines, the collector's command
+    if unknown:
+        return _invalid(world, "InvalidSpec", "; ".join(unknown), now)
 
     gpus = int(study["spec"].get("gpusPerTrial", 1))
     largest = world.capacity.largest
