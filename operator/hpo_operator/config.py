@@ -541,7 +541,8 @@ def config_from_mapping(
     its ``max_resource`` is NO_MAX_RESOURCE."""
     if not isinstance(data, Mapping):
         raise ConfigError([f"must be a mapping of keys, got {type(data).__name__}"], source)
-    data, written, ignored, problems = _otx_keys(data)
+    given = data
+    data, written, ignored, problems = _otx_keys(given)
     model: HpoConfigFile | None = None
     try:
         model = HpoConfigFile.model_validate(data)
@@ -561,7 +562,7 @@ def config_from_mapping(
             space = parse_space(data["hp_space"], notes)
         except SpaceError as err:
             problems.extend(err.problems)
-    problems += _limit_problems(data, {k: written.get(v, v) for k, v in _FILE_NAMES.items()})
+    problems += _limit_problems(given, {k: written.get(v, v) for k, v in _FILE_NAMES.items()})
     priors: tuple[dict[str, Any], ...] = ()
     if space is not None:
         key = written.get("prior_hyper_parameters", "prior_hyper_parameters")

@@ -134,7 +134,8 @@ def test_manifest_with_a_deadline() -> None:
 def test_manifest_with_the_promote_variant_and_final_training(tmp_path: Path) -> None:
     path = tmp_path / "promote.yaml"
     path.write_text(
-        "maximum_resource: 9\nasha: {variant: promote}\nhp_space:\n  x: {param_type: uniform, range: [0, 1]}\n"
+        "maximum_resource: 9\nasha: {variant: promote}\n"
+        "hp_space:\n  x: {param_type: uniform, range: [0, 1]}\n"
     )
     result = hpo("manifest", path, "--name", "x", "--image", "i")
     assert result.returncode == 2 and "--checkpoint-claim NAME" in result.stderr

@@ -71,6 +71,17 @@ def test_trial_zero_gets_the_defaults_for_every_sampler() -> None:
         assert Sampler(ALL_TYPES, kind, 0, "max").propose(0, [], (1, 3), 9) == ALL_TYPES.initial()  # type: ignore[arg-type]
 
 
+def test_prior_configurations_come_first_for_every_sampler_and_are_then_not_repeated() -> None:
+    priors = [ALL_TYPES.from_unit([0.1] * 5), ALL_TYPES.from_unit([0.9] * 5)]
+    for kind in ("random", "qmc", "tpe", "gp"):
+        sampler = Sampler(ALL_TYPES, kind, 0, "max", priors)  # type: ignore[arg-type]
+        assert [sampler.propose(i, [], (1, 3), 9) for i in range(2)] == priors
+        tried = [Observed(p, (Report(1, 0.5, float(i)),), i) for i, p in enumerate(priors)]
+        later = [sampler.propose(i, tried, (1, 3), 9) for i in range(2, 8)]
+        assert all(p not in priors for p in later)
+        assert ALL_TYPES.initial() not in later[:1]  # the defaults are not slipped in after the priors
+
+
 @pytest.mark.parametrize("kind", ["random", "qmc", "tpe", "gp"])
 def test_proposals_are_deterministic_and_valid(kind: Any) -> None:
     tried = history(ALL_TYPES, 40, lambda p: -abs(p["u"] - 2.0))

@@ -78,6 +78,18 @@ def test_the_first_trial_gets_the_defaults_and_the_rest_are_seeded() -> None:
     assert other.actions[0] == first and other.actions[1] != decision.actions[1]
 
 
+def test_prior_configurations_are_trials_zero_to_k_minus_one() -> None:
+    priors = ({"lr": 0.01, "bs": 32}, {"lr": 0.001, "bs": 96})
+    for sampler in ("random", "gp"):
+        study = Study(config(priors=priors, sampler=sampler), slots=3)
+        decision = study.decide(obs(0, 3))
+        started = [a for a in decision.actions if isinstance(a, StartTrial)]
+        assert [a.params for a in started[:2]] == list(priors)
+        assert started[2].index == 2 and started[2].params not in priors
+        # A restarted adapter that kept no parameters re-derives the priors from the index alone.
+        assert study.trial_params(TrialView(1, RUNNING)) == priors[1]
+
+
 def test_parameters_depend_on_the_trial_index_only() -> None:
     study = Study(config(), slots=1)
     assert study.params_for(5) == Study(config(), slots=8).params_for(5)
