@@ -91,9 +91,10 @@ FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 FROM_TERMINAL = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?i:nan|inf(?:inity)?)"
-#: name=value, name: value, 'name': value, "name": value (the name starts with a letter or _).
+#: name=value, name: value, 'name': value, "name": value (the name starts with a letter or _); the
+#: number ends where the word does (0.9s and 1.2.3 are no numbers; "accuracy=0.91." is one).
 DEFAULT_PATTERN = (
-    r"""(?<![\w./-])['"]?(?P<name>[A-Za-z_][\w./-]*)['"]?\s*[=:]\s*(?P<value>""" + _NUMBER + r")(?!\w)"
+    r"""(?<![\w./-])['"]?(?P<name>[A-Za-z_][\w./-]*)['"]?\s*[=:]\s*(?P<value>""" + _NUMBER + r")(?!\w|\.\d)"
 )
 _VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 

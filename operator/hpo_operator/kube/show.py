@@ -61,7 +61,26 @@ def render_study(study: Mapping[str, Any], trials: Sequence[Mapping[str, Any]]) 
             f"  {t['metadata']['name']:<28} {ts.get('phase') or 'Pending':<10} "
             f"{_num(ts.get('resource')):>8} {_num(ts.get('lastValue')):>10}  {note}"
         )
-    return lines
+    return lines + _extra_lines(trials)
+
+
+EXTRA_SHOWN = 8
+
+
+def _extra_lines(trials: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The other metrics of each trial's last report (a collector's, or report(**extra)): shown, never
+    used for decisions."""
+    lines = []
+    for t in sorted(trials, key=lambda t: int(t["spec"]["index"])):
+        reports = (t.get("status") or {}).get("reports")
+        last = reports[-1] if isinstance(reports, list) and reports else None
+        extra = last.get("extra") if isinstance(last, Mapping) else None
+        if not isinstance(extra, Mapping) or not extra or last is None:
+            continue
+        shown = " ".join(f"{k}={_num(v)}" for k, v in list(extra.items())[:EXTRA_SHOWN])
+        more = f" (+{len(extra) - EXTRA_SHOWN} more)" if len(extra) > EXTRA_SHOWN else ""
+        lines.append(f"    {t['metadata']['name']} at {_num(last.get('resource'))}: {shown}{more}")
+    return ["  other metrics, at each trial's last report:", *lines] if lines else []
 
 
 def study_lines(kubeconfig: str | None, namespace: str | None, name: str) -> list[str] | None:
