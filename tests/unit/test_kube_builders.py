@@ -227,3 +227,84 @@ def test_pod_request_counts_the_larger_of_containers_and_init_containers() -> No
 @pytest.mark.parametrize(("text", "value"), [("2", 2), (2, 2), ("2000m", 2), ("0", 0)])
 def test_quantities(text: str | int, value: int) -> None:
     assert quantity(text) == value
+
+
+# --- hyper-parameters in the command line, and the metrics collector -------------------------------
+
+
+def _containers(s: JSON, params: JSON) -> list[JSON]:
+    trial = build_trial(s, 3, params)
+    trial["metadata"]["uid"] = "trial-uid"
+    containers: list[JSON] = build_job(s, trial, None, 0)["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def _template(*containers: JSON) -> JSON:
+    return {"spec": {"containers": list(containers)}}
+
+
+def test_each_containers_command_and_args_get_the_trials_values() -> None:
+    from tests.cluster.kubelet import expand
+
+    s = study(
+        hpSpace={
+            "lr": {"paramType": "uniform", "range": [0.1, 1]},
+            "opt": {"paramType": "choice", "range": ["a"]},
+        },
+        trialTemplate=_template(
+            {"name": "train", "image": "i", "command": ["python", "train.py", "--lr", "${lr}"],
+             "args": ["--opt=${opt}", "--dir", "$(HPO_CHECKPOINT_DIR)", "$${HOME}"]},
+            {"name": "side", "image": "j", "args": ["--note", "lr ${lr}"]},
+        ),
+    )  # fmt: skip
+    train, side = _containers(s, {"lr": 0.3, "opt": "x$(HOME)"})
+    assert train["command"] == ["python", "train.py", "--lr", "0.3"]
+    # A value's $ is doubled, so that Kubernetes' own $(VAR) expansion gives the value back.
+    assert train["args"] == ["--opt=x$$(HOME)", "--dir", "$(HPO_CHECKPOINT_DIR)", "${HOME}"]
+    env = {"HOME": "/root", "HPO_CHECKPOINT_DIR": "/ck"}
+    assert [expand(a, env) for a in train["args"]] == ["--opt=x$(HOME)", "--dir", "/ck", "${HOME}"]
+    assert side["args"] == ["--note", "lr 0.3"]
+
+
+def test_the_collector_wraps_the_first_containers_command_and_args() -> None:
+    from tests.cluster.kubelet import expand
+
+    collector = {
+        "kind": "file",
+        "path": "$(HPO_CHECKPOINT_DIR)/logs/*/metrics.csv",
+        "resourceOffset": 1,
+        "resourceKey": "epoch",
+    }
+    s = study(
+        metricsCollector=collector,
+        trialTemplate=_template(
+            {"name": "train", "image": "i", "command": ["python", "train.py"], "args": ["--lr", "${lr}"]},
+            {"name": "side", "image": "j", "command": ["sleep", "1"]},
+        ),
+    )
+    train, side = _containers(s, {"lr": 0.5})
+    assert "args" not in train
+    assert train["command"] == [
+        "python3", "-m", "hpo_trial.collect", "--kind", "file",
+        "--path", "$$(HPO_CHECKPOINT_DIR)/logs/*/metrics.csv", "--resource-key", "epoch",
+        "--resource-offset", "1.0", "--termination-log", "/dev/termination-log",
+        "--", "python", "train.py", "--lr", "0.5",
+    ]  # fmt: skip
+    assert side["command"] == ["sleep", "1"]
+    # The collector sees its path as written and expands it in the trial's environment itself.
+    argv = [expand(a, {"HPO_CHECKPOINT_DIR": "/ck"}) for a in train["command"]]
+    assert argv[6] == "$(HPO_CHECKPOINT_DIR)/logs/*/metrics.csv"
+
+    pattern = r"Epoch (?P<epoch>\d+).*acc (?P<accuracy>[\d.]+)$"
+    s = study(
+        metricsCollector={"kind": "stdout", "pattern": pattern},
+        trialTemplate=_template(
+            {"name": "t", "image": "i", "command": ["otx", "train"], "terminationMessagePath": "/tmp/why"}
+        ),
+    )
+    (train,) = _containers(s, {"lr": 0.5})
+    argv = [expand(a, {}) for a in train["command"]]
+    assert argv == [
+        "python3", "-m", "hpo_trial.collect", "--kind", "stdout", "--pattern", pattern,
+        "--termination-log", "/tmp/why", "--", "otx", "train",
+    ]  # fmt: skip

@@ -493,3 +493,100 @@ def test_reports_outside_0_r_are_refused_counted_and_never_the_best() -> None:
     assert outcome.status is not None and outcome.status["best"]["trial"] == "s-0"
     write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-1")
     assert write.patch["refusedReports"] == 2 and "12" in write.patch["refusedReason"]
+
+
+# --- trials that report nothing -----------------------------------------------------------------------
+
+
+def _verdict_patch(outcome: Any, name: str = "s-0") -> PatchTrialStatus:
+    return next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == name)
+
+
+def test_a_trial_that_exits_zero_without_a_report_is_failed_with_no_reports() -> None:
+    t0 = trial(0, startedAt=to_rfc3339(T0 + 1))
+    silent = pod("s-0", "Succeeded", 0)
+    # The metrics collector says in its termination message what it looked for.
+    said = "the command exited 0 and reported nothing: looked for accuracy with epoch or step in output lines"
+    silent["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = said + "\n"
+    w = world(study(parallelTrials=1), t0, jobs=[job("s-0", "Complete")], pods={"s-0": [silent]})
+    patch = _verdict_patch(reconcile(w, T0 + 6))
+    assert (patch.patch["phase"], patch.patch["reason"], patch.patch["exitCode"]) == (
+        "Failed",
+        "NoReports",
+        0,
+    )
+    assert patch.patch["message"] == f"the trial exited with status 0 without a report that counts; {said}"
+    assert patch.event is not None and patch.event.type == "Warning"
+    assert patch.verdict is not None and patch.verdict["phase"] == "Failed"
+
+
+def test_a_trial_whose_only_reports_were_refused_is_failed_naming_the_refusal() -> None:
+    t0 = trial(0, (0, 0.5, 2), startedAt=to_rfc3339(T0 + 1))  # epochs counted from 0
+    w = world(study(parallelTrials=1), t0, jobs=[job("s-0")], pods={"s-0": [pod("s-0", "Succeeded", 0)]})
+    patch = _verdict_patch(reconcile(w, T0 + 6))
+    assert patch.patch["reason"] == "NoReports"
+    assert "(1 refused, the last: resource 0 is not above 0)" in patch.patch["message"]
+
+
+def test_failed_silent_trials_count_toward_max_failed_trials() -> None:
+    t0, t1 = trial(0, startedAt=to_rfc3339(T0 + 1)), trial(1, (1, 0.5, 2), startedAt=to_rfc3339(T0 + 1))
+    w = world(
+        study(parallelTrials=2, maxFailedTrials=1), t0, t1,
+        jobs=[job("s-0", "Complete"), job("s-1")],
+        pods={"s-0": [pod("s-0", "Succeeded", 0)], "s-1": [pod("s-1")]},
+    )  # fmt: skip
+    outcome = reconcile(w, T0 + 6)
+    assert _verdict_patch(outcome, "s-0").patch["reason"] == "NoReports"
+    assert _verdict_patch(outcome, "s-1").patch["phase"] == "Stopped"
+    assert outcome.status is not None and outcome.status["phase"] == "Failed"
+    assert not any(isinstance(w, CreateTrial) for w in outcome.writes)
+
+
+def test_promote_a_paused_run_has_reported_and_a_resumed_run_must_report_beyond_its_start() -> None:
+    first = trial(0, (1, 0.5, 2), startedAt=to_rfc3339(T0 + 1))
+    first["spec"]["stopAt"] = 1
+    state = observe_trial(first, job("s-0", "Complete"), [pod("s-0", "Succeeded", 0)], T0 + 3, max_resource=9)
+    assert state.status["phase"] == "Paused"
+    silent_first = trial(0, startedAt=to_rfc3339(T0 + 1))
+    silent_first["spec"]["stopAt"] = 1
+    state = observe_trial(
+        silent_first, job("s-0", "Complete"), [pod("s-0", "Succeeded", 0)], T0 + 3, max_resource=9
+    )
+    assert (state.status["phase"], state.status["reason"]) == ("Failed", "NoReports")
+
+    def resumed(*reports: tuple[float, float, float]) -> JSON:
+        t = trial(0, *reports, phase="Running", run=1, startFrom=1, stopAt=3, startedAt=to_rfc3339(T0 + 1))
+        t["status"]["runStartedAt"] = to_rfc3339(T0 + 5)
+        return t
+
+    run_pod = pod("s-0-run1", "Succeeded", 0)
+    run_pod["metadata"]["labels"] = {"hpo.dev/run": "1"}
+    state = observe_trial(
+        resumed((1, 0.5, 2), (3, 0.7, 8)), job("s-0-run1", "Complete"), [run_pod], T0 + 9, 9
+    )
+    assert state.status["phase"] == "Paused"
+    # The resumed run sent nothing beyond resource 1: its first run's report is not its result.
+    state = observe_trial(resumed((1, 0.5, 2)), job("s-0-run1", "Complete"), [run_pod], T0 + 9, 9)
+    assert (state.status["phase"], state.status["reason"]) == ("Failed", "NoReports")
+    assert "beyond resource 1, where it resumed" in state.status["message"]
+
+
+def test_an_unknown_name_in_the_trial_command_fails_the_study_before_any_trial() -> None:
+    template = {"spec": {"containers": [{"name": "t", "image": "i", "command": ["python", "train.py"],
+                                         "args": ["--x", "${x}", "--lr", "${lr}"]}]}}  # fmt: skip
+    outcome = reconcile(world(study(trialTemplate=template)), T0)
+    assert outcome.writes == []
+    assert outcome.status is not None and outcome.status["phase"] == "Failed"
+    invalid = next(c for c in outcome.status["conditions"] if c["type"] == "Invalid")
+    assert invalid["reason"] == "InvalidSpec"
+    assert invalid["message"].startswith(
+        "spec.trialTemplate.spec.containers[0].args[3]: ${lr} is not a hyper"
+    )
+    # Known names only: the study starts, and each trial's Job carries its own value.
+    template["spec"]["containers"][0]["args"] = ["--x", "${x}"]
+    started = reconcile(world(study(trialTemplate=template), free=2), T0)
+    jobs = [w.job for w in started.writes if isinstance(w, CreateTrial) and w.job is not None]
+    assert len(jobs) == 2
+    for created, j in zip([w for w in started.writes if isinstance(w, CreateTrial)], jobs, strict=True):
+        x = created.trial["spec"]["hyperparameters"]["x"]
+        assert j["spec"]["template"]["spec"]["containers"][0]["args"] == ["--x", repr(x)]
