@@ -188,6 +188,33 @@ def test_tensorboard_scalars_by_step_and_a_resource_tag_written_after_the_metric
     lightning.close()
 
 
+def test_tensorboard_scalars_written_as_tensors_as_tensorflow_2_does(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.util.tensor_util import make_tensor_proto
+
+    writer = EventFileWriter(str(tmp_path))
+    for step, (acc, epoch) in enumerate([(0.25, 1), (0.5, 2)], start=10):
+        values = [
+            summary_pb2.Summary.Value(
+                tag=tag,
+                tensor=make_tensor_proto(value),
+                metadata=summary_pb2.SummaryMetadata(
+                    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+                ),
+            )
+            for tag, value in (("val/acc", acc), ("epoch", epoch), ("note", [1.0, 2.0]))
+        ]
+        writer.add_event(
+            event_pb2.Event(step=step, wall_time=time.time(), summary=summary_pb2.Summary(value=values))
+        )
+    writer.flush()
+    source = TensorBoardSource(str(tmp_path), "val/acc", "epoch")
+    assert source.read() == [{"val/acc": 0.25, "epoch": 1}, {"val/acc": 0.5, "epoch": 2}]  # not a vector
+    writer.close()
+
+
 # --- the command -----------------------------------------------------------------------------------------
 
 

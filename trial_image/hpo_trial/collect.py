@@ -74,7 +74,7 @@ DEFAULT_POLL_SECONDS = 0.2
 DRAIN_SECONDS = 2.0
 TAIL_LINES = 20
 TAIL_LINE_CHARS = 300
-# A line longer than this (a progress bar never ended) is matched by its first part only.
+# A line longer than this (a progress bar never ended) is matched in parts of this size.
 MAX_LINE_BYTES = 64 * 1024
 CHUNK_BYTES = 64 * 1024
 # TensorBoard steps held while their metric or resource has not been read yet.
@@ -180,8 +180,12 @@ class LineParser:
         # of the names that matter is passed over without running the regex.
         self.wanted = () if self.custom else tuple(wanted)
 
+    def may_match(self, text: str) -> bool:
+        """Whether ``text`` may hold a name that matters (always, with a pattern of one's own)."""
+        return not self.wanted or any(name in text for name in self.wanted)
+
     def parse(self, line: str) -> Record:
-        if self.wanted and not any(name in line for name in self.wanted):
+        if not self.may_match(line):
             return {}
         found: Record = {}
         for match in self.regex.finditer(line):
@@ -349,11 +353,13 @@ class TensorBoardSource:
         if self._loader_class is not None:
             return
         try:
-            from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+            # The raw events: scalars are simple_value (torch, TF1) or a scalar tensor (TF2), both read
+            # below, and the loader's compatibility layers would triple the cost of a read.
+            from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
             from tensorboard.util.tensor_util import make_ndarray
         except ImportError as err:
             raise UsageError(f"--kind tensorboard needs the tensorboard package: {err}") from err
-        self._loader_class, self._make_ndarray = EventFileLoader, make_ndarray
+        self._loader_class, self._make_ndarray = LegacyEventFileLoader, make_ndarray
 
     def prepare(self) -> None:
         """Before the command starts: event files already there belong to an earlier run. Without
@@ -592,7 +598,7 @@ class Collector:
     # --- output ------------------------------------------------------------------------------------
 
     def _pump(self, source: int, sink: int) -> None:
-        """Passes the command's output through and matches it line by line."""
+        """Passes the command's output through, and matches it a block of whole lines at a time."""
         partial = b""
         while True:
             try:
@@ -602,25 +608,31 @@ class Collector:
             if not chunk:
                 break
             _write_all(sink, chunk)
-            lines = (partial + chunk).replace(b"\r", b"\n").split(b"\n")
-            partial = lines.pop()
-            if len(partial) > MAX_LINE_BYTES:
-                lines.append(partial)
-                partial = b""
-            for line in lines:
-                if line:
-                    self._line(line[:MAX_LINE_BYTES])
+            data = partial + chunk
+            end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if end == 0 and len(data) <= MAX_LINE_BYTES:
+                partial = data
+                continue
+            if end == 0:  # a line that never ends (a progress bar): matched by its first part
+                end = len(data)
+            partial = data[end:]
+            self._block(data[:end])
         if partial:
-            self._line(partial)
+            self._block(partial)
 
-    def _line(self, raw: bytes) -> None:
+    def _block(self, raw: bytes) -> None:
         text = raw.decode("utf-8", errors="replace")
-        assert self.parser is not None
+        parser = self.parser
+        assert parser is not None
+        # Most output names nothing the study reads: such a block is not split into lines at all.
+        if parser.may_match(text):
+            for line in text.replace("\r", "\n").split("\n"):
+                record = parser.parse(line) if line else None
+                if record:
+                    self._found(record)
+        recent = text[-TAIL_LINES * TAIL_LINE_CHARS :].replace("\r", "\n").split("\n")
         with self._lock:
-            self.tail.append(text[:TAIL_LINE_CHARS])
-        record = self.parser.parse(text)
-        if record:
-            self._found(record)
+            self.tail.extend(line[:TAIL_LINE_CHARS] for line in recent[-TAIL_LINES - 1 :] if line.strip())
 
     # --- reports ----------------------------------------------------------------------------------
 
