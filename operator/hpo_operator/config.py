@@ -218,8 +218,8 @@ class MetricsCollector(BaseModel):
         default=None,
         min_length=1,
         max_length=MAX_PATTERN_CHARS,
-        description="stdout: a Python regular expression; each named group is a metric of that name, or "
-        "groups 'name' and 'value' make one pair per match. Unset: name=value (or name: value) pairs",
+        description="stdout: a Python regular expression; groups 'name' and 'value' make one pair per "
+        "match, and every other named group is a metric of its name. Unset: name=value or name: value",
     )
     path: str | None = Field(
         default=None,

@@ -82,6 +82,12 @@ def test_a_custom_pattern_names_its_metrics_by_group_or_by_name_and_value() -> N
     assert pairs.parse("val/acc -> 0.5 epoch -> 2 tag -> x") == {"val/acc": 0.5, "epoch": 2}
 
 
+def test_a_pattern_may_mix_pairs_and_named_groups_as_for_otx_1s_validation_lines() -> None:
+    parser = LineParser(r"Epoch\(val\) \[(?P<epoch>\d+)\]|(?P<name>[\w-]+): (?P<value>[-+.\deE]+)")
+    line = "2024-05-10 12:00:00,123 | INFO : Epoch(val) [3][10]\taccuracy_top-1: 0.9100, accuracy_top-5: 1.0"
+    assert parser.parse(line) == {"epoch": 3, "accuracy_top-1": 0.91, "accuracy_top-5": 1.0}
+
+
 def test_records_become_reports_at_their_resource() -> None:
     x = Extractor("accuracy", ("epoch", "step"), offset=1, clock=lambda: 7.0)
     assert x.take({"accuracy": 0.5}) is None and x.without_resource == 1  # no resource yet

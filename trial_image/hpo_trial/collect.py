@@ -10,8 +10,8 @@ Where the metric comes from (``--kind``):
 * ``stdout``: the command's output, stdout and stderr, line by line (``\\r`` ends a line too, as a
   progress bar's). By default every ``name=value`` pair on a line counts (Katib's format), and
   ``name: value`` and ``'name': value`` too (a printed dict, as Hugging Face's Trainer logs). A
-  ``--pattern`` is a Python regular expression: each named group is a metric of its name, or groups
-  ``name`` and ``value`` give one pair per match. The output is passed through unchanged.
+  ``--pattern`` is a Python regular expression: groups ``name`` and ``value`` give one pair per
+  match, and every other named group is a metric of its name. The output is passed through unchanged.
 * ``file``: a CSV file with a header row (Lightning's CSVLogger: blank cells are skipped) or a
   JSON-lines file (one object a line, nested objects as dotted names), followed as the trainer
   appends to it; ``--path`` may be a glob. A file rewritten with a new header (CSVLogger does that
@@ -189,19 +189,21 @@ class LineParser:
             return {}
         found: Record = {}
         for match in self.regex.finditer(line):
+            groups = match.groupdict()
             if self.pairs:
-                name, text = match.group("name"), match.group("value")
+                name, text = groups.pop("name"), groups.pop("value")
                 if name is not None and text is not None:
-                    value = number(text)
-                    if value is not None:
-                        found[name] = value
-                continue
-            for name, text in match.groupdict().items():
+                    self._put(found, name, text)
+            for name, text in groups.items():
                 if text is not None:
-                    value = number(text)
-                    if value is not None:
-                        found[name] = value
+                    self._put(found, name, text)
         return found
+
+    @staticmethod
+    def _put(found: Record, name: str, text: str) -> None:
+        value = number(text)
+        if value is not None:
+            found[name] = value
 
     def describe(self) -> str:
         return f"pattern {self.regex.pattern!r}" if self.custom else "name=value or name: value pairs"
