@@ -1,8 +1,13 @@
 """Where the control-plane binaries come from.
 
 Order: ``$HPO_K8S_BIN_DIR`` (a folder holding kube-apiserver, kube-controller-manager and
-kube-scheduler), else the tarball in ``<repo>/../shared/k8s/`` unpacked once into a cache folder,
-else an error that says how to build it. etcd comes from the Debian package ``etcd-server``.
+kube-scheduler), else the tarball in ``<repo>/../shared/k8s/`` unpacked once into the cache folder,
+else the cache folder as ``scripts/build-kube-binaries`` leaves it, else an error that says how to
+get them. etcd comes from the Debian package ``etcd-server``.
+
+Only the standard library: ``python3 tests/cluster/binaries.py`` prints the folder the tests would use
+(unpacking the tarball if that is where it comes from) or the error, exit 1. scripts/build-kube-binaries
+asks it before building.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +101,8 @@ def kube_bin_dir() -> Path:
         if tarball.is_file():
             return _unpack(tarball)
         raise MissingBinaryError(
-            f"HPO_K8S_BIN_DIR={env} holds neither {', '.join(KUBE_BINARIES)} nor {TARBALL_NAME}"
+            f"HPO_K8S_BIN_DIR={env} holds neither {', '.join(KUBE_BINARIES)} nor {TARBALL_NAME}: "
+            "unset it to use the cache that scripts/build-kube-binaries fills"
         )
     tarball = shared_k8s_dir() / TARBALL_NAME
     if tarball.is_file():
@@ -104,10 +111,11 @@ def kube_bin_dir() -> Path:
     if _has_all(cached):
         return cached
     raise MissingBinaryError(
-        f"kube-apiserver, kube-controller-manager and kube-scheduler {K8S_VERSION} not found: "
-        f"set HPO_K8S_BIN_DIR to a folder that holds them (or {TARBALL_NAME}), or put the tarball at "
-        f"{shared_k8s_dir() / TARBALL_NAME}. `build.sh OUTDIR` from the shared k8s folder builds it "
-        "from Debian's kubernetes source package (about 8 minutes, root, network)."
+        f"kube-apiserver, kube-controller-manager and kube-scheduler {K8S_VERSION} not found "
+        f"(HPO_K8S_BIN_DIR is unset; looked for {shared_k8s_dir() / TARBALL_NAME} and in {cached}): "
+        "run scripts/build-kube-binaries (builds them from Debian's kubernetes source "
+        "package into the cache, 8-10 minutes on 2 cores, once), or set HPO_K8S_BIN_DIR to a folder that "
+        f"holds them or {TARBALL_NAME}; HPO_SKIP_E2E=1 skips the e2e tests instead"
     )
 
 
@@ -115,7 +123,8 @@ def find_binaries() -> Binaries:
     etcd = shutil.which("etcd")
     if etcd is None:
         raise MissingBinaryError(
-            "etcd not found on PATH: run scripts/install-cluster-tools (Debian package etcd-server)"
+            "etcd not found on PATH: run scripts/install-cluster-tools (Debian package etcd-server); "
+            "HPO_SKIP_E2E=1 skips the e2e tests instead"
         )
     folder = kube_bin_dir()
     return Binaries(
@@ -124,3 +133,11 @@ def find_binaries() -> Binaries:
         kube_controller_manager=folder / "kube-controller-manager",
         kube_scheduler=folder / "kube-scheduler",
     )
+
+
+if __name__ == "__main__":
+    try:
+        print(kube_bin_dir())
+    except (MissingBinaryError, OSError, subprocess.CalledProcessError) as err:
+        print(err, file=sys.stderr)
+        sys.exit(1)

@@ -5,8 +5,9 @@
 * ``kube`` (session): the harness's JSON client as admin.
 * ``k8s_api_client`` / ``core_v1`` (session): the official Python client as admin.
 
-When the cluster cannot start, e2e tests are skipped with the reason, unless ``HPO_E2E_REQUIRED=1``
-(set by .ci/run), in which case they fail.
+A skipped e2e test is a failure: when the cluster cannot start, every e2e test fails with the reason
+and how to get what is missing. ``HPO_SKIP_E2E=1`` skips them instead, without starting anything. The
+terminal summary says how many e2e tests ran, passed, failed and were skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import secrets
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import kubernetes
@@ -25,18 +27,54 @@ from .cluster import LocalCluster
 from .rest import ApiError, Kube
 from .waiting import wait_for
 
+SKIP_ENV = "HPO_SKIP_E2E"
+# Read by tests that need a tool of scripts/install-cluster-tools (helm, promtool): "1" makes a missing
+# tool a failure. The session sets it from HPO_SKIP_E2E, so they follow the same rule.
 REQUIRED_ENV = "HPO_E2E_REQUIRED"
+HOW_TO_SKIP = f"{SKIP_ENV}=1 skips the e2e tests"
 _state: dict[str, LocalCluster] = {}
 
 
+@dataclass
+class E2ETally:
+    """The e2e tests of one session: each one's outcome, and those whose test function ran."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)  # nodeid -> passed / failed / skipped
+    called: set[str] = field(default_factory=set)
+
+    def add(self, report: pytest.TestReport) -> None:
+        if report.when == "call" and not report.skipped:
+            self.called.add(report.nodeid)
+        previous = self.outcomes.get(report.nodeid)
+        if report.failed or previous is None or (previous == "passed" and report.skipped):
+            self.outcomes[report.nodeid] = report.outcome
+
+    def summary(self, skipped_by_user: bool) -> str | None:
+        """The line ``e2e: 36 ran, 36 passed, 0 skipped``, or None when no e2e test was selected."""
+        if not self.outcomes:
+            return None
+        outcomes = list(self.outcomes.values())
+        failed, skipped = outcomes.count("failed"), outcomes.count("skipped")
+        line = f"e2e: {len(self.called)} ran, {outcomes.count('passed')} passed, "
+        line += f"{failed} failed, " if failed else ""
+        line += f"{skipped} skipped"
+        return line + f" ({SKIP_ENV}=1)" if skipped and skipped_by_user else line
+
+
+_tally_key = pytest.StashKey[E2ETally]()
+
+
+def e2e_skipped_by_user() -> bool:
+    return os.environ.get(SKIP_ENV) == "1"
+
+
 def e2e_required() -> bool:
-    return os.environ.get(REQUIRED_ENV) == "1"
+    return not e2e_skipped_by_user()
 
 
 def _unavailable(reason: str) -> None:
-    if e2e_required():
-        pytest.fail(f"local cluster required ({REQUIRED_ENV}=1) but unavailable: {reason}", pytrace=False)
-    pytest.skip(f"local cluster unavailable: {reason}")
+    how_to_skip = "" if SKIP_ENV in reason else f" ({HOW_TO_SKIP})"
+    pytest.fail(f"local cluster unavailable: {reason}{how_to_skip}", pytrace=False)
 
 
 def api_client(kubeconfig: Path) -> kubernetes.client.ApiClient:
@@ -52,10 +90,13 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     if os.geteuid() != 0:
         _unavailable("the process kubelet needs root (mount namespaces for pod volumes)")
     c = LocalCluster()
+    failure = ""
     try:
         c.up()
     except Exception as e:
-        _unavailable(f"{type(e).__name__}: {e}")
+        failure = f"{type(e).__name__}: {e}"
+    if failure:  # outside the except clause, so the report is the message alone
+        _unavailable(failure)
     _state["cluster"] = c
     print(f"\nlocal cluster up in {c.bring_up_s:.1f}s at {c.root} ({c.server})")
     yield c
@@ -116,11 +157,24 @@ def namespace(cluster: LocalCluster, kube: Kube, request: pytest.FixtureRequest)
         time.sleep(0.2)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ[REQUIRED_ENV] = "1" if e2e_required() else "0"
+    config.stash[_tally_key] = E2ETally()
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
+    if item.get_closest_marker("e2e") is not None:
+        _fail_unasked_skip(report)
+        item.config.stash[_tally_key].add(report)
     c = _state.get("cluster")
     if report.failed and c is not None and "cluster" in getattr(item, "fixturenames", ()):
         lines = [f"state folder: {c.root}"]
@@ -132,14 +186,29 @@ def pytest_runtest_makereport(
     return report
 
 
+def _fail_unasked_skip(report: pytest.TestReport) -> None:
+    # A missing tool or binary must not pass for a green run: only HPO_SKIP_E2E=1 may skip an e2e test.
+    if report.skipped and not hasattr(report, "wasxfail") and not e2e_skipped_by_user():
+        report.outcome = "failed"
+        reason = _skip_reason(report)
+        report.longrepr = f"e2e test skipped: {reason}; a skipped e2e test fails ({HOW_TO_SKIP})"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Whatever uses the cluster is an e2e test, so `-m "not e2e"` leaves it out.
+    skip = pytest.mark.skip(reason=f"{SKIP_ENV}=1")
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+        if e2e_skipped_by_user() and item.get_closest_marker("e2e") is not None:
+            item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    tally = terminalreporter.config.stash.get(_tally_key, None)
+    summary = tally.summary(e2e_skipped_by_user()) if tally is not None else None
+    if summary is not None:
+        terminalreporter.write_sep("-", summary)
     c = _state.get("cluster")
     if c is not None and c.root.exists():
         terminalreporter.write_line(f"local cluster state and logs kept at {c.root}")
