@@ -797,6 +797,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hpo_trial.collect: %(message)s")
+    # Outside a study the SDK logs each report at INFO instead of sending it: a way to try a pattern.
+    logging.getLogger("hpo_trial").setLevel(logging.INFO)
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
         collector = Collector(options)
