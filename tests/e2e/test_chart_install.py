@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.cluster import LocalCluster
+from tests.cluster.fixtures import e2e_required
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
 from tests.e2e.conftest import CHART, OperatorProcess, free_port
@@ -45,11 +46,11 @@ PHASE_OF_OUTCOME = {"completed": "Completed", "pruned": "Pruned", "failed": "Fai
 
 
 def required_tool(name: str, path: str | None = None) -> str:
-    """The tool's path; skip the test without it (fail under HPO_E2E_REQUIRED=1)."""
+    """The tool's path; without it the test fails (skips under HPO_SKIP_E2E=1)."""
     found = path if path and os.access(path, os.X_OK) else shutil.which(name)
     if found is None:
         reason = f"{name} is not installed (scripts/install-cluster-tools installs it)"
-        if os.environ.get("HPO_E2E_REQUIRED") == "1":
+        if e2e_required():
             pytest.fail(reason)
         pytest.skip(reason)
     return found

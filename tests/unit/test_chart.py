@@ -1,13 +1,12 @@
 """The Helm chart as `helm template` renders it, and its alerts as promtool evaluates them.
 
 Needs helm (scripts/install-cluster-tools) and promtool (Debian's prometheus package); without them
-the tests skip, unless HPO_E2E_REQUIRED=1, where a missing tool is a failure.
+the tests fail, as the e2e tests do, unless HPO_SKIP_E2E=1 asked to skip those.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.cluster.fixtures import e2e_required
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "hpo-operator"
@@ -46,7 +47,7 @@ def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"{name} is not installed (scripts/install-cluster-tools installs it)"
-        if os.environ.get("HPO_E2E_REQUIRED") == "1":
+        if e2e_required():
             pytest.fail(message)
         pytest.skip(message)
     return path
