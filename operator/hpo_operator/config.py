@@ -241,6 +241,7 @@ class MetricsCollector(BaseModel):
     resource_offset: float = Field(
         default=0,
         allow_inf_nan=False,
+        strict=True,
         ge=-MAX_RESOURCE_LIMIT,
         le=MAX_RESOURCE_LIMIT,
         description="Added to the resource read, e.g. 1 where epochs count from 0 (Lightning, Keras)",

@@ -591,11 +591,11 @@ class Collector:
             self._found(record)
 
     def _found(self, record: Mapping[str, float]) -> None:
-        with self._lock:
+        with self._lock:  # stdout and stderr share the last resource seen, and the order of reports
             found = self.extractor.take(record)
-        if found is not None:
-            self.sent += 1
-            self._queue.put(found)
+            if found is not None:
+                self.sent += 1
+                self._queue.put(found)
 
     # --- output ------------------------------------------------------------------------------------
 
