@@ -208,3 +208,13 @@ def test_promote_a_paused_run_that_reported_pauses_and_a_resumed_one_that_did_no
     for t in resumed:
         assert t["status"] == "Failed", t
         assert t["reason"] == "exited 0 without reporting score beyond resource 1, where it resumed"
+
+
+def test_a_collector_file_that_every_trial_would_share_is_warned_about(tmp_path: Path) -> None:
+    config, _ = write_config(tmp_path, {"kind": "file", "path": "logs/metrics.csv"})
+    doc = run(tmp_path, config, "20s", "true")
+    warning = "warning: metrics_collector.path 'logs/metrics.csv' is the same file for every trial"
+    assert warning in doc["stderr"]
+    config, _ = write_config(tmp_path, {"kind": "file", "path": "$(HPO_CHECKPOINT_DIR)/metrics.csv"})
+    (tmp_path / "out").rename(tmp_path / "first")
+    assert "warning" not in run(tmp_path, config, "20s", "true")["stderr"]
