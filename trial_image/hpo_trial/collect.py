@@ -64,8 +64,6 @@ from hpo_trial import env
 from hpo_trial.reporting import Reporter, RetryPolicy
 from hpo_trial.transports import Transport, transport_from_env
 
-log = logging.getLogger("hpo_trial.collect")
-
 KINDS = ("stdout", "file", "tensorboard")
 DEFAULT_RESOURCE_KEYS = ("epoch", "step")
 DEFAULT_POLL_SECONDS = 0.2
