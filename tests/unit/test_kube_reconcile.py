@@ -520,6 +520,23 @@ def test_a_trial_that_exits_zero_without_a_report_is_failed_with_no_reports() ->
     assert patch.verdict is not None and patch.verdict["phase"] == "Failed"
 
 
+def test_a_silent_exit_is_judged_only_once_the_reports_cache_has_caught_up() -> None:
+    t0 = trial(0, startedAt=to_rfc3339(T0 + 1))
+    ended = pod("s-0", "Succeeded", 0)
+    ended["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = to_rfc3339(T0 + 5)
+    w = world(study(parallelTrials=1), t0, jobs=[job("s-0", "Complete")], pods={"s-0": [ended]})
+    soon = reconcile(w, T0 + 6)
+    assert not any(isinstance(x, PatchTrialStatus) and x.patch.get("phase") == "Failed" for x in soon.writes)
+    assert soon.requeue_after is not None and soon.requeue_after <= 5
+    # Its report arrived in the meantime: Completed, not Failed.
+    reported = trial(0, (9, 0.8, 4.5), startedAt=to_rfc3339(T0 + 1))
+    w = world(study(parallelTrials=1), reported, jobs=[job("s-0", "Complete")], pods={"s-0": [ended]})
+    assert _verdict_patch(reconcile(w, T0 + 6)).patch["phase"] == "Completed"
+    # Still nothing once the settle time has passed: Failed.
+    w = world(study(parallelTrials=1), t0, jobs=[job("s-0", "Complete")], pods={"s-0": [ended]})
+    assert _verdict_patch(reconcile(w, T0 + 9)).patch["reason"] == "NoReports"
+
+
 def test_a_trial_whose_only_reports_were_refused_is_failed_naming_the_refusal() -> None:
     t0 = trial(0, (0, 0.5, 2), startedAt=to_rfc3339(T0 + 1))  # epochs counted from 0
     w = world(study(parallelTrials=1), t0, jobs=[job("s-0")], pods={"s-0": [pod("s-0", "Succeeded", 0)]})

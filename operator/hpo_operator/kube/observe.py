@@ -22,6 +22,9 @@ from .resources import RUN_LABEL, TERMINAL_TRIAL_PHASES, job_name
 from .verdict import counted_reports, verdict_of
 
 JSON = dict[str, Any]
+# A run that ended without a report is judged this long after its end, so that a report written
+# just before the exit is seen even where the trials were read from an older cache than the pods.
+REPORT_SETTLE_SECONDS = 3.0
 
 
 def to_timestamp(text: str | None) -> float | None:
@@ -182,6 +185,15 @@ def _no_reports(
     return _finished("Failed", "NoReports", message, 0)
 
 
+def _ended_at(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None) -> float | None:
+    """When the run's container (else its Job) finished, where the API says."""
+    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        finished = ((status.get("state") or {}).get("terminated") or {}).get("finishedAt")
+        if finished:
+            return to_timestamp(finished)
+    return to_timestamp(((job or {}).get("status") or {}).get("completionTime"))
+
+
 def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, started: bool) -> JSON:
     """Phase (and reason) of a trial the operator has not settled yet, from its Job and pod."""
     pod_phase = (pod.get("status") or {}).get("phase") if pod else None
@@ -235,8 +247,14 @@ def observe_trial(
         status = _verdict(job, pod, run_started_text is not None)
         pauses = run.stop_at is not None and max_resource is not None and run.stop_at < max_resource
         if status["phase"] == "Completed" and not _reported(reports, run, max_resource):
-            status = _no_reports(reports, run, max_resource, pod)
-            status["finishedAt"] = to_rfc3339(now)
+            ended = _ended_at(job, pod)
+            if ended is not None and now - ended < REPORT_SETTLE_SECONDS:
+                # The last report may be newer than the HPOTrial list this was read from: the
+                # reports are written before the exit, but each list comes from its own cache.
+                status = {"phase": "Running"}
+            else:
+                status = _no_reports(reports, run, max_resource, pod)
+                status["finishedAt"] = to_rfc3339(now)
         elif status["phase"] == "Completed" and pauses:
             assert run.stop_at is not None
             status = _finished("Paused", "Paused", f"trained to resource {run.stop_at:g}; may be promoted", 0)

@@ -89,11 +89,13 @@ class Cluster:
         # watcher sees it, so the lists are at least as new as what triggered the reconcile.
         cached = {"resourceVersion": "0"}
         selector = {"labelSelector": f"{STUDY_LABEL}={name}", **cached}
-        trials = self.api.list(trial_path(namespace), **selector)
+        # Jobs and pods before the trials: a trial reports before its pod ends, so the trials read
+        # after a pod that ended hold its reports (observe.REPORT_SETTLE_SECONDS covers the caches).
         jobs = {j["metadata"]["name"]: j for j in self.api.list(job_path(namespace), **selector)}
         pods: dict[str, list[JSON]] = defaultdict(list)
         for pod in self.api.list(ns_path("", "v1", namespace, "pods"), **selector):
             pods[pod["metadata"].get("labels", {}).get(f"{GROUP}/trial", "")].append(pod)
+        trials = self.api.list(trial_path(namespace), **selector)
         nodes = self.api.list("/api/v1/nodes", **cached)
         active = self.api.list(
             "/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed", **cached
