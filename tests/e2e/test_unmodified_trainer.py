@@ -107,3 +107,32 @@ def test_a_script_whose_metric_is_never_seen_is_failed_and_counts_as_a_failure(
     status = trial["status"]
     assert (status["phase"], status["reason"], status["exitCode"]) == ("Failed", "NoReports", 0), status
     assert status["message"].startswith("the trial exited with status 0 without a report that counts")
+
+
+def test_a_script_that_logs_only_to_tensorboard_runs_through_the_collector_to_success(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    # torch's SummaryWriter writes the event files into the trial's own folder; the collector reads
+    # them with the tensorboard package. $(HPO_CHECKPOINT_DIR) is expanded per trial by Kubernetes.
+    events = "$(HPO_CHECKPOINT_DIR)/tb"
+    manifest = plain_study(
+        "tb",
+        "--log", "tensorboard", "--log-dir", events,
+        metricsCollector={"kind": "tensorboard", "path": events},
+        budget={"deadline": "60s"},
+    )  # fmt: skip
+    create_study(kube, namespace, manifest)
+    study = wait_phase(kube, namespace, "tb", {"Succeeded", "Failed"}, 150)
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    trials = trials_of(kube, namespace)
+    reported = [t for t in trials if (t.get("status") or {}).get("reports")]
+    assert len(reported) >= 2, [t["metadata"]["name"] for t in trials]
+    for t in reported:
+        x = t["spec"]["hyperparameters"]["x"]
+        for report in t["status"]["reports"]:
+            # float32 in the event file: the value the script logged, to float32's precision.
+            assert report["value"] == pytest.approx(score(x, int(report["resource"])), abs=1e-6), report
+    plan = status["plan"]
+    name, value = expected_best(trials, [*plan["rungs"], plan["maximumResource"]])
+    assert (status["best"]["trial"], status["best"]["value"]) == (name, value), status["best"]

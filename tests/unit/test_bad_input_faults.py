@@ -134,9 +134,10 @@ def test_a_duration_must_be_positive_and_finite(value: Any) -> None:
         ({"reduction_factor": 2.5}, "reduction_factor"),
         ({"seed": True}, "seed"),
         (
-            {"minimum_resource": 100},
-            "minimum_resource (100) must not exceed maximum_resource (10, its default)",
+            {"minimum_resource": 100, "maximum_resource": 10},
+            "minimum_resource (100) must not exceed maximum_resource (10)",
         ),
+        ({"minimum_resource": 1}, "R, the epochs (or steps) of one full training, is not set"),
     ],
 )
 def test_hpo_config_numbers_are_numbers_finite_and_in_range(overrides: dict[str, Any], field: str) -> None:
