@@ -679,7 +679,10 @@ def status_command(target: str, namespace: str | None, kubeconfig: str | None) -
     now = _time.time()
     for line in render(doc, now):
         click.echo(line)
-    if doc.get("finishedAt") is None and now - float(doc.get("updatedAt", now)) > 30:
+    # A study.json with the runner's record says itself whether its hpo run is gone (render); an
+    # older one gets the hint that it may be.
+    quiet = now - float(doc.get("updatedAt", now)) > 30
+    if doc.get("finishedAt") is None and quiet and "runner" not in doc:
         click.echo(f"(last updated {now - float(doc['updatedAt']):.0f}s ago: is its hpo run still running?)")
     for line in _extra_lines(doc["trials"]):
         click.echo(line)

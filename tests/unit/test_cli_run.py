@@ -125,6 +125,18 @@ def test_hpo_run_writes_complete_results_and_prints_the_best(tmp_path: Path, fak
         assert any(line.startswith(t["name"]) and t["status"] in line for line in status.stdout.splitlines())
     assert f"{best['trial']} *" in status.stdout  # the best is starred
 
+    # The same file as a runner killed with its watchdog would leave it: the runner's record says
+    # it is gone, and no "is it still running?" hint contradicts that.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = {**doc, "state": "Running", "finishedAt": None, "updatedAt": doc["updatedAt"] - 600}
+    stale["runner"] = {**doc["runner"], "pid": gone.pid, "startTime": None}
+    (out / "study.json").write_text(json.dumps(stale))
+    status = hpo_here("status", str(out))
+    assert f"Interrupted (its hpo run (pid {gone.pid}) is no longer running" in status.stdout, status.stdout
+    assert "still running?" not in status.stdout
+    (out / "study.json").write_text(json.dumps(doc))
+
     png = tmp_path / "curves.png"
     plot = hpo_here("plot", str(out), "-o", str(png))
     assert plot.exit_code == 0, plot.output
