@@ -65,12 +65,12 @@ def reports_of(trial: Mapping[str, Any]) -> tuple[Report, ...]:
     return tuple(out)
 
 
-def refused(reports: Sequence[Report], max_resource: float | None) -> JSON:
+Refusals = tuple[tuple[Report, str], ...]
+
+
+def refused(refusals: Refusals) -> JSON:
     """status.refusedReports and refusedReason: how many reports do not count, and why the last."""
-    if max_resource is None:
-        return {}
-    _, out = screen_reports(sorted(reports, key=lambda r: r.time), max_resource)
-    return {"refusedReports": len(out) or None, "refusedReason": out[-1][1] if out else None}
+    return {"refusedReports": len(refusals) or None, "refusedReason": refusals[-1][1] if refusals else None}
 
 
 def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -131,6 +131,7 @@ class TrialState:
     run: Run = field(default_factory=Run)
     job_name: str = ""  # the current run's Job
     run_started: bool = False  # the current run's pod has started
+    refusals: Refusals = ()  # the reports the core's rule does not count, with why (in time order)
 
 
 def current_job_name(trial: Mapping[str, Any]) -> str:
@@ -161,24 +162,18 @@ def termination_message(pod: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def _reported(reports: Sequence[Report], run: Run, max_resource: float | None) -> bool:
+def _reported(counted: Sequence[Report], run: Run) -> bool:
     """The run made a report that counts beyond the resource it started from (0, or where it was
     resumed): a paused run at its stop resource has, a run whose trainer's metric nobody saw has not."""
-    ordered = sorted(reports, key=lambda r: r.time)
-    counted = screen_reports(ordered, max_resource)[0] if max_resource is not None else ordered
     return any(r.resource > (run.start_from or 0.0) for r in counted)
 
 
-def _no_reports(
-    reports: Sequence[Report], run: Run, max_resource: float | None, pod: Mapping[str, Any] | None
-) -> JSON:
+def _no_reports(refusals: Refusals, run: Run, pod: Mapping[str, Any] | None) -> JSON:
     message = "the trial exited with status 0 without a report that counts"
     if run.start_from:
         message += f" beyond resource {run.start_from:g}, where it resumed"
-    if max_resource is not None:
-        refused_ = screen_reports(sorted(reports, key=lambda r: r.time), max_resource)[1]
-        if refused_:
-            message += f" ({len(refused_)} refused, the last: {refused_[-1][1]})"
+    if refusals:
+        message += f" ({len(refusals)} refused, the last: {refusals[-1][1]})"
     said = termination_message(pod)
     if said:
         message += f"; {said}"
@@ -230,6 +225,10 @@ def observe_trial(
     meta, current = trial["metadata"], verdict_of(trial)
     run = run_of(trial)
     reports = reports_of(trial)
+    # Screened once here (in time order) for the status and the no-report verdict; the core screens
+    # the view itself.
+    ordered = tuple(sorted(reports, key=lambda r: r.time))
+    counted, refusals = screen_reports(ordered, max_resource) if max_resource is not None else (ordered, ())
     pods = run_pods(trial, pods)
     pod = newest_pod([p for p in pods if not p["metadata"].get("deletionTimestamp")]) or newest_pod(pods)
     started_text = current.get("startedAt")
@@ -246,14 +245,14 @@ def observe_trial(
     else:
         status = _verdict(job, pod, run_started_text is not None)
         pauses = run.stop_at is not None and max_resource is not None and run.stop_at < max_resource
-        if status["phase"] == "Completed" and not _reported(reports, run, max_resource):
+        if status["phase"] == "Completed" and not _reported(counted, run):
             ended = _ended_at(job, pod)
             if ended is not None and now - ended < REPORT_SETTLE_SECONDS:
                 # The last report may be newer than the HPOTrial list this was read from: the
                 # reports are written before the exit, but each list comes from its own cache.
                 status = {"phase": "Running"}
             else:
-                status = _no_reports(reports, run, max_resource, pod)
+                status = _no_reports(refusals, run, pod)
                 status["finishedAt"] = to_rfc3339(now)
         elif status["phase"] == "Completed" and pauses:
             assert run.stop_at is not None
@@ -281,6 +280,7 @@ def observe_trial(
         run=run,
         job_name=job_name(meta["name"], run.number),
         run_started=run_started_text is not None,
+        refusals=refusals,
     )
 
 

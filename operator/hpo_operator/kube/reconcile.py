@@ -505,7 +505,7 @@ def _trial_writes(
         desired = {**state.status, **settled.get(state.name, {})}
         phase = desired["phase"]
         desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
-        desired |= refused(state.view.reports, levels[-1])
+        desired |= refused(state.refusals)
         trial = trials[state.name]
         recorded_phase = verdict_of(trial).get("phase")
         event = _trial_event(state.name, phase, desired) if phase != recorded_phase else None
