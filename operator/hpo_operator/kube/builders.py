@@ -14,14 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import MetricsCollector
-from ..trial_command import (
-    COLLECTOR_MODULE,
-    DEFAULT_TERMINATION_LOG,
-    IMAGE_PYTHON,
-    collector_args,
-    kube_literal,
-    substitute,
-)
+from ..trial_command import DEFAULT_TERMINATION_LOG, IMAGE_PYTHON, kube_literal, substitute, wrap
 from .resources import (
     API,
     GPU,
@@ -282,23 +275,12 @@ def _with_collector(container: JSON, collector: MetricsCollector) -> JSON:
     """The container's command and args run by the metrics collector, from the image's python3
     (the image must hold hpo_trial, as the trial image does)."""
     termination_log = container.get("terminationMessagePath") or DEFAULT_TERMINATION_LOG
-    own = [
-        IMAGE_PYTHON,
-        "-m",
-        COLLECTOR_MODULE,
-        *collector_args(collector),
-        "--termination-log",
-        termination_log,
-    ]
+    user = [*(container.get("command") or []), *(container.get("args") or [])]
+    wrapped = wrap(user, collector, IMAGE_PYTHON, termination_log)
     # The user's part keeps Kubernetes' $(VAR) expansion; the collector's own options are literal.
-    command = [
-        *(kube_literal(a) for a in own),
-        "--",
-        *(container.get("command") or []),
-        *(container.get("args") or []),
-    ]
+    own = len(wrapped) - len(user)
     out = {k: v for k, v in container.items() if k != "args"}
-    out["command"] = command
+    out["command"] = [*(kube_literal(a) for a in wrapped[:own]), *user]
     return out
 
 
