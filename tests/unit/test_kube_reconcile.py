@@ -486,6 +486,16 @@ def test_a_trial_of_an_earlier_operator_is_read_from_its_status_once_and_recorde
     assert not any(isinstance(w, CreateJob | CreateTrial) for w in outcome.writes)
 
 
+def test_a_trial_of_an_earlier_operator_cannot_have_its_reports_cut_through_its_status() -> None:
+    from hpo_operator.kube.observe import reports_of
+
+    legacy = trial(0, (1, 0.9, 2), phase="Running", legacy=True, reportsCounted=0)
+    assert len(reports_of(legacy)) == 1
+    outcome = reconcile(world(study(parallelTrials=1), legacy, **running(legacy)), T0 + 3)
+    write = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0")
+    assert write.verdict is not None and "reportsCounted" not in write.verdict
+
+
 def test_reports_outside_0_r_are_refused_counted_and_never_the_best() -> None:
     t0 = trial(0, (1, 0.5, 2), startedAt=to_rfc3339(T0 + 1))
     t1 = trial(1, (1, 0.4, 2), (-3, 50.0, 3), (12, 60.0, 4), startedAt=to_rfc3339(T0 + 1))

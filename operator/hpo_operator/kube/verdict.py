@@ -53,12 +53,11 @@ def verdict_of(trial: Mapping[str, Any]) -> JSON:
     annotations = (trial.get("metadata") or {}).get("annotations") or {}
     text = annotations.get(VERDICT_ANNOTATION)
     if text is None:
-        # An HPOTrial of an operator that kept its verdict in the status: trusted until the first
-        # reconcile copies it into the annotation.
+        # An HPOTrial of an operator that kept its verdict in the status: the fields that operator
+        # wrote are trusted until the first reconcile copies them into the annotation (never
+        # reportsCounted, which only the annotation holds).
         status = trial.get("status") or {}
-        return {
-            k: v for k, v in status.items() if k != "reports" and k not in DERIVED_FIELDS and v is not None
-        }
+        return {k: v for k, v in status.items() if k in RECORDED_FIELDS and v is not None}
     try:
         value = json.loads(text)
     except ValueError:
