@@ -525,10 +525,9 @@ def _trial_writes(
             writes.append(CreateIdentity(state.name, tuple(build_trial_identity(trial))))
         ready = not own or identity == "ready"
         if state.name in resumed:
-            # The new run's Job, from the status just written (a restart makes it from the API).
+            # The new run's Job, from the verdict just recorded (a restart makes it from the API).
             if ready:
-                recorded = {**trial.get("status", {}), **desired}
-                resumed_trial = {**trial, "metadata": _with_verdict(trial, write), "status": recorded}
+                resumed_trial = {**trial, "metadata": _with_verdict(trial, write)}
                 job_deadline = _job_deadline(decision, resumed_trial, now)
                 writes.append(CreateJob(state.name, build_job(study, resumed_trial, job_deadline, now)))
             continue
