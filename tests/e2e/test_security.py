@@ -124,14 +124,20 @@ def test_a_trials_token_may_patch_its_own_trial_only_and_a_forged_phase_changes_
         body["spec"]["trialTemplate"]["spec"]["containers"][0]["securityContext"] = container_security
         create(kube, namespace, body)
 
-    def running_trials() -> list[JSON]:
-        found = [t for t in trials_of(kube, namespace) if (t.get("status") or {}).get("phase") == "Running"]
-        return found if {t["spec"]["study"] for t in found} == {"alpha", "beta"} and len(found) >= 3 else []
+    def running(trial: JSON) -> bool:
+        return bool((trial.get("status") or {}).get("phase") == "Running")
 
-    trials = wait_for(running_trials, 60, 0.2, lambda: f"running trials: {trials_of(kube, namespace)}")
-    mine = next(t for t in trials if t["spec"]["study"] == "alpha")
+    def ready() -> list[JSON]:
+        # A running trial of each study, and a second trial of alpha's (in any phase).
+        trials = trials_of(kube, namespace)
+        alpha = [t for t in trials if t["spec"]["study"] == "alpha"]
+        beta = [t for t in trials if t["spec"]["study"] == "beta"]
+        return trials if len(alpha) >= 2 and any(map(running, alpha)) and any(map(running, beta)) else []
+
+    trials = wait_for(ready, 60, 0.2, lambda: f"trials: {trials_of(kube, namespace)}")
+    mine = next(t for t in trials if t["spec"]["study"] == "alpha" and running(t))
     sibling = next(t for t in trials if t["spec"]["study"] == "alpha" and t is not mine)
-    other = next(t for t in trials if t["spec"]["study"] == "beta")
+    other = next(t for t in trials if t["spec"]["study"] == "beta" and running(t))
     name = mine["metadata"]["name"]
     account = kube.get(f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
     assert account["metadata"]["ownerReferences"][0]["uid"] == mine["metadata"]["uid"]
