@@ -158,7 +158,7 @@ def test_active_deadline_never_outlives_the_budget(
 
 
 def test_a_trials_identity_may_only_get_and_patch_its_own_status() -> None:
-    account, role, binding = build_trial_identity(trial_with_uid(study()))
+    role, binding, account = build_trial_identity(trial_with_uid(study()))
     assert account["kind"] == "ServiceAccount" and account["metadata"]["name"] == "mnist-3"
     assert role["rules"] == [
         {

@@ -192,7 +192,7 @@ def test_a_trial_without_its_identity_gets_it_before_its_job() -> None:
     outcome = reconcile(world(study(), trial(0), free=1, identities={"s-0": "missing"}), T0)
     made = [w for w in outcome.writes if isinstance(w, CreateIdentity)]
     assert [w.trial for w in made] == ["s-0"] and not any(isinstance(w, CreateJob) for w in outcome.writes)
-    account, role, binding = made[0].objects
+    role, binding, account = made[0].objects
     assert role["rules"][0]["resourceNames"] == ["s-0"]
     assert binding["subjects"][0]["name"] == account["metadata"]["name"] == "s-0"
     assert account["metadata"]["ownerReferences"][0]["uid"] == "t0"

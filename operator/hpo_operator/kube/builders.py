@@ -389,8 +389,9 @@ def build_trial_identity(trial: Mapping[str, Any]) -> list[JSON]:
         **({"ownerReferences": [owner_reference(trial)]} if "uid" in meta else {}),
     }
     rbac = "rbac.authorization.k8s.io"
+    # The account last: created in this order, an account that exists has its Role and binding, so
+    # an operator stopped half way never leaves a pod running as an account without its rights.
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
         {
             "apiVersion": f"{rbac}/v1",
             "kind": "Role",
@@ -411,4 +412,5 @@ def build_trial_identity(trial: Mapping[str, Any]) -> list[JSON]:
             "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": meta["namespace"]}],
         },
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(common)},
     ]
