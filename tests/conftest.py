@@ -9,6 +9,8 @@ from tests.cluster.fixtures import (  # noqa: F401
     k8s_api_client,
     kube,
     namespace,
+    real_cluster,
+    real_namespace,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_makereport,

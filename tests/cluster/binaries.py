@@ -119,6 +119,23 @@ def kube_bin_dir() -> Path:
     )
 
 
+NODE_BINARIES = ("kubelet", "kube-proxy", "pause")
+NODE_TARBALL_NAME = f"kube-node-{K8S_VERSION}-linux-amd64.tar.xz"
+
+
+def node_bin_dir() -> Path:
+    """The folder of kubelet (oom_score_adj 0), kube-proxy and a static pause, as
+    scripts/build-kube-binaries leaves it (from ../shared/k8s's tarball, or built from source)."""
+    cached = cache_root() / f"k8s-node-{K8S_VERSION}"
+    if all(os.access(cached / name, os.X_OK) for name in NODE_BINARIES):
+        return cached
+    raise MissingBinaryError(
+        f"kubelet, kube-proxy and pause {K8S_VERSION} not found in {cached}: run "
+        "scripts/build-kube-binaries (unpacks them from ../shared/k8s, else builds them from Debian's "
+        "kubernetes source package, 8-10 minutes on 2 cores, once); HPO_SKIP_E2E=1 skips the e2e tests instead"
+    )
+
+
 def find_binaries() -> Binaries:
     etcd = shutil.which("etcd")
     if etcd is None:

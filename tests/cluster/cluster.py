@@ -1,10 +1,15 @@
-"""A whole local cluster: the control plane plus one process-kubelet agent per GPU node."""
+"""A whole local cluster: the control plane plus its nodes.
+
+A node is either a process-kubelet agent (``ClusterSpec.nodes``: containers are local processes, fast
+to start, several per machine) or a real node (``ClusterSpec.real_node``: the kubelet with dockershim,
+kube-proxy and dockerd, containers from images; one per machine, see realnode.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -18,6 +23,7 @@ from .binaries import REPO_ROOT
 from .controlplane import ControlPlane, Timings, kubeconfig_text
 from .kubelet import GPU, NOT_READY_TAINT, PROVISIONER, STORAGE_CLASS, AgentConfig
 from .procs import ManagedProcess, pid_alive, wait_pid_gone
+from .realnode import RealNode, host_ip
 from .rest import ApiError, Kube
 from .waiting import wait_for
 
@@ -32,6 +38,10 @@ class ClusterSpec:
     memory_per_node: str = "32Gi"
     node_prefix: str = "gpu-node"
     timings: Timings = field(default_factory=Timings)
+    real_node: bool = False
+    """One real node, named ``<node_prefix>-real``, with ``gpus_per_node`` GPUs advertised."""
+    pause_image: str = ""
+    """The real node's pod-infra image (images.build_images makes one)."""
 
 
 def venv_bin_dirs() -> list[str]:
@@ -52,7 +62,11 @@ class LocalCluster:
         self.root = root or Path(tempfile.mkdtemp(prefix="hpo-cluster-"))
         self.control_plane = ControlPlane(self.root, self.spec.timings)
         self.agents: dict[str, ManagedProcess] = {}
+        self.real: RealNode | None = None
         self.bring_up_s = 0.0
+        if self.spec.real_node:
+            self.control_plane.node_ip = host_ip()
+            self.control_plane.node_tokens[self.real_node_name] = secrets.token_hex(24)
 
     # -- facts about the running cluster ---------------------------------------------------------
 
@@ -77,8 +91,13 @@ class LocalCluster:
         return self.root / "logs"
 
     @property
+    def real_node_name(self) -> str:
+        return f"{self.spec.node_prefix}-real"
+
+    @property
     def node_names(self) -> list[str]:
-        return [f"{self.spec.node_prefix}-{i}" for i in range(self.spec.nodes)]
+        names = [f"{self.spec.node_prefix}-{i}" for i in range(self.spec.nodes)]
+        return names + ([self.real_node_name] if self.spec.real_node else [])
 
     def admin(self) -> Kube:
         """The harness's own JSON client with the admin token (system:masters)."""
@@ -91,6 +110,8 @@ class LocalCluster:
     def process_logs(self) -> dict[str, Path]:
         logs = {p.name: p.log_path for p in self.control_plane.processes}
         logs.update({f"agent {name}": p.log_path for name, p in self.agents.items()})
+        if self.real is not None:
+            logs.update({f"{p.name} {self.real.name}": p.log_path for p in self.real.processes})
         return logs
 
     def service_account_token(
@@ -140,9 +161,31 @@ class LocalCluster:
         self._write_state()
 
     def _boot_nodes(self) -> None:
-        self._create_storage_class()
+        if self.spec.nodes:
+            # Its provisioner is the process agents'; a real node's volumes are PersistentVolumes.
+            self._create_storage_class()
         for name in self.node_names:
-            self.start_node(name, wait=False)
+            if name == self.real_node_name:
+                self._start_real_node()
+            else:
+                self.start_node(name, wait=False)
+
+    def _start_real_node(self) -> None:
+        ip = self.control_plane.node_ip
+        assert ip is not None
+        self.real = RealNode(
+            name=self.real_node_name,
+            root=self.root / "nodes" / self.real_node_name,
+            ip=ip,
+            server=f"https://{ip}:{self.control_plane.apiserver_port}",
+            ca_file=self.ca_file,
+            node_token=self.control_plane.node_tokens[self.real_node_name],
+            proxy_token=self.admin_token,
+            pause_image=self.spec.pause_image,
+            gpus=self.spec.gpus_per_node,
+            log_dir=self.log_dir,
+        )
+        self.real.start()
 
     def _create_storage_class(self) -> None:
         sc = {
@@ -228,6 +271,11 @@ class LocalCluster:
             agent = self.agents.get(name)
             if agent is not None and not agent.running():
                 raise RuntimeError(f"agent of {name} exited; log {agent.log_path}:\n{agent.tail()}")
+            if self.real is not None and name == self.real.name:
+                self.real.check_alive()
+                node = self.admin().get_or_none(f"/api/v1/nodes/{name}")
+                if node is not None and GPU not in node.get("status", {}).get("capacity", {}):
+                    self.real.advertise_gpus(self.admin())
             return self.node_ready(name)
 
         wait_for(check, timeout, 0.1, f"node {name} Ready and untainted", ignore=(ApiError, OSError))
@@ -237,6 +285,8 @@ class LocalCluster:
         started = time.monotonic()
         for agent in self.agents.values():
             agent.stop(timeout=10.0)
+        if self.real is not None:
+            self.real.stop()
         self._sweep_containers()
         self.control_plane.stop()
         state = self.root / STATE_FILE

@@ -73,6 +73,12 @@ class ControlPlane:
     admin_token: str = ""
     apiserver_port: int = 0
     pki: Pki | None = None
+    node_ip: str | None = None
+    """Where a real node (kubelet, kube-proxy, containers) reaches the apiserver: set, the apiserver
+    listens on every address, advertises this one (the ``kubernetes`` Service's endpoint), and
+    authorises kubelets with the Node authorizer; None, it listens on loopback only."""
+    node_tokens: dict[str, str] = field(default_factory=dict)
+    """Node name -> the bearer token of its kubelet (user ``system:node:NAME``, group system:nodes)."""
 
     @property
     def server(self) -> str:
@@ -102,9 +108,12 @@ class ControlPlane:
         """
         bins = self.binaries or find_binaries()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.pki = pki = make_pki(self.root / "pki")
+        extra_sans = (f"IP:{self.node_ip}",) if self.node_ip else ()
+        self.pki = pki = make_pki(self.root / "pki", extra_sans)
         self.admin_token = secrets.token_hex(24)
-        (self.root / "tokens.csv").write_text(f"{self.admin_token},admin,admin,system:masters\n")
+        tokens = [f"{self.admin_token},admin,admin,system:masters"]
+        tokens += [f'{t},system:node:{n},node-{n},"system:nodes"' for n, t in self.node_tokens.items()]
+        (self.root / "tokens.csv").write_text("\n".join(tokens) + "\n")
         etcd_client, etcd_peer = free_port(), free_port()
         self.apiserver_port = free_port()
         self.kubeconfig.write_text(kubeconfig_text(self.server, pki.ca_crt, self.admin_token))
@@ -133,14 +142,13 @@ class ControlPlane:
             [
                 str(bins.kube_apiserver),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
+                *self._listen_flags(),
                 f"--secure-port={self.apiserver_port}",
                 "--insecure-port=0",
                 f"--cert-dir={self.root / 'apiserver-certs'}",
                 f"--tls-cert-file={pki.server_crt}",
                 f"--tls-private-key-file={pki.server_key}",
                 f"--token-auth-file={self.root / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
                 f"--service-account-key-file={pki.sa_pub}",
                 f"--service-account-signing-key-file={pki.sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc",
@@ -213,6 +221,18 @@ class ControlPlane:
             ignore=(ApiError, OSError),
         )
         admin.close()
+
+    def _listen_flags(self) -> list[str]:
+        if self.node_ip is None:
+            return ["--bind-address=127.0.0.1", "--authorization-mode=RBAC"]
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.node_ip}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            # Else `kubectl logs` and port-forward look the node's name up in DNS.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+        ]
 
     def _spawn(self, name: str, argv: list[str], log: Path) -> ManagedProcess:
         proc = ManagedProcess(name, argv, log)

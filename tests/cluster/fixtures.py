@@ -4,6 +4,9 @@
 * ``namespace`` (function): a fresh namespace; its pods are gone when the test's teardown ends.
 * ``kube`` (session): the harness's JSON client as admin.
 * ``k8s_api_client`` / ``core_v1`` (session): the official Python client as admin.
+* ``real_cluster`` (session): a second cluster whose one node is real (kubelet with dockershim,
+  kube-proxy, dockerd), with the images built from the project's Dockerfiles (realnode.py, images.py).
+* ``real_namespace`` (function): a fresh namespace in it.
 
 A skipped e2e test is a failure: when the cluster cannot start, every e2e test fails with the reason
 and how to get what is missing. ``HPO_SKIP_E2E=1`` skips them instead, without starting anything. The
@@ -15,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +27,11 @@ from pathlib import Path
 import kubernetes
 import pytest
 
-from .cluster import LocalCluster
+from .binaries import node_bin_dir
+from .cluster import ClusterSpec, LocalCluster
+from .controlplane import Timings
+from .images import DockerEngine, Images, build_images
+from .realnode import environment_problem
 from .rest import ApiError, Kube
 from .waiting import wait_for
 
@@ -129,10 +137,7 @@ def _namespace_name(test_name: str) -> str:
     return f"{base or 't'}-{secrets.token_hex(3)}"
 
 
-@pytest.fixture
-def namespace(cluster: LocalCluster, kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A namespace of the test's own; on teardown it is deleted and its pods are waited out."""
-    name = _namespace_name(request.node.name)
+def _own_namespace(kube: Kube, name: str) -> Iterator[str]:
     kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     # A pod is admitted only once the namespace's default ServiceAccount has its token Secret.
     wait_for(
@@ -157,6 +162,88 @@ def namespace(cluster: LocalCluster, kube: Kube, request: pytest.FixtureRequest)
         time.sleep(0.2)
 
 
+@pytest.fixture
+def namespace(cluster: LocalCluster, kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the test's own; on teardown it is deleted and its pods are waited out."""
+    yield from _own_namespace(kube, _namespace_name(request.node.name))
+
+
+# --- the real node ----------------------------------------------------------------------------------
+
+REAL_NODE_GPUS = 4
+# A real kubelet renews its Lease every 10 s and posts its status as often: upstream's grace periods.
+# (Node loss is tested on the process kubelet's nodes, whose heartbeat is every second.)
+REAL_NODE_TIMINGS = Timings(node_monitor_period_s=5, node_monitor_grace_period_s=40, not_ready_toleration_s=300)
+
+
+@dataclass
+class RealCluster:
+    """The cluster of the real node, and the images its pods run."""
+
+    cluster: LocalCluster
+    images: Images
+    engine: DockerEngine
+
+    def admin(self) -> Kube:
+        return self.cluster.admin()
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest) -> Iterator[RealCluster]:
+    problem = environment_problem()
+    if problem is not None:
+        _unavailable(problem)
+    root = Path(tempfile.mkdtemp(prefix="hpo-real-cluster-"))
+    engine = DockerEngine(root / "logs")
+    c: LocalCluster | None = None
+    failure = ""
+    started = time.monotonic()
+    try:
+        engine.ensure()
+        images = build_images(node_bin_dir() / "pause", root / "logs")
+        built = time.monotonic() - started
+        spec = ClusterSpec(
+            nodes=0,
+            real_node=True,
+            gpus_per_node=REAL_NODE_GPUS,
+            pause_image=images.pause.name,
+            timings=REAL_NODE_TIMINGS,
+        )
+        c = LocalCluster(spec, root=root)
+        c.up(timeout=120)
+    except Exception as e:
+        failure = f"{type(e).__name__}: {e}"
+        if c is not None:
+            c.down()
+        engine.stop()
+    if failure:
+        _unavailable(f"real node: {failure}")
+    assert c is not None
+    _state["real_cluster"] = c
+    print(
+        f"\nreal-node cluster up in {c.bring_up_s:.1f}s at {c.root} (images in {built:.1f}s: "
+        + ", ".join(f"{i.name} {i.size_mb:.0f} MB {i.seconds:.0f}s" for i in (images.operator, images.trial))
+        + ")"
+    )
+    yield RealCluster(c, images, engine)
+    took = c.down()
+    engine.stop()
+    print(f"\nreal-node cluster down in {took:.1f}s")
+    if request.session.testsfailed == 0 and not os.environ.get("HPO_KEEP_CLUSTER"):
+        c.remove()
+        _state.pop("real_cluster", None)
+
+
+@pytest.fixture
+def real_namespace(real_cluster: RealCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the test's own in the real node's cluster."""
+    kube = real_cluster.admin()
+    try:
+        yield from _own_namespace(kube, _namespace_name(request.node.name))
+    finally:
+        kube.close()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ[REQUIRED_ENV] = "1" if e2e_required() else "0"
     config.stash[_tally_key] = E2ETally()
@@ -175,8 +262,10 @@ def pytest_runtest_makereport(
     if item.get_closest_marker("e2e") is not None:
         _fail_unasked_skip(report)
         item.config.stash[_tally_key].add(report)
-    c = _state.get("cluster")
-    if report.failed and c is not None and "cluster" in getattr(item, "fixturenames", ()):
+    fixtures = getattr(item, "fixturenames", ())
+    key = "real_cluster" if "real_cluster" in fixtures else "cluster"
+    c = _state.get(key)
+    if report.failed and c is not None and key in fixtures:
         lines = [f"state folder: {c.root}"]
         lines += [f"{name}: {path}" for name, path in c.process_logs().items()]
         ns = getattr(item, "funcargs", {}).get("namespace")
@@ -198,7 +287,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Whatever uses the cluster is an e2e test, so `-m "not e2e"` leaves it out.
     skip = pytest.mark.skip(reason=f"{SKIP_ENV}=1")
     for item in items:
-        if "cluster" in getattr(item, "fixturenames", ()):
+        if {"cluster", "real_cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
         if e2e_skipped_by_user() and item.get_closest_marker("e2e") is not None:
             item.add_marker(skip)
@@ -209,6 +298,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     summary = tally.summary(e2e_skipped_by_user()) if tally is not None else None
     if summary is not None:
         terminalreporter.write_sep("-", summary)
-    c = _state.get("cluster")
-    if c is not None and c.root.exists():
-        terminalreporter.write_line(f"local cluster state and logs kept at {c.root}")
+    for key, c in _state.items():
+        if c.root.exists():
+            label = "local cluster" if key == "cluster" else "real-node cluster"
+            terminalreporter.write_line(f"{label} state and logs kept at {c.root}")

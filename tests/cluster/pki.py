@@ -35,8 +35,11 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
-def make_pki(folder: Path) -> Pki:
-    """A CA, the apiserver's serving certificate signed by it, and the service-account key pair."""
+def make_pki(folder: Path, extra_sans: tuple[str, ...] = ()) -> Pki:
+    """A CA, the apiserver's serving certificate signed by it, and the service-account key pair.
+
+    ``extra_sans`` (``IP:...`` or ``DNS:...``): further names of the apiserver, such as the address
+    a real node's kubelet and containers reach it at."""
     folder.mkdir(parents=True, exist_ok=True)
     # EC keys: generated in milliseconds, and both the apiserver and Python's ssl accept them.
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=folder)
@@ -75,7 +78,7 @@ def make_pki(folder: Path) -> Pki:
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName={','.join(SERVER_SANS)}\n"
+        f"subjectAltName={','.join(SERVER_SANS + extra_sans)}\n"
     )
     _openssl(
         "x509",

@@ -169,6 +169,11 @@ def test_the_deployment_runs_one_hpo_operator_with_its_ports_and_liveness_probe(
     probe = main["livenessProbe"]
     assert probe["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert probe["failureThreshold"] >= 1 and probe["periodSeconds"] >= 1
+    # Ready once /healthz answers, checked more often than liveness so a rollout does not wait long.
+    ready = main["readinessProbe"]
+    assert ready["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert ready["periodSeconds"] < probe["periodSeconds"]
+    assert "readinessProbe" not in container(render("readinessProbe.enabled=false"))
 
 
 def test_values_reach_the_operators_arguments_and_pod() -> None:
@@ -196,7 +201,7 @@ def test_values_reach_the_operators_arguments_and_pod() -> None:
         "--namespace=team-b",
         "--kubeconfig=/etc/kube/config",
     ]
-    assert "livenessProbe" not in main
+    assert "livenessProbe" not in main and "readinessProbe" not in main
     assert [p["name"] for p in main["ports"]] == ["metrics"]
     pod = one(objects, "Deployment")["spec"]["template"]
     assert pod["spec"]["nodeSelector"] == {"pool": "system"}

@@ -1,0 +1,514 @@
+"""The operator and its trials in real containers, on a real node.
+
+The node is the kubelet 1.20.2 with dockershim and kube-proxy on dockerd (tests/cluster/realnode.py);
+the images are built from operator/Dockerfile and trial_image/Dockerfile on a Debian base
+(tests/cluster/images.py). The operator is installed with `helm install` from the chart, as a user
+does, and runs as the chart's Deployment; trials run the reference trainer of the trial image as
+PID 1 of their containers, and report through their ServiceAccount's token to the ``kubernetes``
+Service, which kube-proxy routes to the apiserver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.fixtures import RealCluster, e2e_required
+from tests.cluster.images import docker
+from tests.cluster.realnode import pod_container_id
+from tests.cluster.rest import ApiError, Kube
+from tests.cluster.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+JSON = dict[str, Any]
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "hpo-operator"
+GROUP_PATH = "/apis/hpo.dev/v1alpha1"
+RELEASE = "real"
+OPERATOR_NAMESPACE = "hpo-system"
+FULLNAME = f"{RELEASE}-hpo-operator"
+TRIAL_LABEL = "hpo.dev/trial"
+TERMINAL = {"Succeeded", "Failed"}
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def required_tool(name: str, path: str | None = None) -> str:
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    if found is None:
+        reason = f"{name} is not installed (scripts/install-cluster-tools installs it)"
+        if e2e_required():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+def helm(real: RealCluster, *args: str) -> str:
+    done = subprocess.run(
+        [required_tool("helm"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **real.cluster.env()},
+        timeout=180,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+# --- the release --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Release:
+    kube: Kube
+    namespace: str
+
+    def deployment(self) -> JSON:
+        found: JSON = self.kube.get(f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{FULLNAME}")
+        return found
+
+    def pod(self) -> JSON | None:
+        pods = self.kube.get(
+            f"/api/v1/namespaces/{self.namespace}/pods?labelSelector=app.kubernetes.io/instance={RELEASE}"
+        )["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return live[0] if len(live) == 1 else None
+
+    def ready(self) -> bool:
+        status = self.deployment().get("status") or {}
+        pod = self.pod()
+        conditions = {c["type"]: c["status"] for c in ((pod or {}).get("status") or {}).get("conditions") or []}
+        return status.get("readyReplicas") == 1 and conditions.get("Ready") == "True"
+
+
+@pytest.fixture(scope="module")
+def release(real_cluster: RealCluster) -> Iterator[Release]:
+    """`helm install` of the chart with the operator image built from operator/Dockerfile."""
+    image = real_cluster.images.operator.name
+    repository, tag = image.rsplit(":", 1)
+    helm(
+        real_cluster,
+        "install", RELEASE, str(CHART),
+        "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
+        "--set", f"image.repository={repository}",
+        "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never",
+        "--set", "operator.resyncSeconds=5",
+    )  # fmt: skip
+    kube = real_cluster.admin()
+    rel = Release(kube, OPERATOR_NAMESPACE)
+    try:
+        wait_for(rel.ready, 90, 0.5, lambda: f"the operator's Deployment Ready: {rel.deployment().get('status')}")
+        yield rel
+    finally:
+        helm(real_cluster, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s")
+        kube.close()
+
+
+# --- studies ------------------------------------------------------------------------------------------
+
+
+def reference_study(name: str, *, deadline: str, max_resource: int = 4, parallel: int = 2) -> JSON:
+    """The reference trainer of the trial image (torch on the CPU, the built-in digits, the tiny model)."""
+    return {
+        "apiVersion": "hpo.dev/v1alpha1",
+        "kind": "HPOStudy",
+        "metadata": {"name": name},
+        "spec": {
+            "metric": "accuracy",
+            "mode": "max",
+            "hpSpace": {
+                "learning_parameters.learning_rate": {"paramType": "qloguniform", "range": [0.0001, 0.3, 0.0001]},
+                "learning_parameters.batch_size": {"paramType": "qloguniform", "range": [16, 128, 16]},
+            },
+            "minimumResource": 1,
+            "maximumResource": max_resource,
+            "reductionFactor": 2,
+            "budget": {"deadline": deadline},
+            "parallelTrials": parallel,
+            "gpusPerTrial": 1,
+            "seed": 11,
+            "trialTemplate": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 20,
+                    "containers": [
+                        {
+                            "name": "trial",
+                            "image": "",  # set by the test: the trial image it built
+                            "imagePullPolicy": "Never",
+                            "command": ["python", "-m", "hpo_trial.train", "--dataset", "digits", "--model", "tiny"],
+                            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+                        }
+                    ],
+                }
+            },
+        },
+    }
+
+
+def with_image(manifest: JSON, image: str) -> JSON:
+    manifest["spec"]["trialTemplate"]["spec"]["containers"][0]["image"] = image
+    return manifest
+
+
+def create_study(kube: Kube, namespace: str, manifest: JSON) -> None:
+    kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", manifest)
+
+
+def study_of(kube: Kube, namespace: str, name: str) -> JSON:
+    found: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
+    return found
+
+
+def trials_of(kube: Kube, namespace: str) -> list[JSON]:
+    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
+    return sorted(items, key=lambda t: int(t["spec"]["index"]))
+
+
+def wait_finished(kube: Kube, namespace: str, name: str, timeout: float) -> JSON:
+    def done() -> JSON | None:
+        study = study_of(kube, namespace, name)
+        return study if (study.get("status") or {}).get("phase") in TERMINAL else None
+
+    return wait_for(done, timeout, 0.5, lambda: f"study {name} finished: {study_of(kube, namespace, name).get('status')}")
+
+
+@dataclass
+class PodHistory:
+    """A watch of the namespace's pods in a thread: each pod's last state, and when it was deleted."""
+
+    kube: Kube
+    namespace: str
+    last: dict[str, JSON] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> PodHistory:
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        ready = threading.Event()
+        threading.Thread(target=self._run, args=(path, ready), daemon=True).start()
+        assert ready.wait(10), "the pod watch did not start"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+
+    def _run(self, path: str, ready: threading.Event) -> None:
+        version = self.kube.get(path)["metadata"]["resourceVersion"]
+        ready.set()
+        while not self._stop.is_set():
+            try:
+                for event in self.kube.watch(path, timeout_seconds=5, resourceVersion=version):
+                    pod = event["object"]
+                    version = pod["metadata"].get("resourceVersion", version)
+                    self.last[pod["metadata"]["name"]] = pod
+                    if event["type"] == "DELETED":
+                        self.gone.add(pod["metadata"]["name"])
+            except (ApiError, OSError):
+                version = self.kube.get(path)["metadata"]["resourceVersion"]
+
+    def of_trial(self, trial: str) -> list[JSON]:
+        return [p for p in self.last.values() if (p["metadata"].get("labels") or {}).get(TRIAL_LABEL) == trial]
+
+
+def terminated(pod: JSON, container: str = "trial") -> JSON | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            state: JSON | None = (status.get("state") or {}).get("terminated") or (
+                status.get("lastState") or {}
+            ).get("terminated")
+            return state
+    return None
+
+
+# --- the tests ------------------------------------------------------------------------------------------
+
+
+def test_the_chart_runs_the_operator_image_ready_leading_and_scraped(
+    real_cluster: RealCluster, release: Release
+) -> None:
+    kube = release.kube
+    pod = release.pod()
+    assert pod is not None
+    # The image's user and the chart's security context hold in the real container.
+    container_id = pod_container_id(pod, "operator")
+    assert container_id, pod["status"]
+    inspected = json.loads(docker("inspect", container_id))[0]
+    assert inspected["Config"]["User"] == "10001:10001" or inspected["Config"]["User"].startswith("10001")
+    assert inspected["HostConfig"]["ReadonlyRootfs"] is True
+    assert inspected["Image"] == docker("image", "inspect", real_cluster.images.operator.name, "--format", "{{.Id}}")
+
+    # The leader's Lease names this pod (its hostname is the pod's name).
+    lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{OPERATOR_NAMESPACE}/leases/{FULLNAME}"
+    wait_for(
+        lambda: ((kube.get_or_none(lease_path) or {}).get("spec") or {}).get("holderIdentity", "").startswith(
+            pod["metadata"]["name"] + "_"
+        ),
+        30,
+        0.5,
+        lambda: f"the Lease held by {pod['metadata']['name']}: {kube.get_or_none(lease_path)}",
+    )
+
+    # A real Prometheus scrapes /metrics through the chart's Service (its ClusterIP, by kube-proxy).
+    service = kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/{FULLNAME}")
+    target = f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
+    with prometheus_scraping(target, real_cluster.cluster.log_dir) as query:
+        wait_for(
+            lambda: [s for s in query('up{job="hpo-operator"}') if s["value"][1] == "1"],
+            60,
+            1.0,
+            f"Prometheus scraping {target} with up == 1",
+        )
+        leader = wait_for(lambda: query("hpo_operator_leader"), 30, 1.0, "hpo_operator_leader scraped")
+        assert leader[0]["value"][1] == "1", leader
+
+
+@dataclass
+class _Prom:
+    url: str
+
+    def __call__(self, promql: str) -> list[JSON]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+        result: list[JSON] = body["data"]["result"]
+        return result
+
+
+class prometheus_scraping:  # noqa: N801 - used as a context manager, like a function
+    """Debian's Prometheus scraping ``target`` every second, on a port of its own."""
+
+    def __init__(self, target: str, log_dir: Path) -> None:
+        self.target, self.log = target, log_dir / "prometheus-real.log"
+        self.work = Path(tempfile.mkdtemp(prefix="hpo-prometheus-real-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> _Prom:
+        binary = required_tool("prometheus", "/usr/bin/prometheus")
+        config = self.work / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: hpo-operator\n    static_configs:\n"
+            f"      - targets: ['{self.target}']\n"
+        )
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.work / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.work,
+            )
+        prom = _Prom(f"http://127.0.0.1:{port}")
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, f"prometheus exited; log {self.log}"
+            try:
+                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=1) as r:
+                    return bool(r.status == 200)
+            except (OSError, urllib.error.URLError):
+                return False
+
+        wait_for(ready, 30, 0.2, "prometheus /-/ready")
+        return prom
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def test_a_study_of_the_trial_image_prunes_by_sigterm_and_succeeds_inside_its_budget(
+    real_cluster: RealCluster, release: Release, real_namespace: str
+) -> None:
+    kube, ns = release.kube, real_namespace
+    manifest = with_image(reference_study("digits", deadline="100s", max_resource=4), real_cluster.images.trial.name)
+    with PodHistory(kube, ns) as pods:
+        create_study(kube, ns, manifest)
+        study = wait_finished(kube, ns, "digits", 240)
+        trials = trials_of(kube, ns)
+        # Every pod of the study ends and is removed by the kubelet.
+        wait_for(
+            lambda: all(name in pods.gone for name in pods.last), 90, 0.5,
+            lambda: f"every trial pod gone: {sorted(set(pods.last) - pods.gone)}",
+        )  # fmt: skip
+    status = study["status"]
+    assert status["phase"] == "Succeeded", status
+    phases = {t["metadata"]["name"]: (t.get("status") or {}).get("phase") for t in trials}
+    pruned = [name for name, phase in phases.items() if phase == "Pruned"]
+    assert pruned, phases
+    assert "Completed" in phases.values(), phases
+
+    # The best is a trial's own report, at the furthest level reached.
+    best = status["best"]
+    reports = {t["metadata"]["name"]: (t.get("status") or {}).get("reports") or [] for t in trials}
+    assert any(r["value"] == best["value"] for r in reports[best["trial"]]), (best, reports[best["trial"]])
+    # Reports came through the trial's token and the `kubernetes` Service: every trial that ran reported.
+    for name, phase in phases.items():
+        if phase in ("Completed", "Pruned"):
+            assert reports[name], name
+
+    # Inside the budget: every report before the deadline (a report is written when its epoch ends).
+    deadline = _seconds(status["budget"]["deadline"])
+    for name, rs in reports.items():
+        for r in rs:
+            assert r["time"] <= deadline + 2.0, (name, r, status["budget"])
+
+    # A pruned trial's trainer, PID 1 of its container, got SIGTERM and ended by itself within the
+    # grace period: exit status 128 + 15 from the trainer, not 137 from the kubelet's SIGKILL.
+    for name in pruned:
+        ended = [terminated(p) for p in pods.of_trial(name)]
+        ended = [e for e in ended if e is not None]
+        assert ended, (name, [p.get("status") for p in pods.of_trial(name)])
+        for state in ended:
+            assert state["exitCode"] in (0, 143), (name, state)
+            assert state.get("reason") != "OOMKilled", (name, state)
+
+
+def test_the_promote_variant_resumes_from_a_checkpoint_another_container_wrote(
+    real_cluster: RealCluster, release: Release, real_namespace: str
+) -> None:
+    kube, ns = release.kube, real_namespace
+    folder = real_cluster.cluster.root / "volumes" / ns
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)  # the trial image's user (uid 10001) writes there
+    pv_name = f"checkpoints-{ns}"
+    kube.create(
+        "/api/v1/persistentvolumes",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": pv_name},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "real-node-local",
+                "hostPath": {"path": str(folder), "type": "Directory"},
+            },
+        },
+    )
+    try:
+        manifest = with_image(reference_study("promo", deadline="90s", max_resource=4), real_cluster.images.trial.name)
+        manifest["spec"] |= {
+            "sampler": "random",
+            "asha": {"variant": "promote"},
+            "finalTraining": {"enabled": True},
+            "checkpoints": {"size": "1Gi", "storageClassName": "real-node-local"},
+        }
+        create_study(kube, ns, manifest)
+        study = wait_finished(kube, ns, "promo", 300)
+        status = study["status"]
+        assert status["phase"] == "Succeeded", status
+        trials = trials_of(kube, ns)
+        resumed = [t for t in trials if ((t.get("status") or {}).get("run") or 0) >= 1]
+        assert resumed, [(t["metadata"]["name"], t.get("status")) for t in trials]
+        for t in resumed:
+            reports = sorted(t["status"].get("reports") or [], key=lambda r: (r["time"], r["seq"]))
+            resources = [r["resource"] for r in reports]
+            # The resumed run's first epoch follows the paused run's last: it loaded that checkpoint.
+            assert resources == list(range(1, len(resources) + 1)), (t["metadata"]["name"], resources)
+        final = status["final"]
+        assert final["phase"] == "Succeeded" and final["resource"] == 4, final
+        checkpoint = final["checkpoint"]
+        assert (folder / checkpoint["path"] / "epoch-0004.pt").is_file(), sorted(folder.rglob("*"))
+    finally:
+        kube.delete(f"/api/v1/persistentvolumes/{pv_name}")
+
+
+def test_the_operator_container_killed_mid_study_finishes_it_without_a_duplicate(
+    real_cluster: RealCluster, release: Release, real_namespace: str
+) -> None:
+    kube, ns = release.kube, real_namespace
+    manifest = with_image(reference_study("survivor", deadline="90s", max_resource=4), real_cluster.images.trial.name)
+    with PodHistory(kube, ns) as pods:
+        create_study(kube, ns, manifest)
+        wait_for(
+            lambda: sum(bool((t.get("status") or {}).get("reports")) for t in trials_of(kube, ns)) >= 2,
+            120, 0.5, "two trials reporting",
+        )  # fmt: skip
+        pod = release.pod()
+        assert pod is not None
+        restarts_before = pod["status"]["containerStatuses"][0].get("restartCount", 0)
+        container_id = pod_container_id(pod, "operator")
+        assert container_id
+        docker("kill", "--signal", "KILL", container_id)
+        # The kubelet restarts the container in the same pod; the new process leads again.
+        wait_for(
+            lambda: (release.pod() or {}).get("status", {}).get("containerStatuses", [{}])[0].get("restartCount", 0)
+            > restarts_before,
+            60, 0.5, "the operator's container restarted",
+        )  # fmt: skip
+        study = wait_finished(kube, ns, "survivor", 300)
+    assert study["status"]["phase"] == "Succeeded", study["status"]
+    trials = trials_of(kube, ns)
+    indices = [int(t["spec"]["index"]) for t in trials]
+    assert indices == list(range(len(trials))), indices
+    # One Job per trial run, and no trial ran two pods of the same run.
+    runs: dict[tuple[str, str], int] = {}
+    for p in pods.last.values():
+        labels = p["metadata"].get("labels") or {}
+        key = (labels.get(TRIAL_LABEL, ""), labels.get("hpo.dev/run", "0"))
+        runs[key] = runs.get(key, 0) + 1
+    assert all(n == 1 for n in runs.values()), runs
+    for t in trials:
+        seqs = sorted(r["seq"] for r in (t.get("status") or {}).get("reports") or [])
+        assert seqs == list(range(len(seqs))), (t["metadata"]["name"], seqs)
+
+
+def test_a_trial_killed_for_memory_is_failed_with_that_reason(
+    real_cluster: RealCluster, release: Release, real_namespace: str
+) -> None:
+    kube, ns = release.kube, real_namespace
+    manifest = with_image(reference_study("hungry", deadline="60s", max_resource=2, parallel=1), real_cluster.images.trial.name)
+    container = manifest["spec"]["trialTemplate"]["spec"]["containers"][0]
+    container["command"] = ["python", "-c", "x = bytearray(512 * 1024 * 1024); print(len(x))"]
+    container["resources"] = {"limits": {"memory": "64Mi"}}
+    create_study(kube, ns, manifest)
+
+    def oom_failed() -> JSON | None:
+        for t in trials_of(kube, ns):
+            status = t.get("status") or {}
+            if status.get("phase") == "Failed":
+                return t
+        return None
+
+    trial = wait_for(oom_failed, 120, 0.5, lambda: f"a Failed trial: {[t.get('status') for t in trials_of(kube, ns)]}")
+    assert trial["status"].get("reason") == "OOMKilled", trial["status"]
+    assert trial["status"].get("exitCode") == 137, trial["status"]
+    kube.delete(f"{GROUP_PATH}/namespaces/{ns}/hpostudies/hungry")
