@@ -132,7 +132,8 @@ def node_bin_dir() -> Path:
     raise MissingBinaryError(
         f"kubelet, kube-proxy and pause {K8S_VERSION} not found in {cached}: run "
         "scripts/build-kube-binaries (unpacks them from ../shared/k8s, else builds them from Debian's "
-        "kubernetes source package, 8-10 minutes on 2 cores, once); HPO_SKIP_E2E=1 skips the e2e tests instead"
+        "kubernetes source package, 8-10 minutes on 2 cores, once); "
+        "HPO_SKIP_E2E=1 skips the e2e tests instead"
     )
 
 

@@ -173,7 +173,9 @@ def namespace(cluster: LocalCluster, kube: Kube, request: pytest.FixtureRequest)
 REAL_NODE_GPUS = 4
 # A real kubelet renews its Lease every 10 s and posts its status as often: upstream's grace periods.
 # (Node loss is tested on the process kubelet's nodes, whose heartbeat is every second.)
-REAL_NODE_TIMINGS = Timings(node_monitor_period_s=5, node_monitor_grace_period_s=40, not_ready_toleration_s=300)
+REAL_NODE_TIMINGS = Timings(
+    node_monitor_period_s=5, node_monitor_grace_period_s=40, not_ready_toleration_s=300
+)
 
 
 @dataclass

@@ -40,6 +40,7 @@ OPERATOR_REPO = "hpo-operator"
 TRIAL_REPO = "hpo-trial"
 E2E_TAG = "e2e"
 TORCH_VERSION = "2.13.0"
+WHEEL_PORT = 38471
 # The machine's CA bundle goes into the base image: the package registries are reached through it.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -82,7 +83,9 @@ class DockerEngine:
             return
         dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
         if not os.access(dockerd, os.X_OK):
-            raise ImageBuildError("dockerd not found: apt-get install docker.io (scripts/install-cluster-tools)")
+            raise ImageBuildError(
+                "dockerd not found: apt-get install docker.io (scripts/install-cluster-tools)"
+            )
         # cgroupfs: the kubelet is started with the same driver (there is no systemd to delegate to).
         self.process = ManagedProcess(
             "dockerd",
@@ -164,10 +167,16 @@ def _run_logged(argv: Sequence[str], log: Path, timeout: float, what: str) -> No
 def _build_base(image: str, log: Path) -> None:
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
-        raise ImageBuildError("mmdebstrap not found: apt-get install mmdebstrap (scripts/install-cluster-tools)")
+        raise ImageBuildError(
+            "mmdebstrap not found: apt-get install mmdebstrap (scripts/install-cluster-tools)"
+        )
     with tempfile.TemporaryDirectory(prefix="hpo-base-") as tmp:
         tar = Path(tmp) / "base.tar"
-        hook = f'cp {HOST_CA_BUNDLE} "$1/etc/ssl/certs/ca-certificates.crt"' if HOST_CA_BUNDLE.is_file() else "true"
+        hook = (
+            f'cp {HOST_CA_BUNDLE} "$1/etc/ssl/certs/ca-certificates.crt"'
+            if HOST_CA_BUNDLE.is_file()
+            else "true"
+        )
         _run_logged(
             [
                 mmdebstrap,
@@ -215,7 +224,12 @@ def cpu_torch_wheel() -> Path | None:
 def _served(folder: Path) -> Iterator[int]:
     """Serve ``folder`` on 127.0.0.1 (a build with --network host reaches it); yields the port."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        # The same URL each time, so that Docker's cache of the torch layer (keyed on the build
+        # argument that holds it) survives a change of the trial image's sources.
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEEL_PORT), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -226,7 +240,7 @@ def _served(folder: Path) -> Iterator[int]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -253,7 +267,9 @@ def build_images(pause_binary: Path, log_dir: Path) -> Images:
     base_digest = hashlib.sha256(
         ",".join(BASE_PACKAGES).encode() + (HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b"")
     ).hexdigest()[:12]
-    base = _tagged(BASE_REPO, base_digest, functools.partial(_build_base, log=log_dir / "base-image.log"), log_dir)
+    base = _tagged(
+        BASE_REPO, base_digest, functools.partial(_build_base, log=log_dir / "base-image.log"), log_dir
+    )
     pause = _tagged(
         PAUSE_REPO,
         hashlib.sha256(pause_binary.read_bytes()).hexdigest()[:12],
@@ -281,7 +297,10 @@ def build_images(pause_binary: Path, log_dir: Path) -> Images:
     trial_log = log_dir / "trial-image.log"
     trial = _tagged(
         TRIAL_REPO,
-        _digest([REPO_ROOT / "trial_image" / "Dockerfile", REPO_ROOT / "trial_image" / "hpo_trial"], base_digest + torch),
+        _digest(
+            [REPO_ROOT / "trial_image" / "Dockerfile", REPO_ROOT / "trial_image" / "hpo_trial"],
+            base_digest + torch,
+        ),
         functools.partial(_build_trial, base=base.name, log=trial_log),
         trial_log,
     )

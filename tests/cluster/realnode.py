@@ -14,14 +14,16 @@ folder, the ``kubepods`` cgroups, and the sysctls both set.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .binaries import node_bin_dir
 from .controlplane import kubeconfig_text
-from .images import docker
+from .images import docker, docker_cli
 from .kubelet import GPU
 from .procs import ManagedProcess
 from .rest import JSON_PATCH, Kube
@@ -46,7 +48,9 @@ def host_ip() -> str:
     routes = subprocess.run(["ip", "-4", "-o", "route", "show", "default"], capture_output=True, text=True)
     words = routes.stdout.split()
     device = words[words.index("dev") + 1] if "dev" in words else None
-    listing = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    listing = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True
+    )
     candidates = []
     for line in listing.stdout.splitlines():
         fields = line.split()  # "2: eth0    inet 192.0.2.2/24 brd ... scope global eth0"
@@ -90,9 +94,9 @@ def remove_kube_chains() -> None:
         chains = [line.split()[1] for line in listing.stdout.splitlines() if line.startswith("-N KUBE-")]
         for line in listing.stdout.splitlines():
             parts = line.split()
-            if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and "-j" in parts:
-                if parts[parts.index("-j") + 1].startswith("KUBE-"):
-                    _iptables("-t", table, "-D", *parts[1:])
+            jumps_to_kube = "-j" in parts and parts[parts.index("-j") + 1].startswith("KUBE-")
+            if parts[:1] == ["-A"] and not parts[1].startswith("KUBE-") and jumps_to_kube:
+                _iptables("-t", table, "-D", *parts[1:])
         for chain in chains:
             _iptables("-t", table, "-F", chain)
         for chain in chains:
@@ -103,7 +107,9 @@ def _unmount_under(folder: Path) -> None:
     prefix = str(folder.resolve())
     with open("/proc/mounts") as f:
         points = [line.split()[1].encode().decode("unicode_escape") for line in f]
-    for point in sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True):
+    for point in sorted(
+        (p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True
+    ):
         subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
 
 
@@ -112,7 +118,9 @@ def _remove_cgroups(name: str = "kubepods") -> None:
         top = controller / name
         if not top.is_dir():
             continue
-        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for folder in sorted(
+            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
             with contextlib.suppress(OSError):
                 folder.rmdir()
         with contextlib.suppress(OSError):
@@ -147,7 +155,9 @@ class RealNode:
         kubelet_kc = self.root / "kubelet.kubeconfig"
         kubelet_kc.write_text(kubeconfig_text(self.server, self.ca_file, self.node_token, name=self.name))
         proxy_kc = self.root / "kube-proxy.kubeconfig"
-        proxy_kc.write_text(kubeconfig_text(self.server, self.ca_file, self.proxy_token, name=f"{self.name}-proxy"))
+        proxy_kc.write_text(
+            kubeconfig_text(self.server, self.ca_file, self.proxy_token, name=f"{self.name}-proxy")
+        )
         for kc in (kubelet_kc, proxy_kc):
             kc.chmod(0o600)
         self.processes.append(
@@ -249,3 +259,59 @@ def environment_problem() -> str | None:
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode != 0:
             return f"{tool} not found: scripts/install-cluster-tools installs it"
     return None
+
+
+class DockerEvents:
+    """``docker events`` of containers while in use: what the runtime itself saw, such as the
+    signals the kubelet sent a container (``kill``, with ``signal``) and its exit status (``die``,
+    with ``exitCode``), which the pod's status may not keep once the pod is deleted."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, object]] = []
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> DockerEvents:
+        self._proc = subprocess.Popen(
+            [docker_cli(), "events", "--format", "{{json .}}", "--filter", "type=container"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            with contextlib.suppress(json.JSONDecodeError):
+                self.events.append(json.loads(line))
+
+    def __exit__(self, *_: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def actions(self, pod: str, container: str) -> list[str]:
+        """What happened to that container, for messages: ``kill 15``, ``die 143``, ..."""
+        return [
+            " ".join(filter(None, (action, a.get("signal"), a.get("exitCode"))))
+            for action, a in self.of_pod(pod, container)
+        ]
+
+    def of_pod(self, pod: str, container: str) -> list[tuple[str, dict[str, str]]]:
+        """(action, attributes) of that container of the pod, in order."""
+        out = []
+        for e in list(self.events):
+            actor = e.get("Actor")
+            attrs = actor.get("Attributes") if isinstance(actor, dict) else None
+            if (
+                isinstance(attrs, dict)
+                and attrs.get("io.kubernetes.pod.name") == pod
+                and attrs.get("io.kubernetes.container.name") == container
+            ):
+                out.append((str(e.get("Action")), {**attrs, "time": str(e.get("timeNano", ""))}))
+        return out

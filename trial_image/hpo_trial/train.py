@@ -8,7 +8,10 @@ Exit status: 0 when trained to ``--epochs`` (or ``--stop-after``); 2 for a confi
 hyper-parameters, unknown metric, unreadable data, missing checkpoint); 128 + the signal number
 when stopped by SIGTERM or SIGINT during training, which takes effect after the current batch,
 keeps the last epoch's checkpoint and sends no report for the unfinished epoch. During start-up
-(imports, data loading) the signals keep their default actions, which end the process at once.
+(imports, data loading) they end the process at once, with the same status: through a handler
+installed before the first slow import, since as PID 1 of a container (the trainer is the
+container's command) a signal left to its default action is not delivered at all, and a trial
+stopped while it starts would train on until the kubelet's SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-import hpo_trial
-from hpo_trial import checkpoints, data, env, hparams, models
+def _end_now(signum: int, frame: FrameType | None) -> None:
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__":
+    for _signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_signum, _end_now)
+
+import torch  # noqa: E402 - after the start-up signal handlers
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import hpo_trial  # noqa: E402
+from hpo_trial import checkpoints, data, env, hparams, models  # noqa: E402
 
 log = logging.getLogger("hpo_trial.train")
 
@@ -281,7 +293,7 @@ def run(plan: Plan, stop: StopSignal) -> int:
         nesterov=plan.momentum > 0,
     )
     done = resume(plan, model, optimizer, ds)
-    # From here a signal stops at a batch boundary; before, its default action ends start-up at once.
+    # From here a signal stops at a batch boundary; before, the start-up handler ends the process at once.
     stop.install()
     log.info(
         "training %s on %s (%d train / %d val images, %d classes, %dpx) on %s: epochs %d..%d, %s",
