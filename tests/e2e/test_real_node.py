@@ -455,7 +455,7 @@ def test_the_promote_variant_resumes_from_a_checkpoint_another_container_wrote(
             "metadata": {"name": pv_name},
             "spec": {
                 "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": ["ReadWriteMany"],
                 "persistentVolumeReclaimPolicy": "Retain",
                 "storageClassName": "real-node-local",
                 "hostPath": {"path": str(folder), "type": "Directory"},
@@ -475,8 +475,8 @@ def test_the_promote_variant_resumes_from_a_checkpoint_another_container_wrote(
         create_study(kube, ns, manifest)
         study = wait_finished(kube, ns, "promo", 300)
         status = study["status"]
-        assert status["phase"] == "Succeeded", status
         trials = trials_of(kube, ns)
+        assert status["phase"] == "Succeeded", json.dumps([status, [t.get("status") for t in trials]], indent=1)
         resumed = [t for t in trials if ((t.get("status") or {}).get("run") or 0) >= 1]
         assert resumed, [(t["metadata"]["name"], t.get("status")) for t in trials]
         for t in resumed:
