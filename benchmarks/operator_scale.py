@@ -587,7 +587,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     from tests.cluster.cluster import ClusterSpec, LocalCluster
-    from tests.e2e.conftest import OperatorProcess, install_chart_without_operator
+    from tests.support.operator_process import OperatorProcess, install_chart_without_operator
 
     cluster = LocalCluster(ClusterSpec(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
     t = time.monotonic()

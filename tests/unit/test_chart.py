@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.cluster.fixtures import e2e_required
+from tests.support.chart import CHART, NAMESPACE, RELEASE, Obj, render, render_error, run, tool
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "hpo-operator"
-RELEASE, NAMESPACE = "hpo-operator", "hpo-system"
 MONITORING_APIS = ("monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PrometheusRule")
 SELECTOR_LABELS = {"app.kubernetes.io/name": "hpo-operator", "app.kubernetes.io/instance": RELEASE}
 COMMON_LABELS = {
@@ -40,50 +34,6 @@ DEFAULT_KINDS = [
     "ServiceAccount",
 ]
 
-Obj = dict[str, Any]
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not installed (scripts/install-cluster-tools installs it)"
-        if e2e_required():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
-
-
-@cache
-def _template(
-    sets: tuple[str, ...], release: str, api_versions: tuple[str, ...], include_crds: bool
-) -> tuple[int, str, str]:
-    args = [tool("helm"), "template", release, str(CHART), "--namespace", NAMESPACE]
-    for value in sets:
-        args += ["--set", value]
-    for api in api_versions:
-        args += ["--api-versions", api]
-    if include_crds:
-        args.append("--include-crds")
-    done = run(*args)
-    return done.returncode, done.stdout, done.stderr
-
-
-def render(
-    *sets: str, release: str = RELEASE, api_versions: Iterable[str] = (), include_crds: bool = False
-) -> list[Obj]:
-    code, out, err = _template(tuple(sets), release, tuple(api_versions), include_crds)
-    assert code == 0, err
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def render_error(*sets: str) -> str:
-    code, _, err = _template(tuple(sets), RELEASE, (), False)
-    assert code != 0, f"helm template {sets} succeeded"
-    return err
 
 
 def kinds(objects: Iterable[Obj]) -> list[str]:

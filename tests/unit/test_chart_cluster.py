@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from tests.cluster.cluster import LocalCluster
-from tests.unit.test_chart import render, tool
+from tests.support.chart import render, tool
 
 MONITORING_KINDS = {"ServiceMonitor", "PrometheusRule"}
 

@@ -18,10 +18,9 @@ from click.testing import CliRunner, Result
 
 from hpo_operator.cli import main
 from tests.fixtures import FAKE_TRAINER
+from tests.support.hpo_cli import HPO, REPO, environment, hpo
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
-HPO = [sys.executable, "-m", "hpo_operator"]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,21 +36,6 @@ def fake_config(tmp_path: Path) -> Path:
         "  x: {param_type: uniform, range: [0.0, 1.0]}\n"
     )
     return path
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HPO_", "FAKE_"))}
-    # No GPU, whatever the machine has: the CPU slots are what these tests expect.
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return env | extra
-
-
-def hpo(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HPO, *args], capture_output=True, text=True, env=env or environment(), timeout=timeout, cwd=REPO
-    )
 
 
 def hpo_here(*args: str) -> Result:

@@ -17,8 +17,8 @@ import yaml
 from hpo_operator.config import config_from_mapping
 from hpo_operator.study import Study
 from tests.fixtures.plain_trainer import score
-from tests.unit.test_cli_run import environment, hpo
-from tests.unit.test_local import assert_inside_budget, views
+from tests.support.hpo_cli import environment, hpo
+from tests.support.local_study import assert_inside_budget, views
 
 REPO = Path(__file__).resolve().parents[2]
 PLAIN = str(REPO / "tests" / "fixtures" / "plain_trainer.py")

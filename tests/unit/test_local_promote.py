@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_local import assert_inside_budget, fake_config, run_study
+from tests.support.local_study import assert_inside_budget, fake_config, run_study
 
 pytestmark = pytest.mark.timeout(90)
 
