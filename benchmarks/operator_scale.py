@@ -33,7 +33,7 @@ as the reports' ``time``):
   started in the window; CPU seconds and RSS of the operator and of the control plane from /proc;
   os.getloadavg() every 5 s.
 
-Results: benchmarks/results/operator_scale.json; the README's section "Operator overhead and scale".
+Results: benchmarks/results/operator_scale.json; docs/benchmarks/operator-scale.md.
 """
 
 from __future__ import annotations

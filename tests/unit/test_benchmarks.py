@@ -372,6 +372,74 @@ def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -
         digits.combine(paths[:2])
 
 
+def test_digits_joins_blocks_of_seeds_into_one_document_with_its_parts() -> None:
+    first = {"command": "c0", "versions": {}, "budget": 60.0,
+             "runs": [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]}  # fmt: skip
+    second = {"command": "c1", "budget": 60.0,
+              "runs": [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]}  # fmt: skip
+    joined = digits.joined([first, second])
+    assert [r["seed"] for r in joined["runs"]] == [0, 0, 1, 1]
+    assert joined["parts"] == [
+        {"command": "c0", "versions": {}, "seeds": [0]},
+        {"command": "c1", "seeds": [1]},
+    ]
+    assert joined["summary"] == digits.summarize_rows(joined["runs"])
+    again = digits.joined([joined, {**second, "command": "c2", "runs": []}])
+    assert [p["command"] for p in again["parts"]] == ["c0", "c1", "c2"]  # a joined file joins again
+    with pytest.raises(SystemExit, match="ours seed 1 at 2 workers is there twice"):
+        digits.joined([joined, second])
+    with pytest.raises(SystemExit, match="different budgets"):
+        digits.joined([first, {**second, "budget": 150.0}])
+
+
+def test_digits_refuses_an_out_file_it_cannot_join_before_running_anything(tmp_path: Path) -> None:
+    out = tmp_path / "cell.json"
+    out.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 3, 0.99)]}))
+    for argv in (["--budget", "150"], ["--budget", "60", "--first-seed", "2", "--seeds", "2"]):
+        with pytest.raises(SystemExit) as exit_info:  # the parser's error: exit 2, nothing trained
+            digits.main([*argv, "--contenders", "ours", "--workers", "2", "--out", str(out)])
+        assert exit_info.value.code == 2
+
+
+def test_digits_reads_and_combines_only_the_study_seeds_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "cell.json"
+    rows = [_digits_row(c, s, 0.99 - 0.01 * s) for s in range(4) for c in ("ours", "optuna-sh-tpe")]
+    path.write_text(json.dumps({"budget": 60.0, "runs": rows}))
+    assert {r["seed"] for r in digits.read_runs([path], (1, 2))} == {1, 2}
+    assert digits.combine([path], (2, 3))["summary"]["ours/optuna-sh-tpe 2w"]["seeds"] == [2, 3]
+    assert digits.seed_range("30-59") == (30, 59) and digits.seed_range("7") == (7, 7)
+
+
+def test_merge_results_joins_digits_blocks_and_makes_other_files_the_parts_of_one(tmp_path: Path) -> None:
+    from benchmarks import merge_results
+
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    a.write_text(json.dumps({"command": "x --start-seconds 0", "runs": [{"regret": 1.0}]}))
+    b.write_text(json.dumps({"command": "x --start-seconds 30", "runs": [{"regret": 2.0}]}))
+    assert merge_results.main([str(out), str(a), str(b)]) == 0
+    parts = json.loads(out.read_text())["parts"]
+    assert [p["command"] for p in parts] == ["x --start-seconds 0", "x --start-seconds 30"]
+    assert merge_results.main([str(out), str(out), str(a)]) == 0  # a merged file's parts stay flat
+    assert len(json.loads(out.read_text())["parts"]) == 3
+    a.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 0, 0.99)]}))
+    b.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 1, 0.98)]}))
+    assert merge_results.main([str(out), str(a), str(b)]) == 0
+    assert [r["seed"] for r in json.loads(out.read_text())["runs"]] == [0, 1]
+
+
+def test_result_files_are_compact_json_with_large_values_one_per_line(tmp_path: Path) -> None:
+    from benchmarks.metrics import result_json, write_result
+
+    document = {"command": "c", "runs": [{"seed": i, "trial_log": list(range(60))} for i in range(3)]}
+    text = result_json(document)
+    assert json.loads(text) == document
+    # {, "command", "runs": [, each run opened (its seed and its log of numbers on a line each), ], }
+    assert len(text.splitlines()) == 3 + 3 * 4 + 2
+    assert any(line.strip().startswith('"trial_log": [0,1,2') for line in text.splitlines())
+    write_result(tmp_path / "new" / "r.json", document)
+    assert json.loads((tmp_path / "new" / "r.json").read_text()) == document
+
+
 def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_path: Path) -> None:
     seen: list[tuple[int, float]] = []
 
