@@ -497,11 +497,16 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def joined(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One result document from several of one cell (the same budget; seeds run apart): every run,
-    the summary over all of them, and each part's command, package versions and machine.
+    the summary over all of them, and each part's command, package versions and machine (one
+    document alone stays as it is, with its summary).
 
     A (contender, seed, workers) run present twice is an error, as averaging over it would count
     that seed twice. ``main`` joins a new run to the file at ``--out`` this way, so a cell run in
     blocks of seeds stays one file."""
+    if len(documents) == 1 and "parts" not in documents[0]:  # one run: the file as it ran
+        only = documents[0]
+        return {**{k: v for k, v in only.items() if k != "runs"}, "summary": summarize_rows(only["runs"]),
+                "runs": only["runs"]}  # fmt: skip
     budgets = {d["budget"] for d in documents}
     if len(budgets) > 1:
         raise SystemExit(f"the runs have different budgets ({sorted(budgets)}); one file holds one budget")

@@ -384,6 +384,8 @@ def test_digits_joins_blocks_of_seeds_into_one_document_with_its_parts() -> None
         {"command": "c1", "seeds": [1]},
     ]
     assert joined["summary"] == digits.summarize_rows(joined["runs"])
+    assert digits.joined([first])["versions"] == {}  # one run alone: the file as it ran, summarised
+    assert digits.joined([first])["summary"] == digits.summarize_rows(first["runs"])
     again = digits.joined([joined, {**second, "command": "c2", "runs": []}])
     assert [p["command"] for p in again["parts"]] == ["c0", "c1", "c2"]  # a joined file joins again
     with pytest.raises(SystemExit, match="ours seed 1 at 2 workers is there twice"):
