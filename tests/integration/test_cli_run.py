@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from hpo_operator.cli import main
 from tests.fixtures import FAKE_TRAINER
-from tests.support.hpo_cli import HPO, REPO, environment, hpo
+from tests.support.hpo_cli import HPO, REPO, environment, hpo, hpo_here, write_fake_config
 
 DEMO_CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
 
@@ -27,20 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def fake_config(tmp_path: Path) -> Path:
-    path = tmp_path / "hpo_config.yaml"
-    path.write_text(
-        "metric: score\n"
-        "maximum_resource: 4\n"
-        "reduction_factor: 2\n"
-        "hp_space:\n"
-        "  x: {param_type: uniform, range: [0.0, 1.0]}\n"
-    )
-    return path
-
-
-def hpo_here(*args: str) -> Result:
-    """The CLI in this process: for commands that start no trial."""
-    return CliRunner().invoke(main, list(args), env={"CUDA_VISIBLE_DEVICES": ""})
+    return write_fake_config(tmp_path)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -178,44 +163,6 @@ def test_an_interrupted_run_stops_its_trials_and_keeps_every_report(
     assert doc["best"] is not None
     assert json.loads((out / "best.json").read_text())["trial"] == doc["best"]["trial"]
     assert stdout.startswith(f"best trial {doc['best']['trial']}")
-
-
-def test_a_budget_smaller_than_one_training_exits_2_before_starting(
-    tmp_path: Path, fake_config: Path
-) -> None:
-    out = tmp_path / "run"
-    done = hpo_here(
-        "run", str(fake_config), "--train-time", "60", "--time-ratio", "1", "--out", str(out),
-        "--", sys.executable, str(FAKE_TRAINER),
-    )  # fmt: skip
-    assert done.exit_code == 2
-    assert "too small for even one full training" in done.stderr
-    assert not out.exists()
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--budget", "1m", "--", "no-such-trainer-command"], "is not on PATH"),
-        (["--budget", "1m", "--time-ratio", "2", "--", "true"], "either --budget or --time-ratio"),
-        (["--budget", "1m", "--gpus", "2", "--", "true"], "asks for more GPUs than the 0 found"),
-        (["--budget", "1m", "--name", "no/slash", "--", "true"], "--name 'no/slash'"),
-    ],
-)
-def test_bad_run_arguments_exit_2_with_the_reason(
-    tmp_path: Path, fake_config: Path, args: list[str], message: str
-) -> None:
-    done = hpo_here("run", str(fake_config), "--out", str(tmp_path / "run"), *args)
-    assert done.exit_code == 2
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_status_of_a_folder_without_a_study_exits_2(tmp_path: Path) -> None:
-    done = hpo_here("status", str(tmp_path))
-    assert done.exit_code == 2 and "cannot read" in done.stderr
-    done = hpo_here("status", "no-such-study")
-    assert done.exit_code == 2 and "no such study folder" in done.stderr
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ CHART = ROOT / "charts" / "hpo-operator"
 RELEASE, NAMESPACE = "hpo-operator", "hpo-system"
 Obj = dict[str, Any]
 
+
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
