@@ -6,7 +6,7 @@ For every budget ratio, worker count, timing condition and seed it runs this pro
 ``hpo_operator.simulate`` on MF-Hartmann-6 (good) and records the finish time against the deadline,
 the share of the budget used, the share of slot time spent in trials, and the epochs cut off at the
 deadline (trained by trials that were stopped there). Writes
-``benchmarks/results/budget_adherence.json``, ``budget_adherence.png`` and prints a Markdown table.
+``benchmarks/results/budget_adherence.json``, ``budget_adherence.png`` beside it and prints a Markdown table.
 
 Timing conditions:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import statistics
@@ -36,7 +35,7 @@ from hpo_operator.study import Study, StudyError, TrialStatus
 
 from .contenders import study_config
 from .functions import PROBLEMS, Problem
-from .metrics import mean_ci
+from .metrics import mean_ci, write_result
 
 RESULTS = Path(__file__).parent / "results"
 RATIOS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
@@ -208,20 +207,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(args.seeds)
     ]
     summary = stats(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.budget_adherence " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": command.strip(),
-                "problem": args.problem,
-                "seconds": round(time.monotonic() - started, 1),
-                "stats": summary,
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    write_result(
+        args.out,
+        {
+            "command": command.strip(),
+            "problem": args.problem,
+            "seconds": round(time.monotonic() - started, 1),
+            "stats": summary,
+            "runs": rows,
+        },
     )
     plot(rows, args.out.with_suffix(".png"))
     print(markdown_table(summary))

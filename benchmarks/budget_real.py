@@ -190,7 +190,7 @@ class ClusterBackend:
         self.operator: Any = None
 
     def up(self) -> None:
-        from tests.e2e.conftest import OperatorProcess, install_chart_without_operator
+        from tests.support.operator_process import OperatorProcess, install_chart_without_operator
 
         started = time.monotonic()
         self.cluster.up()
@@ -246,7 +246,7 @@ class ClusterBackend:
         }
 
     def run_study(self, condition: str, ratio: float, seed: int) -> dict[str, Any]:
-        from tests.e2e.test_operator import PodWatch
+        from tests.support.e2e_study import PodWatch
 
         kube = self.cluster.admin()
         ns = f"b-{condition}-{ratio:g}x-{seed}-{random.randrange(16**4):04x}".replace(".", "p")

@@ -592,5 +592,5 @@ register(
 register(Contender("random", run_random, "random search, every trial to R"))
 
 # The search-quality table of issue 7: ours against the peers (the promote variant is compared on
-# its own, README "Promote against stop").
+# its own, docs/benchmarks/promote.md).
 DEFAULT_CONTENDERS = tuple(name for name in CONTENDERS if name != "ours-promote")

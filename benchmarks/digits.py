@@ -29,11 +29,13 @@ accuracy of a study selects on. Per number of workers, ``ours/optuna-sh-tpe`` co
 seed: the ratio of their mean error rates at the deadline with a 95% paired-bootstrap interval, and
 the smallest difference the seeds resolve (and the seeds that would resolve the difference seen);
 ``retrained spread`` puts the spread of the returned configurations' own accuracies beside the
-spread between trainer seeds of one configuration. Writes ``benchmarks/results/digits.json``; ``--combine
-A.json B.json`` prints that summary over the runs of several files (seeds run apart) without running
-anything. ``--landscape`` runs no study: it trains every grid point of a region that holds many of
-both contenders' best configurations once, to R, and reports how high the objective reaches there
-and how much it moves between neighbours.
+spread between trainer seeds of one configuration. Writes ``benchmarks/results/digits.json``, or adds
+the runs to the file ``--out`` names when it holds runs of the same budget (so seeds run in blocks
+stay one file, its ``parts`` saying which command ran which seeds); ``--combine A.json B.json``
+prints that summary over the runs of several files without running anything. ``--landscape`` runs
+no study: it trains every grid point of a region that holds many of both contenders' best
+configurations once, to R, and reports how high the objective reaches there and how much it moves
+between neighbours.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ import yaml
 
 from hpo_operator.config import StudyConfig, load_config
 
-from .metrics import machine, package_versions, ratio_ci
+from .metrics import machine, package_versions, ratio_ci, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo" / "hpo_config.yaml"
@@ -493,8 +495,41 @@ def summarize_rows(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def combine(paths: Sequence[Path]) -> dict[str, Any]:
-    """The summary over the runs of several result files (e.g. seeds 0-9 and 10-19, run apart).
+def joined(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result document from several of one cell (the same budget; seeds run apart): every run,
+    the summary over all of them, and each part's command, package versions and machine (one
+    document alone stays as it is, with its summary).
+
+    A (contender, seed, workers) run present twice is an error, as averaging over it would count
+    that seed twice. ``main`` joins a new run to the file at ``--out`` this way, so a cell run in
+    blocks of seeds stays one file."""
+    if len(documents) == 1 and "parts" not in documents[0]:  # one run: the file as it ran
+        only = documents[0]
+        return {**{k: v for k, v in only.items() if k != "runs"}, "summary": summarize_rows(only["runs"]),
+                "runs": only["runs"]}  # fmt: skip
+    budgets = {d["budget"] for d in documents}
+    if len(budgets) > 1:
+        raise SystemExit(f"the runs have different budgets ({sorted(budgets)}); one file holds one budget")
+    parts: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    seen: set[tuple[str, int, int]] = set()
+    for document in documents:
+        for row in document["runs"]:
+            key = (row["contender"], int(row["seed"]), int(row["workers"]))
+            if key in seen:
+                raise SystemExit(f"{key[0]} seed {key[1]} at {key[2]} workers is there twice")
+            seen.add(key)
+            rows.append(row)
+        parts += document.get("parts") or [
+            {k: document[k] for k in ("command", "versions", "machine") if k in document}
+            | {"seeds": sorted({int(r["seed"]) for r in document["runs"]})}
+        ]
+    return {"budget": budgets.pop(), "parts": parts, "summary": summarize_rows(rows), "runs": rows}
+
+
+def combine(paths: Sequence[Path], seeds: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The summary over the runs of several result files (e.g. seeds 0-9 and 10-19, run apart), or
+over those of the study seeds ``seeds`` (both ends included).
 
     Files must share the budget; a (contender, seed, workers) run present twice is an error, as
     averaging over it would count that seed twice."""
@@ -506,6 +541,8 @@ def combine(paths: Sequence[Path]) -> dict[str, Any]:
         budgets.add(data["budget"])
         for row in data["runs"]:
             key = (row["contender"], int(row["seed"]), int(row["workers"]))
+            if seeds is not None and not seeds[0] <= key[1] <= seeds[1]:
+                continue
             if key in seen:
                 raise SystemExit(
                     f"{path}: {key[0]} seed {key[1]} at {key[2]} workers is also in an earlier file"
@@ -518,18 +555,32 @@ def combine(paths: Sequence[Path]) -> dict[str, Any]:
             "summary": summarize_rows(rows)}  # fmt: skip
 
 
+def seed_range(text: str) -> tuple[int, int]:
+    """``30-59`` -> (30, 59), both included."""
+    first, _, last = text.partition("-")
+    try:
+        return int(first), int(last or first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST-LAST (e.g. 30-59)") from None
+
+
 def offline_parser(doc: str, results_help: str, out_name: str) -> argparse.ArgumentParser:
     """The command line every offline tool shares: result files in, trainings at once, file out."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="+", help=results_help)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    parser.add_argument(
+        "--study-seeds", type=seed_range, metavar="FIRST-LAST", help="only the studies of these seeds"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / out_name)
     return parser
 
 
-def read_runs(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """Every run of the given result files, in file order."""
-    return [row for path in paths for row in json.loads(path.read_text())["runs"]]
+def read_runs(paths: Sequence[Path], seeds: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every run of the given result files (of the study seeds ``seeds``, both ends included), in
+    file order."""
+    rows = [row for path in paths for row in json.loads(path.read_text())["runs"]]
+    return [r for r in rows if seeds is None or seeds[0] <= int(r["seed"]) <= seeds[1]]
 
 
 def write_offline(
@@ -545,8 +596,7 @@ def write_offline(
         "files": [str(p) for p in paths],
         **found,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=1) + "\n")
+    write_result(out, document)
     print(json.dumps(found["summary"], indent=1))
 
 
@@ -581,6 +631,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run nothing: print the summary over the runs of these result files",
     )
     parser.add_argument(
+        "--study-seeds",
+        type=seed_range,
+        metavar="FIRST-LAST",
+        help="with --combine: only the runs of these seeds (e.g. 0-59)",
+    )
+    parser.add_argument(
         "--by",
         metavar="PARAM",
         help="with --combine: per value of this parameter, the trials each contender started with it "
@@ -595,22 +651,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.by and not args.combine:
         parser.error("--by reads result files: give them with --combine")
+    if args.study_seeds and not args.combine:
+        parser.error("--study-seeds reads result files: give them with --combine")
     if args.landscape:
         with tempfile.TemporaryDirectory(prefix="hpo-bench-digits-") as tmp:
             found = landscape(Path(tmp), args.workers[0])
         command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
         found = {"command": command.strip(), "versions": package_versions(), "machine": machine(), **found}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(found, indent=1) + "\n")
+        write_result(args.out, found)
         print(json.dumps(found["summary"], indent=1))
         return 0
     if args.combine:
-        combined = combine(args.combine)
+        combined = combine(args.combine, args.study_seeds)
         if args.by:
-            rows = [row for path in args.combine for row in json.loads(path.read_text())["runs"]]
-            combined["by_value"] = by_value(rows, args.by)
+            combined["by_value"] = by_value(read_runs(args.combine, args.study_seeds), args.by)
         print(json.dumps(combined, indent=1))
         return 0
+    if args.out.exists():  # the runs will join this file: refuse now, not after hours of training
+        earlier = json.loads(args.out.read_text())
+        if earlier.get("budget") != args.budget or not isinstance(earlier.get("runs"), list):
+            parser.error(f"{args.out} holds no runs of budget {args.budget:g}: name another --out")
+        taken = {(r["contender"], int(r["seed"]), int(r["workers"])) for r in earlier["runs"]}
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        if twice := sorted(taken.intersection(itertools.product(args.contenders, seeds, args.workers))):
+            name, seed, workers = twice[0]
+            parser.error(f"{args.out} already holds {name} seed {seed} at {workers} workers")
     runners = {**RUNNERS, "optuna-sh-tpe": partial(run_optuna, reduction_factor=args.optuna_reduction_factor)}
     rows = []
     retrain_jobs = min(args.retrain_seeds, os.cpu_count() or 1)
@@ -626,24 +691,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         json.dumps({k: v for k, v in row.items() if k != "best"}), file=sys.stderr, flush=True
                     )
                     rows.append(row)
-    summary = summarize_rows(rows)
     command = "python -m benchmarks.digits " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": command.strip(),
-                "versions": package_versions(),
-                "machine": machine(),
-                "budget": args.budget,
-                "summary": summary,
-                "runs": rows,
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(json.dumps(summary, indent=1))
+    document = {
+        "command": command.strip(),
+        "versions": package_versions(),
+        "machine": machine(),
+        "budget": args.budget,
+        "runs": rows,
+    }
+    # A block of seeds joins the cell's file: one file per cell, however many blocks it ran in.
+    earlier = [json.loads(args.out.read_text())] if args.out.exists() else []
+    document = joined([*earlier, document])
+    write_result(args.out, document)
+    print(json.dumps(document["summary"], indent=1))
     return 0
 
 

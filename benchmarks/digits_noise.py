@@ -1,7 +1,7 @@
 """How far apart good digits configurations are against the noise of one training, per metric.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m benchmarks.digits_noise \
-        benchmarks/results/digits_retrained_8w_seeds30-39.json --configs 16 --seeds 4
+        benchmarks/results/digits_retrained_8w.json --study-seeds 30-59 --configs 16 --seeds 4
 
 Takes the distinct configurations the studies of the given result files returned (both contenders,
 in file and seed order, the first ``--configs``), trains each to R with trainer seeds 1..``--seeds``
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 2 or args.configs < 2:
         parser.error("--seeds and --configs must be at least 2 (a spread needs two of each)")
-    rows = digits.read_runs(args.results)
+    rows = digits.read_runs(args.results, args.study_seeds)
     configurations = returned_configurations(rows, args.configs)
     with tempfile.TemporaryDirectory(prefix="hpo-bench-noise-") as tmp:
         found = measure(configurations, args.seeds, Path(tmp), args.jobs)

@@ -1,7 +1,8 @@
 """Offline, from digits result files: would ours return better configurations if it chose its answer
 by a model's smoothed estimate instead of the best single training?
 
-    .venv/bin/python -m benchmarks.digits_recommend benchmarks/results/digits_retrained_8w_seeds30-39.json
+    .venv/bin/python -m benchmarks.digits_recommend \
+        benchmarks/results/digits_retrained_8w.json --study-seeds 30-59
 
 For each of ours' runs with a trial log, the Gaussian process the default sampler fits (gp.py: every
 rung result, normal scores per rung, fidelity as a dimension) is fitted to the whole log; among the
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.retrain_seeds < 1:
         parser.error("--retrain-seeds must be at least 1")
-    rows = digits.read_runs(args.results)
+    rows = digits.read_runs(args.results, args.study_seeds)
     with tempfile.TemporaryDirectory(prefix="hpo-bench-recommend-") as tmp:
         found = compare_answers(rows, args.retrain_seeds, Path(tmp), args.jobs)
     digits.write_offline("digits_recommend", argv, args.results, found, args.out)

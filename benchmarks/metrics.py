@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -69,6 +70,29 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
+
+
+def result_json(value: Any, depth: int = 0) -> str:
+    """A result document as JSON that is compact and still reads and diffs line by line: a value
+    that fits on a line of about 160 characters stays on one, and so does a list of numbers or
+    strings; larger objects, and lists of objects or lists, are opened one level at a time (up to 4
+    levels; below that a value is written on one line)."""
+    flat = json.dumps(value, separators=(",", ":"))
+    if len(flat) <= 160 or depth >= 4 or not value or not isinstance(value, dict | list):
+        return flat
+    if isinstance(value, list) and not any(isinstance(v, dict | list) for v in value):
+        return flat
+    pad = " " * (depth + 1)
+    if isinstance(value, dict):
+        items = [f"{pad}{json.dumps(k)}: {result_json(v, depth + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * depth + "}"
+    return "[\n" + ",\n".join(pad + result_json(v, depth + 1) for v in value) + "\n" + " " * depth + "]"
+
+
+def write_result(path: Path, document: dict[str, Any]) -> None:
+    """Writes a result document to ``path`` (folders made as needed) in ``result_json``'s form."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result_json(document) + "\n")
 
 
 def incumbent_steps(trace: Trace) -> list[tuple[float, dict[str, Any]]]:

@@ -33,7 +33,7 @@ as the reports' ``time``):
   started in the window; CPU seconds and RSS of the operator and of the control plane from /proc;
   os.getloadavg() every 5 s.
 
-Results: benchmarks/results/operator_scale.json; the README's section "Operator overhead and scale".
+Results: benchmarks/results/operator_scale.json; docs/benchmarks/operator-scale.md.
 """
 
 from __future__ import annotations
@@ -587,7 +587,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     from tests.cluster.cluster import ClusterSpec, LocalCluster
-    from tests.e2e.conftest import OperatorProcess, install_chart_without_operator
+    from tests.support.operator_process import OperatorProcess, install_chart_without_operator
 
     cluster = LocalCluster(ClusterSpec(nodes=args.nodes, gpus_per_node=args.gpus_per_node))
     t = time.monotonic()

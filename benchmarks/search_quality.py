@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -35,7 +34,7 @@ from typing import Any
 from . import contenders
 from .contenders import DEFAULT_CONTENDERS, Unavailable, budget_of, contender
 from .functions import PROBLEMS, Problem
-from .metrics import RunSummary, mean_ci, package_versions, ratio_ci, summarize
+from .metrics import RunSummary, mean_ci, package_versions, ratio_ci, summarize, write_result
 
 RESULTS = Path(__file__).parent / "results"
 CURVE_POINTS = 60
@@ -336,24 +335,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     stats = group_stats(runs, args.reference, starts)
     pairs = pair_stats(runs, args.pairs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.search_quality " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": command.strip(),
-                "versions": package_versions(),
-                "ratio": args.ratio,
-                "start_seconds": args.start_seconds,
-                "seconds": round(time.monotonic() - started, 1),
-                "skipped": skipped,
-                "stats": stats,
-                "pairs": pairs,
-                "runs": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in runs],
-            },
-            indent=1,
-        )
-        + "\n"
+    write_result(
+        args.out,
+        {
+            "command": command.strip(),
+            "versions": package_versions(),
+            "ratio": args.ratio,
+            "start_seconds": args.start_seconds,
+            "seconds": round(time.monotonic() - started, 1),
+            "skipped": skipped,
+            "stats": stats,
+            "pairs": pairs,
+            "runs": [{k: v for k, v in asdict(r).items() if k != "curve"} for r in runs],
+        },
     )
     if not args.no_plots:
         for path in plot(runs, args.ratio, args.out.parent, args.out.stem, args.reference):

@@ -32,8 +32,8 @@ from tests.cluster.cluster import LocalCluster
 from tests.cluster.fixtures import e2e_required
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
-from tests.e2e.conftest import CHART, OperatorProcess, free_port
-from tests.e2e.test_operator import create_study, get_study, study_manifest, trials_of, wait_phase
+from tests.support.e2e_study import create_study, get_study, study_manifest, trials_of, wait_phase
+from tests.support.operator_process import CHART, OperatorProcess, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,7 @@ import pytest
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
 from tests.cluster.waiting import wait_for
-from tests.e2e.conftest import OPERATOR_NAMESPACE, OperatorProcess
-from tests.e2e.test_operator import (
+from tests.support.e2e_study import (
     PodWatch,
     create_study,
     sample,
@@ -26,6 +25,7 @@ from tests.e2e.test_operator import (
     trials_of,
     wait_phase,
 )
+from tests.support.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -17,8 +17,8 @@ import pytest
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
 from tests.cluster.waiting import wait_for
-from tests.e2e.conftest import REPO, OperatorProcess
-from tests.e2e.test_operator import create_study, study_manifest, trials_of, wait_phase
+from tests.support.e2e_study import create_study, study_manifest, trials_of, wait_phase
+from tests.support.operator_process import REPO, OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

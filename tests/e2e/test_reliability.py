@@ -6,17 +6,15 @@ study deleted while the operator is down) and checks what is left afterwards: ev
 every report each trial process wrote kept in its HPOTrial, no Job or pod left running, and the
 study's best equal to the best recomputed from the stored reports. docs/reliability.md is the table.
 
-The trials run a fake trainer on the SDK that also appends each report it delivered (and its pid)
-to a file of its own, so that "no report lost" is checked against what the trial processes wrote,
-not against what the operator saw.
+The trials run a fake trainer on the SDK (tests/support/logged_study.py) that also appends each
+report it delivered (and its pid) to a file of its own, so that "no report lost" is checked against
+what the trial processes wrote, not against what the operator saw.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,115 +27,28 @@ import pytest
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
-from tests.e2e.conftest import CHART, OPERATOR_NAMESPACE, SERVICE_ACCOUNT, OperatorProcess, helm_template
-from tests.e2e.test_operator import sample, scrape
-from tests.unit.test_bad_input_specs import broken_specs
+from tests.support.e2e_study import sample, scrape
+from tests.support.logged_study import (
+    GROUP_PATH,
+    JSON,
+    can_i,
+    create,
+    get_study,
+    manifest,
+    pods_of,
+    trials_of,
+    wait_phase,
+)
+from tests.support.operator_process import (
+    CHART,
+    OPERATOR_NAMESPACE,
+    SERVICE_ACCOUNT,
+    OperatorProcess,
+    helm_template,
+)
+from tests.support.spec_mutations import broken_specs
 
 pytestmark = pytest.mark.e2e
-
-JSON = dict[str, Any]
-GROUP_PATH = "/apis/hpo.dev/v1alpha1"
-
-# Reads its x, trains R "epochs" of EPOCH_SECONDS, reports 1 - (x - 0.3)^2 scaled by how far it
-# trained, and appends each report with its delivery and pid to REPORT_LOG_DIR/<trial>.jsonl.
-# CRASH_EXIT / CRASH_KILL: trial indices ("*": all) that exit 3, or SIGKILL themselves (as the
-# OOM killer does: exit 137), one epoch in, before their first report (a trial that reported below
-# its rung's cut-off may be pruned before its exit is seen; the first verdict stands).
-FAKE_TRAINER = """
-import json, os, signal, sys, time, hpo_trial
-x = float(hpo_trial.hyperparameters()["x"])
-epoch = float(os.environ["EPOCH_SECONDS"])
-trial = os.environ["HPO_TRIAL"]
-index = trial.rsplit("-", 1)[1]
-def chosen(var):
-    names = os.environ.get(var, "").split(",")
-    return "*" in names or index in names
-for resource in range(1, int(os.environ["HPO_MAX_RESOURCE"]) + 1):
-    time.sleep(epoch)
-    if chosen("CRASH_EXIT"):
-        sys.exit(3)
-    if chosen("CRASH_KILL"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    value = round((1 - (x - 0.3) ** 2) * (1 - 0.5 ** resource), 6)
-    delivered = hpo_trial.report(resource, value)
-    line = {"resource": resource, "value": value, "delivered": delivered, "pid": os.getpid()}
-    with open(os.path.join(os.environ["REPORT_LOG_DIR"], trial + ".jsonl"), "a") as log:
-        log.write(json.dumps(line) + "\\n")
-"""
-
-
-def manifest(
-    name: str,
-    log_dir: Path,
-    *,
-    deadline: str = "30s",
-    parallel: int | str = "auto",
-    epoch_seconds: float = 0.2,
-    gpus: int = 1,
-    env: dict[str, str] | None = None,
-) -> JSON:
-    variables = {"EPOCH_SECONDS": str(epoch_seconds), "REPORT_LOG_DIR": str(log_dir), **(env or {})}
-    return {
-        "apiVersion": "hpo.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "metric": "accuracy",
-            "mode": "max",
-            "hpSpace": {"x": {"paramType": "uniform", "range": [0.0, 1.0]}},
-            "minimumResource": 1,
-            "maximumResource": 9,
-            "reductionFactor": 3,
-            "budget": {"deadline": deadline},
-            "parallelTrials": parallel,
-            "gpusPerTrial": gpus,
-            "seed": 11,
-            "trialTemplate": {
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "trial",
-                            "image": "hpo-fake-trainer:local",
-                            "command": ["python", "-c", FAKE_TRAINER],
-                            "env": [{"name": k, "value": v} for k, v in variables.items()],
-                        }
-                    ]
-                }
-            },
-        },
-    }
-
-
-def create(kube: Kube, namespace: str, body: JSON) -> JSON:
-    created: JSON = kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", body)
-    return created
-
-
-def get_study(kube: Kube, namespace: str, name: str) -> JSON:
-    study: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
-    return study
-
-
-def trials_of(kube: Kube, namespace: str, study: str | None = None) -> list[JSON]:
-    query = {"labelSelector": f"hpo.dev/study={study}"} if study else {}
-    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials", **query)["items"]
-    return sorted(items, key=lambda t: int(t["spec"]["index"]))
-
-
-def pods_of(kube: Kube, namespace: str) -> list[JSON]:
-    items: list[JSON] = kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
-    return items
-
-
-def wait_phase(kube: Kube, namespace: str, name: str, phases: set[str], timeout: float) -> JSON:
-    def done() -> JSON | None:
-        study = get_study(kube, namespace, name)
-        return study if (study.get("status") or {}).get("phase") in phases else None
-
-    return wait_for(
-        done, timeout, 0.2, lambda: f"{name} in {phases}: {get_study(kube, namespace, name).get('status')}"
-    )
-
 
 def reports_written(log_dir: Path) -> dict[str, list[JSON]]:
     """What every trial process wrote: trial name -> its report lines."""
@@ -662,19 +573,6 @@ def test_generated_invalid_specs_get_invalid_conditions_and_no_pod_and_the_opera
 
 
 # --- least privilege ------------------------------------------------------------------------------
-
-
-def can_i(cluster: LocalCluster, user: str, verb: str, resource: str, namespace: str | None) -> bool:
-    kind, _, sub = resource.partition("/")  # "pods/exec": resource pods, subresource exec
-    args = ["kubectl", "auth", "can-i", verb, kind, f"--as={user}"]
-    args += [f"--subresource={sub}"] if sub else []
-    args += [f"--namespace={namespace}"] if namespace else ["--all-namespaces"]
-    done = subprocess.run(
-        args, capture_output=True, text=True, env={**os.environ, **cluster.env()}, timeout=30
-    )
-    answer = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    assert answer in ("yes", "no"), (args, done.stdout, done.stderr)
-    return answer == "yes"
 
 
 def granted_rules() -> Iterator[tuple[str, str, str]]:

@@ -20,8 +20,7 @@ import pytest
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
-from tests.e2e.conftest import OperatorProcess, kubectl
-from tests.e2e.test_reliability import (
+from tests.support.logged_study import (
     GROUP_PATH,
     can_i,
     create,
@@ -31,6 +30,7 @@ from tests.e2e.test_reliability import (
     trials_of,
     wait_phase,
 )
+from tests.support.operator_process import OperatorProcess, kubectl
 
 pytestmark = pytest.mark.e2e
 

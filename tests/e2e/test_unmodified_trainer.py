@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.cluster.rest import Kube
-from tests.e2e.conftest import OperatorProcess
-from tests.e2e.test_operator import create_study, expected_best, trials_of, wait_phase
 from tests.fixtures.plain_trainer import score
+from tests.support.e2e_study import create_study, expected_best, trials_of, wait_phase
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 

@@ -189,7 +189,7 @@ def test_the_periodic_resync_survives_an_unreachable_api_server(caplog: pytest.L
 
 def test_a_pruned_trial_whose_job_went_without_its_pod_gets_its_pod_deleted() -> None:
     # An API outage between deleting the Job and deleting its pod: the Job is gone, the pod runs.
-    from tests.unit.test_kube_reconcile import T0, pod, study, trial, world
+    from tests.support.kube_world import T0, pod, study, trial, world
 
     t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5)
     t0 = trial(0, (1, 0.9, 2))
@@ -202,7 +202,7 @@ def test_a_pruned_trial_whose_job_went_without_its_pod_gets_its_pod_deleted() ->
 
 
 def test_a_finished_study_deletes_a_pod_whose_job_is_already_gone() -> None:
-    from tests.unit.test_kube_reconcile import T0, pod, study, trial, world
+    from tests.support.kube_world import T0, pod, study, trial, world
 
     t0 = trial(0, (1, 0.9, 2), phase="Stopped")
     finished = study({"phase": "Succeeded"})

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import io
 import itertools
 import json
 import math
 import os
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,8 @@ from benchmarks.functions import (
     mf_hartmann6,
 )
 from benchmarks.metrics import PACKAGES, mean_ci, ratio_ci, summarize
-from benchmarks.search_quality import _one_blas_thread, run_all
+from benchmarks.search_quality import _one_blas_thread
 from benchmarks.search_quality import main as search_quality_main
-
-from tests.fixtures import FAKE_TRAINER
-from tests.fixtures.fake_trainer import score
 
 HAS_OPTUNA = importlib.util.find_spec("optuna") is not None
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -157,16 +152,6 @@ def test_worker_processes_get_one_blas_thread_unless_chosen(monkeypatch: pytest.
         assert os.environ["OMP_NUM_THREADS"] == "3"
     assert "OPENBLAS_NUM_THREADS" not in os.environ
     assert os.environ["OMP_NUM_THREADS"] == "3"
-
-
-def test_search_quality_runs_the_same_in_worker_processes_and_from_any_first_seed() -> None:
-    args = (["branin"], [2], range(3, 5), ["ours", "random"], 2.0)
-    serial, skipped = run_all(*args, log=io.StringIO())
-    parallel, _ = run_all(*args, log=io.StringIO(), jobs=2)
-    assert not skipped and [r.seed for r in serial] == [3, 4, 3, 4]
-    assert [(r.contender, r.seed, r.final_regret, r.trials) for r in parallel] == [
-        (r.contender, r.seed, r.final_regret, r.trials) for r in serial
-    ]
 
 
 def test_budget_adherence_refuses_one_training_and_never_passes_the_deadline() -> None:
@@ -372,6 +357,76 @@ def test_digits_combines_result_files_and_refuses_a_seed_twice(tmp_path: Path) -
         digits.combine(paths[:2])
 
 
+def test_digits_joins_blocks_of_seeds_into_one_document_with_its_parts() -> None:
+    first = {"command": "c0", "versions": {}, "budget": 60.0,
+             "runs": [_digits_row("ours", 0, 0.99), _digits_row("optuna-sh-tpe", 0, 0.98)]}  # fmt: skip
+    second = {"command": "c1", "budget": 60.0,
+              "runs": [_digits_row("ours", 1, 0.98), _digits_row("optuna-sh-tpe", 1, 0.98)]}  # fmt: skip
+    joined = digits.joined([first, second])
+    assert [r["seed"] for r in joined["runs"]] == [0, 0, 1, 1]
+    assert joined["parts"] == [
+        {"command": "c0", "versions": {}, "seeds": [0]},
+        {"command": "c1", "seeds": [1]},
+    ]
+    assert joined["summary"] == digits.summarize_rows(joined["runs"])
+    assert digits.joined([first])["versions"] == {}  # one run alone: the file as it ran, summarised
+    assert digits.joined([first])["summary"] == digits.summarize_rows(first["runs"])
+    again = digits.joined([joined, {**second, "command": "c2", "runs": []}])
+    assert [p["command"] for p in again["parts"]] == ["c0", "c1", "c2"]  # a joined file joins again
+    with pytest.raises(SystemExit, match="ours seed 1 at 2 workers is there twice"):
+        digits.joined([joined, second])
+    with pytest.raises(SystemExit, match="different budgets"):
+        digits.joined([first, {**second, "budget": 150.0}])
+
+
+def test_digits_refuses_an_out_file_it_cannot_join_before_running_anything(tmp_path: Path) -> None:
+    out = tmp_path / "cell.json"
+    out.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 3, 0.99)]}))
+    for argv in (["--budget", "150"], ["--budget", "60", "--first-seed", "2", "--seeds", "2"]):
+        with pytest.raises(SystemExit) as exit_info:  # the parser's error: exit 2, nothing trained
+            digits.main([*argv, "--contenders", "ours", "--workers", "2", "--out", str(out)])
+        assert exit_info.value.code == 2
+
+
+def test_digits_reads_and_combines_only_the_study_seeds_asked_for(tmp_path: Path) -> None:
+    path = tmp_path / "cell.json"
+    rows = [_digits_row(c, s, 0.99 - 0.01 * s) for s in range(4) for c in ("ours", "optuna-sh-tpe")]
+    path.write_text(json.dumps({"budget": 60.0, "runs": rows}))
+    assert {r["seed"] for r in digits.read_runs([path], (1, 2))} == {1, 2}
+    assert digits.combine([path], (2, 3))["summary"]["ours/optuna-sh-tpe 2w"]["seeds"] == [2, 3]
+    assert digits.seed_range("30-59") == (30, 59) and digits.seed_range("7") == (7, 7)
+
+
+def test_merge_results_joins_digits_blocks_and_makes_other_files_the_parts_of_one(tmp_path: Path) -> None:
+    from benchmarks import merge_results
+
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    a.write_text(json.dumps({"command": "x --start-seconds 0", "runs": [{"regret": 1.0}]}))
+    b.write_text(json.dumps({"command": "x --start-seconds 30", "runs": [{"regret": 2.0}]}))
+    assert merge_results.main([str(out), str(a), str(b)]) == 0
+    parts = json.loads(out.read_text())["parts"]
+    assert [p["command"] for p in parts] == ["x --start-seconds 0", "x --start-seconds 30"]
+    assert merge_results.main([str(out), str(out), str(a)]) == 0  # a merged file's parts stay flat
+    assert len(json.loads(out.read_text())["parts"]) == 3
+    a.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 0, 0.99)]}))
+    b.write_text(json.dumps({"budget": 60.0, "runs": [_digits_row("ours", 1, 0.98)]}))
+    assert merge_results.main([str(out), str(a), str(b)]) == 0
+    assert [r["seed"] for r in json.loads(out.read_text())["runs"]] == [0, 1]
+
+
+def test_result_files_are_compact_json_with_large_values_one_per_line(tmp_path: Path) -> None:
+    from benchmarks.metrics import result_json, write_result
+
+    document = {"command": "c", "runs": [{"seed": i, "trial_log": list(range(60))} for i in range(3)]}
+    text = result_json(document)
+    assert json.loads(text) == document
+    # {, "command", "runs": [, each run opened (its seed and its log of numbers on a line each), ], }
+    assert len(text.splitlines()) == 3 + 3 * 4 + 2
+    assert any(line.strip().startswith('"trial_log": [0,1,2') for line in text.splitlines())
+    write_result(tmp_path / "new" / "r.json", document)
+    assert json.loads((tmp_path / "new" / "r.json").read_text()) == document
+
+
 def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_path: Path) -> None:
     seen: list[tuple[int, float]] = []
 
@@ -394,69 +449,6 @@ def test_digits_landscape_trains_every_grid_point_once_and_summarises_at_r(tmp_p
     assert thirty_two["neighbour_step_mean"] == pytest.approx(0.02)
     assert thirty_two["accuracy_mean"] == pytest.approx((20 * 0.99 + 21 * 0.97) / 41)
     assert found["resource"] == 4 and len(found["points"]) == 82
-
-
-@pytest.fixture
-def fake_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """digits.py's runners on the fake trainer (tests/fixtures) and a one-parameter grid, so that a
-    study takes seconds and every logged report can be checked against the trainer's function."""
-    config = tmp_path / "hpo_config.yaml"
-    space = {"x": {"param_type": "quniform", "range": [0.0, 1.0, 0.05]}}
-    config.write_text(json.dumps({"metric": "score", "mode": "max", "maximum_resource": 4,
-                                  "reduction_factor": 2, "hp_space": space}))  # fmt: skip
-    monkeypatch.setattr(digits, "CONFIG", config)
-    monkeypatch.setattr(digits, "TRAINER", [str(FAKE_TRAINER)])
-    digits._demo_config.cache_clear()
-    work = tmp_path / "work"
-    work.mkdir()
-    yield work
-    digits._demo_config.cache_clear()
-
-
-def _check_trial_log(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every logged trial's reports are what the fake trainer reported for its configuration."""
-    log = row["trial_log"]
-    assert isinstance(log, list) and len(log) == row["trials"] > 2
-    for t in log:
-        assert t["reports"] or t["outcome"] in ("stopped", "failed"), t  # ended before a report
-        assert all(v == score(t["params"], int(r)) for r, v in t["reports"]), t
-    return log
-
-
-@pytest.mark.timeout(60)
-def test_digits_ours_logs_each_trial_and_returns_the_best_it_trained_to_r(fake_digits: Path) -> None:
-    row = digits.run_ours(4.0, 0, fake_digits, 2)
-    assert row["exit"] == 0, row["log_tail"]
-    log = _check_trial_log(row)
-    assert {t["outcome"] for t in log} <= {"completed", "pruned", "failed", "stopped"}
-    assert log[0]["params"] == {"x": 0.5}  # the default comes first
-    at_r = [t for t in log if digits._reached_r(t)]
-    # A trial pruned at a rung can have reported at R before SIGTERM took effect (the fake trainer's
-    # epochs take 50 ms); those reports count, as the core counts every report.
-    assert at_r and any(t["outcome"] == "completed" for t in at_r)
-    best = max(score(t["params"], 4) for t in at_r)
-    assert row["best_accuracy"] == best
-    assert row["returned"] in [t["params"] for t in at_r] and score(row["returned"], 4) == best
-    assert digits.trained_to_r(row) == len(at_r)
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.skipif(not HAS_OPTUNA, reason="optuna is not installed (the bench extra)")
-def test_digits_optuna_logs_each_trial_and_returns_its_best_completed_by_the_deadline(
-    fake_digits: Path,
-) -> None:
-    row = digits.run_optuna(4.0, 0, fake_digits, 2, reduction_factor=2)
-    log = _check_trial_log(row)
-    grid = {round(0.05 * k, 2) for k in range(21)}
-    assert all(round(t["params"]["x"], 10) in grid for t in log)  # the grid values the trials ran with
-    assert log[0]["params"] == {"x": 0.5}
-    completed = [t for t in log if t["outcome"] == "completed"]
-    assert completed and all(digits._reached_r(t) for t in completed)
-    assert all(not digits._reached_r(t) for t in log if t["outcome"] == "pruned")
-    assert row["returned"] in [t["params"] for t in completed]
-    assert row["best_accuracy_at_deadline"] == score(row["returned"], 4)
-    assert row["best_accuracy"] == max(score(t["params"], 4) for t in completed)
-    assert row["best_accuracy"] >= row["best_accuracy_at_deadline"]
 
 
 def test_digits_combine_by_prints_the_counts_per_value_from_the_files(

@@ -3,21 +3,12 @@ that scripts/build-kube-binaries fills, else an error that says how to get it or
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.cluster import binaries
-
-
-def fake_binaries(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    for name in binaries.KUBE_BINARIES:
-        (folder / name).write_text("#!/bin/sh\n")
-        (folder / name).chmod(0o755)
-    return folder
+from tests.support.cluster_binaries import fake_binaries
 
 
 @pytest.fixture
@@ -52,14 +43,3 @@ def test_missing_binaries_say_how_to_build_them_or_skip(no_shared: Path) -> None
     assert "HPO_SKIP_E2E=1" in str(err.value)
 
 
-def test_as_a_script_it_prints_the_folder_or_the_error(tmp_path: Path) -> None:
-    script = Path(binaries.__file__)
-    mine = fake_binaries(tmp_path / "mine")
-    found = subprocess.run([sys.executable, "-I", script], env={"HPO_K8S_BIN_DIR": str(mine)},
-                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert found.stdout.strip() == str(mine)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    missing = subprocess.run([sys.executable, "-I", script], env={"HPO_K8S_BIN_DIR": str(empty)},
-                             capture_output=True, text=True)  # fmt: skip
-    assert missing.returncode == 1 and "holds neither" in missing.stderr

@@ -21,7 +21,7 @@ from hpo_operator.kube.policy import TrialPolicy
 from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, CreateTrial, Event, World, reconcile
 from hpo_operator.kube.world import Cluster
 from hpo_operator.metrics import OperatorMetrics
-from tests.unit.test_kube_reconcile import T0, job, pod, running, study, trial, world
+from tests.support.kube_world import T0, job, pod, running, study, trial, world
 
 JSON = dict[str, Any]
 STUDY = {"namespace": "ns", "study": "s"}

@@ -19,7 +19,7 @@ from hpo_operator.kube.reconcile import (
 )
 from hpo_operator.kube.resources import RUN_LABEL
 from hpo_operator.study import StopTrial
-from tests.unit.test_kube_reconcile import T0, job, pod, study, trial
+from tests.support.kube_world import T0, job, pod, study, trial
 
 JSON = dict[str, Any]
 PROMOTE: JSON = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hpo_operator.kube.show import render_study
-from tests.unit.test_kube_reconcile import study, trial
+from tests.support.kube_world import study, trial
 
 
 def test_a_finished_study_shows_its_plan_budget_best_final_training_and_trials() -> None:

@@ -2,140 +2,26 @@
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
-import ssl
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.transports import ClusterTransport, transport_from_env
-
-STATUS_PATH = "/apis/hpo.dev/v1alpha1/namespaces/team-a/hpotrials/flowers-2/status"
-FAST = RetryPolicy(total_seconds=5.0, initial_delay=0.001, max_delay=0.01, request_timeout=2.0)
-
-_MISSING = object()
-
-
-class PatchFailed(Exception):
-    pass
-
-
-def _parent(doc: Any, pointer: str) -> tuple[Any, str]:
-    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]]
-    for part in parents:
-        if isinstance(doc, list):
-            doc = doc[int(part)]
-        elif isinstance(doc, dict) and part in doc:
-            doc = doc[part]
-        else:
-            raise PatchFailed(f"missing path {pointer}")
-    return doc, last
-
-
-def apply_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
-    """`add` and `test` of RFC 6902, with the API server's rule that a test for null passes on a
-    missing member. All or nothing: a failing op leaves the document as it was."""
-    result = copy.deepcopy(doc)
-    for op in ops:
-        container, key = _parent(result, op["path"])
-        if op["op"] == "test":
-            current = container.get(key, None) if isinstance(container, dict) else container[int(key)]
-            if current != op["value"]:
-                raise PatchFailed(f"test of {op['path']} failed")
-        elif op["op"] == "add":
-            if isinstance(container, list):
-                container.insert(len(container) if key == "-" else int(key), op["value"])
-            else:
-                container[key] = op["value"]
-        else:
-            raise PatchFailed(f"unsupported op {op['op']}")
-    return result
-
-
-@dataclass
-class FakeApi:
-    """One HPOTrial, a queue of scripted failures, and a log of what each request carried."""
-
-    token: str = "token-1"
-    obj: dict[str, Any] = field(default_factory=lambda: {"metadata": {"name": "flowers-2"}, "spec": {}})
-    fail_next: list[int] = field(default_factory=list)
-    # Answered "404 page not found" in plain text, as the API server does for a path it does not
-    # serve (a custom resource a moment after a restart), not with a Status.
-    not_served_next: int = 0
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> int:
-        with self.lock:
-            self.requests.append({"method": method, "path": path, "headers": headers, "body": body})
-            if self.fail_next:
-                return self.fail_next.pop(0)
-            if method != "PATCH" or path != STATUS_PATH:
-                return 404
-            if headers.get("authorization") != f"Bearer {self.token}":
-                return 401
-            if headers.get("content-type") != "application/json-patch+json":
-                return 415
-            try:
-                self.obj = apply_patch(self.obj, json.loads(body))
-            except PatchFailed:
-                return 422
-            return 200
-
-    @property
-    def reports(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.obj.get("status", {}).get("reports", []))
-
-
-def serve(api: FakeApi, context: ssl.SSLContext | None = None) -> tuple[ThreadingHTTPServer, str]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_PATCH(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            with api.lock:
-                not_served = api.not_served_next > 0
-                api.not_served_next -= not_served
-            if not_served:
-                api.requests.append({"method": "PATCH", "path": self.path, "headers": headers, "body": body})
-                status, payload, kind = 404, b"404 page not found\n", "text/plain; charset=utf-8"
-            else:
-                status = api.handle("PATCH", self.path, headers, body)
-                payload, kind = json.dumps({"kind": "Status", "code": status}).encode(), "application/json"
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    scheme = "http"
-    if context is not None:
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-    return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+from hpo_trial.transports import transport_from_env
+from tests.support.fake_kube_api import (
+    FakeApi,
+    cluster_reporter,
+    make_sa_dir,
+    serve,
+)
 
 
 @pytest.fixture
 def sa_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "serviceaccount"
-    folder.mkdir()
-    (folder / "token").write_text("token-1\n")
-    return folder
+    return make_sa_dir(tmp_path)
 
 
 @pytest.fixture
@@ -149,18 +35,6 @@ def api_url(api: FakeApi) -> Iterator[str]:
     yield url
     server.shutdown()
     server.server_close()
-
-
-def cluster_reporter(api_url: str, sa_dir: Path, policy: RetryPolicy = FAST) -> Reporter:
-    environ = {
-        "HPO_TRIAL": "flowers-2",
-        "HPO_NAMESPACE": "team-a",
-        "HPO_API_URL": api_url,
-        "HPO_SA_DIR": str(sa_dir),
-    }
-    transport = transport_from_env(environ)
-    assert isinstance(transport, ClusterTransport)
-    return Reporter(transport, policy)
 
 
 def test_reports_are_appended_to_the_trial_status(api: FakeApi, api_url: str, sa_dir: Path) -> None:
@@ -299,46 +173,6 @@ def test_an_unreachable_api_is_given_up_after_the_bound(sa_dir: Path) -> None:
     transport = transport_from_env({**environ, "HPO_SA_DIR": str(sa_dir)})
     policy = RetryPolicy(total_seconds=0.3, initial_delay=0.01, max_delay=0.05, request_timeout=0.2)
     assert Reporter(transport, policy).report(1, 0.5) is False
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a test certificate")
-def test_https_verifies_the_server_with_the_service_account_ca(api: FakeApi, sa_dir: Path) -> None:
-    key, cert = sa_dir / "server.key", sa_dir / "ca.crt"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server, url = serve(api, context)
-    try:
-        assert cluster_reporter(url, sa_dir).report(1, 0.5)
-        assert [r["seq"] for r in api.reports] == [0]
-        cert.unlink()  # without the cluster CA the server is not trusted
-        untrusted = Reporter(cluster_reporter(url, sa_dir).transport, RetryPolicy(total_seconds=0.2))
-        assert untrusted.report(2, 0.5) is False
-        assert len(api.reports) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_status_written_by_the_operator_during_the_init_does_not_lose_the_report(

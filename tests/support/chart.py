@@ -1,0 +1,65 @@
+"""The Helm chart as `helm template` renders it. helm (and promtool) come from
+scripts/install-cluster-tools: a missing tool fails the test unless HPO_SKIP_E2E=1 asked to skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.fixtures import e2e_required
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "hpo-operator"
+RELEASE, NAMESPACE = "hpo-operator", "hpo-system"
+Obj = dict[str, Any]
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (scripts/install-cluster-tools installs it)"
+        if e2e_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+@cache
+def _template(
+    sets: tuple[str, ...], release: str, api_versions: tuple[str, ...], include_crds: bool
+) -> tuple[int, str, str]:
+    args = [tool("helm"), "template", release, str(CHART), "--namespace", NAMESPACE]
+    for value in sets:
+        args += ["--set", value]
+    for api in api_versions:
+        args += ["--api-versions", api]
+    if include_crds:
+        args.append("--include-crds")
+    done = run(*args)
+    return done.returncode, done.stdout, done.stderr
+
+
+def render(
+    *sets: str, release: str = RELEASE, api_versions: Iterable[str] = (), include_crds: bool = False
+) -> list[Obj]:
+    code, out, err = _template(tuple(sets), release, tuple(api_versions), include_crds)
+    assert code == 0, err
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def render_error(*sets: str) -> str:
+    code, _, err = _template(tuple(sets), RELEASE, (), False)
+    assert code != 0, f"helm template {sets} succeeded"
+    return err
