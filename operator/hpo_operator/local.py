@@ -40,7 +40,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from .asha import tie_note
 from .budget import Plan
@@ -52,17 +52,25 @@ from .study import (
     Finalize,
     Observation,
     PruneTrial,
-    Report,
     ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
     StudyError,
-    TrialStatus,
     TrialView,
-    report_refusal,
 )
 from .trial_command import describe_collector, substitute, wrap
+from .trials import (
+    ReportKeys,
+    StopMargin,
+    TrialPhase,
+    clean_exit_phase,
+    furthest_level,
+    model_trial,
+    parse_report,
+    report_refusal,
+    to_report,
+)
 
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
@@ -213,7 +221,7 @@ class ReportReader:
     offset: int = 0
     partial: bytes = b""
     reports: list[dict[str, Any]] = field(default_factory=list)
-    seen: set[tuple[int, float]] = field(default_factory=set)
+    keys: ReportKeys = field(default_factory=ReportKeys)
     rejected: list[str] = field(default_factory=list)
 
     def read(self, final: bool = False) -> list[dict[str, Any]]:
@@ -236,9 +244,8 @@ class ReportReader:
             if not line.strip():
                 continue
             report = self._parse(line)
-            if report is None or (report["seq"], report["time"]) in self.seen:
+            if report is None or not self.keys.first(report):
                 continue
-            self.seen.add((report["seq"], report["time"]))
             self.reports.append(report)
             new.append(report)
         return new
@@ -249,35 +256,11 @@ class ReportReader:
         except (json.JSONDecodeError, UnicodeDecodeError):
             self.rejected.append(f"not JSON: {line[:200]!r}")
             return None
-        if not isinstance(raw, dict):
-            self.rejected.append(f"not a JSON object: {line[:200]!r}")
+        report = parse_report(raw)
+        if isinstance(report, str):
+            self.rejected.append(f"{report}: {line[:200]!r}")
             return None
-        seq, resource, value, at = raw.get("seq"), raw.get("resource"), raw.get("value"), raw.get("time")
-        # Whether a resource is in range, and a time finite, is the core's rule (report_refusal).
-        if not _is_int(seq) or not _is_number(resource) or not _is_number(at):
-            self.rejected.append(f"needs integer seq, numeric resource and time: {line[:200]!r}")
-            return None
-        if value is not None and not _is_number(value):
-            self.rejected.append(f"value must be a number or null: {line[:200]!r}")
-            return None
-        extra = raw.get("extra")
-        return {
-            "seq": seq,
-            "resource": resource,
-            # null, NaN or an infinity (Python's json writes both): not finite, the worst value.
-            "value": value if value is None or math.isfinite(value) else None,
-            "time": float(cast(float, at)),  # a number, checked above
-            "extra": extra if isinstance(extra, dict) else {},
-        }
-
-
-def _is_number(value: Any) -> bool:
-    """A JSON number, NaN and the infinities included."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return report
 
 
 # --- trials ------------------------------------------------------------------------------------
@@ -295,7 +278,7 @@ class LocalTrial:
     reader: ReportReader
     started_at: float
     process: subprocess.Popen[bytes] | None = None
-    status: TrialStatus = TrialStatus.RUNNING
+    status: TrialPhase = TrialPhase.RUNNING
     ended_at: float | None = None
     exit_code: int | None = None
     reason: str | None = None  # why it ended, when the runner ended it or it failed
@@ -320,7 +303,7 @@ class LocalTrial:
             reason = f"arrived after the trial was {self.status.value.lower()}"
         else:
             highest = self.reports[-1]["resource"] if self.reports else 0.0
-            reason = report_refusal(_core_report(report), max_resource, highest)
+            reason = report_refusal(to_report(report), max_resource, highest)
         if reason is None:
             self.reports.append(report)
         else:
@@ -349,17 +332,8 @@ class LocalTrial:
         return self.folder / "log.txt"
 
     def view(self) -> TrialView:
-        reports = tuple(_core_report(r) for r in self.reports)
+        reports = tuple(to_report(r) for r in self.reports)
         return TrialView(self.index, self.status, reports, self.started_at, params=self.params)
-
-
-def _core_report(report: Mapping[str, Any]) -> Report:
-    value = report["value"]
-    return Report(
-        resource=float(report["resource"]),
-        value=math.nan if value is None else float(value),
-        time=float(report["time"]),
-    )
 
 
 def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -528,7 +502,7 @@ class LocalRunner:
                     # Whatever went wrong, no trial outlives the runner and what was learned is kept.
                     self.state = "Failed"
                     self.error = self.error or f"{type(err).__name__}: {err}"
-                    self._stop_all("the runner failed", TrialStatus.STOPPED)
+                    self._stop_all("the runner failed", TrialPhase.STOPPED)
                     self._drain(escalate_now=isinstance(err, KeyboardInterrupt))
                     self._conclude()
                     raise
@@ -546,7 +520,7 @@ class LocalRunner:
         self.reason = "the results cannot be written"
         self.error = self.results_error = str(err)
         self.progress.log(f"{err}: stopping the study")
-        self._stop_all("the results cannot be written", TrialStatus.STOPPED)
+        self._stop_all("the results cannot be written", TrialPhase.STOPPED)
         self._drain()
 
     def _loop(self) -> None:
@@ -556,7 +530,7 @@ class LocalRunner:
             if self.interrupts and self.state == "Running":
                 self.state = "Interrupted"
                 self.reason = "interrupted"
-                running = self._stop_all("interrupted", TrialStatus.STOPPED)
+                running = self._stop_all("interrupted", TrialPhase.STOPPED)
                 self.progress.log(f"interrupted: stopping {running} running trial(s)")
                 changed = True
             if self.interrupts > 1:
@@ -676,20 +650,30 @@ class LocalRunner:
         trial.ended_at = now
         # Children the trial left behind (data loaders, shells, daemons) must not outlive it.
         self.contain.kill(trial.name)
-        if trial.status is TrialStatus.RUNNING:
-            if code == 0 and not any(r["resource"] > trial.start_from for r in trial.reports):
-                trial.status = TrialStatus.FAILED
+        if trial.status is TrialPhase.RUNNING:
+            phase = (
+                clean_exit_phase(
+                    [to_report(r) for r in trial.reports],
+                    trial.start_from,
+                    trial.stop_at,
+                    self.study.config.max_resource,
+                )
+                if code == 0
+                else None
+            )
+            if phase is TrialPhase.FAILED:
+                trial.status = TrialPhase.FAILED
                 trial.reason = self._no_reports(trial)
                 trial.log_tail = read_log_tail(trial.log_path)
                 self.progress.log(f"{trial.name} failed: {trial.reason}")
-            elif code == 0 and trial.stop_at is not None and trial.stop_at < self.study.config.max_resource:
-                trial.status = TrialStatus.PAUSED
+            elif phase is TrialPhase.PAUSED:
+                trial.status = TrialPhase.PAUSED
                 self.progress.log(f"{trial.name} paused at {trial.stop_at:g}")
-            elif code == 0:
-                trial.status = TrialStatus.COMPLETED
+            elif phase is TrialPhase.COMPLETED:
+                trial.status = TrialPhase.COMPLETED
                 self.progress.log(f"{trial.name} completed")
             else:
-                trial.status = TrialStatus.FAILED
+                trial.status = TrialPhase.FAILED
                 trial.reason = describe_exit(code)
                 trial.log_tail = read_log_tail(trial.log_path)
                 last = trial.log_tail.splitlines()[-1] if trial.log_tail else "(no output)"
@@ -714,13 +698,14 @@ class LocalRunner:
         return reason
 
     def _observe(self, now: float, free_slots: int) -> Decision:
-        # The core sees the clock stop_margin ahead, so its deadline stops leave time to stop.
+        # The core decides stop_margin ahead, so its deadline stops leave time to stop.
         observation = Observation(
             started_at=self.started_at,
-            now=now + self.options.stop_margin,
+            now=now,
             free_slots=free_slots,
             trials=tuple(t.view() for t in self.trials.values()),
             final_index=self.final_index,
+            stop_margin=StopMargin(self.options.stop_margin),
         )
         return self.study.decide(observation)
 
@@ -738,7 +723,7 @@ class LocalRunner:
             self.error = str(err)
             self.state = "Failed"
             self.reason = str(err)
-            self._stop_all("the study cannot continue", TrialStatus.STOPPED)
+            self._stop_all("the study cannot continue", TrialPhase.STOPPED)
             raise
         changed = (decision.plan, decision.deadline, decision.best, decision.message) != (
             self.plan,
@@ -758,7 +743,7 @@ class LocalRunner:
             if isinstance(action, PruneTrial):
                 self._prune(action)
             elif isinstance(action, StopTrial):
-                self._stop(self.trials[action.index], action.reason, TrialStatus.STOPPED)
+                self._stop(self.trials[action.index], action.reason, TrialPhase.STOPPED)
             elif isinstance(action, StartTrial | ResumeTrial):
                 if not free:
                     # The slot of a trial still stopping: the core asks again once it is free.
@@ -800,20 +785,20 @@ class LocalRunner:
             f"{self.study.config.metric} {action.value:.4g}, cut-off {action.cutoff:.4g}"
             f"{tie_note(action.value, action.cutoff)}"
         )
-        self._stop(trial, f"pruned at rung {action.rung}", TrialStatus.PRUNED)
+        self._stop(trial, f"pruned at rung {action.rung}", TrialPhase.PRUNED)
 
-    def _stop(self, trial: LocalTrial, reason: str, status: TrialStatus) -> None:
+    def _stop(self, trial: LocalTrial, reason: str, status: TrialPhase) -> None:
         if not trial.status.active:
             return
         trial.status = status
         trial.reason = reason
         if trial.alive:
-            if status is TrialStatus.STOPPED:
+            if status is TrialPhase.STOPPED:
                 self.progress.log(f"{trial.name} stopped: {reason}")
             trial.term_sent_at = self.clock()
             self.contain.terminate(trial.name)
 
-    def _stop_all(self, reason: str, status: TrialStatus) -> int:
+    def _stop_all(self, reason: str, status: TrialPhase) -> int:
         running = [t for t in self.trials.values() if t.status.active]
         for trial in running:
             self._stop(trial, reason, status)
@@ -887,7 +872,7 @@ class LocalRunner:
         """Runs a paused (or, for the final training, any ended) trial again from its checkpoint."""
         trial = self.trials[action.index]
         trial.slot, trial.stop_at, trial.runs = slot, action.stop_at, trial.runs + 1
-        trial.status, trial.reason, trial.exit_code, trial.ended_at = TrialStatus.RUNNING, None, None, None
+        trial.status, trial.reason, trial.exit_code, trial.ended_at = TrialPhase.RUNNING, None, None, None
         trial.term_sent_at, trial.killed, trial.pruned, trial.log_tail = None, False, None, None
         trial.start_from = action.start_from
         if action.final:
@@ -925,7 +910,7 @@ class LocalRunner:
                 )
             except OSError as err:
                 log.write(f"cannot start {trial.argv[0]}: {err}\n".encode())
-                trial.status = TrialStatus.FAILED
+                trial.status = TrialPhase.FAILED
                 trial.exit_code = 127 if isinstance(err, FileNotFoundError) else 126
                 trial.ended_at = self.clock()
                 trial.reason = f"cannot start: {err.strerror or err}"
@@ -941,7 +926,7 @@ class LocalRunner:
         now = self.clock()
         end = self.finished_at if self.finished_at is not None else now
         rungs = self.plan.rungs if self.plan else ()
-        counts = {s.value.lower(): 0 for s in TrialStatus}
+        counts = {s.value.lower(): 0 for s in TrialPhase}
         for t in self.trials.values():
             counts[t.status.value.lower()] += 1
         counts["total"] = len(self.trials)
@@ -1011,25 +996,22 @@ class LocalRunner:
 
     def _discard_checkpoints(self) -> None:
         """Promote variant: once the study is over no paused trial can be promoted again, so only
-        the checkpoints of the best (or final) trial are kept."""
+        the model's checkpoints are kept (trials.model_trial)."""
         if self.study.config.asha_variant != "promote" or self.state != "Succeeded":
             return
-        keep = {
-            i
-            for i in (self.best.index if self.best else None, self.finalize.final if self.finalize else None)
-        }
+        keep = model_trial(
+            self.best.index if self.best else None, self.finalize.final if self.finalize else None
+        )
         for trial in self.trials.values():
-            if trial.index not in keep:
+            if trial.index != keep:
                 shutil.rmtree(trial.folder / "checkpoints", ignore_errors=True)
 
     def _trial_document(self, t: LocalTrial, rungs: Sequence[float]) -> dict[str, Any]:
         pruned = t.pruned
         # The highest rung the trial was recorded at: a pruned trial's reports past its rung
         # (sent before SIGTERM took effect) do not count.
-        top = max((r["resource"] for r in t.reports), default=None)
-        rung = None if top is None else sum(1 for r in rungs if top >= r) - 1
-        if pruned is not None:
-            rung = pruned.rung
+        reached = furthest_level([to_report(r) for r in t.reports], rungs)
+        rung = pruned.rung if pruned is not None else reached[0] if reached else None
         return {
             "index": t.index,
             "name": t.name,
@@ -1045,7 +1027,7 @@ class LocalRunner:
             "runs": t.runs,
             "final": t.final,
             "command": list(t.argv),
-            "rung": None if rung is None or rung < 0 else rung,
+            "rung": rung,
             "pruned": None
             if pruned is None
             else {

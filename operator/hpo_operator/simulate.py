@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .asha import Report
 from .config import StudyConfig
 from .study import (
     Decision,
@@ -25,9 +24,9 @@ from .study import (
     StartTrial,
     StopTrial,
     Study,
-    TrialStatus,
     TrialView,
 )
+from .trials import Report, TrialPhase, clean_exit_phase
 
 Objective = Callable[[dict[str, Any], int], float]
 
@@ -38,10 +37,11 @@ class SimTrial:
     params: dict[str, Any]
     created_at: float
     started_at: float
-    status: TrialStatus = TrialStatus.RUNNING
+    status: TrialPhase = TrialPhase.RUNNING
     reports: list[Report] = field(default_factory=list)
     ended_at: float | None = None
-    stop_at: float = math.inf  # the resource this run ends at (a rung, in the promote variant)
+    stop_at: float | None = None  # the resource this run pauses at (promote variant); None: R
+    start_from: float = 0.0  # the resource this run resumed from
     runs: int = 1  # starts and resumptions
 
     def view(self) -> TrialView:
@@ -83,7 +83,7 @@ def simulate(
     def running() -> int:
         return sum(1 for t in trials.values() if t.status.active)
 
-    def end(trial: SimTrial, status: TrialStatus) -> None:
+    def end(trial: SimTrial, status: TrialPhase) -> None:
         nonlocal busy
         trial.status, trial.ended_at = status, now
         busy += now - trial.created_at
@@ -100,21 +100,22 @@ def simulate(
         for action in decision.actions:
             if isinstance(action, StartTrial):
                 t = SimTrial(action.index, action.params, created_at=now, started_at=now + start_seconds)
-                t.stop_at = action.stop_at if action.stop_at is not None else max_resource
+                t.stop_at = action.stop_at
                 trials[action.index] = t
                 heapq.heappush(events, (t.started_at + epoch_of(t.params), t.index, 1, t.runs))
             elif isinstance(action, ResumeTrial):
                 t = trials[action.index]
-                t.status, t.created_at, t.stop_at, t.ended_at = TrialStatus.RUNNING, now, action.stop_at, None
+                t.status, t.created_at, t.stop_at, t.ended_at = TrialPhase.RUNNING, now, action.stop_at, None
+                t.start_from = action.start_from
                 t.runs += 1
                 resumed = int(action.start_from) + 1
                 heapq.heappush(events, (now + start_seconds + epoch_of(t.params), t.index, resumed, t.runs))
                 if action.final:
                     final_index = action.index
             elif isinstance(action, PruneTrial):
-                end(trials[action.index], TrialStatus.PRUNED)
+                end(trials[action.index], TrialPhase.PRUNED)
             elif isinstance(action, StopTrial):
-                end(trials[action.index], TrialStatus.STOPPED)
+                end(trials[action.index], TrialPhase.STOPPED)
             elif isinstance(action, Finalize):
                 return SimResult(list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy)
         # Advance to the next report of a trial still running, or to the deadline (which no longer
@@ -129,10 +130,9 @@ def simulate(
             now, index, resource, run = heapq.heappop(events)
             t = trials[index]
             t.reports.append(Report(resource, objective(t.params, resource), now))
-            if resource >= max_resource:
-                end(t, TrialStatus.COMPLETED)
-            elif resource >= t.stop_at:
-                end(t, TrialStatus.PAUSED)
+            if resource >= (max_resource if t.stop_at is None else min(t.stop_at, max_resource)):
+                # The trainer exits 0 once it reached where its run stops.
+                end(t, clean_exit_phase(t.reports, t.start_from, t.stop_at, config.max_resource))
             else:
                 heapq.heappush(events, (now + epoch_of(t.params), index, resource + 1, run))
         elif math.isfinite(next_time):

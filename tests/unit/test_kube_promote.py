@@ -7,7 +7,6 @@ from typing import Any
 from hpo_operator.kube.builders import build_claim, build_job, build_trial
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.reconcile import (
-    FINAL_MIN_SECONDS,
     CreateClaim,
     CreateCleanupJob,
     CreateJob,
@@ -19,6 +18,7 @@ from hpo_operator.kube.reconcile import (
 )
 from hpo_operator.kube.resources import RUN_LABEL
 from hpo_operator.study import StopTrial
+from hpo_operator.trials import FINAL_MIN_SECONDS
 from tests.unit.test_kube_reconcile import T0, job, pod, study, trial
 
 JSON = dict[str, Any]

@@ -27,7 +27,7 @@ from hpo_operator.kube.reconcile import (
     reconcile,
 )
 from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
-from hpo_operator.study import TrialStatus
+from hpo_operator.trials import TrialPhase
 
 JSON = dict[str, Any]
 T0 = 1_800_000_000.0  # the study's start on the test's clock
@@ -402,7 +402,7 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
     t0 = trial(0, (1, 0.5, 2))
     t0["status"]["reports"].append(dict(t0["status"]["reports"][0]))  # a retry: the same report again
     state = observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10)
-    assert state.view.status is TrialStatus.RUNNING
+    assert state.view.status is TrialPhase.RUNNING
     assert len(state.view.reports) == 1 and state.view.started_at == T0 + 1
     # A second process of the trial counts seq from 0 again, at a new time: a new report.
     t0["status"]["reports"].append({**t0["status"]["reports"][0], "resource": 2, "time": T0 + 9})

@@ -27,7 +27,8 @@ from hpo_operator.local import (
     detect_gpus,
     make_slots,
 )
-from hpo_operator.study import PruneTrial, Report, Study, TrialStatus, TrialView
+from hpo_operator.study import PruneTrial, Study, TrialView
+from hpo_operator.trials import Report, TrialPhase
 from tests.fixtures import FAKE_TRAINER
 from tests.fixtures.fake_trainer import CRASH_EXIT_CODE, score
 
@@ -75,7 +76,7 @@ def views(doc: dict[str, Any]) -> list[TrialView]:
     return [
         TrialView(
             t["index"],
-            TrialStatus(t["status"]),
+            TrialPhase(t["status"]),
             tuple(Report(r["resource"], r["value"], r["time"]) for r in t["reports"]),
             t["startedAt"],
             params=t["params"],
@@ -336,4 +337,4 @@ def test_a_pruned_trial_whose_value_equals_the_cutoff_is_logged_as_a_tie(tmp_pat
         " (a tie: the value recorded first continues)",
         "fake-1 pruned at rung 0 (resource 1): score 0.8, cut-off 0.9",
     ]
-    assert runner.trials[0].status is TrialStatus.PRUNED
+    assert runner.trials[0].status is TrialPhase.PRUNED

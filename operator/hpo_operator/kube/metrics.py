@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..metrics import OperatorMetrics, TrialOutcome
+from ..trials import ENDED_PHASE_NAMES
 from .observe import reports_of, to_timestamp
 from .reconcile import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
-from .resources import TERMINAL_TRIAL_PHASES
 
 Key = tuple[str, str]  # (namespace, study name)
 
@@ -155,11 +155,11 @@ class PrometheusMetrics:
         namespace, name = key = key_of(world)
         if isinstance(write, PatchTrialStatus):
             phase = write.patch.get("phase")
-            if phase not in TERMINAL_TRIAL_PHASES:
+            if phase not in ENDED_PHASE_NAMES:
                 return
             trial = next((t for t in world.trials if t["metadata"]["name"] == write.trial), None)
             before = ((trial or {}).get("status") or {}).get("phase")
-            if before in TERMINAL_TRIAL_PHASES:
+            if before in ENDED_PHASE_NAMES:
                 return
             with self._lock:
                 counted = self._finished.setdefault(key, set())

@@ -27,6 +27,7 @@ from ..study import (
     StudyError,
 )
 from ..trial_command import template_problems
+from ..trials import ENDED_PHASE_NAMES, StopMargin, TrialPhase, final_training_seconds, model_trial
 from .builders import (
     build_claim,
     build_cleanup_job,
@@ -51,7 +52,7 @@ from .observe import (
     to_timestamp,
 )
 from .policy import TrialPolicy, refused_fields
-from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_identity_name, trial_name
+from .resources import GPU, TERMINAL_STUDY_PHASES, trial_identity_name, trial_name
 from .verdict import (
     DERIVED_FIELDS,
     RECORDED_FIELDS,
@@ -63,7 +64,7 @@ from .verdict import (
 )
 
 # A run's verdict is final for these: its reports are counted then, and later ones never count.
-SETTLED_PHASES = TERMINAL_TRIAL_PHASES | {"Paused"}
+SETTLED_PHASES = ENDED_PHASE_NAMES | {TrialPhase.PAUSED.value}
 
 JSON = dict[str, Any]
 
@@ -77,6 +78,7 @@ LEAD_SECONDS = 1.0
 # seconds, for a late reconcile (a busy operator or API server) and the trial pods' stopping.
 STOP_MARGIN_FRACTION = 0.03
 STOP_MARGIN_MAX = 10.0
+STOP_MARGIN = StopMargin(LEAD_SECONDS, STOP_MARGIN_FRACTION, STOP_MARGIN_MAX)
 # While a trial's ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
 # A stopped trial's Job is first scaled to no pods, so that the Job controller deletes the pod itself;
@@ -84,10 +86,6 @@ ACCESS_RETRY_SECONDS = 0.2
 JOB_CONTROLLER_WAIT_SECONDS = 10.0
 # When the Job was scaled down, on the Job (the time of the verdict is not it after an outage).
 SCALED_DOWN_AT = "hpo.dev/scaled-down-at"
-# The final training's Job may run this many times a full training as the plan predicts it
-# (start-up + R epochs), and at least FINAL_MIN_SECONDS; the HPO deadline does not bound it.
-FINAL_TRAININGS = 3
-FINAL_MIN_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
     """Whether the trial may get a new Job soon (and so its identity must be ready): it has not
     settled and its current run's Job does not exist, or it is paused and may be resumed."""
     phase = verdict_of(trial).get("phase")
-    if phase in TERMINAL_TRIAL_PHASES:
+    if phase in ENDED_PHASE_NAMES:
         return False
     return phase == "Paused" or current_job_name(trial) not in jobs
 
@@ -248,11 +246,6 @@ def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], n
 # --- the reconcile ------------------------------------------------------------------------------
 
 
-def stop_margin(budget_seconds: float | None) -> float:
-    """How long before the deadline the trials are stopped, besides LEAD_SECONDS."""
-    return 0.0 if not budget_seconds else min(STOP_MARGIN_MAX, STOP_MARGIN_FRACTION * budget_seconds)
-
-
 def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Outcome:
     """``policy``: what trial templates may ask for beyond the default (policy.py)."""
     study = world.study
@@ -294,14 +287,13 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     ]
     core = Study(config, _slots(config, gpus, world.capacity))
     final_index = _final_index(study, states)
-    budget_seconds = (status.get("budget") or {}).get("budgetSeconds") or config.budget.seconds()
-    lead = LEAD_SECONDS + stop_margin(budget_seconds)
     observation = Observation(
         started_at=started_at,
-        now=now + lead,
+        now=now,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
         final_index=final_index,
+        stop_margin=STOP_MARGIN,  # of the core's own budget
     )
     try:
         decision = core.decide(observation)
@@ -326,7 +318,7 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         and final_index is None
         and not resumed_final
     ):
-        requeue = min(requeue, max(0.05, decision.deadline - lead - now + 0.02))
+        requeue = min(requeue, max(0.05, decision.deadline - decision.stop_margin - now + 0.02))
     stop_check = _stop_check_after(world, now)
     if stop_check is not None:
         requeue = min(requeue, stop_check)
@@ -359,13 +351,13 @@ def _final_index(study: JSON, states: list[TrialState]) -> int | None:
 
 
 def _final_seconds(decision: Decision, start_from: float) -> float | None:
-    """The bound of the final training's Job: FINAL_TRAININGS full trainings as planned, at least
-    FINAL_MIN_SECONDS."""
+    """The bound of the final training's Job (trials.final_training_seconds), once there is a plan."""
     plan = decision.plan
     if plan is None:
         return None
-    training = plan.trial_overhead_seconds + (plan.max_resource - start_from) * plan.epoch_seconds
-    return max(FINAL_MIN_SECONDS, FINAL_TRAININGS * training)
+    return final_training_seconds(
+        plan.trial_overhead_seconds, plan.epoch_seconds, plan.max_resource, start_from
+    )
 
 
 def _resume_status(action: ResumeTrial, run: int) -> JSON:
@@ -504,7 +496,7 @@ def _trial_writes(
     for state in states:
         desired = {**state.status, **settled.get(state.name, {})}
         phase = desired["phase"]
-        desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
+        desired |= progress(state.view.reports, levels, phase in ENDED_PHASE_NAMES)
         desired |= refused(state.refusals)
         trial = trials[state.name]
         recorded_phase = verdict_of(trial).get("phase")
@@ -688,7 +680,7 @@ def _study_status(
     total = sum(counts.values())
     plan, deadline, best = decision.plan, decision.deadline, decision.best
     finalize = decision.finalize
-    finished = sum(counts[p] for p in TERMINAL_TRIAL_PHASES)
+    finished = sum(counts[p] for p in ENDED_PHASE_NAMES)
     unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
     wanted = [("Invalid", False, "Valid", "the spec is valid")]
     if finalize is not None:
@@ -707,7 +699,7 @@ def _study_status(
         "usedSeconds": float(round(now - started_at)),
     }
     if deadline is not None:
-        budget["stopMarginSeconds"] = round(LEAD_SECONDS + stop_margin(deadline - started_at), 3)
+        budget["stopMarginSeconds"] = round(decision.stop_margin, 3)
     if finalize is not None:
         budget["finishedAt"] = to_rfc3339(now, micro=True)
         budget["usedSeconds"] = round(now - started_at, 3)
@@ -825,7 +817,7 @@ def _settled(world: World, now: float) -> Outcome:
         job_name = current_job_name(trial)
         job = world.jobs.get(job_name)
         stop: JSON = {}
-        if phase not in TERMINAL_TRIAL_PHASES and phase != "Paused":  # a paused trial stays as it ended
+        if phase not in ENDED_PHASE_NAMES and phase != "Paused":  # a paused trial stays as it ended
             stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
         write = trial_patch(trial, stop)  # also writes back a status forged after the end
         writes += [write] if write else []
@@ -848,7 +840,7 @@ def _checkpoint_cleanup(world: World) -> list[Write]:
     if any(_live_pods(world, t["metadata"]["name"]) for t in world.trials):
         return []
     status = study.get("status") or {}
-    keep = (status.get("final") or {}).get("trial") or (status.get("best") or {}).get("trial")
+    keep = model_trial((status.get("best") or {}).get("trial"), (status.get("final") or {}).get("trial"))
     drop = sorted(t["metadata"]["name"] for t in world.trials if t["metadata"]["name"] != keep)
     job = build_cleanup_job(study, drop)
     if job is None:

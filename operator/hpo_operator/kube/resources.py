@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ..config import API_GROUP, API_VERSION
+from ..trials import TrialPhase
 
 GROUP = API_GROUP
 VERSION = API_VERSION
@@ -26,9 +27,6 @@ RUN_LABEL = f"{GROUP}/run"
 GPU = "nvidia.com/gpu"
 
 StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
-# Paused (promote variant): trained to its rung and exited; may be resumed by a new run.
-TrialPhase = Literal["Pending", "Running", "Completed", "Pruned", "Failed", "Stopped", "Paused"]
-TERMINAL_TRIAL_PHASES = frozenset({"Completed", "Pruned", "Failed", "Stopped"})
 TERMINAL_STUDY_PHASES = frozenset({"Succeeded", "Failed"})
 
 

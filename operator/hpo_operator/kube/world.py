@@ -106,9 +106,7 @@ class Cluster:
             jobs=jobs,
             pods={k: tuple(v) for k, v in pods.items()},
             capacity=gpu_capacity(nodes, active),
-            identities={
-                t["metadata"]["name"]: self._identity(t) for t in trials if needs_identity(t, jobs)
-            },
+            identities={t["metadata"]["name"]: self._identity(t) for t in trials if needs_identity(t, jobs)},
             token_secrets=self.needs_token_secret(),
             claim_exists=self._claim_exists(study),
         )
