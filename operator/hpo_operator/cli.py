@@ -557,8 +557,10 @@ def run_command(
     import time as _time
 
     from .config import BudgetSpec
-    from .local import LocalRunner, ResultsError, RunOptions, make_slots
-    from .progress import LineProgress, TerminalProgress
+    from .local.document import ResultsError
+    from .local.progress import LineProgress, TerminalProgress
+    from .local.runner import LocalRunner, RunOptions
+    from .local.slots import make_slots
     from .study import Study, StudyError
 
     study_config = load_study(config, max_resource, slots_flag=cpu_slots is not None or gpus != "auto")[0]
@@ -646,7 +648,7 @@ EXTRA_SHOWN = 8
 def _extra_lines(trials: list[dict[str, Any]]) -> list[str]:
     """The other metrics of each trial's last report (a collector's, or report(**extra)): shown, never
     used for decisions."""
-    from .progress import value_text
+    from .local.progress import value_text
 
     lines = []
     for trial in trials:
@@ -669,7 +671,7 @@ def status_command(target: str, namespace: str | None, kubeconfig: str | None) -
     name of an HPOStudy in the cluster."""
     import time as _time
 
-    from .progress import render
+    from .local.progress import render
 
     path = Path(target)
     if not (path.is_dir() or path.name == "study.json"):
@@ -702,7 +704,7 @@ def plot_command(directory: Path, output: Path | None) -> None:
     """Draw a local study's learning curves and trials over time to a PNG."""
     doc = _load_local_study(directory)
     try:
-        from .plot import plot_study
+        from .local.plot import plot_study
 
         written = plot_study(doc, output or directory / "study.png")
     except ImportError:

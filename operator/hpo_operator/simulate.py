@@ -26,7 +26,9 @@ from .study import (
     Study,
     TrialView,
 )
-from .trials import Report, TrialPhase, clean_exit_phase
+from .budget import Plan
+from .result import StudyResult
+from .trials import Report, StopMargin, TrialPhase, clean_exit_phase
 
 Objective = Callable[[dict[str, Any], int], float]
 
@@ -57,10 +59,22 @@ class SimResult:
     deadline: float | None
     decisions: int
     busy_seconds: float  # slot-seconds spent in trials
+    plan: Plan | None = None  # the last decision's
 
     @property
     def elapsed(self) -> float:
         return self.finished_at - self.started_at
+
+    def result(self, study: str) -> StudyResult:
+        """The result document's shared part, as a backend would write it for study ``study``."""
+        return StudyResult.of(
+            succeeded=self.finalize.succeeded,
+            plan=self.plan,
+            phases=[t.status for t in self.trials],
+            best=self.finalize.best,
+            trial_name=lambda index: f"{study}-{index}",
+            final=self.finalize.final,
+        )
 
 
 def simulate(
@@ -70,8 +84,10 @@ def simulate(
     epoch_seconds: Callable[[dict[str, Any]], float] | float,
     start_seconds: float = 0.0,
     max_events: int = 10_000_000,
+    stop_margin: StopMargin | None = None,
 ) -> SimResult:
-    """Runs one study to its end on a virtual clock starting at 0."""
+    """Runs one study to its end on a virtual clock starting at 0. ``stop_margin``: a backend's
+    (none by default: a virtual trial stops at once)."""
     study = Study(config, slots)
     epoch_of = epoch_seconds if callable(epoch_seconds) else (lambda _p, e=float(epoch_seconds): e)
     max_resource = math.ceil(config.max_resource)
@@ -95,6 +111,7 @@ def simulate(
             free_slots=slots - running(),
             trials=tuple(t.view() for t in trials.values()),
             final_index=final_index,
+            stop_margin=stop_margin or StopMargin(),
         )
         decision: Decision = study.decide(obs)
         for action in decision.actions:
@@ -117,10 +134,14 @@ def simulate(
             elif isinstance(action, StopTrial):
                 end(trials[action.index], TrialPhase.STOPPED)
             elif isinstance(action, Finalize):
-                return SimResult(list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy)
+                return SimResult(
+                    list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy, decision.plan
+                )
         # Advance to the next report of a trial still running, or to the deadline (which no longer
         # applies once the final training runs).
-        next_time = decision.deadline if decision.deadline is not None and final_index is None else math.inf
+        next_time = math.inf
+        if decision.deadline is not None and final_index is None:
+            next_time = decision.deadline - decision.stop_margin
         # Events of trials that ended, or of an earlier run of a resumed trial, are stale.
         while events and (
             not trials[events[0][1]].status.active or trials[events[0][1]].runs != events[0][3]

@@ -202,8 +202,9 @@ def furthest_level(reports: Sequence[Report], levels: Sequence[float]) -> tuple[
 
 
 def model_trial(best: T | None, final: T | None) -> T | None:
-    """The trial (an index or a name) whose checkpoints are the study's model, and so the only ones kept once the study
-    is over (no trial of a finished study resumes): the final training's, else the best trial's."""
+    """The trial (an index or a name) whose checkpoints are the study's model, and so the only ones
+    kept once the study is over (no trial of a finished study resumes): the final training's, else
+    the best trial's."""
     return final if final is not None else best
 
 

@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 
 from hpo_operator.config import BudgetSpec, config_from_mapping
-from hpo_operator.local import (
-    LocalRunner,
-    LocalTrial,
-    ReportReader,
-    RunOptions,
-    Slot,
-    detect_gpus,
-    make_slots,
-)
+from hpo_operator.local.reports import ReportReader
+from hpo_operator.local.runner import LocalRunner, RunOptions
+from hpo_operator.local.slots import Slot, detect_gpus, make_slots
+from hpo_operator.local.supervision import LocalTrial
 from hpo_operator.study import PruneTrial, Study, TrialView
 from hpo_operator.trials import Report, TrialPhase
 from tests.fixtures import FAKE_TRAINER
@@ -279,7 +274,6 @@ def test_the_report_reader_keeps_the_first_of_each_seq_and_waits_for_whole_lines
 
 
 def test_a_report_of_null_is_the_worst_value_for_the_core(tmp_path: Path) -> None:
-    from hpo_operator.local import LocalTrial
 
     reader = ReportReader(tmp_path / "r.jsonl")
     trial = LocalTrial(0, "s-0", {}, Slot(0, None, 1), tmp_path, reader, started_at=0.0)

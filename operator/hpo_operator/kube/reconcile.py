@@ -8,13 +8,13 @@ operator, restarted or not, computes the same writes from the same world. world.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..asha import tie_note
 from ..config import ConfigError, StudyConfig, study_config_from_spec
+from ..result import BestStatus, PlanStatus, StudyPhase, TrialCounts
 from ..study import (
     Decision,
     Finalize,
@@ -52,7 +52,16 @@ from .observe import (
     to_timestamp,
 )
 from .policy import TrialPolicy, refused_fields
-from .resources import GPU, TERMINAL_STUDY_PHASES, trial_identity_name, trial_name
+from .resources import (
+    GPU,
+    TERMINAL_STUDY_PHASES,
+    BudgetStatus,
+    Condition,
+    FinalStatus,
+    StudyStatus,
+    trial_identity_name,
+    trial_name,
+)
 from .verdict import (
     DERIVED_FIELDS,
     RECORDED_FIELDS,
@@ -656,14 +665,15 @@ def _finish_event(finalize: Finalize) -> Event:
     return Event("StudyFailed", f"{finalize.reason}{detail}", "Warning")
 
 
-def _phase_counts(states: list[TrialState], writes: list[Write]) -> Counter[str]:
+def _phases(states: list[TrialState], writes: list[Write]) -> list[str]:
+    """Each trial's phase once these writes have landed."""
     phases = {s.name: s.status["phase"] for s in states}
     for w in writes:
         if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
             phases[w.trial] = w.patch["phase"]
         elif isinstance(w, CreateTrial):
             phases[w.trial["metadata"]["name"]] = "Pending"
-    return Counter(phases.values())
+    return list(phases.values())
 
 
 def _study_status(
@@ -676,11 +686,10 @@ def _study_status(
 ) -> JSON:
     current = study.get("status") or {}
     conditions = current.get("conditions") or []
-    counts = _phase_counts(states, writes)
-    total = sum(counts.values())
+    phases = _phases(states, writes)
     plan, deadline, best = decision.plan, decision.deadline, decision.best
     finalize = decision.finalize
-    finished = sum(counts[p] for p in ENDED_PHASE_NAMES)
+    finished = sum(1 for p in phases if p in ENDED_PHASE_NAMES)
     unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
     wanted = [("Invalid", False, "Valid", "the spec is valid")]
     if finalize is not None:
@@ -705,39 +714,24 @@ def _study_status(
         budget["usedSeconds"] = round(now - started_at, 3)
         if deadline is not None:
             budget["finishedInsideSeconds"] = round(deadline - now, 3)
-    phase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
-    return {
-        "phase": phase,
-        "message": (finalize.reason if finalize else decision.message) or None,
-        "progress": f"{finished}/{plan.planned_trials if plan else '?'}",
-        "observedGeneration": study["metadata"].get("generation"),
-        "conditions": _conditions(conditions, wanted, now),
-        "plan": plan.to_status() | {"deadline": budget["deadline"]} if plan else None,
-        "trials": {
-            "pending": counts["Pending"],
-            "running": counts["Running"],
-            "completed": counts["Completed"],
-            "pruned": counts["Pruned"],
-            "failed": counts["Failed"],
-            "stopped": counts["Stopped"],
-            "paused": counts["Paused"],
-            "total": total,
-        },
-        "best": None
-        if best is None
-        else {
-            "trial": trial_name(study["metadata"]["name"], best.index),
-            "index": best.index,
-            "value": best.value,
-            "resource": best.resource,
-            "hyperparameters": best.params,
-        },
-        "budget": budget,
-        "final": _final_status(study, states, decision, now),
-    }
+    phase: StudyPhase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
+    return StudyStatus(
+        phase=phase,
+        message=(finalize.reason if finalize else decision.message) or None,
+        progress=f"{finished}/{plan.planned_trials if plan else '?'}",
+        observed_generation=study["metadata"].get("generation"),
+        conditions=[Condition.model_validate(c) for c in _conditions(conditions, wanted, now)],
+        plan=PlanStatus.of(plan, deadline=budget["deadline"]) if plan else None,
+        trials=TrialCounts.of(phases),
+        best=None if best is None else BestStatus.of(best, trial_name(study["metadata"]["name"], best.index)),
+        budget=BudgetStatus.model_validate(budget),
+        final=_final_status(study, states, decision, now),
+    ).document()
 
 
-def _final_status(study: JSON, states: list[TrialState], decision: Decision, now: float) -> JSON | None:
+def _final_status(
+    study: JSON, states: list[TrialState], decision: Decision, now: float
+) -> FinalStatus | None:
     """status.final: the trial under final training, and once it is done its value and model."""
     current = (study.get("status") or {}).get("final")
     finalize = decision.finalize
@@ -766,7 +760,7 @@ def _final_status(study: JSON, states: list[TrialState], decision: Decision, now
         claim = checkpoint_claim(study)
         if claim is not None and finalize.final is not None:
             out["checkpoint"] = {"claimName": claim, "path": checkpoint_path(study, name)}
-    return out
+    return FinalStatus.model_validate(out)
 
 
 def _invalid(

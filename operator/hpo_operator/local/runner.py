@@ -27,7 +27,6 @@ Everything learned is written to ``DIR/study.json`` (atomically, after every cha
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -35,18 +34,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-from .asha import tie_note
-from .budget import Plan
-from .config import MetricsCollector
-from .contain import Containment, runner_record
-from .study import (
+from ..asha import tie_note
+from ..budget import Plan
+from ..config import MetricsCollector
+from ..contain import Containment, runner_record
+from ..study import (
     Best,
     Decision,
     Finalize,
@@ -57,20 +56,14 @@ from .study import (
     StopTrial,
     Study,
     StudyError,
-    TrialView,
 )
-from .trial_command import describe_collector, substitute, wrap
-from .trials import (
-    ReportKeys,
-    StopMargin,
-    TrialPhase,
-    clean_exit_phase,
-    furthest_level,
-    model_trial,
-    parse_report,
-    report_refusal,
-    to_report,
-)
+from ..trial_command import describe_collector, substitute, wrap
+from ..trials import StopMargin, TrialPhase, clean_exit_phase, model_trial, to_report
+from .document import STUDY_FILE, ResultsError, study_file, write_results
+from .progress import Progress, SilentProgress
+from .reports import ReportReader
+from .slots import THREAD_VARIABLES, Slot
+from .supervision import REFUSED_LOGGED, LocalTrial, describe_exit, read_log_tail, resource_text
 
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
@@ -78,315 +71,10 @@ DEFAULT_POLL_SECONDS = 0.2
 STOP_SLACK_SECONDS = 0.5
 # The longest a trial stopped at the deadline gets between SIGTERM and SIGKILL.
 DEADLINE_GRACE_SECONDS = 1.0
-# More CPU slots than this rarely pay: trials then compete for memory and memory bandwidth.
-MAX_DEFAULT_CPU_SLOTS = 8
-# Present whenever the NVIDIA kernel driver is loaded.
-NVIDIA_DRIVER = Path("/proc/driver/nvidia")
-LOG_TAIL_LINES = 20
-LOG_TAIL_BYTES = 8192
-# Refused reports kept in study.json per trial (all are counted), and logged.
-REFUSED_KEPT = 50
-REFUSED_LOGGED = 5
-STUDY_FILE = "study.json"
-BEST_FILE = "best.json"
-FORMAT_VERSION = 1
-
-# The thread pools a trial may start; each is limited to its slot's share of the CPU.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 EXIT_OK = 0
 EXIT_NO_RESULT = 1
 EXIT_INTERRUPTED = 130
-
-
-# --- slots -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Where one trial runs: a GPU (its ``CUDA_VISIBLE_DEVICES`` entry) or a CPU slot."""
-
-    number: int
-    gpu: str | None
-    threads: int
-
-    def describe(self) -> str:
-        return f"GPU {self.gpu}" if self.gpu is not None else f"CPU slot {self.number}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "gpu": self.gpu, "threads": self.threads}
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (its affinity mask, which containers narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def detect_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
-    """The GPUs trials may use, as ``CUDA_VISIBLE_DEVICES`` entries.
-
-    A ``CUDA_VISIBLE_DEVICES`` already set narrows the choice to its entries; otherwise
-    ``nvidia-smi -L`` counts the GPUs, and torch does when nvidia-smi is not installed.
-    """
-    environ = os.environ if environ is None else environ
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        entries = [e.strip() for e in visible.split(",") if e.strip()]
-        # CUDA stops at the first invalid entry; "-1" is the usual way to hide every GPU.
-        valid = []
-        for entry in entries:
-            if entry.startswith("-"):
-                break
-            valid.append(entry)
-        return valid
-    smi = shutil.which("nvidia-smi")
-    if smi is not None:
-        try:
-            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
-        if out.returncode != 0:
-            return []
-        count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
-        return [str(i) for i in range(count)]
-    # Without nvidia-smi ask torch, but only where an NVIDIA driver is loaded: importing torch
-    # takes seconds, and without a driver there is no GPU to find.
-    if not NVIDIA_DRIVER.exists():
-        return []
-    try:
-        import torch
-    except ImportError:
-        return []
-    try:
-        return [str(i) for i in range(int(torch.cuda.device_count()))]
-    except Exception:  # a broken CUDA install means no usable GPU, not a failed study
-        return []
-
-
-def default_cpu_slots(cores: int) -> int:
-    """One single-threaded trial per core, up to MAX_DEFAULT_CPU_SLOTS.
-
-    A trial's start (interpreter, imports, data loading) is single-threaded and small models gain
-    little from a second thread, so on a 2-core machine two one-thread trials get more done than one
-    two-thread trial; and ASHA prunes better with more trials in flight.
-    """
-    return max(1, min(cores, MAX_DEFAULT_CPU_SLOTS))
-
-
-def make_slots(
-    gpus: str, cpu_slots: int | None, *, cores: int | None = None, detected: Sequence[str] | None = None
-) -> list[Slot]:
-    """Slots from ``--gpus auto|N|0`` and ``--cpu-slots``; raises ValueError on an impossible ask."""
-    cores = cpu_count() if cores is None else cores
-    wanted: int | None
-    if gpus == "auto":
-        wanted = None
-    else:
-        try:
-            wanted = int(gpus)
-        except ValueError:
-            raise ValueError(f"--gpus must be 'auto', 0 or a number of GPUs, got {gpus!r}") from None
-        if wanted < 0:
-            raise ValueError(f"--gpus must not be negative, got {wanted}")
-    if cpu_slots is not None and cpu_slots < 1:
-        raise ValueError(f"--cpu-slots must be at least 1, got {cpu_slots}")
-    if wanted != 0:
-        found = list(detect_gpus() if detected is None else detected)
-        if wanted is not None and wanted > len(found):
-            raise ValueError(
-                f"--gpus {wanted} asks for more GPUs than the {len(found)} found "
-                "(nvidia-smi -L, CUDA_VISIBLE_DEVICES); use --gpus 0 to run on the CPU"
-            )
-        use = found if wanted is None else found[:wanted]
-        if use:
-            threads = max(1, cores // len(use))
-            return [Slot(i, gpu, threads) for i, gpu in enumerate(use)]
-    n = cpu_slots if cpu_slots is not None else default_cpu_slots(cores)
-    threads = max(1, cores // n)
-    return [Slot(i, None, threads) for i in range(n)]
-
-
-# --- reports -----------------------------------------------------------------------------------
-
-
-@dataclass
-class ReportReader:
-    """Reads a trial's report file incrementally; keeps the first report of each ``(seq, time)``
-    (a retry repeats both; a second process of the same trial starts ``seq`` again at new times)."""
-
-    path: Path
-    offset: int = 0
-    partial: bytes = b""
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    keys: ReportKeys = field(default_factory=ReportKeys)
-    rejected: list[str] = field(default_factory=list)
-
-    def read(self, final: bool = False) -> list[dict[str, Any]]:
-        """New valid reports since the last read. ``final``: the writer is gone, so a last line
-        without its newline is complete as far as it will ever be."""
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial.strip():
-            lines.append(self.partial)
-            self.partial = b""
-        new = []
-        for line in lines:
-            if not line.strip():
-                continue
-            report = self._parse(line)
-            if report is None or not self.keys.first(report):
-                continue
-            self.reports.append(report)
-            new.append(report)
-        return new
-
-    def _parse(self, line: bytes) -> dict[str, Any] | None:
-        try:
-            raw = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            self.rejected.append(f"not JSON: {line[:200]!r}")
-            return None
-        report = parse_report(raw)
-        if isinstance(report, str):
-            self.rejected.append(f"{report}: {line[:200]!r}")
-            return None
-        return report
-
-
-# --- trials ------------------------------------------------------------------------------------
-
-
-@dataclass
-class LocalTrial:
-    """One trial and its process, as the runner tracks it."""
-
-    index: int
-    name: str
-    params: dict[str, Any]
-    slot: Slot
-    folder: Path
-    reader: ReportReader
-    started_at: float
-    process: subprocess.Popen[bytes] | None = None
-    status: TrialPhase = TrialPhase.RUNNING
-    ended_at: float | None = None
-    exit_code: int | None = None
-    reason: str | None = None  # why it ended, when the runner ended it or it failed
-    pruned: PruneTrial | None = None
-    term_sent_at: float | None = None
-    killed: bool = False
-    log_tail: str | None = None
-    stop_at: float | None = None  # this run ends at this resource (promote variant); None: at R
-    runs: int = 1  # the first start and each resumption
-    final: bool = False  # resumed for the final training
-    start_from: float = 0.0  # this run resumed from this resource; a run that reports goes beyond it
-    run_refused_from: int = 0  # refused_count when this run started
-    argv: list[str] = field(default_factory=list)  # the command this run ran
-    reports: list[dict[str, Any]] = field(default_factory=list)  # those that count, as they arrived
-    refused: list[dict[str, Any]] = field(default_factory=list)  # the first REFUSED_KEPT, with why
-    refused_count: int = 0
-
-    def take(self, report: dict[str, Any], max_resource: float) -> str | None:
-        """Counts ``report``, or refuses it; returns why it was refused."""
-        reason: str | None
-        if not self.status.active:
-            reason = f"arrived after the trial was {self.status.value.lower()}"
-        else:
-            highest = self.reports[-1]["resource"] if self.reports else 0.0
-            reason = report_refusal(to_report(report), max_resource, highest)
-        if reason is None:
-            self.reports.append(report)
-        else:
-            self.refuse(reason, report=report)
-        return reason
-
-    def refuse(self, reason: str, *, report: dict[str, Any] | None = None, line: str | None = None) -> None:
-        self.refused_count += 1
-        if report is not None:
-            # JSON has no NaN or infinity: a refused report may hold them where its value cannot.
-            report = {
-                k: str(v) if isinstance(v, float) and not math.isfinite(v) else v for k, v in report.items()
-            }
-        if len(self.refused) < REFUSED_KEPT:
-            self.refused.append(
-                {"reason": reason, "report": report} if line is None else {"reason": reason, "line": line}
-            )
-
-    @property
-    def alive(self) -> bool:
-        """The process still runs (and holds its slot)."""
-        return self.process is not None and self.exit_code is None
-
-    @property
-    def log_path(self) -> Path:
-        return self.folder / "log.txt"
-
-    def view(self) -> TrialView:
-        reports = tuple(to_report(r) for r in self.reports)
-        return TrialView(self.index, self.status, reports, self.started_at, params=self.params)
-
-
-def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log (at most LOG_TAIL_BYTES read)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - LOG_TAIL_BYTES))
-            data = handle.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-# --- progress --------------------------------------------------------------------------------
-
-
-class Progress(Protocol):
-    """Where the runner tells a person what happens."""
-
-    def log(self, message: str) -> None:
-        """One event, as a line."""
-
-    def update(self, document: Mapping[str, Any]) -> None:
-        """The study as in study.json, after a change or at least every second."""
-
-    def close(self) -> None:
-        """The run is over."""
-
-
-class SilentProgress:
-    def log(self, message: str) -> None:
-        pass
-
-    def update(self, document: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-# --- the runner --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -437,14 +125,6 @@ class RunResult:
     results_error: str | None = None  # why the results folder could not be written to the end
 
 
-class ResultsError(Exception):
-    """The results folder cannot be written (read-only, full, gone)."""
-
-    def __init__(self, path: Path, err: OSError) -> None:
-        super().__init__(f"cannot write {path}: {err.strerror or err}")
-        self.path = path
-
-
 class LocalRunner:
     """Runs one study on this machine. ``run()`` returns when it is over."""
 
@@ -475,6 +155,7 @@ class LocalRunner:
         self._last_update = 0.0
         self._announced_plan: tuple[int, int] | None = None
         self.contain = Containment()
+        self.margin = StopMargin(options.stop_margin)  # how far ahead of the deadline trials stop
         self.runner: dict[str, Any] | None = None  # study.json's record of this process
         self.results_error: str | None = None
 
@@ -705,7 +386,7 @@ class LocalRunner:
             free_slots=free_slots,
             trials=tuple(t.view() for t in self.trials.values()),
             final_index=self.final_index,
-            stop_margin=StopMargin(self.options.stop_margin),
+            stop_margin=self.margin,
         )
         return self.study.decide(observation)
 
@@ -831,7 +512,7 @@ class LocalRunner:
             "HPO_TRIAL": name,
             "HPO_HYPERPARAMETERS": json.dumps(dict(params)),
             "HPO_METRIC": self.study.config.metric,
-            "HPO_MAX_RESOURCE": _resource_text(self.study.config.max_resource),
+            "HPO_MAX_RESOURCE": resource_text(self.study.config.max_resource),
             "HPO_CHECKPOINT_DIR": str(checkpoints.resolve()),
             "HPO_REPORT_FILE": str((folder / "reports.jsonl").resolve()),
             # Live logs: a crashing trial's last lines are in its log, not lost in a buffer.
@@ -863,7 +544,7 @@ class LocalRunner:
             stop_at=action.stop_at,
         )
         self.trials[action.index] = trial
-        extra = {} if action.stop_at is None else {"HPO_STOP_RESOURCE": _resource_text(action.stop_at)}
+        extra = {} if action.stop_at is None else {"HPO_STOP_RESOURCE": resource_text(action.stop_at)}
         if self._launch(trial, extra, "wb"):
             params = ", ".join(f"{k}={v}" for k, v in action.params.items())
             self.progress.log(f"{name} started on {slot.describe()}: {params}")
@@ -878,8 +559,8 @@ class LocalRunner:
         if action.final:
             trial.final, self.final_index = True, action.index
         extra = {
-            "HPO_START_RESOURCE": _resource_text(action.start_from),
-            "HPO_STOP_RESOURCE": _resource_text(action.stop_at),
+            "HPO_START_RESOURCE": resource_text(action.start_from),
+            "HPO_STOP_RESOURCE": resource_text(action.stop_at),
         }
         if self._launch(trial, extra, "ab"):
             what = "final training" if action.final else "promoted"
@@ -923,76 +604,7 @@ class LocalRunner:
 
     def document(self) -> dict[str, Any]:
         """study.json: the config, the plan, every trial with its reports and outcome, the best."""
-        now = self.clock()
-        end = self.finished_at if self.finished_at is not None else now
-        rungs = self.plan.rungs if self.plan else ()
-        counts = {s.value.lower(): 0 for s in TrialPhase}
-        for t in self.trials.values():
-            counts[t.status.value.lower()] += 1
-        counts["total"] = len(self.trials)
-        budget: dict[str, Any] = {
-            "seconds": None if self.deadline is None else _round(self.deadline - self.started_at),
-            "usedSeconds": _round(end - self.started_at),
-            "stopMarginSeconds": _round(self.options.stop_margin),
-            "finishedInsideSeconds": None,
-        }
-        if self.deadline is not None and self.finished_at is not None:
-            budget["finishedInsideSeconds"] = _round(self.deadline - self.finished_at)
-        return {
-            "format": FORMAT_VERSION,
-            "name": self.options.name,
-            "state": self.state,
-            "reason": self.reason,
-            "message": self.message,
-            "error": self.error,
-            "config": dict(self.options.config_summary),
-            "command": list(self.options.command),
-            "slots": [s.as_dict() for s in self.options.slots],
-            "graceSeconds": self.options.grace,
-            "runner": self.runner,
-            "startedAt": _round(self.started_at),
-            "deadline": None if self.deadline is None else _round(self.deadline),
-            "finishedAt": None if self.finished_at is None else _round(self.finished_at),
-            "updatedAt": _round(now),
-            "plan": self.plan.to_status() if self.plan else None,
-            "budget": budget,
-            "counts": counts,
-            "best": self._best_document(),
-            "final": self._final_document(),
-            "trials": [
-                self._trial_document(t, rungs) for t in sorted(self.trials.values(), key=lambda t: t.index)
-            ],
-        }
-
-    def _best_document(self) -> dict[str, Any] | None:
-        best = self.best
-        if best is None:
-            return None
-        trial = self.trials.get(best.index)
-        return {
-            "trial": trial.name if trial else f"{self.options.name}-{best.index}",
-            "index": best.index,
-            "metric": self.study.config.metric,
-            "mode": self.study.config.mode,
-            "value": _finite(best.value),
-            "resource": best.resource,
-            "hyperparameters": dict(best.params),
-        }
-
-    def _final_document(self) -> dict[str, Any] | None:
-        """With final training: the trial trained to R and where its model is."""
-        index = self.finalize.final if self.finalize is not None else None
-        if index is None or index not in self.trials:
-            return None
-        trial = self.trials[index]
-        at_r = [r for r in trial.reports if r["resource"] >= self.study.config.max_resource]
-        return {
-            "trial": trial.name,
-            "index": index,
-            "value": at_r[0]["value"] if at_r else None,
-            "resource": self.study.config.max_resource,
-            "checkpointDir": str((trial.folder / "checkpoints").relative_to(self.options.out_dir)),
-        }
+        return study_file(self).document()
 
     def _discard_checkpoints(self) -> None:
         """Promote variant: once the study is over no paused trial can be promoted again, so only
@@ -1006,103 +618,6 @@ class LocalRunner:
             if trial.index != keep:
                 shutil.rmtree(trial.folder / "checkpoints", ignore_errors=True)
 
-    def _trial_document(self, t: LocalTrial, rungs: Sequence[float]) -> dict[str, Any]:
-        pruned = t.pruned
-        # The highest rung the trial was recorded at: a pruned trial's reports past its rung
-        # (sent before SIGTERM took effect) do not count.
-        reached = furthest_level([to_report(r) for r in t.reports], rungs)
-        rung = pruned.rung if pruned is not None else reached[0] if reached else None
-        return {
-            "index": t.index,
-            "name": t.name,
-            "status": t.status.value,
-            "reason": t.reason,
-            "params": dict(t.params),
-            "slot": t.slot.as_dict(),
-            "startedAt": _round(t.started_at),
-            "endedAt": None if t.ended_at is None else _round(t.ended_at),
-            "pid": None if t.process is None else t.process.pid,
-            "exitCode": t.exit_code,
-            "killed": t.killed,
-            "runs": t.runs,
-            "final": t.final,
-            "command": list(t.argv),
-            "rung": rung,
-            "pruned": None
-            if pruned is None
-            else {
-                "rung": pruned.rung,
-                "resource": pruned.resource,
-                "value": _finite(pruned.value),
-                "cutoff": _finite(pruned.cutoff),
-            },
-            "reports": [dict(r) for r in t.reports],  # copies: a document is a snapshot
-            "refusedReports": t.refused_count,
-            "refused": [dict(r) for r in t.refused],
-            "processes": self.contain.members(t.name),  # as of the last look; ended trials: none
-            "log": str(t.log_path.relative_to(self.options.out_dir)),
-            "logTail": t.log_tail,
-        }
-
     def _write(self, last: bool = False) -> None:
-        """study.json and best.json, each atomically; raises ResultsError for the first that
-        failed, having tried both. ``last``: a study.json that cannot be written atomically is
-        overwritten in place (on a full disk the old file's blocks make room for the new one)."""
-        document = self.document()
-        best = document["best"]
-        failed: ResultsError | None = None
-        for name, content in (
-            (STUDY_FILE, document),
-            (BEST_FILE, None if best is None else {"study": self.options.name, **best}),
-        ):
-            if content is None:
-                continue
-            path = self.options.out_dir / name
-            try:
-                write_json_atomic(path, content, in_place_fallback=last and name == STUDY_FILE)
-            except OSError as err:
-                failed = failed or ResultsError(path, err)
-        if failed is not None:
-            raise failed
-
-
-def write_json_atomic(path: Path, document: Any, in_place_fallback: bool = False) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it over ``path``: a reader (or a
-    crash) never sees half a file. ``in_place_fallback``: when that fails, ``path`` is rewritten in
-    place, which a full disk may still allow; if that fails too, the first error is raised."""
-    text = json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        with suppress(OSError):
-            tmp.unlink()
-        if not in_place_fallback:
-            raise
-        try:
-            path.write_text(text)
-        except OSError:
-            pass
-        else:
-            return
-        raise
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no NaN: a non-finite value (the worst) is written as null."""
-    return value if math.isfinite(value) else None
-
-
-def _round(seconds: float) -> float:
-    return round(seconds, 3)
-
-
-def _resource_text(resource: float) -> str:
-    return str(int(resource)) if float(resource).is_integer() else str(resource)
+        """study.json and best.json (document.write_results)."""
+        write_results(self.options.out_dir, self.options.name, self.document(), last)
