@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .budget import Plan
 from .config import StudyConfig
+from .result import StudyResult
 from .study import (
     Decision,
     Finalize,
@@ -26,8 +28,6 @@ from .study import (
     Study,
     TrialView,
 )
-from .budget import Plan
-from .result import StudyResult
 from .trials import Report, StopMargin, TrialPhase, clean_exit_phase
 
 Objective = Callable[[dict[str, Any], int], float]
