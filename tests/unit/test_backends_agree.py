@@ -21,17 +21,9 @@ from hpo_operator import simulate as simulate_module
 from hpo_operator.config import study_config_from_spec
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import to_rfc3339
-from hpo_operator.kube.reconcile import (
-    STOP_MARGIN,
-    CreateJob,
-    CreateTrial,
-    DeleteJob,
-    PatchTrialStatus,
-    ScaleJobDown,
-    World,
-    reconcile,
-)
+from hpo_operator.kube.reconcile import STOP_MARGIN, reconcile
 from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
+from hpo_operator.kube.writes import CreateJob, CreateTrial, DeleteJob, PatchTrialStatus, ScaleJobDown, World
 from hpo_operator.local.runner import LocalRunner, RunOptions
 from hpo_operator.local.slots import Slot
 from hpo_operator.result import StudyResult

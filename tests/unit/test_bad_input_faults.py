@@ -19,8 +19,9 @@ from hpo_operator.config import (
 )
 from hpo_operator.kube.capacity import Capacity, gpu_capacity
 from hpo_operator.kube.engine import Engine, EngineSettings
-from hpo_operator.kube.reconcile import DeleteJob, World, reconcile
+from hpo_operator.kube.reconcile import reconcile
 from hpo_operator.kube.world import Cluster
+from hpo_operator.kube.writes import DeleteJob, World
 from hpo_operator.study import Observation, StopTrial, Study, TrialView
 from hpo_operator.trials import TrialPhase
 

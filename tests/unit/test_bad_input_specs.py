@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpo_operator.config import ConfigError, study_config_from_spec
-from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.reconcile import reconcile
+from hpo_operator.kube.writes import World
 
 JSON = dict[str, Any]
 Mutation = Callable[[JSON, random.Random], str]  # breaks the spec in place; returns the field's path

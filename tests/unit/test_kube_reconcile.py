@@ -12,10 +12,11 @@ import pytest
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.policy import parse_policy
-from hpo_operator.kube.reconcile import (
-    ACCESS_RETRY_SECONDS,
-    JOB_CONTROLLER_WAIT_SECONDS,
-    SCALED_DOWN_AT,
+from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, reconcile
+from hpo_operator.kube.status import condition
+from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
+from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
+from hpo_operator.kube.writes import (
     CreateIdentity,
     CreateJob,
     CreateTrial,
@@ -23,10 +24,7 @@ from hpo_operator.kube.reconcile import (
     PatchTrialStatus,
     ScaleJobDown,
     World,
-    condition,
-    reconcile,
 )
-from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
 from hpo_operator.trials import TrialPhase
 
 JSON = dict[str, Any]
@@ -411,13 +409,13 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
 
 
 def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
-    from hpo_operator.kube.reconcile import _only_estimates_moved
+    from hpo_operator.kube.status import only_estimates_moved
 
     plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0, "predictedSeconds": 300.0}
-    assert _only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
-    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
-    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
-    assert not _only_estimates_moved({}, plan)
+    assert only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
+    assert not only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
+    assert not only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
+    assert not only_estimates_moved({}, plan)
 
 
 # --- the trial policy -------------------------------------------------------------------------------

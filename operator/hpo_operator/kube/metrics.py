@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from ..metrics import OperatorMetrics, TrialOutcome
 from ..trials import ENDED_PHASE_NAMES
 from .observe import reports_of, to_timestamp
-from .reconcile import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
+from .writes import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
 
 Key = tuple[str, str]  # (namespace, study name)
 

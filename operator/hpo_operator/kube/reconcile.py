@@ -4,17 +4,19 @@ Level-based: it reads everything it needs (the study, its HPOTrials, their Jobs 
 capacity), asks the decision core, and returns only the writes that change something. State lives
 in the API (the study's ``status.budget.startedAt``, the HPOTrials and their reports), so any
 operator, restarted or not, computes the same writes from the same world. world.py does the I/O.
+
+Beside it: writes.py (the world read and the writes returned), status.py (the study's status),
+stopping.py (how a stopped trial's Job ends); a trial's rules are trials.py's, observe.py reads
+them from API objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..asha import tie_note
 from ..config import ConfigError, StudyConfig, study_config_from_spec
-from ..result import BestStatus, PlanStatus, StudyPhase, TrialCounts
 from ..study import (
     Decision,
     Finalize,
@@ -35,7 +37,6 @@ from .builders import (
     build_trial,
     build_trial_identity,
     checkpoint_claim,
-    checkpoint_path,
     cleanup_job_name,
     run_of,
     trial_account,
@@ -55,12 +56,21 @@ from .policy import TrialPolicy, refused_fields
 from .resources import (
     GPU,
     TERMINAL_STUDY_PHASES,
-    BudgetStatus,
-    Condition,
-    FinalStatus,
-    StudyStatus,
     trial_identity_name,
     trial_name,
+)
+from .status import (
+    RESYNC_SECONDS,
+    merge_conditions,
+    only_estimates_moved,
+    only_the_clock_moved,
+    study_status,
+)
+from .stopping import (
+    live_pods,
+    still_running,
+    stop_check_after,
+    stop_job,
 )
 from .verdict import (
     DERIVED_FIELDS,
@@ -71,15 +81,23 @@ from .verdict import (
     verdict_of,
     verdict_text,
 )
+from .writes import (
+    JSON,
+    CreateClaim,
+    CreateCleanupJob,
+    CreateIdentity,
+    CreateJob,
+    CreateTrial,
+    Event,
+    Outcome,
+    PatchJobDeadline,
+    PatchTrialStatus,
+    World,
+    Write,
+)
 
 # A run's verdict is final for these: its reports are counted then, and later ones never count.
 SETTLED_PHASES = ENDED_PHASE_NAMES | {TrialPhase.PAUSED.value}
-
-JSON = dict[str, Any]
-
-# How often a running study is looked at even when nothing it watches changes: other workloads'
-# pods free GPUs without an event the operator watches.
-RESYNC_SECONDS = 5.0
 # The reconcile decides for the moment its writes will have landed, this much after it read the
 # world, so that a study stopped "at the deadline" is finished at the deadline, not just after it.
 LEAD_SECONDS = 1.0
@@ -90,28 +108,6 @@ STOP_MARGIN_MAX = 10.0
 STOP_MARGIN = StopMargin(LEAD_SECONDS, STOP_MARGIN_FRACTION, STOP_MARGIN_MAX)
 # While a trial's ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
-# A stopped trial's Job is first scaled to no pods, so that the Job controller deletes the pod itself;
-# if its pod still runs this long after, the operator deletes the pod and the Job by name.
-JOB_CONTROLLER_WAIT_SECONDS = 10.0
-# When the Job was scaled down, on the Job (the time of the verdict is not it after an outage).
-SCALED_DOWN_AT = "hpo.dev/scaled-down-at"
-
-
-@dataclass(frozen=True)
-class World:
-    """Everything one reconcile of a study reads."""
-
-    study: JSON
-    trials: tuple[JSON, ...] = ()
-    jobs: Mapping[str, JSON] = field(default_factory=dict)  # by name (= the trial's name)
-    pods: Mapping[str, tuple[JSON, ...]] = field(default_factory=dict)  # by trial name
-    capacity: Capacity = field(default_factory=lambda: Capacity(0, 0))
-    # The identity (ServiceAccount) of each trial that may need a new Job (needs_identity): "missing",
-    # "waiting" (for its token Secret), "ready", or "foreign" (an account of that name that is not
-    # the trial's own); a trial not named is looked at again next time.
-    identities: Mapping[str, str] = field(default_factory=dict)
-    token_secrets: bool = False  # before 1.24 a pod is admitted only once its account has a token
-    claim_exists: bool = True  # the checkpoint claim the operator creates (spec.checkpoints.size)
 
 
 def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
@@ -121,135 +117,6 @@ def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
     if phase in ENDED_PHASE_NAMES:
         return False
     return phase == "Paused" or current_job_name(trial) not in jobs
-
-
-# --- the writes ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    reason: str
-    message: str
-    type: str = "Normal"
-
-
-@dataclass(frozen=True)
-class CreateIdentity:
-    """A trial's ServiceAccount, Role and RoleBinding, owned by its HPOTrial (409: they exist)."""
-
-    trial: str
-    objects: tuple[JSON, ...]
-
-
-@dataclass(frozen=True)
-class CreateClaim:
-    """The study's checkpoint PersistentVolumeClaim (409: it exists)."""
-
-    claim: JSON
-
-
-@dataclass(frozen=True)
-class CreateCleanupJob:
-    """The Job that deletes the checkpoints no trial will resume from (409: it exists)."""
-
-    job: JSON
-    event: Event
-
-
-@dataclass(frozen=True)
-class CreateTrial:
-    """Create the HPOTrial (409: it exists), then its identity (unless the template names an allowed
-    account) and its Job, owned by it; the event only if new. No Job where the cluster must first
-    make the identity's token: a later reconcile makes it."""
-
-    trial: JSON
-    job: JSON | None
-    event: Event
-    identity: bool = True
-
-
-@dataclass(frozen=True)
-class CreateJob:
-    trial: str
-    job: JSON
-
-
-@dataclass(frozen=True)
-class PatchTrialStatus:
-    """``verdict``: the operator's record of the trial (verdict.py), written first when it changed;
-    ``patch``: a merge patch of the HPOTrial's status, which mirrors it."""
-
-    trial: str
-    patch: JSON
-    event: Event | None = None
-    verdict: JSON | None = None
-
-
-@dataclass(frozen=True)
-class ScaleJobDown:
-    """``spec.parallelism: 0`` on a stopped trial's Job, stamped with ``at``: the Job controller
-    deletes the pod, and having seen parallelism 0 before the pod's deletion it never replaces it. A
-    pod deleted by anyone else is replaced by a controller whose cache still wants one, and the
-    replacement takes a GPU until the garbage collector removes it."""
-
-    name: str
-    at: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    """The Job goes (background propagation), and the pods named are deleted right after instead of
-    waiting for the garbage collector: a Job whose pods already stop, or whose controller did not act
-    on ``ScaleJobDown`` in time, or a pod whose Job is already gone."""
-
-    name: str
-    pods: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PatchJobDeadline:
-    name: str
-    seconds: int
-
-
-Write = (
-    CreateIdentity
-    | CreateClaim
-    | CreateCleanupJob
-    | CreateTrial
-    | CreateJob
-    | PatchTrialStatus
-    | ScaleJobDown
-    | DeleteJob
-    | PatchJobDeadline
-)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    writes: list[Write] = field(default_factory=list)
-    status: JSON | None = None  # a merge patch of the study's status, None when nothing changed
-    first_status: JSON | None = None  # written before anything else: the budget's start
-    events: list[Event] = field(default_factory=list)
-    requeue_after: float | None = None
-    decision: Decision | None = None
-
-
-# --- conditions ---------------------------------------------------------------------------------
-
-
-def condition(current: list[JSON], kind: str, status: bool, reason: str, message: str, now: float) -> JSON:
-    """A condition whose lastTransitionTime moves only when its status does."""
-    text = "True" if status else "False"
-    old = next((c for c in current if c.get("type") == kind), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == text else to_rfc3339(now)
-    return {"type": kind, "status": text, "reason": reason, "message": message, "lastTransitionTime": since}
-
-
-def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], now: float) -> list[JSON]:
-    kinds = {w[0] for w in wanted}
-    kept = [c for c in current if c.get("type") not in kinds]
-    return kept + [condition(current, *w, now=now) for w in wanted]
 
 
 # --- the reconcile ------------------------------------------------------------------------------
@@ -328,17 +195,17 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         and not resumed_final
     ):
         requeue = min(requeue, max(0.05, decision.deadline - decision.stop_margin - now + 0.02))
-    stop_check = _stop_check_after(world, now)
+    stop_check = stop_check_after(world, now)
     if stop_check is not None:
         requeue = min(requeue, stop_check)
-    new_status = _study_status(study, states, decision, started_at, now, writes)
+    new_status = study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
-    if "plan" in patch and _only_estimates_moved(status.get("plan") or {}, patch["plan"]):
+    if "plan" in patch and only_estimates_moved(status.get("plan") or {}, patch["plan"]):
         del patch["plan"]
-    if set(patch) == {"budget"} and _only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
+    if set(patch) == {"budget"} and only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(
         writes=writes,
@@ -386,37 +253,6 @@ def _resume_status(action: ResumeTrial, run: int) -> JSON:
         "rung": None,
         "cutoff": None,
     }
-
-
-def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
-    """True when the budget changed by usedSeconds alone, and by less than a resync: not worth a write."""
-    others = {k: v for k, v in desired.items() if k != "usedSeconds"}
-    moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
-    return status_patch(current, others) == {} and moved < RESYNC_SECONDS
-
-
-# Plan figures re-measured from every report; a change below this share is not worth a write.
-PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
-ESTIMATE_TOLERANCE = 0.05
-
-
-def _only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
-    """True when the plan changed by its time estimates alone, each by less than 5%."""
-    if not current or not desired:
-        return False
-    if status_patch(
-        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
-        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
-    ):
-        return False
-    for key in PLAN_ESTIMATES:
-        old, new = current.get(key), desired.get(key)
-        if old is None or new is None:
-            if old != new:
-                return False
-        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
-            return False
-    return True
 
 
 def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
@@ -533,9 +369,9 @@ def _trial_writes(
                 writes.append(CreateJob(state.name, build_job(study, resumed_trial, job_deadline, now)))
             continue
         job = world.jobs.get(state.job_name)
-        if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
+        if phase in ("Pruned", "Stopped") and still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
-            writes += _stop_job(world, state.name, state.job_name, job, now)
+            writes += stop_job(world, state.name, state.job_name, job, now)
         elif phase in ("Pending", "Running") and job is None and not state.run_started:
             if ready:
                 job_deadline = _job_deadline(decision, trial, now)
@@ -582,66 +418,6 @@ def _job_deadline(decision: Decision, trial: JSON, now: float) -> float | None:
     return decision.deadline
 
 
-def _live_pods(world: World, trial: str) -> tuple[str, ...]:
-    return tuple(
-        p["metadata"]["name"]
-        for p in world.pods.get(trial, ())
-        if not p["metadata"].get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    )
-
-
-def _still_running(world: World, trial: str, job: JSON | None) -> bool:
-    """The trial's Job has not finished, or its Job is gone and a pod of it still runs: a crash or
-    an API outage between deleting the Job and deleting its pods leaves the pod to the garbage
-    collector, which may take long or, after an outage, not come at all."""
-    if job is not None:
-        return not _job_finished(job)
-    return bool(_live_pods(world, trial))
-
-
-def _stop_job(world: World, trial: str, job_name: str, job: JSON | None, now: float) -> list[Write]:
-    """The writes that end a stopped trial's Job: scale it down, then delete it once its pod stops
-    (or JOB_CONTROLLER_WAIT_SECONDS after the scale-down, pods by name); a pod whose Job is gone is
-    deleted by name at once. Nothing while the Job controller is given its time."""
-    live = _live_pods(world, trial)
-    if job is None:
-        return [DeleteJob(job_name, live)]
-    if (job.get("spec") or {}).get("parallelism") != 0:
-        return [ScaleJobDown(job_name, to_rfc3339(now, micro=True))]
-    waited = _scale_down_wait(job, now)
-    if live and waited is not None and waited > 0:
-        return []
-    return [DeleteJob(job_name, live)]
-
-
-def _scale_down_wait(job: JSON, now: float) -> float | None:
-    """Seconds the Job controller still has to stop the pod of a scaled-down Job; None when the Job
-    carries no scale-down time."""
-    stamp = to_timestamp(((job.get("metadata") or {}).get("annotations") or {}).get(SCALED_DOWN_AT))
-    return None if stamp is None else stamp + JOB_CONTROLLER_WAIT_SECONDS - now
-
-
-def _stop_check_after(world: World, now: float) -> float | None:
-    """When to look again at scaled-down Jobs whose pods still run, for the fallback."""
-    waits = [
-        wait
-        for trial in world.trials
-        if (job := world.jobs.get(current_job_name(trial))) is not None
-        and (job.get("spec") or {}).get("parallelism") == 0
-        and _live_pods(world, trial["metadata"]["name"])
-        and (wait := _scale_down_wait(job, now)) is not None
-    ]
-    return max(0.05, min(waits) + 0.02) if waits else None
-
-
-def _job_finished(job: JSON) -> bool:
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
-
-
 def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
     message = f"trial {name}: {status.get('message') or phase.lower()}"
     if phase == "Pruned":
@@ -665,110 +441,12 @@ def _finish_event(finalize: Finalize) -> Event:
     return Event("StudyFailed", f"{finalize.reason}{detail}", "Warning")
 
 
-def _phases(states: list[TrialState], writes: list[Write]) -> list[str]:
-    """Each trial's phase once these writes have landed."""
-    phases = {s.name: s.status["phase"] for s in states}
-    for w in writes:
-        if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
-            phases[w.trial] = w.patch["phase"]
-        elif isinstance(w, CreateTrial):
-            phases[w.trial["metadata"]["name"]] = "Pending"
-    return list(phases.values())
-
-
-def _study_status(
-    study: JSON,
-    states: list[TrialState],
-    decision: Decision,
-    started_at: float,
-    now: float,
-    writes: list[Write],
-) -> JSON:
-    current = study.get("status") or {}
-    conditions = current.get("conditions") or []
-    phases = _phases(states, writes)
-    plan, deadline, best = decision.plan, decision.deadline, decision.best
-    finalize = decision.finalize
-    finished = sum(1 for p in phases if p in ENDED_PHASE_NAMES)
-    unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
-    wanted = [("Invalid", False, "Valid", "the spec is valid")]
-    if finalize is not None:
-        wanted += [
-            ("Ready", False, "Finished", finalize.reason),
-            ("Complete", True, "Succeeded" if finalize.succeeded else "Failed", finalize.reason),
-        ]
-    elif unschedulable:
-        wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))
-    else:
-        wanted.append(("Ready", True, "Running", decision.message or "trials are running"))
-    budget: JSON = {
-        "startedAt": to_rfc3339(started_at, micro=True),
-        "deadline": to_rfc3339(deadline) if deadline is not None else None,
-        "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
-        "usedSeconds": float(round(now - started_at)),
-    }
-    if deadline is not None:
-        budget["stopMarginSeconds"] = round(decision.stop_margin, 3)
-    if finalize is not None:
-        budget["finishedAt"] = to_rfc3339(now, micro=True)
-        budget["usedSeconds"] = round(now - started_at, 3)
-        if deadline is not None:
-            budget["finishedInsideSeconds"] = round(deadline - now, 3)
-    phase: StudyPhase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
-    return StudyStatus(
-        phase=phase,
-        message=(finalize.reason if finalize else decision.message) or None,
-        progress=f"{finished}/{plan.planned_trials if plan else '?'}",
-        observed_generation=study["metadata"].get("generation"),
-        conditions=[Condition.model_validate(c) for c in _conditions(conditions, wanted, now)],
-        plan=PlanStatus.of(plan, deadline=budget["deadline"]) if plan else None,
-        trials=TrialCounts.of(phases),
-        best=None if best is None else BestStatus.of(best, trial_name(study["metadata"]["name"], best.index)),
-        budget=BudgetStatus.model_validate(budget),
-        final=_final_status(study, states, decision, now),
-    ).document()
-
-
-def _final_status(
-    study: JSON, states: list[TrialState], decision: Decision, now: float
-) -> FinalStatus | None:
-    """status.final: the trial under final training, and once it is done its value and model."""
-    current = (study.get("status") or {}).get("final")
-    finalize = decision.finalize
-    index: int | None
-    if finalize is not None and finalize.final is not None:
-        index = finalize.final
-    elif current:
-        index = int(current["index"])
-    else:
-        index = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
-        index = index if index is not None else next((s.view.index for s in states if s.run.final), None)
-    if index is None:
-        return None
-    name = trial_name(study["metadata"]["name"], index)
-    out: JSON = {"trial": name, "index": index, "phase": "Running"}
-    trained = any(s.run.final for s in states if s.view.index == index) or any(
-        isinstance(a, ResumeTrial) and a.final for a in decision.actions
-    )
-    if trained:  # a final training ran (else the best trial reached R during HPO)
-        out["startedAt"] = (current or {}).get("startedAt") or to_rfc3339(now)
-    if finalize is not None:
-        out["phase"] = "Succeeded" if finalize.succeeded and finalize.final is not None else "Failed"
-        best = finalize.best
-        if best is not None and best.index == index:
-            out |= {"value": best.value, "resource": best.resource}
-        claim = checkpoint_claim(study)
-        if claim is not None and finalize.final is not None:
-            out["checkpoint"] = {"claimName": claim, "path": checkpoint_path(study, name)}
-    return FinalStatus.model_validate(out)
-
-
 def _invalid(
     world: World, reason: str, message: str, now: float, states: list[TrialState] | None = None
 ) -> Outcome:
     """A study that cannot run: phase Failed, an Invalid condition naming every problem, no trial."""
     current = world.study.get("status") or {}
-    conditions = _conditions(
+    conditions = merge_conditions(
         current.get("conditions") or [],
         [("Invalid", True, reason, message), ("Ready", False, reason, message)],
         now,
@@ -781,13 +459,13 @@ def _invalid(
             job = world.jobs.get(state.job_name)
             write = trial_patch(trials[state.name], stop)
             writes += [write] if write else []
-            writes += _stop_job(world, state.name, state.job_name, job, now)
+            writes += stop_job(world, state.name, state.job_name, job, now)
     status = {"phase": "Failed", "message": message, "conditions": conditions}
     return Outcome(
         writes=writes,
         status=status_patch(current, status) or None,
         events=[Event(reason, message, "Warning")],
-        requeue_after=_stop_check_after(world, now),
+        requeue_after=stop_check_after(world, now),
     )
 
 
@@ -817,11 +495,11 @@ def _settled(world: World, now: float) -> Outcome:
         writes += [write] if write else []
         # A Completed or Paused verdict comes from a pod that exited 0, often before its Job says
         # Complete: that Job is finishing on its own and is kept, a resumed run's record.
-        if phase not in ("Completed", "Paused") and _still_running(world, name, job):
-            writes += _stop_job(world, name, job_name, job, now)
+        if phase not in ("Completed", "Paused") and still_running(world, name, job):
+            writes += stop_job(world, name, job_name, job, now)
     if not writes:
         writes += _checkpoint_cleanup(world)
-    return Outcome(writes=writes, requeue_after=_stop_check_after(world, now))
+    return Outcome(writes=writes, requeue_after=stop_check_after(world, now))
 
 
 def _checkpoint_cleanup(world: World) -> list[Write]:
@@ -831,7 +509,7 @@ def _checkpoint_cleanup(world: World) -> list[Write]:
     name = study["metadata"]["name"]
     if checkpoint_claim(study) is None or cleanup_job_name(name) in world.jobs:
         return []
-    if any(_live_pods(world, t["metadata"]["name"]) for t in world.trials):
+    if any(live_pods(world, t["metadata"]["name"]) for t in world.trials):
         return []
     status = study.get("status") or {}
     keep = model_trial((status.get("best") or {}).get("trial"), (status.get("final") or {}).get("trial"))

@@ -22,8 +22,11 @@ from .capacity import gpu_capacity
 from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .policy import TrialPolicy
-from .reconcile import (
-    SCALED_DOWN_AT,
+from .reconcile import needs_identity
+from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
+from .stopping import SCALED_DOWN_AT
+from .verdict import VERDICT_ANNOTATION, verdict_text
+from .writes import (
     CreateClaim,
     CreateCleanupJob,
     CreateIdentity,
@@ -37,10 +40,7 @@ from .reconcile import (
     ScaleJobDown,
     World,
     Write,
-    needs_identity,
 )
-from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
-from .verdict import VERDICT_ANNOTATION, verdict_text
 
 log = logging.getLogger("hpo_operator")
 JSON = dict[str, Any]
