@@ -19,12 +19,12 @@ from typing import Any
 from .api import Api, ApiError, ns_path
 from .builders import build_claim, build_trial_identity, owner_reference
 from .capacity import gpu_capacity
-from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .policy import TrialPolicy
 from .reconcile import needs_identity
 from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
 from .stopping import SCALED_DOWN_AT
+from .study_metrics import Metrics, NullMetrics
 from .verdict import VERDICT_ANNOTATION, verdict_text
 from .writes import (
     CreateClaim,

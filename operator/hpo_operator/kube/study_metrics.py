@@ -3,7 +3,7 @@
 The engine calls ``observe`` after every reconcile, ``failed`` when one raised, ``forget`` when a
 study is gone and ``heartbeat`` while it works; the cluster calls ``written`` after each write that
 changed something. ``NullMetrics`` is the default; ``PrometheusMetrics`` feeds
-:class:`hpo_operator.metrics.OperatorMetrics`.
+:class:`hpo_operator.kube.prometheus.OperatorMetrics`.
 
 What counts, so that a trial is counted once however often its study is reconciled:
 
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..metrics import OperatorMetrics, TrialOutcome
 from ..trials import ENDED_PHASE_NAMES
 from .observe import reports_of, to_timestamp
+from .prometheus import OperatorMetrics, TrialOutcome
 from .writes import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
 
 Key = tuple[str, str]  # (namespace, study name)
