@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo_trial.lines import LineTail
+
 from ..trials import ReportKeys, parse_report
 
 
@@ -18,8 +20,7 @@ class ReportReader:
     (a retry repeats both; a second process of the same trial starts ``seq`` again at new times)."""
 
     path: Path
-    offset: int = 0
-    partial: bytes = b""
+    tail: LineTail = field(default_factory=LineTail)
     reports: list[dict[str, Any]] = field(default_factory=list)
     keys: ReportKeys = field(default_factory=ReportKeys)
     rejected: list[str] = field(default_factory=list)
@@ -29,18 +30,12 @@ class ReportReader:
         without its newline is complete as far as it will ever be."""
         try:
             with self.path.open("rb") as handle:
-                handle.seek(self.offset)
+                handle.seek(self.tail.offset)
                 data = handle.read()
         except FileNotFoundError:
             return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial.strip():
-            lines.append(self.partial)
-            self.partial = b""
         new = []
-        for line in lines:
+        for line in self.tail.lines(data, final):
             if not line.strip():
                 continue
             report = self._parse(line)
