@@ -139,8 +139,8 @@ def run_pods(trial: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> lis
     return [p for p in pods if ((p["metadata"].get("labels") or {}).get(RUN_LABEL) or "0") == number]
 
 
-def _finished(phase: str, reason: str, message: str, exit_code: int | None = None) -> JSON:
-    out: JSON = {"phase": phase, "reason": reason, "message": message}
+def _finished(phase: TrialPhase, reason: str, message: str, exit_code: int | None = None) -> JSON:
+    out: JSON = {"phase": phase.value, "reason": reason, "message": message}
     if exit_code is not None:
         out["exitCode"] = exit_code
     return out
@@ -165,7 +165,7 @@ def _no_reports(refusals: Refusals, run: Run, pod: Mapping[str, Any] | None) -> 
     said = termination_message(pod)
     if said:
         message += f"; {said}"
-    return _finished("Failed", "NoReports", message, 0)
+    return _finished(TrialPhase.FAILED, "NoReports", message, 0)
 
 
 def _ended_at(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None) -> float | None:
@@ -183,22 +183,22 @@ def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, start
     failed = _condition(job, "Failed") if job else None
     if failed and failed.get("reason") == "DeadlineExceeded":
         return _finished(
-            "Stopped", "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
+            TrialPhase.STOPPED, "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
         )
     if (job and _condition(job, "Complete")) or pod_phase == "Succeeded":
-        return _finished("Completed", "Completed", "the trial exited with status 0", 0)
+        return _finished(TrialPhase.COMPLETED, "Completed", "the trial exited with status 0", 0)
     if failed or pod_phase == "Failed":
         state = _terminated(pod) if pod else None
         code = state.get("exitCode") if state else None
         why = (state or {}).get("reason") or (failed or {}).get("reason") or "Failed"
         detail = (failed or {}).get("message") or ""
         message = f"exit code {code}" if code is not None else "the trial's pod failed"
-        return _finished("Failed", str(why), message + (f": {detail}" if detail else ""), code)
+        return _finished(TrialPhase.FAILED, str(why), message + (f": {detail}" if detail else ""), code)
     if job is None and started:
-        return _finished("Failed", "JobDeleted", "its Job was deleted while the trial ran")
+        return _finished(TrialPhase.FAILED, "JobDeleted", "its Job was deleted while the trial ran")
     if pod_phase == "Running":
-        return {"phase": "Running"}
-    return {"phase": "Pending"}
+        return {"phase": TrialPhase.RUNNING.value}
+    return {"phase": TrialPhase.PENDING.value}
 
 
 def observe_trial(
@@ -228,26 +228,28 @@ def observe_trial(
     if run_started_text is None and run.number > 0 and pod is not None:
         run_started_at = pod_started_at(pod)
         run_started_text = to_rfc3339(run_started_at) if run_started_at is not None else None
-    if current.get("phase") in ENDED_PHASE_NAMES or current.get("phase") == "Paused":
+    if current.get("phase") in ENDED_PHASE_NAMES or current.get("phase") == TrialPhase.PAUSED:
         status: JSON = {"phase": current["phase"]}
     else:
         status = _verdict(job, pod, run_started_text is not None)
         # Without R (no config) a run is never taken for one that paused.
         stop_at = run.stop_at if max_resource is not None else None
         exit_phase = TrialPhase.COMPLETED
-        if status["phase"] == "Completed":
+        if status["phase"] == TrialPhase.COMPLETED:
             exit_phase = clean_exit_phase(counted, run.start_from, stop_at, max_resource or 0.0)
         if exit_phase is TrialPhase.FAILED:
             ended = _ended_at(job, pod)
             if ended is not None and now - ended < REPORT_SETTLE_SECONDS:
                 # The last report may be newer than the HPOTrial list this was read from: the
                 # reports are written before the exit, but each list comes from its own cache.
-                status = {"phase": "Running"}
+                status = {"phase": TrialPhase.RUNNING.value}
             else:
                 status = _no_reports(refusals, run, pod)
                 status["finishedAt"] = to_rfc3339(now)
         elif exit_phase is TrialPhase.PAUSED:
-            status = _finished("Paused", "Paused", f"trained to resource {stop_at:g}; may be promoted", 0)
+            status = _finished(
+                TrialPhase.PAUSED, "Paused", f"trained to resource {stop_at:g}; may be promoted", 0
+            )
         elif status["phase"] in ENDED_PHASE_NAMES:
             status["finishedAt"] = to_rfc3339(now)
     if started_text:

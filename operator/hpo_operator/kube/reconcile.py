@@ -116,7 +116,7 @@ def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
     phase = verdict_of(trial).get("phase")
     if phase in ENDED_PHASE_NAMES:
         return False
-    return phase == "Paused" or current_job_name(trial) not in jobs
+    return phase == TrialPhase.PAUSED or current_job_name(trial) not in jobs
 
 
 # --- the reconcile ------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def _final_seconds(decision: Decision, start_from: float) -> float | None:
 def _resume_status(action: ResumeTrial, run: int) -> JSON:
     """The HPOTrial status of a new run: Pending again, and what was left of the last run cleared."""
     return {
-        "phase": "Pending",
+        "phase": TrialPhase.PENDING.value,
         "run": run,
         "startFrom": action.start_from,
         "stopAt": action.stop_at,
@@ -310,7 +310,7 @@ def _trial_writes(
             resumed[state.name] = action
         elif isinstance(action, PruneTrial):
             settled[trial_name(name, action.index)] = {
-                "phase": "Pruned",
+                "phase": TrialPhase.PRUNED.value,
                 "rung": action.rung,
                 "cutoff": action.cutoff,
                 "reason": "Pruned",
@@ -320,7 +320,7 @@ def _trial_writes(
             }
         elif isinstance(action, StopTrial):
             settled[trial_name(name, action.index)] = {
-                "phase": "Stopped",
+                "phase": TrialPhase.STOPPED.value,
                 "reason": "Deadline" if action.reason == "deadline" else "Stopped",
                 "message": f"stopped: {action.reason}",
                 "finishedAt": to_rfc3339(now),
@@ -329,10 +329,10 @@ def _trial_writes(
         if (
             world.identities.get(state.name) == "foreign"
             and state.name not in settled
-            and state.status["phase"] in ("Pending", "Paused")
+            and state.status["phase"] in (TrialPhase.PENDING, TrialPhase.PAUSED)
         ):
             settled[state.name] = {
-                "phase": "Failed",
+                "phase": TrialPhase.FAILED.value,
                 "reason": "IdentityTaken",
                 "message": f"a ServiceAccount named {trial_identity_name(state.name)} exists and is not the "
                 "trial's own: the trial does not run as it",
@@ -358,7 +358,11 @@ def _trial_writes(
             writes.append(write)
         identity = world.identities.get(state.name, "ready")
         own = _needs_own_identity(study, state.name)
-        if own and identity == "missing" and phase in ("Pending", "Running", "Paused"):
+        if (
+            own
+            and identity == "missing"
+            and phase in (TrialPhase.PENDING, TrialPhase.RUNNING, TrialPhase.PAUSED)
+        ):
             writes.append(CreateIdentity(state.name, tuple(build_trial_identity(trial))))
         ready = not own or identity == "ready"
         if state.name in resumed:
@@ -369,15 +373,15 @@ def _trial_writes(
                 writes.append(CreateJob(state.name, build_job(study, resumed_trial, job_deadline, now)))
             continue
         job = world.jobs.get(state.job_name)
-        if phase in ("Pruned", "Stopped") and still_running(world, state.name, job):
+        if phase in (TrialPhase.PRUNED, TrialPhase.STOPPED) and still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
             writes += stop_job(world, state.name, state.job_name, job, now)
-        elif phase in ("Pending", "Running") and job is None and not state.run_started:
+        elif phase in (TrialPhase.PENDING, TrialPhase.RUNNING) and job is None and not state.run_started:
             if ready:
                 job_deadline = _job_deadline(decision, trial, now)
                 writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
         elif (
-            phase in ("Pending", "Running")
+            phase in (TrialPhase.PENDING, TrialPhase.RUNNING)
             and job is not None
             and decision.deadline is not None
             and "activeDeadlineSeconds" not in job.get("spec", {})
@@ -420,15 +424,15 @@ def _job_deadline(decision: Decision, trial: JSON, now: float) -> float | None:
 
 def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
     message = f"trial {name}: {status.get('message') or phase.lower()}"
-    if phase == "Pruned":
+    if phase == TrialPhase.PRUNED:
         return Event("TrialPruned", message)
-    if phase == "Failed":
+    if phase == TrialPhase.FAILED:
         return Event("TrialFailed", message, "Warning")
-    if phase == "Stopped":
+    if phase == TrialPhase.STOPPED:
         return Event("TrialStopped", message)
-    if phase == "Completed":
+    if phase == TrialPhase.COMPLETED:
         return Event("TrialCompleted", message)
-    if phase == "Paused":
+    if phase == TrialPhase.PAUSED:
         return Event("TrialPaused", message)
     return None
 
@@ -455,12 +459,17 @@ def _invalid(
     trials = {t["metadata"]["name"]: t for t in world.trials}
     for state in states or []:
         if state.view.status.active:
-            stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
+            stop = {
+                "phase": TrialPhase.STOPPED.value,
+                "reason": reason,
+                "message": message,
+                "finishedAt": to_rfc3339(now),
+            }
             job = world.jobs.get(state.job_name)
             write = trial_patch(trials[state.name], stop)
             writes += [write] if write else []
             writes += stop_job(world, state.name, state.job_name, job, now)
-    status = {"phase": "Failed", "message": message, "conditions": conditions}
+    status = {"phase": TrialPhase.FAILED.value, "message": message, "conditions": conditions}
     return Outcome(
         writes=writes,
         status=status_patch(current, status) or None,
@@ -489,13 +498,17 @@ def _settled(world: World, now: float) -> Outcome:
         job_name = current_job_name(trial)
         job = world.jobs.get(job_name)
         stop: JSON = {}
-        if phase not in ENDED_PHASE_NAMES and phase != "Paused":  # a paused trial stays as it ended
-            stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
+        if phase not in ENDED_PHASE_NAMES and phase != TrialPhase.PAUSED:  # a paused trial stays as it ended
+            stop = {
+                "phase": TrialPhase.STOPPED.value,
+                "reason": "StudyFinished",
+                "finishedAt": to_rfc3339(now),
+            }
         write = trial_patch(trial, stop)  # also writes back a status forged after the end
         writes += [write] if write else []
         # A Completed or Paused verdict comes from a pod that exited 0, often before its Job says
         # Complete: that Job is finishing on its own and is kept, a resumed run's record.
-        if phase not in ("Completed", "Paused") and still_running(world, name, job):
+        if phase not in (TrialPhase.COMPLETED, TrialPhase.PAUSED) and still_running(world, name, job):
             writes += stop_job(world, name, job_name, job, now)
     if not writes:
         writes += _checkpoint_cleanup(world)

@@ -9,7 +9,7 @@ from ..study import (
     Decision,
     ResumeTrial,
 )
-from ..trials import ENDED_PHASE_NAMES
+from ..trials import ENDED_PHASE_NAMES, TrialPhase
 from .builders import (
     checkpoint_claim,
     checkpoint_path,
@@ -93,7 +93,7 @@ def _phases(states: list[TrialState], writes: list[Write]) -> list[str]:
         if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
             phases[w.trial] = w.patch["phase"]
         elif isinstance(w, CreateTrial):
-            phases[w.trial["metadata"]["name"]] = "Pending"
+            phases[w.trial["metadata"]["name"]] = TrialPhase.PENDING.value
     return list(phases.values())
 
 
