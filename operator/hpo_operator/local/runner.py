@@ -26,19 +26,12 @@ Everything learned is written to ``DIR/study.json`` (atomically, after every cha
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from ..asha import tie_note
@@ -62,8 +55,18 @@ from ..trials import StopMargin, TrialPhase, clean_exit_phase, model_trial, to_r
 from .document import STUDY_FILE, ResultsError, study_file, write_results
 from .progress import Progress, SilentProgress
 from .reports import ReportReader
-from .slots import THREAD_VARIABLES, Slot
-from .supervision import REFUSED_LOGGED, LocalTrial, describe_exit, read_log_tail, resource_text
+from .slots import Slot
+from .supervision import (
+    REFUSED_LOGGED,
+    LocalTrial,
+    describe_exit,
+    interrupts,
+    kill_at,
+    read_log_tail,
+    resource_text,
+    start_process,
+    trial_environment,
+)
 
 DEFAULT_GRACE_SECONDS = 5.0
 DEFAULT_POLL_SECONDS = 0.2
@@ -174,7 +177,7 @@ class LocalRunner:
         self.contain.start(out / STUDY_FILE)
         self.runner = runner_record(self.contain)
         try:
-            with self._signals():
+            with interrupts(self._interrupted):
                 try:
                     self._loop()
                 except ResultsError as err:
@@ -256,22 +259,9 @@ class LocalRunner:
             return EXIT_INTERRUPTED
         return EXIT_OK if self.state == "Succeeded" else EXIT_NO_RESULT
 
-    @contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM stop the study cleanly; a second one kills the trials at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            self.interrupts += 1
-
-        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    def _interrupted(self) -> None:
+        """SIGINT or SIGTERM: the first stops the study cleanly, a second kills the trials at once."""
+        self.interrupts += 1
 
     # --- looking at the trials -------------------------------------------------------------------
 
@@ -296,12 +286,7 @@ class LocalRunner:
         return changed
 
     def _kill_at(self, term_sent_at: float) -> float:
-        """When a trial given SIGTERM at ``term_sent_at`` gets SIGKILL: after the grace, or sooner
-        when that would end past the deadline (a stop before it, not the final training's)."""
-        kill_at = term_sent_at + self.options.grace
-        if self.deadline is not None and term_sent_at < self.deadline:
-            kill_at = min(kill_at, max(term_sent_at, self.deadline - self.options.kill_lead))
-        return kill_at
+        return kill_at(term_sent_at, self.options.grace, self.deadline, self.options.kill_lead)
 
     def _read_reports(self, trial: LocalTrial, final: bool = False) -> bool:
         rejected = len(trial.reader.rejected)
@@ -505,23 +490,10 @@ class LocalRunner:
         self, name: str, params: Mapping[str, Any], slot: Slot, folder: Path
     ) -> dict[str, str]:
         """This process's environment, with the trial contract's variables and the slot's limits."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
-        checkpoints = folder / "checkpoints"
-        env |= {
-            "HPO_STUDY": self.options.name,
-            "HPO_TRIAL": name,
-            "HPO_HYPERPARAMETERS": json.dumps(dict(params)),
-            "HPO_METRIC": self.study.config.metric,
-            "HPO_MAX_RESOURCE": resource_text(self.study.config.max_resource),
-            "HPO_CHECKPOINT_DIR": str(checkpoints.resolve()),
-            "HPO_REPORT_FILE": str((folder / "reports.jsonl").resolve()),
-            # Live logs: a crashing trial's last lines are in its log, not lost in a buffer.
-            "PYTHONUNBUFFERED": "1",
-        }
-        # One trial per slot: a GPU trial sees only its GPU, a CPU trial none.
-        env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
-        for variable in THREAD_VARIABLES:
-            env[variable] = str(slot.threads)
+        config = self.study.config
+        env = trial_environment(
+            self.options.name, name, params, config.metric, config.max_resource, slot, folder
+        )
         return env | self.contain.environment()  # the study's marker (contain.py)
 
     def _start(self, action: StartTrial, slot: Slot) -> None:
@@ -580,15 +552,7 @@ class LocalRunner:
             raise ResultsError(trial.log_path, err) from err
         with log:
             try:
-                trial.process = subprocess.Popen(
-                    trial.argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=self.options.cwd,
-                    start_new_session=True,  # its own process group, out of reach of the terminal's ^C
-                )
+                trial.process = start_process(trial.argv, env, self.options.cwd, log)
             except OSError as err:
                 log.write(f"cannot start {trial.argv[0]}: {err}\n".encode())
                 trial.status = TrialPhase.FAILED

@@ -1,20 +1,27 @@
 """A trial as a process: its record (reports that count and those refused, its process, how it
-ended), its log's tail and its exit, read for a person."""
+ended), its environment (the trial contract's variables and its slot's limits), its start in a
+process group of its own, when it is killed after SIGTERM, the runner's signals, its log's tail
+and its exit, read for a person. Which of its processes belong to it is contain.py's."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import IO, Any
 
 from ..study import PruneTrial, TrialView
 from ..trials import TrialPhase, report_refusal, to_report
 from .reports import ReportReader
-from .slots import Slot
+from .slots import THREAD_VARIABLES, Slot
 
 LOG_TAIL_LINES = 20
 LOG_TAIL_BYTES = 8192
@@ -118,3 +125,78 @@ def describe_exit(code: int) -> str:
 
 def resource_text(resource: float) -> str:
     return str(int(resource)) if float(resource).is_integer() else str(resource)
+
+
+def trial_environment(
+    study: str,
+    name: str,
+    params: Mapping[str, Any],
+    metric: str,
+    max_resource: float,
+    slot: Slot,
+    folder: Path,
+) -> dict[str, str]:
+    """This process's environment, less its ``HPO_`` variables, with the trial contract's (its
+    name, configuration, metric, R, checkpoint folder and report file) and the slot's limits."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPO_")}
+    env |= {
+        "HPO_STUDY": study,
+        "HPO_TRIAL": name,
+        "HPO_HYPERPARAMETERS": json.dumps(dict(params)),
+        "HPO_METRIC": metric,
+        "HPO_MAX_RESOURCE": resource_text(max_resource),
+        "HPO_CHECKPOINT_DIR": str((folder / "checkpoints").resolve()),
+        "HPO_REPORT_FILE": str((folder / "reports.jsonl").resolve()),
+        # Live logs: a crashing trial's last lines are in its log, not lost in a buffer.
+        "PYTHONUNBUFFERED": "1",
+    }
+    # One trial per slot: a GPU trial sees only its GPU, a CPU trial none.
+    env["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+    for variable in THREAD_VARIABLES:
+        env[variable] = str(slot.threads)
+    return env
+
+
+def start_process(
+    argv: list[str], env: Mapping[str, str], cwd: Path | None, log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """The trial's process, its output to ``log``, in a process group of its own: out of reach of
+    the terminal's ^C, which the runner handles, and signalled as a group. Raises OSError."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        cwd=cwd,
+        start_new_session=True,
+    )
+
+
+def kill_at(term_sent_at: float, grace: float, deadline: float | None, kill_lead: float) -> float:
+    """When a trial given SIGTERM at ``term_sent_at`` gets SIGKILL: after the grace, or sooner
+    when that would end past the deadline (a stop before it, not the final training's), by
+    ``kill_lead`` seconds."""
+    at = term_sent_at + grace
+    if deadline is not None and term_sent_at < deadline:
+        at = min(at, max(term_sent_at, deadline - kill_lead))
+    return at
+
+
+@contextmanager
+def interrupts(handler: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` while inside (in the main thread only: elsewhere Python
+    lets no signal handler be set); the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        handler()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
