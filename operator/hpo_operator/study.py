@@ -9,6 +9,9 @@ restart too). Trial ``k``'s hyper-parameters: the config's prior configurations 
 ``default``, else the middle of its range), as OTX tries the model's own configuration first; then
 the sampler's proposals.
 
+A trial's own rules (its phases, which of its reports count, how a run ends, the stop margin) are
+the trial layer's, trials.py, below this core and shared by every backend.
+
 Which reports count (the same rules for every backend): a report counts when its resource is a
 finite number in (0, R], not below the highest resource the trial reported before it, and its time
 is finite (``trials.report_refusal``); a value that is not finite counts, as the worst value, which never
