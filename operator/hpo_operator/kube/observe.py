@@ -3,9 +3,9 @@
 A trial's state is the operator's verdict once it recorded one (Completed, Pruned, Failed, Stopped,
 in the HPOTrial's verdict annotation, see verdict.py); before that it is read from its Job and pod,
 the pod first because it says "finished" a moment before the Job controller does. Reports are read
-from the status, where the trial writes them; which of them count is the core's rule. A run that
-exits 0 without a report that counts beyond where it started has no result: it is Failed
-(NoReports), never Completed or Paused.
+from the status, where the trial writes them. Which of them count, and how a run that ended
+ends, are the trial layer's rules (trials.py): a run that exits 0 without a report that counts
+beyond where it started has no result: it is Failed (NoReports), never Completed or Paused.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class TrialState:
     run: Run = field(default_factory=Run)
     job_name: str = ""  # the current run's Job
     run_started: bool = False  # the current run's pod has started
-    refusals: Refusals = ()  # the reports the core's rule does not count, with why (in time order)
+    refusals: Refusals = ()  # the reports trials.report_refusal does not count, with why (in time order)
 
 
 def current_job_name(trial: Mapping[str, Any]) -> str:
