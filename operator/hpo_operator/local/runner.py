@@ -7,18 +7,18 @@ what to do on every change and at least every ``poll`` seconds. A pruned or stop
 SIGTERM, then, after ``grace`` seconds, SIGKILL; either goes to its process group and to every
 process it started (contain.py: no process of a trial outlives it, nor the runner).
 
-A report counts when it passes the trial layer's ``report_refusal`` (trials.py) and arrives while its trial runs; the
-others are refused, counted and kept in study.json with the reason, and never reach the core. A run
-that exits 0 without a report that counts beyond where it started is Failed, never Completed: a
-trainer whose metric nobody saw has no result.
+A report counts when it passes the trial layer's ``report_refusal`` (trials.py) and arrives while
+its trial runs; the others are refused, counted and kept in study.json with the reason, and never
+reach the core. A run that exits 0 without a report that counts beyond where it started is Failed,
+never Completed: a trainer whose metric nobody saw has no result.
 
 Each trial's command is the study's with its hyper-parameters substituted (trial_command.py), run by
 the metrics collector (``python -m hpo_trial.collect``) when the config names one.
 
 The deadline is hard: the core decides ``stop_margin`` seconds ahead of the real clock (the
-observation's ``StopMargin``), so it stops trials early enough that their SIGTERM (at most 1 s before SIGKILL there, whatever the grace)
-and the reaping end before the real deadline; a trial stopped earlier whose grace would run past
-the deadline is killed before it.
+observation's ``StopMargin``), so it stops trials early enough that their SIGTERM (at most 1 s
+before SIGKILL there, whatever the grace) and the reaping end before the real deadline; a trial
+stopped earlier whose grace would run past the deadline is killed before it.
 
 Everything learned is written to ``DIR/study.json`` (atomically, after every change) and
 ``DIR/best.json``; each trial's output goes to ``DIR/trials/<trial>/log.txt``.
