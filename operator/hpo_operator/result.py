@@ -1,10 +1,11 @@
 """What a study learned, typed: the result document both backends write.
 
 The operator writes it as the HPOStudy's status (kube/status.py, into kube/resources.py's
-``StudyStatus``, the CRD's model), `hpo run` as ``study.json`` (local/document.py's ``StudyFile``). Both are built from the parts here, by the
-same functions, and each adds only what belongs to its backend (conditions and the observed
-generation on a cluster; processes, slots and per-trial records on this machine). ``StudyResult``
-is the part they share: read back from either, the same trial history gives the same one.
+``StudyStatus``, the CRD's model), `hpo run` as ``study.json`` (local/document.py's
+``StudyFile``). Both are built from the parts here, by the same functions, and each adds only
+what belongs to its backend (conditions and the observed generation on a cluster; processes, slots
+and per-trial records on this machine). ``StudyResult`` is the part they share: read back from
+either, the same trial history gives the same one.
 
 Numbers keep their JSON type (``Number``): a resource of 9 is written 9, as the trial reported it,
 not 9.0; the schema still says ``number``.
