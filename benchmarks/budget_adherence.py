@@ -31,7 +31,8 @@ from typing import Any
 
 from hpo_operator.config import BudgetSpec
 from hpo_operator.simulate import simulate
-from hpo_operator.study import Study, StudyError, TrialStatus
+from hpo_operator.study import Study, StudyError
+from hpo_operator.trials import TrialPhase
 
 from .contenders import study_config
 from .functions import PROBLEMS, Problem
@@ -69,7 +70,7 @@ def run_one(problem: Problem, ratio: float, workers: int, condition: str, seed: 
         # every adapter fails the study at that point.
         return {**row, "refused": f"failed mid-run: {err}", "mid_run": True}
     assert result.deadline is not None
-    cut = sum(len(t.reports) for t in result.trials if t.status is TrialStatus.STOPPED)
+    cut = sum(len(t.reports) for t in result.trials if t.status is TrialPhase.STOPPED)
     return {
         **row,
         "deadline": result.deadline,
@@ -78,7 +79,7 @@ def run_one(problem: Problem, ratio: float, workers: int, condition: str, seed: 
         "budget_used": result.finished_at / result.deadline,
         "busy_fraction": result.busy_seconds / (workers * result.finished_at),
         "trials": len(result.trials),
-        "stopped_at_deadline": sum(1 for t in result.trials if t.status is TrialStatus.STOPPED),
+        "stopped_at_deadline": sum(1 for t in result.trials if t.status is TrialPhase.STOPPED),
         "epochs_cut": cut,
         "epochs": sum(len(t.reports) for t in result.trials),
         "reason": result.finalize.reason,

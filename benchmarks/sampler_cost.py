@@ -24,10 +24,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hpo_operator.asha import Report
 from hpo_operator.config import SamplerName, StudyConfig
 from hpo_operator.space import parse_space
-from hpo_operator.study import Study, TrialStatus, TrialView
+from hpo_operator.study import Study, TrialView
+from hpo_operator.trials import Report, TrialPhase
 
 SPACE = {
     "lr": {"param_type": "loguniform", "range": [1e-5, 1e-1]},
@@ -76,7 +76,7 @@ def ours_ms(
     views = [
         TrialView(
             index=i,
-            status=TrialStatus.COMPLETED if reports[-1][0] == 27 else TrialStatus.PRUNED,
+            status=TrialPhase.COMPLETED if reports[-1][0] == 27 else TrialPhase.PRUNED,
             reports=tuple(Report(e, v, float(i + e)) for e, v in reports),
             started_at=float(i),
             params=params,

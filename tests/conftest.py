@@ -9,12 +9,12 @@ from tests.cluster.fixtures import (  # noqa: F401
     k8s_api_client,
     kube,
     namespace,
-    real_cluster,
-    real_namespace,
     pytest_collection_modifyitems,
     pytest_configure,
     pytest_runtest_makereport,
     pytest_terminal_summary,
+    real_cluster,
+    real_namespace,
 )
 
 # `pytester`, for the tests of those session hooks (tests/unit/test_e2e_rule.py).

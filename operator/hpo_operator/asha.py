@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .config import Mode
+from .trials import Report
 
 
 def rung_resources(min_resource: float, eta: int, max_resource: float) -> tuple[float, ...]:
@@ -76,19 +77,6 @@ class RungDecision:
     @property
     def promoted(self) -> bool:
         return self.rank <= self.keep
-
-
-@dataclass(frozen=True)
-class Report:
-    """One report of a trial: its value at a resource, and when (seconds, on the study's clock)."""
-
-    resource: float
-    value: float
-    time: float
-
-
-def report_order(report: Report) -> tuple[float, float]:
-    return (report.time, report.resource)
 
 
 def rung_records(trial: int, reports: Sequence[Report], rungs: Sequence[float]) -> list[RungRecord]:

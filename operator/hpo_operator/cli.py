@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 import yaml
+from pydantic import ValidationError
 
 from .budget import BudgetTooSmall, make_plan
 from .config import (
@@ -25,6 +26,7 @@ from .config import (
     MAX_PARALLEL_TRIALS,
     ConfigError,
     StudyConfig,
+    StudySpec,
     check_max_resource,
     check_time_ratio,
     format_duration,
@@ -348,9 +350,9 @@ def manifest(
             fail("give either --budget or --time-ratio, not both")
         budget_spec["deadline"] = format_duration(budget)
     else:
-        budget_spec["timeRatio"] = time_ratio if time_ratio is not None else study.budget.time_ratio
+        budget_spec["time_ratio"] = time_ratio if time_ratio is not None else study.budget.time_ratio
         if train_time is not None:
-            budget_spec["trainTime"] = format_duration(train_time)
+            budget_spec["train_time"] = format_duration(train_time)
     parallel: int | str = study.parallel_trials or "auto"
     if parallel_trials == "auto":
         parallel = parallel_trials
@@ -366,40 +368,35 @@ def manifest(
     if not argv:
         fail("--command is empty")
     _check_references(argv, study, "--command")
-    spec: dict[str, Any] = {
+    # The spec is the CRD's own model (config.StudySpec), given in its field names: what it
+    # prints is what the CRD's schema says, camelCase and all.
+    fields: dict[str, Any] = {
         "metric": study.metric,
         "mode": study.mode,
-        "searchAlgorithm": "asha",
-        "hpSpace": _hp_space_spec(study.space),
-        "maximumResource": study.max_resource,
-    }
-    if study.min_resource is not None:
-        spec["minimumResource"] = study.min_resource
-    if study.reduction_factor is not None:
-        spec["reductionFactor"] = study.reduction_factor
-    spec |= {
+        "search_algorithm": "asha",
+        "hp_space": _hp_space_spec(study.space),
+        "maximum_resource": study.max_resource,
+        "minimum_resource": study.min_resource,
+        "reduction_factor": study.reduction_factor,
         "budget": budget_spec,
-        "parallelTrials": parallel,
-        "gpusPerTrial": gpus_per_trial,
+        "parallel_trials": parallel,
+        "gpus_per_trial": gpus_per_trial,
         "seed": study.seed,
         "sampler": study.sampler,
+        "prior_hyperparameters": [dict(prior) for prior in study.priors] or None,
     }
-    if study.priors:
-        spec["priorHyperparameters"] = [dict(prior) for prior in study.priors]
     if study.asha_variant != "stop":
-        spec["asha"] = {"variant": study.asha_variant}
+        fields["asha"] = {"variant": study.asha_variant}
     if final_training or study.final_training:
-        spec["finalTraining"] = {"enabled": True}
-    checkpoints: dict[str, Any] = {}
-    if checkpoint_claim:
-        checkpoints["claimName"] = checkpoint_claim
-    if checkpoint_size:
-        checkpoints["size"] = checkpoint_size
-    if storage_class:
-        checkpoints["storageClassName"] = storage_class
-    if checkpoints:
-        spec["checkpoints"] = checkpoints
-    elif "asha" in spec or "finalTraining" in spec:
+        fields["final_training"] = {"enabled": True}
+    checkpoints = {
+        "claim_name": checkpoint_claim or None,
+        "size": checkpoint_size or None,
+        "storage_class_name": storage_class or None,
+    }
+    if any(checkpoints.values()):
+        fields["checkpoints"] = {k: v for k, v in checkpoints.items() if v is not None}
+    elif "asha" in fields or "final_training" in fields:
         fail(
             "the promote variant and final training keep checkpoints on a volume: give --checkpoint-claim "
             "NAME (an existing claim) or --checkpoint-size SIZE (a claim the operator creates)"
@@ -407,15 +404,16 @@ def manifest(
     if study.metrics_collector is not None:
         collector = study.metrics_collector
         options = collector.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True)
-        spec["metricsCollector"] = {"kind": collector.kind, **options}
-    spec |= {
-        "trialTemplate": {
-            "spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "trial", "image": image, "command": argv}],
-            }
-        },
+        fields["metrics_collector"] = {"kind": collector.kind, **options}
+    fields["trial_template"] = {
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "trial", "image": image, "command": argv}]}
     }
+    # Unset optional fields stay out of the manifest, as a person would write it.
+    given = {k: v for k, v in fields.items() if v is not None}
+    try:
+        spec = StudySpec.model_validate(given).model_dump(by_alias=True, exclude_unset=True, mode="json")
+    except ValidationError as err:  # a config that passed its own checks: name the fields anyway
+        fail(f"the manifest's spec is not valid: {err}")
     study_config_from_spec(spec)  # the manifest must be one the operator accepts
     metadata: dict[str, Any] = {"name": name}
     if namespace:
@@ -557,8 +555,10 @@ def run_command(
     import time as _time
 
     from .config import BudgetSpec
-    from .local import LocalRunner, ResultsError, RunOptions, make_slots
-    from .progress import LineProgress, TerminalProgress
+    from .local.document import ResultsError
+    from .local.progress import LineProgress, TerminalProgress
+    from .local.runner import LocalRunner, RunOptions
+    from .local.slots import make_slots
     from .study import Study, StudyError
 
     study_config = load_study(config, max_resource, slots_flag=cpu_slots is not None or gpus != "auto")[0]
@@ -646,7 +646,7 @@ EXTRA_SHOWN = 8
 def _extra_lines(trials: list[dict[str, Any]]) -> list[str]:
     """The other metrics of each trial's last report (a collector's, or report(**extra)): shown, never
     used for decisions."""
-    from .progress import value_text
+    from .local.progress import value_text
 
     lines = []
     for trial in trials:
@@ -669,7 +669,7 @@ def status_command(target: str, namespace: str | None, kubeconfig: str | None) -
     name of an HPOStudy in the cluster."""
     import time as _time
 
-    from .progress import render
+    from .local.progress import render
 
     path = Path(target)
     if not (path.is_dir() or path.name == "study.json"):
@@ -702,7 +702,7 @@ def plot_command(directory: Path, output: Path | None) -> None:
     """Draw a local study's learning curves and trials over time to a PNG."""
     doc = _load_local_study(directory)
     try:
-        from .plot import plot_study
+        from .local.plot import plot_study
 
         written = plot_study(doc, output or directory / "study.png")
     except ImportError:

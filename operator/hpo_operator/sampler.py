@@ -40,9 +40,10 @@ from typing import Any, get_args
 import numpy as np
 
 from . import gp
-from .asha import Report, rung_records, score
+from .asha import rung_records, score
 from .config import Mode, SamplerName
 from .space import SearchSpace
+from .trials import Report
 
 SAMPLERS: tuple[SamplerName, ...] = get_args(SamplerName)
 

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .asha import Report
+from .budget import Plan
 from .config import StudyConfig
+from .result import StudyResult
 from .study import (
     Decision,
     Finalize,
@@ -25,9 +26,9 @@ from .study import (
     StartTrial,
     StopTrial,
     Study,
-    TrialStatus,
     TrialView,
 )
+from .trials import Report, StopMargin, TrialPhase, clean_exit_phase
 
 Objective = Callable[[dict[str, Any], int], float]
 
@@ -38,10 +39,11 @@ class SimTrial:
     params: dict[str, Any]
     created_at: float
     started_at: float
-    status: TrialStatus = TrialStatus.RUNNING
+    status: TrialPhase = TrialPhase.RUNNING
     reports: list[Report] = field(default_factory=list)
     ended_at: float | None = None
-    stop_at: float = math.inf  # the resource this run ends at (a rung, in the promote variant)
+    stop_at: float | None = None  # the resource this run pauses at (promote variant); None: R
+    start_from: float = 0.0  # the resource this run resumed from
     runs: int = 1  # starts and resumptions
 
     def view(self) -> TrialView:
@@ -57,10 +59,22 @@ class SimResult:
     deadline: float | None
     decisions: int
     busy_seconds: float  # slot-seconds spent in trials
+    plan: Plan | None = None  # the last decision's
 
     @property
     def elapsed(self) -> float:
         return self.finished_at - self.started_at
+
+    def result(self, study: str) -> StudyResult:
+        """The result document's shared part, as a backend would write it for study ``study``."""
+        return StudyResult.of(
+            succeeded=self.finalize.succeeded,
+            plan=self.plan,
+            phases=[t.status for t in self.trials],
+            best=self.finalize.best,
+            trial_name=lambda index: f"{study}-{index}",
+            final=self.finalize.final,
+        )
 
 
 def simulate(
@@ -70,8 +84,10 @@ def simulate(
     epoch_seconds: Callable[[dict[str, Any]], float] | float,
     start_seconds: float = 0.0,
     max_events: int = 10_000_000,
+    stop_margin: StopMargin | None = None,
 ) -> SimResult:
-    """Runs one study to its end on a virtual clock starting at 0."""
+    """Runs one study to its end on a virtual clock starting at 0. ``stop_margin``: a backend's
+    (none by default: a virtual trial stops at once)."""
     study = Study(config, slots)
     epoch_of = epoch_seconds if callable(epoch_seconds) else (lambda _p, e=float(epoch_seconds): e)
     max_resource = math.ceil(config.max_resource)
@@ -83,7 +99,7 @@ def simulate(
     def running() -> int:
         return sum(1 for t in trials.values() if t.status.active)
 
-    def end(trial: SimTrial, status: TrialStatus) -> None:
+    def end(trial: SimTrial, status: TrialPhase) -> None:
         nonlocal busy
         trial.status, trial.ended_at = status, now
         busy += now - trial.created_at
@@ -95,31 +111,37 @@ def simulate(
             free_slots=slots - running(),
             trials=tuple(t.view() for t in trials.values()),
             final_index=final_index,
+            stop_margin=stop_margin or StopMargin(),
         )
         decision: Decision = study.decide(obs)
         for action in decision.actions:
             if isinstance(action, StartTrial):
                 t = SimTrial(action.index, action.params, created_at=now, started_at=now + start_seconds)
-                t.stop_at = action.stop_at if action.stop_at is not None else max_resource
+                t.stop_at = action.stop_at
                 trials[action.index] = t
                 heapq.heappush(events, (t.started_at + epoch_of(t.params), t.index, 1, t.runs))
             elif isinstance(action, ResumeTrial):
                 t = trials[action.index]
-                t.status, t.created_at, t.stop_at, t.ended_at = TrialStatus.RUNNING, now, action.stop_at, None
+                t.status, t.created_at, t.stop_at, t.ended_at = TrialPhase.RUNNING, now, action.stop_at, None
+                t.start_from = action.start_from
                 t.runs += 1
                 resumed = int(action.start_from) + 1
                 heapq.heappush(events, (now + start_seconds + epoch_of(t.params), t.index, resumed, t.runs))
                 if action.final:
                     final_index = action.index
             elif isinstance(action, PruneTrial):
-                end(trials[action.index], TrialStatus.PRUNED)
+                end(trials[action.index], TrialPhase.PRUNED)
             elif isinstance(action, StopTrial):
-                end(trials[action.index], TrialStatus.STOPPED)
+                end(trials[action.index], TrialPhase.STOPPED)
             elif isinstance(action, Finalize):
-                return SimResult(list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy)
+                return SimResult(
+                    list(trials.values()), action, 0.0, now, decision.deadline, decisions, busy, decision.plan
+                )
         # Advance to the next report of a trial still running, or to the deadline (which no longer
         # applies once the final training runs).
-        next_time = decision.deadline if decision.deadline is not None and final_index is None else math.inf
+        next_time = math.inf
+        if decision.deadline is not None and final_index is None:
+            next_time = decision.deadline - decision.stop_margin
         # Events of trials that ended, or of an earlier run of a resumed trial, are stale.
         while events and (
             not trials[events[0][1]].status.active or trials[events[0][1]].runs != events[0][3]
@@ -129,10 +151,9 @@ def simulate(
             now, index, resource, run = heapq.heappop(events)
             t = trials[index]
             t.reports.append(Report(resource, objective(t.params, resource), now))
-            if resource >= max_resource:
-                end(t, TrialStatus.COMPLETED)
-            elif resource >= t.stop_at:
-                end(t, TrialStatus.PAUSED)
+            if resource >= (max_resource if t.stop_at is None else min(t.stop_at, max_resource)):
+                # The trainer exits 0 once it reached where its run stops.
+                end(t, clean_exit_phase(t.reports, t.start_from, t.stop_at, config.max_resource))
             else:
                 heapq.heappush(events, (now + epoch_of(t.params), index, resource + 1, run))
         elif math.isfinite(next_time):

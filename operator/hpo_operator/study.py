@@ -9,9 +9,12 @@ restart too). Trial ``k``'s hyper-parameters: the config's prior configurations 
 ``default``, else the middle of its range), as OTX tries the model's own configuration first; then
 the sampler's proposals.
 
+A trial's own rules (its phases, which of its reports count, how a run ends, the stop margin) are
+the trial layer's, trials.py, below this core and shared by every backend.
+
 Which reports count (the same rules for every backend): a report counts when its resource is a
 finite number in (0, R], not below the highest resource the trial reported before it, and its time
-is finite (``report_refusal``); a value that is not finite counts, as the worst value, which never
+is finite (``trials.report_refusal``); a value that is not finite counts, as the worst value, which never
 becomes the best. A pruned trial's reports past the rung ASHA pruned it at came after its verdict
 and do not count. Adapters that see reports arrive after they stopped or failed a trial drop those
 themselves (the core sees only timestamps, on the trial's clock). ``Study.counting`` gives the
@@ -29,11 +32,9 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any
 
-from .asha import Report as Report
-from .asha import RungDecision, RungRecord, StopReplay, report_order, rung_records, rung_resources, score
+from .asha import RungDecision, RungRecord, StopReplay, rung_records, rung_resources, score
 from .budget import (
     HEADROOM,
     BudgetTooSmall,
@@ -45,25 +46,10 @@ from .budget import (
 )
 from .config import StudyConfig
 from .sampler import Observed, Sampler
-
-
-class TrialStatus(str, Enum):
-    PENDING = "Pending"  # created, not running yet (e.g. waiting for a GPU)
-    RUNNING = "Running"
-    COMPLETED = "Completed"
-    PRUNED = "Pruned"
-    FAILED = "Failed"
-    STOPPED = "Stopped"  # stopped at the deadline
-    PAUSED = "Paused"  # promote variant: trained to its rung and exited; may be resumed
-
-    @property
-    def active(self) -> bool:
-        return self in (TrialStatus.PENDING, TrialStatus.RUNNING)
-
+from .trials import Report, StopMargin, TrialPhase, furthest_level, report_order, screen_reports
 
 # With maxFailedTrials unset, the fewest failed trials that can stop a study (see too_many_failed).
 DEFAULT_MIN_FAILED = 3
-_ENDED = frozenset({TrialStatus.COMPLETED, TrialStatus.PRUNED, TrialStatus.FAILED, TrialStatus.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -74,7 +60,7 @@ class TrialView:
     """
 
     index: int
-    status: TrialStatus
+    status: TrialPhase
     reports: tuple[Report, ...] = ()
     started_at: float | None = None
     params: dict[str, Any] | None = None  # as started; None: the adapter relies on params_for(index)
@@ -88,6 +74,8 @@ class Observation:
     """The world as the adapter sees it; all times in seconds on one clock.
 
     ``final_index``: the trial the adapter resumed for the final training, once it has.
+    ``stop_margin``: how long before the deadline the backend needs its trials stopped; the core
+    decides as of ``now`` plus that margin of its own budget (``Decision.stop_margin``).
     """
 
     started_at: float
@@ -95,6 +83,7 @@ class Observation:
     free_slots: int
     trials: tuple[TrialView, ...] = ()
     final_index: int | None = None
+    stop_margin: StopMargin = field(default_factory=StopMargin)
 
 
 @dataclass(frozen=True)
@@ -168,6 +157,7 @@ class Decision:
     best: Best | None
     message: str = ""  # why nothing more starts, when that is worth saying
     rung_decisions: dict[int, list[RungDecision]] = field(default_factory=dict)
+    stop_margin: float = 0.0  # seconds: the observation's margin, for this decision's budget
 
     @property
     def finalize(self) -> Finalize | None:
@@ -180,45 +170,6 @@ class _Summary:
     rates: list[float]  # seconds per resource unit between consecutive reports
     first: tuple[float, float] | None  # (seconds, resource) from the start to the first report
     standing: tuple[int, float, Report] | None  # highest level reached, its score, its report
-
-
-def report_refusal(report: Report, max_resource: float, highest: float = 0.0) -> str | None:
-    """Why a trial's report does not count, or None when it does.
-
-    ``highest``: the highest resource among the trial's reports that count before this one (in time
-    order); resources only grow within a trial, across its resumed runs too, so a lower one is a
-    trainer that restarted from scratch or a report out of place. A value that is not finite counts
-    (as the worst value): a diverged training is a result, and a bad one.
-    """
-    resource = report.resource
-    if not math.isfinite(resource):
-        return f"resource {resource} is not a finite number"
-    if resource <= 0:
-        return f"resource {resource:g} is not above 0"
-    if resource > max_resource:
-        return f"resource {resource:g} is beyond the maximum resource {max_resource:g}"
-    if resource < highest:
-        return f"resource {resource:g} is below {highest:g}, reported before"
-    if not math.isfinite(report.time):
-        return f"time {report.time} is not a finite number"
-    return None
-
-
-def screen_reports(
-    reports: Sequence[Report], max_resource: float
-) -> tuple[tuple[Report, ...], tuple[tuple[Report, str], ...]]:
-    """``reports`` (in time order) split into those that count and those that do not, with why."""
-    counted: list[Report] = []
-    refused: list[tuple[Report, str]] = []
-    highest = 0.0
-    for report in reports:
-        reason = report_refusal(report, max_resource, highest)
-        if reason is None:
-            counted.append(report)
-            highest = report.resource
-        else:
-            refused.append((report, reason))
-    return tuple(counted), tuple(refused)
 
 
 class StudyError(ValueError):
@@ -301,11 +252,8 @@ class Study:
         records = rung_records(t.index, t.reports, self.rungs)
         standing: tuple[int, float, Report] | None = None
         if t.reports:
-            top = max(r.resource for r in t.reports)
-            level = max((k for k, lv in enumerate(self.levels) if top >= lv), default=-1)
-            at = (
-                t.reports[-1] if level < 0 else next(r for r in t.reports if r.resource >= self.levels[level])
-            )
+            # Below the first rung, a trial stands at level -1 with its last report.
+            level, at = furthest_level(t.reports, self.levels) or (-1, t.reports[-1])
             standing = (level, score(at.value, self.config.mode), at)
         summary = _Summary(records, rates, first, standing)
         self._summaries[t.index] = (key, summary)
@@ -443,7 +391,7 @@ class Study:
             last = decisions.get(t.index)
             # Only a trial the adapter pruned: a report that arrives late with an earlier timestamp
             # may turn the replay against a trial that already trained on, and completed.
-            if t.status is TrialStatus.PRUNED and last and not last[-1].promoted:
+            if t.status is TrialPhase.PRUNED and last and not last[-1].promoted:
                 at = next(k for k, r in enumerate(t.reports) if r.resource >= last[-1].resource)
                 if at + 1 < len(t.reports):
                     t = replace(t, reports=t.reports[: at + 1])
@@ -493,11 +441,11 @@ class Study:
         (a study whose every trial crashes stops after three, not at its deadline; a few crashes
         among many finished trials do not stop it).
         """
-        failed = sum(1 for t in trials if t.status is TrialStatus.FAILED)
+        failed = sum(1 for t in trials if t.status is TrialPhase.FAILED)
         limit = self.config.max_failed_trials
         if limit is not None:
             return f"{failed} trials failed (maxFailedTrials is {limit})" if failed >= limit else None
-        ended = sum(1 for t in trials if t.status in _ENDED)
+        ended = sum(1 for t in trials if t.status.ended)
         if failed >= DEFAULT_MIN_FAILED and 2 * failed >= ended:
             return (
                 f"{failed} of {ended} ended trials failed (with maxFailedTrials unset a study stops "
@@ -508,6 +456,14 @@ class Study:
     # --- the decision -----------------------------------------------------------------------
 
     def decide(self, obs: Observation) -> Decision:
+        """The actions for ``obs``, decided as of ``obs.now`` plus the stop margin of this
+        decision's budget, so that trials stopped at the deadline have ended by it."""
+        margin = obs.stop_margin.seconds(self.budget_seconds([self.screen(t) for t in obs.trials]))
+        if not margin:
+            return self._decide(obs)
+        return replace(self._decide(replace(obs, now=obs.now + margin)), stop_margin=margin)
+
+    def _decide(self, obs: Observation) -> Decision:
         screened = [self.screen(t) for t in sorted(obs.trials, key=lambda t: t.index)]
         # Timing reads every screened report (a pruned trial's last epochs were still epochs);
         # everything else reads the reports that count.
@@ -585,7 +541,7 @@ class Study:
                 params = self.params_for(next_index, tried, self.rungs)
                 actions.append(StartTrial(next_index, params, first_stop))
                 # Later proposals of this decision see this one, so they do not repeat it.
-                tried.append(TrialView(next_index, TrialStatus.PENDING, params=params))
+                tried.append(TrialView(next_index, TrialPhase.PENDING, params=params))
                 active.add(next_index)
                 next_index += 1
                 started += 1
@@ -635,7 +591,7 @@ class Study:
         found: list[tuple[int, int, int, float, float]] = []
         for t in trials:
             records = self.summary(t).records
-            if t.status is not TrialStatus.PAUSED or not records:
+            if t.status is not TrialPhase.PAUSED or not records:
                 continue
             rec = records[-1]
             ranking = by_rung[rec.rung]
@@ -710,7 +666,7 @@ class Study:
         if trial.status.active:
             return Decision([], plan, deadline, best, "final training of the best configuration")
         reached = max((r.resource for r in trial.reports), default=0.0)
-        if trial.status is TrialStatus.COMPLETED and reached >= self.config.max_resource:
+        if trial.status is TrialPhase.COMPLETED and reached >= self.config.max_resource:
             final_best = self._best_of([trial])
             if final_best is not None:
                 return Decision(

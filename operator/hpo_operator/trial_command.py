@@ -1,5 +1,5 @@
 """The trial's command line: hyper-parameters substituted into it, and the metrics collector wrapped
-around it. Pure functions, shared by `hpo run` (local.py) and the operator (kube/builders.py).
+around it. Pure functions, shared by `hpo run` (local/runner.py) and the operator (kube/builders.py).
 
 ``${name}`` in an argument is the value of the hyper-parameter ``name`` (a key of hp_space, dotted
 names included: ``${learning_parameters.learning_rate}``), written as it was sampled: a float as its

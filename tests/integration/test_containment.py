@@ -22,7 +22,8 @@ import pytest
 
 from hpo_operator import contain
 from hpo_operator.config import BudgetSpec, config_from_mapping
-from hpo_operator.local import LocalRunner, RunOptions, Slot
+from hpo_operator.local.runner import LocalRunner, RunOptions
+from hpo_operator.local.slots import Slot
 from hpo_operator.study import Study
 
 pytestmark = [

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from hpo_operator.config import BudgetSpec, config_from_mapping
-from hpo_operator.local import LocalRunner, RunOptions, RunResult, Slot
+from hpo_operator.local.runner import LocalRunner, RunOptions, RunResult
+from hpo_operator.local.slots import Slot
 from hpo_operator.study import Study
 
 pytestmark = pytest.mark.timeout(60)

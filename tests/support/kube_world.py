@@ -9,8 +9,8 @@ from typing import Any
 
 from hpo_operator.kube.capacity import Capacity
 from hpo_operator.kube.observe import to_rfc3339
-from hpo_operator.kube.reconcile import World
 from hpo_operator.kube.verdict import VERDICT_ANNOTATION, verdict_text
+from hpo_operator.kube.writes import World
 
 JSON = dict[str, Any]
 T0 = 1_800_000_000.0  # the study's start on the test's clock

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from hpo_operator.config import BudgetSpec, config_from_mapping
-from hpo_operator.local import LocalRunner, RunOptions, Slot
-from hpo_operator.study import Report, Study, TrialStatus, TrialView
+from hpo_operator.local.runner import LocalRunner, RunOptions
+from hpo_operator.local.slots import Slot
+from hpo_operator.study import Study, TrialView
+from hpo_operator.trials import Report, TrialPhase
 from tests.fixtures import FAKE_TRAINER
 
 
@@ -59,7 +61,7 @@ def views(doc: dict[str, Any]) -> list[TrialView]:
     return [
         TrialView(
             t["index"],
-            TrialStatus(t["status"]),
+            TrialPhase(t["status"]),
             tuple(Report(r["resource"], r["value"], r["time"]) for r in t["reports"]),
             t["startedAt"],
             params=t["params"],

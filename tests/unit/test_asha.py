@@ -6,8 +6,9 @@ import math
 
 import pytest
 
-from hpo_operator.asha import Report, RungRecord, replay_stop, rung_records, rung_resources, tie_note
+from hpo_operator.asha import RungRecord, replay_stop, rung_records, rung_resources, tie_note
 from hpo_operator.config import Mode
+from hpo_operator.trials import Report
 
 
 @pytest.mark.parametrize(

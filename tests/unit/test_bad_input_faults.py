@@ -19,9 +19,11 @@ from hpo_operator.config import (
 )
 from hpo_operator.kube.capacity import Capacity, gpu_capacity
 from hpo_operator.kube.engine import Engine, EngineSettings
-from hpo_operator.kube.reconcile import DeleteJob, World, reconcile
+from hpo_operator.kube.reconcile import reconcile
 from hpo_operator.kube.world import Cluster
-from hpo_operator.study import Observation, StopTrial, Study, TrialStatus, TrialView
+from hpo_operator.kube.writes import DeleteJob, World
+from hpo_operator.study import Observation, StopTrial, Study, TrialView
+from hpo_operator.trials import TrialPhase
 
 SPACE = {"x": {"param_type": "uniform", "range": [0, 1]}}
 
@@ -34,7 +36,7 @@ def study_core(**kw: Any) -> Study:
 def trials(**counts: int) -> tuple[TrialView, ...]:
     out: list[TrialView] = []
     for phase, n in counts.items():
-        out += [TrialView(len(out) + i, TrialStatus[phase.upper()], started_at=0.0) for i in range(n)]
+        out += [TrialView(len(out) + i, TrialPhase[phase.upper()], started_at=0.0) for i in range(n)]
     return tuple(out)
 
 
@@ -58,7 +60,7 @@ def test_unset_max_failed_trials_stops_at_three_failures_that_are_half_of_the_en
     final = decision.finalize
     assert (final is not None and not final.succeeded and "maxFailedTrials" in final.reason) is stops
     if stops:
-        running = [t.index for t in views if t.status is TrialStatus.RUNNING]
+        running = [t.index for t in views if t.status is TrialPhase.RUNNING]
         assert [a.index for a in decision.actions if isinstance(a, StopTrial)] == running
 
 

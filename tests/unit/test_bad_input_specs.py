@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hpo_operator.config import ConfigError, study_config_from_spec
-from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.reconcile import reconcile
+from hpo_operator.kube.writes import World
 from tests.support.spec_mutations import JSON, MUTATIONS, VALID, Mutation, broken
 
 

@@ -31,7 +31,8 @@ from hpo_operator.config import (
     load_config,
     study_config_from_spec,
 )
-from hpo_operator.kube.reconcile import World, reconcile
+from hpo_operator.kube.reconcile import reconcile
+from hpo_operator.kube.writes import World
 from hpo_operator.sampler import SAMPLERS, Sampler
 
 JSON = dict[str, Any]

@@ -11,9 +11,9 @@ import pytest
 
 from hpo_operator import gp
 from hpo_operator import sampler as sampler_module
-from hpo_operator.asha import Report
 from hpo_operator.sampler import Observed, Sampler, min_observations, startup_trials
 from hpo_operator.space import parse_space
+from hpo_operator.trials import Report
 
 
 def test_normal_scores_keep_the_order_and_share_ties() -> None:

@@ -15,12 +15,14 @@ from kubernetes.client import Configuration
 
 from hpo_operator.kube.api import Api, ApiError, verb_and_resource
 from hpo_operator.kube.engine import Engine, EngineSettings
-from hpo_operator.kube.metrics import PrometheusMetrics
 from hpo_operator.kube.observe import to_rfc3339
 from hpo_operator.kube.policy import TrialPolicy
-from hpo_operator.kube.reconcile import SCALED_DOWN_AT, CreateJob, CreateTrial, Event, World, reconcile
+from hpo_operator.kube.prometheus import OperatorMetrics
+from hpo_operator.kube.reconcile import reconcile
+from hpo_operator.kube.stopping import SCALED_DOWN_AT
+from hpo_operator.kube.study_metrics import PrometheusMetrics
 from hpo_operator.kube.world import Cluster
-from hpo_operator.metrics import OperatorMetrics
+from hpo_operator.kube.writes import CreateJob, CreateTrial, Event, World
 from tests.support.kube_world import T0, job, pod, running, study, trial, world
 
 JSON = dict[str, Any]

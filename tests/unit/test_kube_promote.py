@@ -6,8 +6,9 @@ from typing import Any
 
 from hpo_operator.kube.builders import build_claim, build_job, build_trial
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
-from hpo_operator.kube.reconcile import (
-    FINAL_MIN_SECONDS,
+from hpo_operator.kube.reconcile import reconcile
+from hpo_operator.kube.resources import RUN_LABEL
+from hpo_operator.kube.writes import (
     CreateClaim,
     CreateCleanupJob,
     CreateJob,
@@ -15,10 +16,9 @@ from hpo_operator.kube.reconcile import (
     PatchTrialStatus,
     ScaleJobDown,
     World,
-    reconcile,
 )
-from hpo_operator.kube.resources import RUN_LABEL
 from hpo_operator.study import StopTrial
+from hpo_operator.trials import FINAL_MIN_SECONDS
 from tests.support.kube_world import T0, job, pod, study, trial
 
 JSON = dict[str, Any]

@@ -11,20 +11,18 @@ import pytest
 
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.policy import parse_policy
-from hpo_operator.kube.reconcile import (
-    ACCESS_RETRY_SECONDS,
-    JOB_CONTROLLER_WAIT_SECONDS,
-    SCALED_DOWN_AT,
+from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, reconcile
+from hpo_operator.kube.status import condition
+from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
+from hpo_operator.kube.writes import (
     CreateIdentity,
     CreateJob,
     CreateTrial,
     DeleteJob,
     PatchTrialStatus,
     ScaleJobDown,
-    condition,
-    reconcile,
 )
-from hpo_operator.study import TrialStatus
+from hpo_operator.trials import TrialPhase
 from tests.support.kube_world import JSON, T0, job, pod, running, study, trial, world
 
 # --- validation -------------------------------------------------------------------------------------
@@ -293,7 +291,7 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
     t0 = trial(0, (1, 0.5, 2))
     t0["status"]["reports"].append(dict(t0["status"]["reports"][0]))  # a retry: the same report again
     state = observe_trial(t0, job("s-0"), [pod("s-0")], T0 + 10)
-    assert state.view.status is TrialStatus.RUNNING
+    assert state.view.status is TrialPhase.RUNNING
     assert len(state.view.reports) == 1 and state.view.started_at == T0 + 1
     # A second process of the trial counts seq from 0 again, at a new time: a new report.
     t0["status"]["reports"].append({**t0["status"]["reports"][0], "resource": 2, "time": T0 + 9})
@@ -302,13 +300,13 @@ def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> No
 
 
 def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
-    from hpo_operator.kube.reconcile import _only_estimates_moved
+    from hpo_operator.kube.status import only_estimates_moved
 
     plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0, "predictedSeconds": 300.0}
-    assert _only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
-    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
-    assert not _only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
-    assert not _only_estimates_moved({}, plan)
+    assert only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
+    assert not only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
+    assert not only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
+    assert not only_estimates_moved({}, plan)
 
 
 # --- the trial policy -------------------------------------------------------------------------------

@@ -13,16 +13,12 @@ from typing import Any
 
 import pytest
 
-from hpo_operator.local import (
-    LocalRunner,
-    LocalTrial,
-    ReportReader,
-    RunOptions,
-    Slot,
-    detect_gpus,
-    make_slots,
-)
-from hpo_operator.study import PruneTrial, Study, TrialStatus
+from hpo_operator.local.reports import ReportReader
+from hpo_operator.local.runner import LocalRunner, RunOptions
+from hpo_operator.local.slots import Slot, detect_gpus, make_slots
+from hpo_operator.local.supervision import LocalTrial
+from hpo_operator.study import PruneTrial, Study
+from hpo_operator.trials import TrialPhase
 from tests.fixtures import FAKE_TRAINER
 from tests.support.local_study import fake_config
 
@@ -69,7 +65,6 @@ def test_the_report_reader_keeps_the_first_of_each_seq_and_waits_for_whole_lines
 
 
 def test_a_report_of_null_is_the_worst_value_for_the_core(tmp_path: Path) -> None:
-    from hpo_operator.local import LocalTrial
 
     reader = ReportReader(tmp_path / "r.jsonl")
     trial = LocalTrial(0, "s-0", {}, Slot(0, None, 1), tmp_path, reader, started_at=0.0)
@@ -127,4 +122,4 @@ def test_a_pruned_trial_whose_value_equals_the_cutoff_is_logged_as_a_tie(tmp_pat
         " (a tie: the value recorded first continues)",
         "fake-1 pruned at rung 0 (resource 1): score 0.8, cut-off 0.9",
     ]
-    assert runner.trials[0].status is TrialStatus.PRUNED
+    assert runner.trials[0].status is TrialPhase.PRUNED

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hpo_operator.metrics import (
+from hpo_operator.kube.prometheus import (
     DECISION_LATENCY_BUCKETS,
     MetricsServer,
     OperatorMetrics,

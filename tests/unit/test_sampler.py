@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from hpo_operator import sampler as sampler_module
-from hpo_operator.asha import Report
 from hpo_operator.sampler import (
     DATA_MIN_POINTS,
     GAMMA,
@@ -30,6 +29,7 @@ from hpo_operator.sampler import (
     startup_trials,
 )
 from hpo_operator.space import SearchSpace, parse_space
+from hpo_operator.trials import Report
 
 ALL_TYPES = parse_space(
     {

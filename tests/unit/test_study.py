@@ -14,23 +14,20 @@ from hpo_operator.study import (
     Finalize,
     Observation,
     PruneTrial,
-    Report,
     ResumeTrial,
     StartTrial,
     StopTrial,
     Study,
     StudyError,
-    TrialStatus,
     TrialView,
-    report_refusal,
-    screen_reports,
 )
+from hpo_operator.trials import Report, TrialPhase, report_refusal, screen_reports
 
 RUNNING, COMPLETED, PRUNED, FAILED = (
-    TrialStatus.RUNNING,
-    TrialStatus.COMPLETED,
-    TrialStatus.PRUNED,
-    TrialStatus.FAILED,
+    TrialPhase.RUNNING,
+    TrialPhase.COMPLETED,
+    TrialPhase.PRUNED,
+    TrialPhase.FAILED,
 )
 
 
@@ -56,7 +53,7 @@ def obs(now: float, free: int, *trials: TrialView) -> Observation:
 
 
 def trial(
-    index: int, status: TrialStatus, *reports: tuple[float, float, float], started: float = 0.0
+    index: int, status: TrialPhase, *reports: tuple[float, float, float], started: float = 0.0
 ) -> TrialView:
     return TrialView(index, status, tuple(Report(*r) for r in reports), started)
 
@@ -392,7 +389,7 @@ def test_a_time_ratio_below_one_training_is_refused_before_any_trial() -> None:
 
 # --- the promote variant and the final training ------------------------------------------------
 
-PAUSED = TrialStatus.PAUSED
+PAUSED = TrialPhase.PAUSED
 
 
 def test_promote_starts_trials_that_pause_at_the_first_rung() -> None:
@@ -486,7 +483,7 @@ def test_final_training_resumes_the_best_to_r_after_the_deadline() -> None:
     # The best is still running: stop it first, and no finalize yet.
     assert [a for a in at_deadline.actions if isinstance(a, StopTrial)] == [StopTrial(0, "deadline")]
     assert at_deadline.finalize is None and not [a for a in at_deadline.actions if isinstance(a, ResumeTrial)]
-    stopped = replace(best, status=TrialStatus.STOPPED)
+    stopped = replace(best, status=TrialPhase.STOPPED)
     resume = study.decide(obs(361, 2, stopped, other)).actions
     assert resume == [ResumeTrial(0, study.params_for(0), 3, 9, final=True)]
     # The final run is past the deadline and still goes on; then it finalizes with its own result.

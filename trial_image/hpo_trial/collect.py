@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo_trial import env
+from hpo_trial.lines import LineTail
 from hpo_trial.reporting import Reporter, RetryPolicy
 from hpo_trial.transports import Transport, transport_from_env
 
@@ -227,12 +228,11 @@ class FollowedFile:
 
     path: Path
     csv: bool
-    offset: int = 0
+    tail: LineTail = field(default_factory=LineTail)
     identity: tuple[int, int] | None = None
     header: list[str] | None = None
     header_line: bytes | None = None
     taken: int = 0  # records read so far (those that existed at the start included)
-    partial: bytes = b""
 
     def read(self, final: bool = False) -> list[Record]:
         """The records appended since the last read; ``final``: the writer is gone, so a last line
@@ -241,25 +241,23 @@ class FollowedFile:
             with self.path.open("rb") as handle:
                 stat = os.fstat(handle.fileno())
                 identity = (stat.st_dev, stat.st_ino)
-                if identity != self.identity or stat.st_size < self.offset or self._header_changed(handle):
+                if (
+                    identity != self.identity
+                    or stat.st_size < self.tail.offset
+                    or self._header_changed(handle)
+                ):
                     # Replaced, truncated or rewritten: read again from the start, skipping what was taken.
-                    self.identity, self.offset, self.partial = identity, 0, b""
+                    self.identity, self.tail = identity, LineTail()
                     self.header = self.header_line = None
                     skip, self.taken = self.taken, 0
                 else:
                     skip = 0
-                handle.seek(self.offset)
+                handle.seek(self.tail.offset)
                 data = handle.read()
         except OSError:
             return []
-        self.offset += len(data)
-        lines = (self.partial + data).split(b"\n")
-        self.partial = lines.pop()
-        if final and self.partial.strip():
-            lines.append(self.partial)
-            self.partial = b""
         records = []
-        for line in lines:
+        for line in self.tail.lines(data, final):
             record = self._parse(line)
             if record is None:
                 continue

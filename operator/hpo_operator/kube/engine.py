@@ -23,11 +23,12 @@ from typing import Any
 import urllib3
 
 from .api import ApiError
-from .metrics import Metrics, NullMetrics
 from .observe import to_timestamp
-from .reconcile import Event, reconcile, reconcile_failed
+from .reconcile import reconcile, reconcile_failed
 from .resources import GROUP, STUDY_PLURAL, VERSION
+from .study_metrics import Metrics, NullMetrics
 from .world import Cluster, study_path
+from .writes import Event
 
 log = logging.getLogger("hpo_operator")
 Key = tuple[str, str]  # (namespace, study name)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import kopf
 from kubernetes.client import Configuration
 
-from ..metrics import MetricsServer, OperatorMetrics, serve
 from . import handlers  # noqa: F401  (registers the handlers with kopf)
 from .api import Api, load_configuration
 from .engine import Engine, EngineSettings
 from .leader import LeaderElector
-from .metrics import PrometheusMetrics
 from .policy import TrialPolicy
+from .prometheus import MetricsServer, OperatorMetrics, serve
+from .study_metrics import PrometheusMetrics
 from .world import Cluster
 
 log = logging.getLogger("hpo_operator")

@@ -3,9 +3,9 @@
 A trial's state is the operator's verdict once it recorded one (Completed, Pruned, Failed, Stopped,
 in the HPOTrial's verdict annotation, see verdict.py); before that it is read from its Job and pod,
 the pod first because it says "finished" a moment before the Job controller does. Reports are read
-from the status, where the trial writes them; which of them count is the core's rule. A run that
-exits 0 without a report that counts beyond where it started has no result: it is Failed
-(NoReports), never Completed or Paused.
+from the status, where the trial writes them. Which of them count, and how a run that ended
+ends, are the trial layer's rules (trials.py): a run that exits 0 without a report that counts
+beyond where it started has no result: it is Failed (NoReports), never Completed or Paused.
 """
 
 from __future__ import annotations
@@ -16,9 +16,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..study import Report, TrialStatus, TrialView, screen_reports
+from ..study import TrialView
+from ..trials import (
+    ENDED_PHASE_NAMES,
+    Report,
+    ReportKeys,
+    TrialPhase,
+    clean_exit_phase,
+    furthest_level,
+    parse_report,
+    screen_reports,
+    to_report,
+)
 from .builders import Run, run_of
-from .resources import RUN_LABEL, TERMINAL_TRIAL_PHASES, job_name
+from .resources import RUN_LABEL, job_name
 from .verdict import counted_reports, verdict_of
 
 JSON = dict[str, Any]
@@ -38,31 +49,14 @@ def to_rfc3339(seconds: float, micro: bool = False) -> str:
     return moment.isoformat(timespec="microseconds" if micro else "seconds").replace("+00:00", "Z")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def reports_of(trial: Mapping[str, Any]) -> tuple[Report, ...]:
-    """The trial's reports as written, the first of each ``(seq, time)``: a retried report may
-    arrive twice, while a second process of the same trial counts ``seq`` from 0 again at new times.
-    Reports appended after the operator's verdict on the run are not read (verdict.py); an entry
-    without a numeric resource and time is skipped, a value that is not a number is NaN. Which of
-    these count is the core's rule (study.report_refusal)."""
-    seen: set[tuple[Any, Any]] = set()
-    out: list[Report] = []
-    for raw in counted_reports(trial):
-        if not isinstance(raw, Mapping):
-            continue
-        key = (raw.get("seq"), raw.get("time"))
-        resource, at = _number(raw.get("resource")), _number(raw.get("time"))
-        if key in seen or resource is None or at is None:
-            continue
-        seen.add(key)
-        value = _number(raw.get("value"))
-        out.append(Report(resource, math.nan if value is None else value, at))
-    return tuple(out)
+    """The trial's reports as written, read by the trial layer's rules (trials.parse_report, the
+    first of each ``(seq, time)``); an entry that is no report is skipped. Reports appended after
+    the operator's verdict on the run are not read (verdict.py). Which of these count is
+    trials.report_refusal's rule."""
+    keys = ReportKeys()
+    parsed = (parse_report(raw) for raw in counted_reports(trial))
+    return tuple(to_report(p) for p in parsed if not isinstance(p, str) and keys.first(p))
 
 
 Refusals = tuple[tuple[Report, str], ...]
@@ -131,7 +125,7 @@ class TrialState:
     run: Run = field(default_factory=Run)
     job_name: str = ""  # the current run's Job
     run_started: bool = False  # the current run's pod has started
-    refusals: Refusals = ()  # the reports the core's rule does not count, with why (in time order)
+    refusals: Refusals = ()  # the reports trials.report_refusal does not count, with why (in time order)
 
 
 def current_job_name(trial: Mapping[str, Any]) -> str:
@@ -145,8 +139,8 @@ def run_pods(trial: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> lis
     return [p for p in pods if ((p["metadata"].get("labels") or {}).get(RUN_LABEL) or "0") == number]
 
 
-def _finished(phase: str, reason: str, message: str, exit_code: int | None = None) -> JSON:
-    out: JSON = {"phase": phase, "reason": reason, "message": message}
+def _finished(phase: TrialPhase, reason: str, message: str, exit_code: int | None = None) -> JSON:
+    out: JSON = {"phase": phase.value, "reason": reason, "message": message}
     if exit_code is not None:
         out["exitCode"] = exit_code
     return out
@@ -162,12 +156,6 @@ def termination_message(pod: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def _reported(counted: Sequence[Report], run: Run) -> bool:
-    """The run made a report that counts beyond the resource it started from (0, or where it was
-    resumed): a paused run at its stop resource has, a run whose trainer's metric nobody saw has not."""
-    return any(r.resource > (run.start_from or 0.0) for r in counted)
-
-
 def _no_reports(refusals: Refusals, run: Run, pod: Mapping[str, Any] | None) -> JSON:
     message = "the trial exited with status 0 without a report that counts"
     if run.start_from:
@@ -177,7 +165,7 @@ def _no_reports(refusals: Refusals, run: Run, pod: Mapping[str, Any] | None) -> 
     said = termination_message(pod)
     if said:
         message += f"; {said}"
-    return _finished("Failed", "NoReports", message, 0)
+    return _finished(TrialPhase.FAILED, "NoReports", message, 0)
 
 
 def _ended_at(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None) -> float | None:
@@ -195,22 +183,22 @@ def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, start
     failed = _condition(job, "Failed") if job else None
     if failed and failed.get("reason") == "DeadlineExceeded":
         return _finished(
-            "Stopped", "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
+            TrialPhase.STOPPED, "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
         )
     if (job and _condition(job, "Complete")) or pod_phase == "Succeeded":
-        return _finished("Completed", "Completed", "the trial exited with status 0", 0)
+        return _finished(TrialPhase.COMPLETED, "Completed", "the trial exited with status 0", 0)
     if failed or pod_phase == "Failed":
         state = _terminated(pod) if pod else None
         code = state.get("exitCode") if state else None
         why = (state or {}).get("reason") or (failed or {}).get("reason") or "Failed"
         detail = (failed or {}).get("message") or ""
         message = f"exit code {code}" if code is not None else "the trial's pod failed"
-        return _finished("Failed", str(why), message + (f": {detail}" if detail else ""), code)
+        return _finished(TrialPhase.FAILED, str(why), message + (f": {detail}" if detail else ""), code)
     if job is None and started:
-        return _finished("Failed", "JobDeleted", "its Job was deleted while the trial ran")
+        return _finished(TrialPhase.FAILED, "JobDeleted", "its Job was deleted while the trial ran")
     if pod_phase == "Running":
-        return {"phase": "Running"}
-    return {"phase": "Pending"}
+        return {"phase": TrialPhase.RUNNING.value}
+    return {"phase": TrialPhase.PENDING.value}
 
 
 def observe_trial(
@@ -240,24 +228,29 @@ def observe_trial(
     if run_started_text is None and run.number > 0 and pod is not None:
         run_started_at = pod_started_at(pod)
         run_started_text = to_rfc3339(run_started_at) if run_started_at is not None else None
-    if current.get("phase") in TERMINAL_TRIAL_PHASES or current.get("phase") == "Paused":
+    if current.get("phase") in ENDED_PHASE_NAMES or current.get("phase") == TrialPhase.PAUSED:
         status: JSON = {"phase": current["phase"]}
     else:
         status = _verdict(job, pod, run_started_text is not None)
-        pauses = run.stop_at is not None and max_resource is not None and run.stop_at < max_resource
-        if status["phase"] == "Completed" and not _reported(counted, run):
+        # Without R (no config) a run is never taken for one that paused.
+        stop_at = run.stop_at if max_resource is not None else None
+        exit_phase = TrialPhase.COMPLETED
+        if status["phase"] == TrialPhase.COMPLETED:
+            exit_phase = clean_exit_phase(counted, run.start_from, stop_at, max_resource or 0.0)
+        if exit_phase is TrialPhase.FAILED:
             ended = _ended_at(job, pod)
             if ended is not None and now - ended < REPORT_SETTLE_SECONDS:
                 # The last report may be newer than the HPOTrial list this was read from: the
                 # reports are written before the exit, but each list comes from its own cache.
-                status = {"phase": "Running"}
+                status = {"phase": TrialPhase.RUNNING.value}
             else:
                 status = _no_reports(refusals, run, pod)
                 status["finishedAt"] = to_rfc3339(now)
-        elif status["phase"] == "Completed" and pauses:
-            assert run.stop_at is not None
-            status = _finished("Paused", "Paused", f"trained to resource {run.stop_at:g}; may be promoted", 0)
-        elif status["phase"] in TERMINAL_TRIAL_PHASES:
+        elif exit_phase is TrialPhase.PAUSED:
+            status = _finished(
+                TrialPhase.PAUSED, "Paused", f"trained to resource {stop_at:g}; may be promoted", 0
+            )
+        elif status["phase"] in ENDED_PHASE_NAMES:
             status["finishedAt"] = to_rfc3339(now)
     if started_text:
         status["startedAt"] = started_text
@@ -265,7 +258,7 @@ def observe_trial(
         status["runStartedAt"] = run_started_text
     view = TrialView(
         index=int(trial["spec"]["index"]),
-        status=TrialStatus(status["phase"]),
+        status=TrialPhase(status["phase"]),
         reports=reports,
         started_at=started_at,
         params=dict(trial["spec"].get("hyperparameters") or {}),
@@ -293,11 +286,10 @@ def progress(reports: Sequence[Report], levels: Sequence[float], final: bool) ->
     if final:
         at = ordered[-1]
         return {"resource": max(r.resource for r in ordered), "lastValue": _finite(at.value)}
-    top = max((lv for lv in levels if any(r.resource >= lv for r in ordered)), default=None)
-    if top is None:
+    reached = furthest_level(ordered, levels)
+    if reached is None:
         return {}
-    at = next(r for r in ordered if r.resource >= top)
-    return {"resource": at.resource, "lastValue": _finite(at.value)}
+    return {"resource": reached[1].resource, "lastValue": _finite(reached[1].value)}
 
 
 def _finite(value: float) -> float | None:

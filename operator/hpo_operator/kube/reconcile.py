@@ -4,13 +4,15 @@ Level-based: it reads everything it needs (the study, its HPOTrials, their Jobs 
 capacity), asks the decision core, and returns only the writes that change something. State lives
 in the API (the study's ``status.budget.startedAt``, the HPOTrials and their reports), so any
 operator, restarted or not, computes the same writes from the same world. world.py does the I/O.
+
+Beside it: writes.py (the world read and the writes returned), status.py (the study's status),
+stopping.py (how a stopped trial's Job ends); a trial's rules are trials.py's, observe.py reads
+them from API objects.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..asha import tie_note
@@ -27,6 +29,7 @@ from ..study import (
     StudyError,
 )
 from ..trial_command import template_problems
+from ..trials import ENDED_PHASE_NAMES, StopMargin, TrialPhase, final_training_seconds, model_trial
 from .builders import (
     build_claim,
     build_cleanup_job,
@@ -34,7 +37,6 @@ from .builders import (
     build_trial,
     build_trial_identity,
     checkpoint_claim,
-    checkpoint_path,
     cleanup_job_name,
     run_of,
     trial_account,
@@ -51,7 +53,25 @@ from .observe import (
     to_timestamp,
 )
 from .policy import TrialPolicy, refused_fields
-from .resources import GPU, TERMINAL_STUDY_PHASES, TERMINAL_TRIAL_PHASES, trial_identity_name, trial_name
+from .resources import (
+    GPU,
+    TERMINAL_STUDY_PHASES,
+    trial_identity_name,
+    trial_name,
+)
+from .status import (
+    RESYNC_SECONDS,
+    merge_conditions,
+    only_estimates_moved,
+    only_the_clock_moved,
+    study_status,
+)
+from .stopping import (
+    live_pods,
+    still_running,
+    stop_check_after,
+    stop_job,
+)
 from .verdict import (
     DERIVED_FIELDS,
     RECORDED_FIELDS,
@@ -61,15 +81,23 @@ from .verdict import (
     verdict_of,
     verdict_text,
 )
+from .writes import (
+    JSON,
+    CreateClaim,
+    CreateCleanupJob,
+    CreateIdentity,
+    CreateJob,
+    CreateTrial,
+    Event,
+    Outcome,
+    PatchJobDeadline,
+    PatchTrialStatus,
+    World,
+    Write,
+)
 
 # A run's verdict is final for these: its reports are counted then, and later ones never count.
-SETTLED_PHASES = TERMINAL_TRIAL_PHASES | {"Paused"}
-
-JSON = dict[str, Any]
-
-# How often a running study is looked at even when nothing it watches changes: other workloads'
-# pods free GPUs without an event the operator watches.
-RESYNC_SECONDS = 5.0
+SETTLED_PHASES = ENDED_PHASE_NAMES | {TrialPhase.PAUSED.value}
 # The reconcile decides for the moment its writes will have landed, this much after it read the
 # world, so that a study stopped "at the deadline" is finished at the deadline, not just after it.
 LEAD_SECONDS = 1.0
@@ -77,180 +105,21 @@ LEAD_SECONDS = 1.0
 # seconds, for a late reconcile (a busy operator or API server) and the trial pods' stopping.
 STOP_MARGIN_FRACTION = 0.03
 STOP_MARGIN_MAX = 10.0
+STOP_MARGIN = StopMargin(LEAD_SECONDS, STOP_MARGIN_FRACTION, STOP_MARGIN_MAX)
 # While a trial's ServiceAccount waits for its token (clusters before 1.24), look again soon.
 ACCESS_RETRY_SECONDS = 0.2
-# A stopped trial's Job is first scaled to no pods, so that the Job controller deletes the pod itself;
-# if its pod still runs this long after, the operator deletes the pod and the Job by name.
-JOB_CONTROLLER_WAIT_SECONDS = 10.0
-# When the Job was scaled down, on the Job (the time of the verdict is not it after an outage).
-SCALED_DOWN_AT = "hpo.dev/scaled-down-at"
-# The final training's Job may run this many times a full training as the plan predicts it
-# (start-up + R epochs), and at least FINAL_MIN_SECONDS; the HPO deadline does not bound it.
-FINAL_TRAININGS = 3
-FINAL_MIN_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class World:
-    """Everything one reconcile of a study reads."""
-
-    study: JSON
-    trials: tuple[JSON, ...] = ()
-    jobs: Mapping[str, JSON] = field(default_factory=dict)  # by name (= the trial's name)
-    pods: Mapping[str, tuple[JSON, ...]] = field(default_factory=dict)  # by trial name
-    capacity: Capacity = field(default_factory=lambda: Capacity(0, 0))
-    # The identity (ServiceAccount) of each trial that may need a new Job (needs_identity): "missing",
-    # "waiting" (for its token Secret), "ready", or "foreign" (an account of that name that is not
-    # the trial's own); a trial not named is looked at again next time.
-    identities: Mapping[str, str] = field(default_factory=dict)
-    token_secrets: bool = False  # before 1.24 a pod is admitted only once its account has a token
-    claim_exists: bool = True  # the checkpoint claim the operator creates (spec.checkpoints.size)
 
 
 def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
     """Whether the trial may get a new Job soon (and so its identity must be ready): it has not
     settled and its current run's Job does not exist, or it is paused and may be resumed."""
     phase = verdict_of(trial).get("phase")
-    if phase in TERMINAL_TRIAL_PHASES:
+    if phase in ENDED_PHASE_NAMES:
         return False
-    return phase == "Paused" or current_job_name(trial) not in jobs
-
-
-# --- the writes ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    reason: str
-    message: str
-    type: str = "Normal"
-
-
-@dataclass(frozen=True)
-class CreateIdentity:
-    """A trial's ServiceAccount, Role and RoleBinding, owned by its HPOTrial (409: they exist)."""
-
-    trial: str
-    objects: tuple[JSON, ...]
-
-
-@dataclass(frozen=True)
-class CreateClaim:
-    """The study's checkpoint PersistentVolumeClaim (409: it exists)."""
-
-    claim: JSON
-
-
-@dataclass(frozen=True)
-class CreateCleanupJob:
-    """The Job that deletes the checkpoints no trial will resume from (409: it exists)."""
-
-    job: JSON
-    event: Event
-
-
-@dataclass(frozen=True)
-class CreateTrial:
-    """Create the HPOTrial (409: it exists), then its identity (unless the template names an allowed
-    account) and its Job, owned by it; the event only if new. No Job where the cluster must first
-    make the identity's token: a later reconcile makes it."""
-
-    trial: JSON
-    job: JSON | None
-    event: Event
-    identity: bool = True
-
-
-@dataclass(frozen=True)
-class CreateJob:
-    trial: str
-    job: JSON
-
-
-@dataclass(frozen=True)
-class PatchTrialStatus:
-    """``verdict``: the operator's record of the trial (verdict.py), written first when it changed;
-    ``patch``: a merge patch of the HPOTrial's status, which mirrors it."""
-
-    trial: str
-    patch: JSON
-    event: Event | None = None
-    verdict: JSON | None = None
-
-
-@dataclass(frozen=True)
-class ScaleJobDown:
-    """``spec.parallelism: 0`` on a stopped trial's Job, stamped with ``at``: the Job controller
-    deletes the pod, and having seen parallelism 0 before the pod's deletion it never replaces it. A
-    pod deleted by anyone else is replaced by a controller whose cache still wants one, and the
-    replacement takes a GPU until the garbage collector removes it."""
-
-    name: str
-    at: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    """The Job goes (background propagation), and the pods named are deleted right after instead of
-    waiting for the garbage collector: a Job whose pods already stop, or whose controller did not act
-    on ``ScaleJobDown`` in time, or a pod whose Job is already gone."""
-
-    name: str
-    pods: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PatchJobDeadline:
-    name: str
-    seconds: int
-
-
-Write = (
-    CreateIdentity
-    | CreateClaim
-    | CreateCleanupJob
-    | CreateTrial
-    | CreateJob
-    | PatchTrialStatus
-    | ScaleJobDown
-    | DeleteJob
-    | PatchJobDeadline
-)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    writes: list[Write] = field(default_factory=list)
-    status: JSON | None = None  # a merge patch of the study's status, None when nothing changed
-    first_status: JSON | None = None  # written before anything else: the budget's start
-    events: list[Event] = field(default_factory=list)
-    requeue_after: float | None = None
-    decision: Decision | None = None
-
-
-# --- conditions ---------------------------------------------------------------------------------
-
-
-def condition(current: list[JSON], kind: str, status: bool, reason: str, message: str, now: float) -> JSON:
-    """A condition whose lastTransitionTime moves only when its status does."""
-    text = "True" if status else "False"
-    old = next((c for c in current if c.get("type") == kind), None)
-    since = old["lastTransitionTime"] if old and old.get("status") == text else to_rfc3339(now)
-    return {"type": kind, "status": text, "reason": reason, "message": message, "lastTransitionTime": since}
-
-
-def _conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], now: float) -> list[JSON]:
-    kinds = {w[0] for w in wanted}
-    kept = [c for c in current if c.get("type") not in kinds]
-    return kept + [condition(current, *w, now=now) for w in wanted]
+    return phase == TrialPhase.PAUSED or current_job_name(trial) not in jobs
 
 
 # --- the reconcile ------------------------------------------------------------------------------
-
-
-def stop_margin(budget_seconds: float | None) -> float:
-    """How long before the deadline the trials are stopped, besides LEAD_SECONDS."""
-    return 0.0 if not budget_seconds else min(STOP_MARGIN_MAX, STOP_MARGIN_FRACTION * budget_seconds)
 
 
 def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Outcome:
@@ -294,14 +163,13 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     ]
     core = Study(config, _slots(config, gpus, world.capacity))
     final_index = _final_index(study, states)
-    budget_seconds = (status.get("budget") or {}).get("budgetSeconds") or config.budget.seconds()
-    lead = LEAD_SECONDS + stop_margin(budget_seconds)
     observation = Observation(
         started_at=started_at,
-        now=now + lead,
+        now=now,
         free_slots=_free_slots(gpus, world.capacity, states),
         trials=tuple(s.view for s in states),
         final_index=final_index,
+        stop_margin=STOP_MARGIN,  # of the core's own budget
     )
     try:
         decision = core.decide(observation)
@@ -326,18 +194,18 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         and final_index is None
         and not resumed_final
     ):
-        requeue = min(requeue, max(0.05, decision.deadline - lead - now + 0.02))
-    stop_check = _stop_check_after(world, now)
+        requeue = min(requeue, max(0.05, decision.deadline - decision.stop_margin - now + 0.02))
+    stop_check = stop_check_after(world, now)
     if stop_check is not None:
         requeue = min(requeue, stop_check)
-    new_status = _study_status(study, states, decision, started_at, now, writes)
+    new_status = study_status(study, states, decision, started_at, now, writes)
     finalize = decision.finalize
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
-    if "plan" in patch and _only_estimates_moved(status.get("plan") or {}, patch["plan"]):
+    if "plan" in patch and only_estimates_moved(status.get("plan") or {}, patch["plan"]):
         del patch["plan"]
-    if set(patch) == {"budget"} and _only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
+    if set(patch) == {"budget"} and only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(
         writes=writes,
@@ -359,19 +227,19 @@ def _final_index(study: JSON, states: list[TrialState]) -> int | None:
 
 
 def _final_seconds(decision: Decision, start_from: float) -> float | None:
-    """The bound of the final training's Job: FINAL_TRAININGS full trainings as planned, at least
-    FINAL_MIN_SECONDS."""
+    """The bound of the final training's Job (trials.final_training_seconds), once there is a plan."""
     plan = decision.plan
     if plan is None:
         return None
-    training = plan.trial_overhead_seconds + (plan.max_resource - start_from) * plan.epoch_seconds
-    return max(FINAL_MIN_SECONDS, FINAL_TRAININGS * training)
+    return final_training_seconds(
+        plan.trial_overhead_seconds, plan.epoch_seconds, plan.max_resource, start_from
+    )
 
 
 def _resume_status(action: ResumeTrial, run: int) -> JSON:
     """The HPOTrial status of a new run: Pending again, and what was left of the last run cleared."""
     return {
-        "phase": "Pending",
+        "phase": TrialPhase.PENDING.value,
         "run": run,
         "startFrom": action.start_from,
         "stopAt": action.stop_at,
@@ -385,37 +253,6 @@ def _resume_status(action: ResumeTrial, run: int) -> JSON:
         "rung": None,
         "cutoff": None,
     }
-
-
-def _only_the_clock_moved(current: JSON, desired: JSON) -> bool:
-    """True when the budget changed by usedSeconds alone, and by less than a resync: not worth a write."""
-    others = {k: v for k, v in desired.items() if k != "usedSeconds"}
-    moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
-    return status_patch(current, others) == {} and moved < RESYNC_SECONDS
-
-
-# Plan figures re-measured from every report; a change below this share is not worth a write.
-PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
-ESTIMATE_TOLERANCE = 0.05
-
-
-def _only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
-    """True when the plan changed by its time estimates alone, each by less than 5%."""
-    if not current or not desired:
-        return False
-    if status_patch(
-        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
-        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
-    ):
-        return False
-    for key in PLAN_ESTIMATES:
-        old, new = current.get(key), desired.get(key)
-        if old is None or new is None:
-            if old != new:
-                return False
-        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
-            return False
-    return True
 
 
 def _slots(config: StudyConfig, gpus: int, capacity: Capacity) -> int:
@@ -473,7 +310,7 @@ def _trial_writes(
             resumed[state.name] = action
         elif isinstance(action, PruneTrial):
             settled[trial_name(name, action.index)] = {
-                "phase": "Pruned",
+                "phase": TrialPhase.PRUNED.value,
                 "rung": action.rung,
                 "cutoff": action.cutoff,
                 "reason": "Pruned",
@@ -483,7 +320,7 @@ def _trial_writes(
             }
         elif isinstance(action, StopTrial):
             settled[trial_name(name, action.index)] = {
-                "phase": "Stopped",
+                "phase": TrialPhase.STOPPED.value,
                 "reason": "Deadline" if action.reason == "deadline" else "Stopped",
                 "message": f"stopped: {action.reason}",
                 "finishedAt": to_rfc3339(now),
@@ -492,10 +329,10 @@ def _trial_writes(
         if (
             world.identities.get(state.name) == "foreign"
             and state.name not in settled
-            and state.status["phase"] in ("Pending", "Paused")
+            and state.status["phase"] in (TrialPhase.PENDING, TrialPhase.PAUSED)
         ):
             settled[state.name] = {
-                "phase": "Failed",
+                "phase": TrialPhase.FAILED.value,
                 "reason": "IdentityTaken",
                 "message": f"a ServiceAccount named {trial_identity_name(state.name)} exists and is not the "
                 "trial's own: the trial does not run as it",
@@ -504,7 +341,7 @@ def _trial_writes(
     for state in states:
         desired = {**state.status, **settled.get(state.name, {})}
         phase = desired["phase"]
-        desired |= progress(state.view.reports, levels, phase in TERMINAL_TRIAL_PHASES)
+        desired |= progress(state.view.reports, levels, phase in ENDED_PHASE_NAMES)
         desired |= refused(state.refusals)
         trial = trials[state.name]
         recorded_phase = verdict_of(trial).get("phase")
@@ -521,7 +358,11 @@ def _trial_writes(
             writes.append(write)
         identity = world.identities.get(state.name, "ready")
         own = _needs_own_identity(study, state.name)
-        if own and identity == "missing" and phase in ("Pending", "Running", "Paused"):
+        if (
+            own
+            and identity == "missing"
+            and phase in (TrialPhase.PENDING, TrialPhase.RUNNING, TrialPhase.PAUSED)
+        ):
             writes.append(CreateIdentity(state.name, tuple(build_trial_identity(trial))))
         ready = not own or identity == "ready"
         if state.name in resumed:
@@ -532,15 +373,15 @@ def _trial_writes(
                 writes.append(CreateJob(state.name, build_job(study, resumed_trial, job_deadline, now)))
             continue
         job = world.jobs.get(state.job_name)
-        if phase in ("Pruned", "Stopped") and _still_running(world, state.name, job):
+        if phase in (TrialPhase.PRUNED, TrialPhase.STOPPED) and still_running(world, state.name, job):
             # After the verdict, so a restart never reruns it.
-            writes += _stop_job(world, state.name, state.job_name, job, now)
-        elif phase in ("Pending", "Running") and job is None and not state.run_started:
+            writes += stop_job(world, state.name, state.job_name, job, now)
+        elif phase in (TrialPhase.PENDING, TrialPhase.RUNNING) and job is None and not state.run_started:
             if ready:
                 job_deadline = _job_deadline(decision, trial, now)
                 writes.append(CreateJob(state.name, build_job(study, trial, job_deadline, now)))
         elif (
-            phase in ("Pending", "Running")
+            phase in (TrialPhase.PENDING, TrialPhase.RUNNING)
             and job is not None
             and decision.deadline is not None
             and "activeDeadlineSeconds" not in job.get("spec", {})
@@ -581,77 +422,17 @@ def _job_deadline(decision: Decision, trial: JSON, now: float) -> float | None:
     return decision.deadline
 
 
-def _live_pods(world: World, trial: str) -> tuple[str, ...]:
-    return tuple(
-        p["metadata"]["name"]
-        for p in world.pods.get(trial, ())
-        if not p["metadata"].get("deletionTimestamp")
-        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-    )
-
-
-def _still_running(world: World, trial: str, job: JSON | None) -> bool:
-    """The trial's Job has not finished, or its Job is gone and a pod of it still runs: a crash or
-    an API outage between deleting the Job and deleting its pods leaves the pod to the garbage
-    collector, which may take long or, after an outage, not come at all."""
-    if job is not None:
-        return not _job_finished(job)
-    return bool(_live_pods(world, trial))
-
-
-def _stop_job(world: World, trial: str, job_name: str, job: JSON | None, now: float) -> list[Write]:
-    """The writes that end a stopped trial's Job: scale it down, then delete it once its pod stops
-    (or JOB_CONTROLLER_WAIT_SECONDS after the scale-down, pods by name); a pod whose Job is gone is
-    deleted by name at once. Nothing while the Job controller is given its time."""
-    live = _live_pods(world, trial)
-    if job is None:
-        return [DeleteJob(job_name, live)]
-    if (job.get("spec") or {}).get("parallelism") != 0:
-        return [ScaleJobDown(job_name, to_rfc3339(now, micro=True))]
-    waited = _scale_down_wait(job, now)
-    if live and waited is not None and waited > 0:
-        return []
-    return [DeleteJob(job_name, live)]
-
-
-def _scale_down_wait(job: JSON, now: float) -> float | None:
-    """Seconds the Job controller still has to stop the pod of a scaled-down Job; None when the Job
-    carries no scale-down time."""
-    stamp = to_timestamp(((job.get("metadata") or {}).get("annotations") or {}).get(SCALED_DOWN_AT))
-    return None if stamp is None else stamp + JOB_CONTROLLER_WAIT_SECONDS - now
-
-
-def _stop_check_after(world: World, now: float) -> float | None:
-    """When to look again at scaled-down Jobs whose pods still run, for the fallback."""
-    waits = [
-        wait
-        for trial in world.trials
-        if (job := world.jobs.get(current_job_name(trial))) is not None
-        and (job.get("spec") or {}).get("parallelism") == 0
-        and _live_pods(world, trial["metadata"]["name"])
-        and (wait := _scale_down_wait(job, now)) is not None
-    ]
-    return max(0.05, min(waits) + 0.02) if waits else None
-
-
-def _job_finished(job: JSON) -> bool:
-    return any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
-
-
 def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
     message = f"trial {name}: {status.get('message') or phase.lower()}"
-    if phase == "Pruned":
+    if phase == TrialPhase.PRUNED:
         return Event("TrialPruned", message)
-    if phase == "Failed":
+    if phase == TrialPhase.FAILED:
         return Event("TrialFailed", message, "Warning")
-    if phase == "Stopped":
+    if phase == TrialPhase.STOPPED:
         return Event("TrialStopped", message)
-    if phase == "Completed":
+    if phase == TrialPhase.COMPLETED:
         return Event("TrialCompleted", message)
-    if phase == "Paused":
+    if phase == TrialPhase.PAUSED:
         return Event("TrialPaused", message)
     return None
 
@@ -664,125 +445,12 @@ def _finish_event(finalize: Finalize) -> Event:
     return Event("StudyFailed", f"{finalize.reason}{detail}", "Warning")
 
 
-def _phase_counts(states: list[TrialState], writes: list[Write]) -> Counter[str]:
-    phases = {s.name: s.status["phase"] for s in states}
-    for w in writes:
-        if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
-            phases[w.trial] = w.patch["phase"]
-        elif isinstance(w, CreateTrial):
-            phases[w.trial["metadata"]["name"]] = "Pending"
-    return Counter(phases.values())
-
-
-def _study_status(
-    study: JSON,
-    states: list[TrialState],
-    decision: Decision,
-    started_at: float,
-    now: float,
-    writes: list[Write],
-) -> JSON:
-    current = study.get("status") or {}
-    conditions = current.get("conditions") or []
-    counts = _phase_counts(states, writes)
-    total = sum(counts.values())
-    plan, deadline, best = decision.plan, decision.deadline, decision.best
-    finalize = decision.finalize
-    finished = sum(counts[p] for p in TERMINAL_TRIAL_PHASES)
-    unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
-    wanted = [("Invalid", False, "Valid", "the spec is valid")]
-    if finalize is not None:
-        wanted += [
-            ("Ready", False, "Finished", finalize.reason),
-            ("Complete", True, "Succeeded" if finalize.succeeded else "Failed", finalize.reason),
-        ]
-    elif unschedulable:
-        wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))
-    else:
-        wanted.append(("Ready", True, "Running", decision.message or "trials are running"))
-    budget: JSON = {
-        "startedAt": to_rfc3339(started_at, micro=True),
-        "deadline": to_rfc3339(deadline) if deadline is not None else None,
-        "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
-        "usedSeconds": float(round(now - started_at)),
-    }
-    if deadline is not None:
-        budget["stopMarginSeconds"] = round(LEAD_SECONDS + stop_margin(deadline - started_at), 3)
-    if finalize is not None:
-        budget["finishedAt"] = to_rfc3339(now, micro=True)
-        budget["usedSeconds"] = round(now - started_at, 3)
-        if deadline is not None:
-            budget["finishedInsideSeconds"] = round(deadline - now, 3)
-    phase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
-    return {
-        "phase": phase,
-        "message": (finalize.reason if finalize else decision.message) or None,
-        "progress": f"{finished}/{plan.planned_trials if plan else '?'}",
-        "observedGeneration": study["metadata"].get("generation"),
-        "conditions": _conditions(conditions, wanted, now),
-        "plan": plan.to_status() | {"deadline": budget["deadline"]} if plan else None,
-        "trials": {
-            "pending": counts["Pending"],
-            "running": counts["Running"],
-            "completed": counts["Completed"],
-            "pruned": counts["Pruned"],
-            "failed": counts["Failed"],
-            "stopped": counts["Stopped"],
-            "paused": counts["Paused"],
-            "total": total,
-        },
-        "best": None
-        if best is None
-        else {
-            "trial": trial_name(study["metadata"]["name"], best.index),
-            "index": best.index,
-            "value": best.value,
-            "resource": best.resource,
-            "hyperparameters": best.params,
-        },
-        "budget": budget,
-        "final": _final_status(study, states, decision, now),
-    }
-
-
-def _final_status(study: JSON, states: list[TrialState], decision: Decision, now: float) -> JSON | None:
-    """status.final: the trial under final training, and once it is done its value and model."""
-    current = (study.get("status") or {}).get("final")
-    finalize = decision.finalize
-    index: int | None
-    if finalize is not None and finalize.final is not None:
-        index = finalize.final
-    elif current:
-        index = int(current["index"])
-    else:
-        index = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
-        index = index if index is not None else next((s.view.index for s in states if s.run.final), None)
-    if index is None:
-        return None
-    name = trial_name(study["metadata"]["name"], index)
-    out: JSON = {"trial": name, "index": index, "phase": "Running"}
-    trained = any(s.run.final for s in states if s.view.index == index) or any(
-        isinstance(a, ResumeTrial) and a.final for a in decision.actions
-    )
-    if trained:  # a final training ran (else the best trial reached R during HPO)
-        out["startedAt"] = (current or {}).get("startedAt") or to_rfc3339(now)
-    if finalize is not None:
-        out["phase"] = "Succeeded" if finalize.succeeded and finalize.final is not None else "Failed"
-        best = finalize.best
-        if best is not None and best.index == index:
-            out |= {"value": best.value, "resource": best.resource}
-        claim = checkpoint_claim(study)
-        if claim is not None and finalize.final is not None:
-            out["checkpoint"] = {"claimName": claim, "path": checkpoint_path(study, name)}
-    return out
-
-
 def _invalid(
     world: World, reason: str, message: str, now: float, states: list[TrialState] | None = None
 ) -> Outcome:
     """A study that cannot run: phase Failed, an Invalid condition naming every problem, no trial."""
     current = world.study.get("status") or {}
-    conditions = _conditions(
+    conditions = merge_conditions(
         current.get("conditions") or [],
         [("Invalid", True, reason, message), ("Ready", False, reason, message)],
         now,
@@ -791,17 +459,22 @@ def _invalid(
     trials = {t["metadata"]["name"]: t for t in world.trials}
     for state in states or []:
         if state.view.status.active:
-            stop = {"phase": "Stopped", "reason": reason, "message": message, "finishedAt": to_rfc3339(now)}
+            stop = {
+                "phase": TrialPhase.STOPPED.value,
+                "reason": reason,
+                "message": message,
+                "finishedAt": to_rfc3339(now),
+            }
             job = world.jobs.get(state.job_name)
             write = trial_patch(trials[state.name], stop)
             writes += [write] if write else []
-            writes += _stop_job(world, state.name, state.job_name, job, now)
-    status = {"phase": "Failed", "message": message, "conditions": conditions}
+            writes += stop_job(world, state.name, state.job_name, job, now)
+    status = {"phase": TrialPhase.FAILED.value, "message": message, "conditions": conditions}
     return Outcome(
         writes=writes,
         status=status_patch(current, status) or None,
         events=[Event(reason, message, "Warning")],
-        requeue_after=_stop_check_after(world, now),
+        requeue_after=stop_check_after(world, now),
     )
 
 
@@ -825,17 +498,21 @@ def _settled(world: World, now: float) -> Outcome:
         job_name = current_job_name(trial)
         job = world.jobs.get(job_name)
         stop: JSON = {}
-        if phase not in TERMINAL_TRIAL_PHASES and phase != "Paused":  # a paused trial stays as it ended
-            stop = {"phase": "Stopped", "reason": "StudyFinished", "finishedAt": to_rfc3339(now)}
+        if phase not in ENDED_PHASE_NAMES and phase != TrialPhase.PAUSED:  # a paused trial stays as it ended
+            stop = {
+                "phase": TrialPhase.STOPPED.value,
+                "reason": "StudyFinished",
+                "finishedAt": to_rfc3339(now),
+            }
         write = trial_patch(trial, stop)  # also writes back a status forged after the end
         writes += [write] if write else []
         # A Completed or Paused verdict comes from a pod that exited 0, often before its Job says
         # Complete: that Job is finishing on its own and is kept, a resumed run's record.
-        if phase not in ("Completed", "Paused") and _still_running(world, name, job):
-            writes += _stop_job(world, name, job_name, job, now)
+        if phase not in (TrialPhase.COMPLETED, TrialPhase.PAUSED) and still_running(world, name, job):
+            writes += stop_job(world, name, job_name, job, now)
     if not writes:
         writes += _checkpoint_cleanup(world)
-    return Outcome(writes=writes, requeue_after=_stop_check_after(world, now))
+    return Outcome(writes=writes, requeue_after=stop_check_after(world, now))
 
 
 def _checkpoint_cleanup(world: World) -> list[Write]:
@@ -845,10 +522,10 @@ def _checkpoint_cleanup(world: World) -> list[Write]:
     name = study["metadata"]["name"]
     if checkpoint_claim(study) is None or cleanup_job_name(name) in world.jobs:
         return []
-    if any(_live_pods(world, t["metadata"]["name"]) for t in world.trials):
+    if any(live_pods(world, t["metadata"]["name"]) for t in world.trials):
         return []
     status = study.get("status") or {}
-    keep = (status.get("final") or {}).get("trial") or (status.get("best") or {}).get("trial")
+    keep = model_trial((status.get("best") or {}).get("trial"), (status.get("final") or {}).get("trial"))
     drop = sorted(t["metadata"]["name"] for t in world.trials if t["metadata"]["name"] != keep)
     job = build_cleanup_job(study, drop)
     if job is None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from ..config import API_GROUP, API_VERSION
+from ..result import BestStatus, PlanStatus, ResultModel, StudyPhase, TrialCounts
+from ..trials import TrialPhase
 
 GROUP = API_GROUP
 VERSION = API_VERSION
@@ -25,10 +26,6 @@ TRIAL_LABEL = f"{GROUP}/trial"
 RUN_LABEL = f"{GROUP}/run"
 GPU = "nvidia.com/gpu"
 
-StudyPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
-# Paused (promote variant): trained to its rung and exited; may be resumed by a new run.
-TrialPhase = Literal["Pending", "Running", "Completed", "Pruned", "Failed", "Stopped", "Paused"]
-TERMINAL_TRIAL_PHASES = frozenset({"Completed", "Pruned", "Failed", "Stopped"})
 TERMINAL_STUDY_PHASES = frozenset({"Succeeded", "Failed"})
 
 
@@ -54,8 +51,7 @@ def trial_identity_name(trial: str) -> str:
     return trial
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, alias_generator=to_camel)
+_Model = ResultModel
 
 
 class Condition(_Model):
@@ -66,44 +62,6 @@ class Condition(_Model):
     reason: str = Field(description="CamelCase, machine-readable")
     message: str = ""
     last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
-
-
-class PlanStatus(_Model):
-    """The ASHA plan auto-configured for the budget; re-planned as epoch times are measured."""
-
-    eta: int
-    minimum_resource: float
-    maximum_resource: float
-    rungs: list[float]
-    planned_trials: int
-    parallelism: int
-    epoch_seconds: float
-    budget_seconds: float
-    predicted_gpu_seconds: float
-    predicted_seconds: float
-    trial_overhead_seconds: float = 0.0
-    deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-
-
-class TrialCounts(_Model):
-    pending: int = 0
-    running: int = 0
-    completed: int = 0
-    pruned: int = 0
-    failed: int = 0
-    stopped: int = 0
-    paused: int = 0
-    total: int = 0
-
-
-class BestStatus(_Model):
-    """The best configuration so far, compared at the highest resource any trial reached."""
-
-    trial: str
-    index: int
-    value: float
-    resource: float
-    hyperparameters: dict[str, Any]
 
 
 class CheckpointLocation(_Model):

@@ -19,11 +19,14 @@ from typing import Any
 from .api import Api, ApiError, ns_path
 from .builders import build_claim, build_trial_identity, owner_reference
 from .capacity import gpu_capacity
-from .metrics import Metrics, NullMetrics
 from .observe import to_rfc3339
 from .policy import TrialPolicy
-from .reconcile import (
-    SCALED_DOWN_AT,
+from .reconcile import needs_identity
+from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
+from .stopping import SCALED_DOWN_AT
+from .study_metrics import Metrics, NullMetrics
+from .verdict import VERDICT_ANNOTATION, verdict_text
+from .writes import (
     CreateClaim,
     CreateCleanupJob,
     CreateIdentity,
@@ -37,10 +40,7 @@ from .reconcile import (
     ScaleJobDown,
     World,
     Write,
-    needs_identity,
 )
-from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION, trial_identity_name
-from .verdict import VERDICT_ANNOTATION, verdict_text
 
 log = logging.getLogger("hpo_operator")
 JSON = dict[str, Any]
@@ -106,9 +106,7 @@ class Cluster:
             jobs=jobs,
             pods={k: tuple(v) for k, v in pods.items()},
             capacity=gpu_capacity(nodes, active),
-            identities={
-                t["metadata"]["name"]: self._identity(t) for t in trials if needs_identity(t, jobs)
-            },
+            identities={t["metadata"]["name"]: self._identity(t) for t in trials if needs_identity(t, jobs)},
             token_secrets=self.needs_token_secret(),
             claim_exists=self._claim_exists(study),
         )

@@ -9,9 +9,34 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from .contain import runner_gone
+from ..contain import runner_gone
+
+
+class Progress(Protocol):
+    """Where the runner tells a person what happens."""
+
+    def log(self, message: str) -> None:
+        """One event, as a line."""
+
+    def update(self, document: Mapping[str, Any]) -> None:
+        """The study as in study.json, after a change or at least every second."""
+
+    def close(self) -> None:
+        """The run is over."""
+
+
+class SilentProgress:
+    def log(self, message: str) -> None:
+        pass
+
+    def update(self, document: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
 
 # Terminal control: cursor up N lines, back to column 0, clear to the end of the screen.
 _UP = "\x1b[{n}A"

@@ -3,7 +3,7 @@
 The engine calls ``observe`` after every reconcile, ``failed`` when one raised, ``forget`` when a
 study is gone and ``heartbeat`` while it works; the cluster calls ``written`` after each write that
 changed something. ``NullMetrics`` is the default; ``PrometheusMetrics`` feeds
-:class:`hpo_operator.metrics.OperatorMetrics`.
+:class:`hpo_operator.kube.prometheus.OperatorMetrics`.
 
 What counts, so that a trial is counted once however often its study is reconciled:
 
@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..metrics import OperatorMetrics, TrialOutcome
+from ..trials import ENDED_PHASE_NAMES
 from .observe import reports_of, to_timestamp
-from .reconcile import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
-from .resources import TERMINAL_TRIAL_PHASES
+from .prometheus import OperatorMetrics, TrialOutcome
+from .writes import CreateJob, CreateTrial, Outcome, PatchTrialStatus, World, Write
 
 Key = tuple[str, str]  # (namespace, study name)
 
@@ -155,11 +155,11 @@ class PrometheusMetrics:
         namespace, name = key = key_of(world)
         if isinstance(write, PatchTrialStatus):
             phase = write.patch.get("phase")
-            if phase not in TERMINAL_TRIAL_PHASES:
+            if phase not in ENDED_PHASE_NAMES:
                 return
             trial = next((t for t in world.trials if t["metadata"]["name"] == write.trial), None)
             before = ((trial or {}).get("status") or {}).get("phase")
-            if before in TERMINAL_TRIAL_PHASES:
+            if before in ENDED_PHASE_NAMES:
                 return
             with self._lock:
                 counted = self._finished.setdefault(key, set())

@@ -1,0 +1,184 @@
+"""The HPOStudy's status, typed (resources.StudyStatus, from result.py's parts): its phase and
+conditions, the plan, the trials' counts, the best, the budget and the final training. Written
+only where it changed by more than the clock and the plan's re-measured estimates."""
+
+from __future__ import annotations
+
+from ..result import BestStatus, PlanStatus, StudyPhase, TrialCounts
+from ..study import (
+    Decision,
+    ResumeTrial,
+)
+from ..trials import ENDED_PHASE_NAMES, TrialPhase
+from .builders import (
+    checkpoint_claim,
+    checkpoint_path,
+)
+from .observe import (
+    TrialState,
+    status_patch,
+    to_rfc3339,
+)
+from .resources import (
+    BudgetStatus,
+    Condition,
+    FinalStatus,
+    StudyStatus,
+    trial_name,
+)
+from .writes import (
+    JSON,
+    CreateTrial,
+    PatchTrialStatus,
+    Write,
+)
+
+# How often a running study is looked at even when nothing it watches changes: other workloads'
+# pods free GPUs without an event the operator watches.
+RESYNC_SECONDS = 5.0
+
+
+# --- conditions ---------------------------------------------------------------------------------
+
+
+def condition(current: list[JSON], kind: str, status: bool, reason: str, message: str, now: float) -> JSON:
+    """A condition whose lastTransitionTime moves only when its status does."""
+    text = "True" if status else "False"
+    old = next((c for c in current if c.get("type") == kind), None)
+    since = old["lastTransitionTime"] if old and old.get("status") == text else to_rfc3339(now)
+    return {"type": kind, "status": text, "reason": reason, "message": message, "lastTransitionTime": since}
+
+
+def merge_conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str]], now: float) -> list[JSON]:
+    kinds = {w[0] for w in wanted}
+    kept = [c for c in current if c.get("type") not in kinds]
+    return kept + [condition(current, *w, now=now) for w in wanted]
+
+
+def only_the_clock_moved(current: JSON, desired: JSON) -> bool:
+    """True when the budget changed by usedSeconds alone, and by less than a resync: not worth a write."""
+    others = {k: v for k, v in desired.items() if k != "usedSeconds"}
+    moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
+    return status_patch(current, others) == {} and moved < RESYNC_SECONDS
+
+
+# Plan figures re-measured from every report; a change below this share is not worth a write.
+PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
+ESTIMATE_TOLERANCE = 0.05
+
+
+def only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
+    """True when the plan changed by its time estimates alone, each by less than 5%."""
+    if not current or not desired:
+        return False
+    if status_patch(
+        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
+        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
+    ):
+        return False
+    for key in PLAN_ESTIMATES:
+        old, new = current.get(key), desired.get(key)
+        if old is None or new is None:
+            if old != new:
+                return False
+        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
+            return False
+    return True
+
+
+def _phases(states: list[TrialState], writes: list[Write]) -> list[str]:
+    """Each trial's phase once these writes have landed."""
+    phases = {s.name: s.status["phase"] for s in states}
+    for w in writes:
+        if isinstance(w, PatchTrialStatus) and "phase" in w.patch:
+            phases[w.trial] = w.patch["phase"]
+        elif isinstance(w, CreateTrial):
+            phases[w.trial["metadata"]["name"]] = TrialPhase.PENDING.value
+    return list(phases.values())
+
+
+def study_status(
+    study: JSON,
+    states: list[TrialState],
+    decision: Decision,
+    started_at: float,
+    now: float,
+    writes: list[Write],
+) -> JSON:
+    current = study.get("status") or {}
+    conditions = current.get("conditions") or []
+    phases = _phases(states, writes)
+    plan, deadline, best = decision.plan, decision.deadline, decision.best
+    finalize = decision.finalize
+    finished = sum(1 for p in phases if p in ENDED_PHASE_NAMES)
+    unschedulable = [f"{s.name}: {s.unschedulable}" for s in states if s.unschedulable]
+    wanted = [("Invalid", False, "Valid", "the spec is valid")]
+    if finalize is not None:
+        wanted += [
+            ("Ready", False, "Finished", finalize.reason),
+            ("Complete", True, "Succeeded" if finalize.succeeded else "Failed", finalize.reason),
+        ]
+    elif unschedulable:
+        wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))
+    else:
+        wanted.append(("Ready", True, "Running", decision.message or "trials are running"))
+    budget: JSON = {
+        "startedAt": to_rfc3339(started_at, micro=True),
+        "deadline": to_rfc3339(deadline) if deadline is not None else None,
+        "budgetSeconds": round(deadline - started_at, 3) if deadline is not None else None,
+        "usedSeconds": float(round(now - started_at)),
+    }
+    if deadline is not None:
+        budget["stopMarginSeconds"] = round(decision.stop_margin, 3)
+    if finalize is not None:
+        budget["finishedAt"] = to_rfc3339(now, micro=True)
+        budget["usedSeconds"] = round(now - started_at, 3)
+        if deadline is not None:
+            budget["finishedInsideSeconds"] = round(deadline - now, 3)
+    phase: StudyPhase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
+    return StudyStatus(
+        phase=phase,
+        message=(finalize.reason if finalize else decision.message) or None,
+        progress=f"{finished}/{plan.planned_trials if plan else '?'}",
+        observed_generation=study["metadata"].get("generation"),
+        conditions=[Condition.model_validate(c) for c in merge_conditions(conditions, wanted, now)],
+        plan=PlanStatus.of(plan, deadline=budget["deadline"]) if plan else None,
+        trials=TrialCounts.of(phases),
+        best=None if best is None else BestStatus.of(best, trial_name(study["metadata"]["name"], best.index)),
+        budget=BudgetStatus.model_validate(budget),
+        final=_final_status(study, states, decision, now),
+    ).document()
+
+
+def _final_status(
+    study: JSON, states: list[TrialState], decision: Decision, now: float
+) -> FinalStatus | None:
+    """status.final: the trial under final training, and once it is done its value and model."""
+    current = (study.get("status") or {}).get("final")
+    finalize = decision.finalize
+    index: int | None
+    if finalize is not None and finalize.final is not None:
+        index = finalize.final
+    elif current:
+        index = int(current["index"])
+    else:
+        index = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
+        index = index if index is not None else next((s.view.index for s in states if s.run.final), None)
+    if index is None:
+        return None
+    name = trial_name(study["metadata"]["name"], index)
+    out: JSON = {"trial": name, "index": index, "phase": "Running"}
+    trained = any(s.run.final for s in states if s.view.index == index) or any(
+        isinstance(a, ResumeTrial) and a.final for a in decision.actions
+    )
+    if trained:  # a final training ran (else the best trial reached R during HPO)
+        out["startedAt"] = (current or {}).get("startedAt") or to_rfc3339(now)
+    if finalize is not None:
+        out["phase"] = "Succeeded" if finalize.succeeded and finalize.final is not None else "Failed"
+        best = finalize.best
+        if best is not None and best.index == index:
+            out |= {"value": best.value, "resource": best.resource}
+        claim = checkpoint_claim(study)
+        if claim is not None and finalize.final is not None:
+            out["checkpoint"] = {"claimName": claim, "path": checkpoint_path(study, name)}
+    return FinalStatus.model_validate(out)
