@@ -1,4 +1,5 @@
-"""``python -m tests.cluster up|down|env|status`` (scripts/local-cluster): the local cluster for people.
+"""``python -m tests.cluster up|down|env|status|images`` (scripts/local-cluster): the local cluster for
+people, and the images of the real-node suite (also what scripts/kind-e2e loads into kind).
 
 ``up`` starts a supervisor in the background that brings the cluster up and holds it until ``down``;
 if the supervisor dies, its control plane and agents die with it (they are started with a parent-death
@@ -132,6 +133,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_images(args: argparse.Namespace) -> int:
+    """Build the operator and trial images as the real-node suite does (images.py)."""
+    from .images import DockerEngine, ImageBuildError, build_images
+
+    log_dir = _state_dir(args).parent / "image-builds"
+    engine = DockerEngine(log_dir)
+    try:
+        engine.ensure()
+        images = build_images(log_dir, base=args.base, tag=args.tag, torch_index_url=args.torch_index_url)
+    except ImageBuildError as err:
+        print(err, file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep_dockerd:
+            engine.stop()
+    for image in (images.operator, images.trial):
+        print(f"{image.name}\t{image.size_mb:.0f} MB\tbuilt in {image.seconds:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="local-cluster", description=__doc__)
     parser.add_argument("--dir", help=f"state folder (default $HPO_LOCAL_CLUSTER_DIR or {DEFAULT_DIR})")
@@ -146,10 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--keep", action="store_true", help="keep the state folder (logs) after stopping")
     sub.add_parser("env", help="print `export KUBECONFIG=...` for the running cluster")
     sub.add_parser("status", help="print the running cluster's pids, logs and server")
+    images = sub.add_parser("images", help="build hpo-operator:TAG and hpo-trial:TAG from the Dockerfiles")
+    images.add_argument("--tag", default="e2e", help="the images' tag (default e2e)")
+    images.add_argument("--base", help="PYTHON_IMAGE as it is (default: a Debian base made with mmdebstrap)")
+    images.add_argument("--torch-index-url", help="torch's package index (default: this machine's CPU wheel)")
+    images.add_argument("--keep-dockerd", action="store_true", help="leave a dockerd this started running")
     for p in (up, serve, down):
         p.add_argument("--dir", help=argparse.SUPPRESS, default=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    handlers = {"up": cmd_up, "down": cmd_down, "env": cmd_env, "status": cmd_status, "serve": cmd_serve}
+    handlers = {
+        "up": cmd_up,
+        "down": cmd_down,
+        "env": cmd_env,
+        "status": cmd_status,
+        "serve": cmd_serve,
+        "images": cmd_images,
+    }
     return handlers[args.command](args)
 
 

@@ -202,13 +202,13 @@ def real_cluster(request: pytest.FixtureRequest) -> Iterator[RealCluster]:
     started = time.monotonic()
     try:
         engine.ensure()
-        images = build_images(node_bin_dir() / "pause", root / "logs")
+        images = build_images(root / "logs", pause_binary=node_bin_dir() / "pause")
         built = time.monotonic() - started
         spec = ClusterSpec(
             nodes=0,
             real_node=True,
             gpus_per_node=REAL_NODE_GPUS,
-            pause_image=images.pause.name,
+            pause_image=images.pause.name if images.pause else "",
             timings=REAL_NODE_TIMINGS,
         )
         c = LocalCluster(spec, root=root)

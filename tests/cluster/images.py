@@ -116,7 +116,7 @@ class BuiltImage:
 @dataclass(frozen=True)
 class Images:
     base: BuiltImage
-    pause: BuiltImage
+    pause: BuiltImage | None
     operator: BuiltImage
     trial: BuiltImage
     torch: str  # the requirement the trial image was built with
@@ -142,9 +142,9 @@ def _size_mb(image: str) -> float:
     return round(int(docker("image", "inspect", image, "--format", "{{.Size}}")) / 1e6, 1)
 
 
-def _tagged(repo: str, digest: str, build: Callable[[str], None], log: Path) -> BuiltImage:
-    """Build ``repo:<digest>`` unless it exists, then tag it ``repo:e2e``."""
-    versioned, name = f"{repo}:{digest}", f"{repo}:{E2E_TAG}"
+def _tagged(repo: str, digest: str, build: Callable[[str], None], log: Path, tag: str) -> BuiltImage:
+    """Build ``repo:<digest>`` unless it exists, then tag it ``repo:<tag>``."""
+    versioned, name = f"{repo}:{digest}", f"{repo}:{tag}"
     started = time.monotonic()
     if not _exists(versioned):
         build(versioned)
@@ -251,9 +251,11 @@ def _docker_build(context: Path, dockerfile: Path, image: str, args: dict[str, s
     _run_logged([*argv, str(context)], log, 1500, f"docker build of {image}")
 
 
-def _build_trial(image: str, base: str, log: Path) -> None:
-    wheel = cpu_torch_wheel()
+def _build_trial(image: str, base: str, log: Path, torch_index_url: str | None) -> None:
+    wheel = None if torch_index_url else cpu_torch_wheel()
     args = {"PYTHON_IMAGE": base}
+    if torch_index_url:
+        args["TORCH_INDEX_URL"] = torch_index_url
     if wheel is None:
         _docker_build(REPO_ROOT / "trial_image", REPO_ROOT / "trial_image" / "Dockerfile", image, args, log)
         return
@@ -262,20 +264,43 @@ def _build_trial(image: str, base: str, log: Path) -> None:
         _docker_build(REPO_ROOT / "trial_image", REPO_ROOT / "trial_image" / "Dockerfile", image, args, log)
 
 
-def build_images(pause_binary: Path, log_dir: Path) -> Images:
-    """Every image of the container suite, from the cache where its inputs are unchanged."""
-    base_digest = hashlib.sha256(
-        ",".join(BASE_PACKAGES).encode() + (HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b"")
-    ).hexdigest()[:12]
-    base = _tagged(
-        BASE_REPO, base_digest, functools.partial(_build_base, log=log_dir / "base-image.log"), log_dir
-    )
-    pause = _tagged(
-        PAUSE_REPO,
-        hashlib.sha256(pause_binary.read_bytes()).hexdigest()[:12],
-        functools.partial(_build_pause, pause_binary=pause_binary),
-        log_dir,
-    )
+def build_images(
+    log_dir: Path,
+    *,
+    pause_binary: Path | None = None,
+    base: str | None = None,
+    tag: str = E2E_TAG,
+    torch_index_url: str | None = None,
+) -> Images:
+    """The images of the container suite (and of docs/kind.md), from the cache where their inputs are
+    unchanged, tagged ``hpo-operator:<tag>`` and ``hpo-trial:<tag>``.
+
+    ``base``: the Dockerfiles' PYTHON_IMAGE as it is (pulled by Docker where it must be), instead of
+    the mmdebstrap base. ``torch_index_url``: the package index of torch (e.g. PyTorch's CPU index),
+    instead of this machine's CPU wheel. ``pause_binary``: also a pause image, for the real node."""
+    if base is None:
+        base_digest = hashlib.sha256(
+            ",".join(BASE_PACKAGES).encode()
+            + (HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b"")
+        ).hexdigest()[:12]
+        base_image = _tagged(
+            BASE_REPO,
+            base_digest,
+            functools.partial(_build_base, log=log_dir / "base-image.log"),
+            log_dir,
+            tag,
+        )
+    else:
+        base_digest, base_image = hashlib.sha256(base.encode()).hexdigest()[:12], BuiltImage(base, 0.0, 0.0)
+    pause = None
+    if pause_binary is not None:
+        pause = _tagged(
+            PAUSE_REPO,
+            hashlib.sha256(pause_binary.read_bytes()).hexdigest()[:12],
+            functools.partial(_build_pause, pause_binary=pause_binary),
+            log_dir,
+            tag,
+        )
     op_inputs = [
         REPO_ROOT / "operator" / "Dockerfile",
         REPO_ROOT / "pyproject.toml",
@@ -286,14 +311,15 @@ def build_images(pause_binary: Path, log_dir: Path) -> Images:
     op_log = log_dir / "operator-image.log"
     operator = _tagged(
         OPERATOR_REPO,
-        _digest(op_inputs, base.name + base_digest),
+        _digest(op_inputs, base_image.name + base_digest),
         lambda image: _docker_build(
-            REPO_ROOT, REPO_ROOT / "operator" / "Dockerfile", image, {"PYTHON_IMAGE": base.name}, op_log
+            REPO_ROOT, REPO_ROOT / "operator" / "Dockerfile", image, {"PYTHON_IMAGE": base_image.name}, op_log
         ),
         op_log,
+        tag,
     )
-    wheel = cpu_torch_wheel()
-    torch = wheel.name if wheel else f"torch=={TORCH_VERSION} from the package index"
+    wheel = None if torch_index_url else cpu_torch_wheel()
+    torch = wheel.name if wheel else f"torch=={TORCH_VERSION} from {torch_index_url or 'the package index'}"
     trial_log = log_dir / "trial-image.log"
     trial = _tagged(
         TRIAL_REPO,
@@ -301,7 +327,8 @@ def build_images(pause_binary: Path, log_dir: Path) -> Images:
             [REPO_ROOT / "trial_image" / "Dockerfile", REPO_ROOT / "trial_image" / "hpo_trial"],
             base_digest + torch,
         ),
-        functools.partial(_build_trial, base=base.name, log=trial_log),
+        functools.partial(_build_trial, base=base_image.name, log=trial_log, torch_index_url=torch_index_url),
         trial_log,
+        tag,
     )
-    return Images(base=base, pause=pause, operator=operator, trial=trial, torch=torch)
+    return Images(base=base_image, pause=pause, operator=operator, trial=trial, torch=torch)

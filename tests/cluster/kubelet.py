@@ -135,6 +135,16 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VAR_REF.sub(sub, text)
 
 
+def handles(pid: int, sig: int) -> bool:
+    """The process has a handler for ``sig`` (its bit in SigCgt of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            caught = next(line.split()[1] for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caught, 16) >> (sig - 1) & 1)
+
+
 class Container:
     """One container of a pod: its current process, its restarts and what to report about it."""
 
@@ -198,10 +208,17 @@ class Container:
         self.state = {"running": {"startedAt": self.started_at}}
 
     def signal(self, sig: int) -> None:
+        """Signal the container as a runtime does: SIGKILL ends everything in it; another signal goes
+        to its first process alone, and only where that process handles it, since the kernel drops a
+        signal sent to PID 1 of a container that has no handler for it (the command here is not PID 1
+        of a namespace, so that rule is applied by hand; tests/e2e/test_real_node.py shows it)."""
         if self.proc is None or self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, sig)
+            elif handles(self.proc.pid, sig):
+                os.kill(self.proc.pid, sig)
 
     def reap(self) -> bool:
         """If the process has ended, record how; True when it just ended."""

@@ -211,16 +211,25 @@ def test_five_one_gpu_pods_on_two_by_two_gpus_run_four_at_a_time(
 # --- deletion, deadlines, restarts -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ignores_sigterm", [False, True], ids=["exits-on-sigterm", "ignores-sigterm"])
+HANDLERS = {
+    "exits-on-sigterm": "lambda *_: sys.exit(143)",
+    "ignores-sigterm": "signal.SIG_IGN",
+    # As PID 1 of a container, a process without a handler never receives SIGTERM.
+    "no-handler": "signal.SIG_DFL",
+}
+
+
+@pytest.mark.parametrize("handling", list(HANDLERS))
 def test_a_pod_deleted_mid_run_has_its_process_gone_within_its_grace_period(
-    kube: Kube, namespace: str, cluster: LocalCluster, ignores_sigterm: bool
+    kube: Kube, namespace: str, cluster: LocalCluster, handling: str
 ) -> None:
     grace = 3
-    handler = "signal.SIG_IGN" if ignores_sigterm else "signal.SIG_DFL"
+    handler = HANDLERS[handling]
+    ignores_sigterm = handling != "exits-on-sigterm"
     manifest = pod(
         "victim",
         py(f"""
-            import signal, time
+            import signal, sys, time
             signal.signal(signal.SIGTERM, {handler})
             print("running", flush=True)
             time.sleep(600)

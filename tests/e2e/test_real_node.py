@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -622,3 +623,76 @@ def test_the_trainer_as_pid_1_ends_on_sigterm_while_it_starts(
             assert took < 3.0 if name == "trainer" else took >= grace - 1, (name, took, seen)
     finally:
         kube.close()
+
+
+# A trainer that, like many, saves and exits 0 on SIGTERM; one report a second.
+EXITS_0_ON_SIGTERM = """
+import signal, sys, time, hpo_trial
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+for resource in range(1, int(hpo_trial.max_resource()) + 1):
+    time.sleep(1.0)
+    hpo_trial.report(resource, 0.1 * resource)
+"""
+
+
+def test_a_trial_whose_pod_is_evicted_and_exits_0_goes_on_in_the_jobs_next_pod(
+    real_cluster: RealCluster, release: Release, real_namespace: str
+) -> None:
+    """Kubernetes 1.20 counts the evicted pod's exit 0 as the Job's success, while the pod the Job made
+    in its place runs on: the trial follows that pod, and is Completed only when it is."""
+    kube, ns = release.kube, real_namespace
+    manifest = with_image(
+        reference_study("evicted", deadline="90s", max_resource=12, parallel=1),
+        real_cluster.images.trial.name,
+    )
+    manifest["spec"]["trialTemplate"]["spec"]["containers"][0]["command"] = [
+        "python",
+        "-c",
+        EXITS_0_ON_SIGTERM,
+    ]
+    create_study(kube, ns, manifest)
+    with PodHistory(kube, ns) as pods:
+
+        def first_reporting() -> JSON | None:
+            return next((t for t in trials_of(kube, ns) if (t.get("status") or {}).get("reports")), None)
+
+        trial = wait_for(first_reporting, 120, 0.5, "a trial reporting")
+        name = trial["metadata"]["name"]
+        (victim,) = [p["metadata"]["name"] for p in pods.of_trial(name)]
+        kube.delete(f"/api/v1/namespaces/{ns}/pods/{victim}")  # as an eviction or a drain does
+        job_path = f"/apis/batch/v1/namespaces/{ns}/jobs/{name}"  # run 0's Job is named as the trial
+
+        def complete_with_a_pod_in_its_place() -> bool:
+            job = kube.get_or_none(job_path) or {}
+            complete = any(
+                c["type"] == "Complete" and c["status"] == "True"
+                for c in (job.get("status") or {}).get("conditions") or []
+            )
+            others = [p for p in pods.of_trial(name) if p["metadata"]["name"] != victim]
+            running = [p for p in others if (p.get("status") or {}).get("phase") == "Running"]
+            return complete and bool(running)
+
+        wait_for(
+            complete_with_a_pod_in_its_place, 60, 0.2, f"the Job of {name} Complete while a new pod runs"
+        )
+        # Until that pod ends, the trial is not Completed: it goes on in the pod in the victim's place.
+        trial_path = f"{GROUP_PATH}/namespaces/{ns}/hpotrials/{name}"
+        seen: list[tuple[float, str]] = []
+
+        def replacement_ended() -> list[JSON]:
+            seen.append((time.time(), (kube.get(trial_path).get("status") or {}).get("phase", "")))
+            others = [p for p in pods.of_trial(name) if p["metadata"]["name"] != victim]
+            return others if others and all(pods.ended(p["metadata"]["name"]) for p in others) else []
+
+        (replacement,) = wait_for(replacement_ended, 60, 0.2, f"the pod in {victim}'s place ended")
+        state = terminated(replacement)
+        assert state is not None and state["exitCode"] == 0, replacement.get("status")
+        ended_at = _seconds(state["finishedAt"])  # whole seconds
+        assert [phase for t, phase in seen if t < ended_at - 1.0 and phase == "Completed"] == [], seen
+        study = wait_finished(kube, ns, "evicted", 180)
+    final = kube.get(f"{GROUP_PATH}/namespaces/{ns}/hpotrials/{name}")["status"]
+    assert final["phase"] in ("Completed", "Stopped", "Pruned"), final
+    resources = {r["resource"] for r in final.get("reports") or []}
+    if final["phase"] == "Completed":
+        assert max(resources) == 12, final  # trained to R by the pod in the victim's place
+    assert study["status"]["phase"] == "Succeeded", study["status"]

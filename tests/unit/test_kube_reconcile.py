@@ -287,6 +287,25 @@ def test_a_condition_keeps_its_transition_time_while_its_status_holds() -> None:
     assert condition(old, "Ready", False, "Unschedulable", "m", T0)["lastTransitionTime"] == to_rfc3339(T0)
 
 
+def test_a_job_complete_by_a_deleted_pod_that_exited_0_follows_the_pod_in_its_place() -> None:
+    # Kubernetes 1.20: someone deletes the running pod, its trainer exits 0 on SIGTERM, the Job counts
+    # that as its success and becomes Complete, and the pod it made in the meantime runs on.
+    t0 = trial(0, (1, 0.5, 1))
+    old = pod("s-0", phase="Succeeded", exit_code=0)
+    old["metadata"] |= {"name": "s-0-old", "deletionTimestamp": to_rfc3339(T0 + 5)}
+    new = pod("s-0")
+    new["metadata"] |= {"name": "s-0-new", "creationTimestamp": "2027-01-01T00:00:05Z"}
+    state = observe_trial(t0, job("s-0", "Complete"), [old, new], T0 + 10)
+    assert state.view.status is TrialPhase.RUNNING
+    # The run ends as that pod ends.
+    new["status"]["phase"] = "Succeeded"
+    state = observe_trial(t0, job("s-0", "Complete"), [old, new], T0 + 20)
+    assert state.view.status is TrialPhase.COMPLETED
+    # Without a pod in its place, the Job's Complete still ends the run.
+    state = observe_trial(t0, job("s-0", "Complete"), [old], T0 + 10)
+    assert state.view.status is TrialPhase.COMPLETED
+
+
 def test_retried_reports_count_once_and_the_pod_start_is_the_trial_start() -> None:
     t0 = trial(0, (1, 0.5, 2))
     t0["status"]["reports"].append(dict(t0["status"]["reports"][0]))  # a retry: the same report again

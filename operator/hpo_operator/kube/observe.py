@@ -185,7 +185,13 @@ def _verdict(job: Mapping[str, Any] | None, pod: Mapping[str, Any] | None, start
         return _finished(
             TrialPhase.STOPPED, "Deadline", "the study's deadline passed (the Job's activeDeadlineSeconds)"
         )
-    if (job and _condition(job, "Complete")) or pod_phase == "Succeeded":
+    # A Job of Kubernetes 1.20 counts a pod deleted by someone else (an eviction, a drain) that exits 0
+    # on SIGTERM as its success, while the pod it made in its place runs on: a live pod of the run
+    # is followed, not the Job's condition.
+    replaced = pod_phase in ("Pending", "Running") and not (pod or {}).get("metadata", {}).get(
+        "deletionTimestamp"
+    )
+    if (job and _condition(job, "Complete") and not replaced) or pod_phase == "Succeeded":
         return _finished(TrialPhase.COMPLETED, "Completed", "the trial exited with status 0", 0)
     if failed or pod_phase == "Failed":
         state = _terminated(pod) if pod else None
