@@ -29,11 +29,13 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.fixtures import RealCluster, e2e_required
+from tests.cluster.fixtures import RealCluster
 from tests.cluster.images import docker
 from tests.cluster.realnode import DockerEvents, pod_container_id
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
+from tests.support.chart import tool
+from tests.support.e2e_study import create_study, trials_of, wait_phase
 
 pytestmark = pytest.mark.e2e
 
@@ -52,19 +54,9 @@ def _seconds(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def required_tool(name: str, path: str | None = None) -> str:
-    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
-    if found is None:
-        reason = f"{name} is not installed (scripts/install-cluster-tools installs it)"
-        if e2e_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
-
-
 def helm(real: RealCluster, *args: str) -> str:
     done = subprocess.run(
-        [required_tool("helm"), *args],
+        [tool("helm"), *args],
         capture_output=True,
         text=True,
         env={**os.environ, **real.cluster.env()},
@@ -196,28 +188,8 @@ def with_image(manifest: JSON, image: str) -> JSON:
     return manifest
 
 
-def create_study(kube: Kube, namespace: str, manifest: JSON) -> None:
-    kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", manifest)
-
-
-def study_of(kube: Kube, namespace: str, name: str) -> JSON:
-    found: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
-    return found
-
-
-def trials_of(kube: Kube, namespace: str) -> list[JSON]:
-    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
-    return sorted(items, key=lambda t: int(t["spec"]["index"]))
-
-
 def wait_finished(kube: Kube, namespace: str, name: str, timeout: float) -> JSON:
-    def done() -> JSON | None:
-        study = study_of(kube, namespace, name)
-        return study if (study.get("status") or {}).get("phase") in TERMINAL else None
-
-    return wait_for(
-        done, timeout, 0.5, lambda: f"study {name} finished: {study_of(kube, namespace, name).get('status')}"
-    )
+    return wait_phase(kube, namespace, name, TERMINAL, timeout)
 
 
 @dataclass
@@ -340,7 +312,7 @@ class prometheus_scraping:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> _Prom:
-        binary = required_tool("prometheus", "/usr/bin/prometheus")
+        binary = tool("prometheus")
         config = self.work / "prometheus.yml"
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
