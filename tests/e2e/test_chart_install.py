@@ -11,7 +11,6 @@ CRDs (Helm keeps `crds/` by design) and the user's HPOStudy.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -29,9 +28,9 @@ from typing import Any
 import pytest
 
 from tests.cluster.cluster import LocalCluster
-from tests.cluster.fixtures import e2e_required
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
+from tests.support.chart import helm, tool
 from tests.support.e2e_study import create_study, get_study, study_manifest, trials_of, wait_phase
 from tests.support.operator_process import CHART, OperatorProcess, free_port
 
@@ -43,31 +42,6 @@ FULLNAME = f"{RELEASE}-hpo-operator"
 INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
 OUTCOMES = ("completed", "pruned", "failed", "stopped")
 PHASE_OF_OUTCOME = {"completed": "Completed", "pruned": "Pruned", "failed": "Failed", "stopped": "Stopped"}
-
-
-def required_tool(name: str, path: str | None = None) -> str:
-    """The tool's path; without it the test fails (skips under HPO_SKIP_E2E=1)."""
-    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
-    if found is None:
-        reason = f"{name} is not installed (scripts/install-cluster-tools installs it)"
-        if e2e_required():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return found
-
-
-def helm(cluster: LocalCluster, *args: str) -> str:
-    done = subprocess.run(
-        [required_tool("helm"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **cluster.env()},
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout
 
 
 # --- Prometheus --------------------------------------------------------------------------------------
@@ -122,7 +96,7 @@ def ports() -> tuple[int, int]:
 
 @pytest.fixture
 def prometheus(ports: tuple[int, int], cluster: LocalCluster) -> Iterator[Prometheus]:
-    binary = required_tool("prometheus", "/usr/bin/prometheus")
+    binary = tool("prometheus")
     work = Path(tempfile.mkdtemp(prefix="hpo-prometheus-"))
     config = work / "prometheus.yml"
     config.write_text(

@@ -11,7 +11,6 @@ Service, which kube-proxy routes to the apiserver.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,7 @@ from tests.cluster.images import docker
 from tests.cluster.realnode import DockerEvents, pod_container_id
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
-from tests.support.chart import tool
+from tests.support.chart import helm, tool
 from tests.support.e2e_study import create_study, trials_of, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -52,20 +51,6 @@ TERMINAL = {"Succeeded", "Failed"}
 
 def _seconds(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def helm(real: RealCluster, *args: str) -> str:
-    done = subprocess.run(
-        [tool("helm"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **real.cluster.env()},
-        timeout=180,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout
 
 
 # --- the release --------------------------------------------------------------------------------------
@@ -102,7 +87,7 @@ def release(real_cluster: RealCluster) -> Iterator[Release]:
     image = real_cluster.images.operator.name
     repository, tag = image.rsplit(":", 1)
     helm(
-        real_cluster,
+        real_cluster.cluster,
         "install", RELEASE, str(CHART),
         "--namespace", OPERATOR_NAMESPACE, "--create-namespace",
         "--set", f"image.repository={repository}",
@@ -119,7 +104,7 @@ def release(real_cluster: RealCluster) -> Iterator[Release]:
         yield rel
     finally:
         helm(
-            real_cluster,
+            real_cluster.cluster,
             "uninstall",
             RELEASE,
             "--namespace",

@@ -1,9 +1,11 @@
-"""The Helm chart as `helm template` renders it. helm (and promtool) come from
-scripts/install-cluster-tools: a missing tool fails the test unless HPO_SKIP_E2E=1 asked to skip.
+"""The Helm chart as `helm template` renders it, and `helm` against a test cluster. helm (and
+promtool) come from scripts/install-cluster-tools: a missing tool fails the test unless
+HPO_SKIP_E2E=1 asked to skip.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster.cluster import LocalCluster
 from tests.cluster.fixtures import e2e_required
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +33,21 @@ def tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def helm(cluster: LocalCluster, *args: str, timeout: float = 180) -> str:
+    """``helm ARGS`` as the cluster's admin; its output, or an AssertionError with what it said."""
+    done = subprocess.run(
+        [tool("helm"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **cluster.env()},
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done.stdout
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
