@@ -82,8 +82,10 @@ def get_study(kube: Kube, namespace: str, name: str) -> JSON:
     return study
 
 
-def trials_of(kube: Kube, namespace: str) -> list[JSON]:
-    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
+def trials_of(kube: Kube, namespace: str, study: str | None = None) -> list[JSON]:
+    """The namespace's HPOTrials (of one study, when named), by index."""
+    query = {"labelSelector": f"hpo.dev/study={study}"} if study else {}
+    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials", **query)["items"]
     return sorted(items, key=lambda t: int(t["spec"]["index"]))
 
 

@@ -12,10 +12,14 @@ from typing import Any
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
-from tests.cluster.waiting import wait_for
+from tests.support.e2e_study import create_study
+from tests.support.e2e_study import get_study as get_study
+from tests.support.e2e_study import trials_of as trials_of
+from tests.support.e2e_study import wait_phase as wait_phase
 
 JSON = dict[str, Any]
 GROUP_PATH = "/apis/hpo.dev/v1alpha1"
+create = create_study
 
 # Reads its x, trains R "epochs" of EPOCH_SECONDS, reports 1 - (x - 0.3)^2 scaled by how far it
 # trained, and appends each report with its delivery and pid to REPORT_LOG_DIR/<trial>.jsonl.
@@ -87,35 +91,9 @@ def manifest(
     }
 
 
-def create(kube: Kube, namespace: str, body: JSON) -> JSON:
-    created: JSON = kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", body)
-    return created
-
-
-def get_study(kube: Kube, namespace: str, name: str) -> JSON:
-    study: JSON = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}")
-    return study
-
-
-def trials_of(kube: Kube, namespace: str, study: str | None = None) -> list[JSON]:
-    query = {"labelSelector": f"hpo.dev/study={study}"} if study else {}
-    items: list[JSON] = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials", **query)["items"]
-    return sorted(items, key=lambda t: int(t["spec"]["index"]))
-
-
 def pods_of(kube: Kube, namespace: str) -> list[JSON]:
     items: list[JSON] = kube.get(f"/api/v1/namespaces/{namespace}/pods")["items"]
     return items
-
-
-def wait_phase(kube: Kube, namespace: str, name: str, phases: set[str], timeout: float) -> JSON:
-    def done() -> JSON | None:
-        study = get_study(kube, namespace, name)
-        return study if (study.get("status") or {}).get("phase") in phases else None
-
-    return wait_for(
-        done, timeout, 0.2, lambda: f"{name} in {phases}: {get_study(kube, namespace, name).get('status')}"
-    )
 
 
 def can_i(cluster: LocalCluster, user: str, verb: str, resource: str, namespace: str | None) -> bool:
