@@ -34,7 +34,7 @@ from tests.cluster.realnode import DockerEvents, pod_container_id
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
 from tests.support.chart import helm, tool
-from tests.support.e2e_study import create_study, trials_of, wait_phase
+from tests.support.e2e_study import create_study, study_manifest, trials_of, wait_phase
 
 pytestmark = pytest.mark.e2e
 
@@ -119,57 +119,34 @@ def release(real_cluster: RealCluster) -> Iterator[Release]:
 # --- studies ------------------------------------------------------------------------------------------
 
 
-def reference_study(name: str, *, deadline: str, max_resource: int = 4, parallel: int = 2) -> JSON:
-    """The reference trainer of the trial image (torch on the CPU, the built-in digits, the tiny model)."""
-    return {
-        "apiVersion": "hpo.dev/v1alpha1",
-        "kind": "HPOStudy",
-        "metadata": {"name": name},
-        "spec": {
-            "metric": "accuracy",
-            "mode": "max",
-            "hpSpace": {
-                "learning_parameters.learning_rate": {
-                    "paramType": "qloguniform",
-                    "range": [0.0001, 0.3, 0.0001],
-                },
-                "learning_parameters.batch_size": {"paramType": "qloguniform", "range": [16, 128, 16]},
-            },
-            "minimumResource": 1,
-            "maximumResource": max_resource,
-            "reductionFactor": 2,
-            "budget": {"deadline": deadline},
-            "parallelTrials": parallel,
-            "gpusPerTrial": 1,
-            "seed": 11,
-            "trialTemplate": {
-                "spec": {
-                    "terminationGracePeriodSeconds": 20,
-                    "containers": [
-                        {
-                            "name": "trial",
-                            "image": "",  # set by the test: the trial image it built
-                            "imagePullPolicy": "Never",
-                            "command": [
-                                "python",
-                                "-m",
-                                "hpo_trial.train",
-                                "--dataset",
-                                "digits",
-                                "--model",
-                                "tiny",
-                            ],
-                            "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
-                        }
-                    ],
-                }
-            },
-        },
+REFERENCE_SPACE = {
+    "learning_parameters.learning_rate": {"paramType": "qloguniform", "range": [0.0001, 0.3, 0.0001]},
+    "learning_parameters.batch_size": {"paramType": "qloguniform", "range": [16, 128, 16]},
+}
+
+
+def reference_study(
+    name: str, image: str, *, deadline: str, max_resource: int = 4, parallel: int = 2
+) -> JSON:
+    """The e2e study with the trial image's reference trainer (torch on the CPU, the built-in digits,
+    the tiny model) in ``image``, eta 2."""
+    manifest = study_manifest(
+        name, deadline=deadline, parallel=parallel, max_resource=max_resource, hp_space=REFERENCE_SPACE
+    )
+    spec = manifest["spec"]
+    spec |= {"reductionFactor": 2, "seed": 11}
+    spec["trialTemplate"]["spec"] = {
+        "terminationGracePeriodSeconds": 20,
+        "containers": [
+            {
+                "name": "trial",
+                "image": image,
+                "imagePullPolicy": "Never",
+                "command": ["python", "-m", "hpo_trial.train", "--dataset", "digits", "--model", "tiny"],
+                "env": [{"name": "OMP_NUM_THREADS", "value": "1"}],
+            }
+        ],
     }
-
-
-def with_image(manifest: JSON, image: str) -> JSON:
-    manifest["spec"]["trialTemplate"]["spec"]["containers"][0]["image"] = image
     return manifest
 
 
@@ -349,9 +326,7 @@ def test_a_study_of_the_trial_image_prunes_by_sigterm_and_succeeds_inside_its_bu
     real_cluster: RealCluster, release: Release, real_namespace: str
 ) -> None:
     kube, ns = release.kube, real_namespace
-    manifest = with_image(
-        reference_study("digits", deadline="100s", max_resource=4), real_cluster.images.trial.name
-    )
+    manifest = reference_study("digits", real_cluster.images.trial.name, deadline="100s", max_resource=4)
     with PodHistory(kube, ns) as pods, DockerEvents() as runtime:
         create_study(kube, ns, manifest)
         study = wait_finished(kube, ns, "digits", 240)
@@ -421,9 +396,7 @@ def test_the_promote_variant_resumes_from_a_checkpoint_another_container_wrote(
         },
     )
     try:
-        manifest = with_image(
-            reference_study("promo", deadline="90s", max_resource=4), real_cluster.images.trial.name
-        )
+        manifest = reference_study("promo", real_cluster.images.trial.name, deadline="90s", max_resource=4)
         manifest["spec"] |= {
             "sampler": "random",
             "asha": {"variant": "promote"},
@@ -460,9 +433,7 @@ def test_the_operator_container_killed_mid_study_finishes_it_without_a_duplicate
     real_cluster: RealCluster, release: Release, real_namespace: str
 ) -> None:
     kube, ns = release.kube, real_namespace
-    manifest = with_image(
-        reference_study("survivor", deadline="90s", max_resource=4), real_cluster.images.trial.name
-    )
+    manifest = reference_study("survivor", real_cluster.images.trial.name, deadline="90s", max_resource=4)
     with PodHistory(kube, ns) as pods:
         create_study(kube, ns, manifest)
         wait_for(
@@ -498,8 +469,8 @@ def test_a_trial_killed_for_memory_is_failed_with_that_reason(
     real_cluster: RealCluster, release: Release, real_namespace: str
 ) -> None:
     kube, ns = release.kube, real_namespace
-    manifest = with_image(
-        reference_study("hungry", deadline="60s", max_resource=2, parallel=1), real_cluster.images.trial.name
+    manifest = reference_study(
+        "hungry", real_cluster.images.trial.name, deadline="60s", max_resource=2, parallel=1
     )
     container = manifest["spec"]["trialTemplate"]["spec"]["containers"][0]
     container["command"] = ["python", "-c", "x = bytearray(512 * 1024 * 1024); print(len(x))"]
@@ -598,9 +569,8 @@ def test_a_trial_whose_pod_is_evicted_and_exits_0_goes_on_in_the_jobs_next_pod(
     """Kubernetes 1.20 counts the evicted pod's exit 0 as the Job's success, while the pod the Job made
     in its place runs on: the trial follows that pod, and is Completed only when it is."""
     kube, ns = release.kube, real_namespace
-    manifest = with_image(
-        reference_study("evicted", deadline="90s", max_resource=12, parallel=1),
-        real_cluster.images.trial.name,
+    manifest = reference_study(
+        "evicted", real_cluster.images.trial.name, deadline="90s", max_resource=12, parallel=1
     )
     manifest["spec"]["trialTemplate"]["spec"]["containers"][0]["command"] = [
         "python",
