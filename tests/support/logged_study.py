@@ -22,7 +22,8 @@ GROUP_PATH = "/apis/hpo.dev/v1alpha1"
 create = create_study
 
 # Reads its x, trains R "epochs" of EPOCH_SECONDS, reports 1 - (x - 0.3)^2 scaled by how far it
-# trained, and appends each report with its delivery and pid to REPORT_LOG_DIR/<trial>.jsonl.
+# trained, and appends each report with its delivery (whether, and when) and pid to
+# REPORT_LOG_DIR/<trial>.jsonl.
 # CRASH_EXIT / CRASH_KILL: trial indices ("*": all) that exit 3, or SIGKILL themselves (as the
 # OOM killer does: exit 137), one epoch in, before their first report (a trial that reported below
 # its rung's cut-off may be pruned before its exit is seen; the first verdict stands).
@@ -43,7 +44,13 @@ for resource in range(1, int(os.environ["HPO_MAX_RESOURCE"]) + 1):
         os.kill(os.getpid(), signal.SIGKILL)
     value = round((1 - (x - 0.3) ** 2) * (1 - 0.5 ** resource), 6)
     delivered = hpo_trial.report(resource, value)
-    line = {"resource": resource, "value": value, "delivered": delivered, "pid": os.getpid()}
+    line = {
+        "resource": resource,
+        "value": value,
+        "delivered": delivered,
+        "deliveredAt": time.time(),
+        "pid": os.getpid(),
+    }
     with open(os.path.join(os.environ["REPORT_LOG_DIR"], trial + ".jsonl"), "a") as log:
         log.write(json.dumps(line) + "\\n")
 """
