@@ -118,7 +118,9 @@ def test_a_trial_that_ignores_sigterm_is_killed_after_the_grace_period_before_th
     for t in ended_by_us:
         # Killed after the grace period, unless its last epoch ended on its own within the grace.
         finished = t["exitCode"] == 0 and max(r["resource"] for r in t["reports"]) == 4
-        assert (t["killed"] and t["exitCode"] == -signal.SIGKILL) or finished, t["name"]
+        summary = {k: t.get(k) for k in ("name", "status", "killed", "exitCode", "startedAt", "endedAt")}
+        summary["resources"] = [r["resource"] for r in t["reports"]]
+        assert (t["killed"] and t["exitCode"] == -signal.SIGKILL) or finished, (summary, doc["deadline"])
     assert any(t["killed"] for t in ended_by_us)
     assert_inside_budget(doc)
 
