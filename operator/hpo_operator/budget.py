@@ -15,7 +15,8 @@ predicted wall clock is
 (the second term: the last full training may run alone while the other slots idle). The plan takes
 the largest n whose prediction stays within ``headroom`` x budget, so it never predicts a finish
 past the budget; the longest chain, one training to R, must fit on its own or there is no plan.
-Re-planning is the same computation with a measured epoch time.
+Re-planning is the same computation with a measured epoch time. A trial limit (``max_trials``)
+caps n; the plan then says so (``Plan.max_trials``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Plan:
     predicted_gpu_seconds: float
     predicted_seconds: float
     trial_overhead_seconds: float = 0.0
+    max_trials: int | None = None  # set when this trial limit capped planned_trials below the budget's
 
     def to_status(self) -> dict[str, Any]:
         """camelCase keys, as in the HPOStudy status and `hpo plan --json`."""
@@ -74,7 +76,7 @@ class Plan:
             "predictedGpuSeconds": round(self.predicted_gpu_seconds, 3),
             "predictedSeconds": round(self.predicted_seconds, 3),
             "trialOverheadSeconds": round(self.trial_overhead_seconds, 3),
-        }
+        } | ({"maxTrials": self.max_trials} if self.max_trials is not None else {})
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,9 +126,10 @@ def make_plan(
     eta: int | None = None,
     trial_overhead: float = 0.0,
     promote: bool = False,
+    max_trials: int | None = None,
 ) -> Plan:
-    """The plan with the most trials whose predicted finish fits the budget; ``promote``: each
-    resumption of a trial pays ``trial_overhead`` again.
+    """The plan with the most trials whose predicted finish fits the budget, at most ``max_trials``;
+    ``promote``: each resumption of a trial pays ``trial_overhead`` again.
 
     Raises BudgetTooSmall when one full training does not fit, ValueError on impossible inputs.
     """
@@ -165,6 +168,10 @@ def make_plan(
         else:
             high = mid
     n = low
+    capped = max_trials is not None and max_trials < n
+    if capped:
+        assert max_trials is not None
+        n = max_trials
     parallel = min(slots, n)
     return Plan(
         eta=eta,
@@ -181,4 +188,5 @@ def make_plan(
             n, slots, epoch_seconds, per_trial, max_resource, trial_overhead, runs
         ),
         trial_overhead_seconds=trial_overhead,
+        max_trials=max_trials if capped else None,
     )

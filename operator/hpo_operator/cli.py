@@ -130,6 +130,15 @@ def summary_lines(study: StudyConfig, raw: dict[str, Any]) -> list[str]:
     lines.append(resource)
     if study.reduction_factor is not None:
         lines.append(f"reduction factor: {study.reduction_factor}")
+    if study.goal is not None:
+        better = ">=" if study.mode == "max" else "<="
+        at = "R" if study.goal_resource is None else f"resource {study.goal_resource:g} (goal_resource)"
+        lines.append(
+            f"goal: stop once a trial reports {study.metric} {better} {study.goal:g} at {at} or beyond"
+        )
+    if study.max_trials is not None:
+        key = _written(raw, "max_trials", "num_trials")
+        lines.append(f"trials: at most {study.max_trials} ({key})")
     if "sampler" in raw:
         lines.append(f"sampler: {study.sampler} (sampler)")
     elif raw.get("search_algorithm") == "smbo":
@@ -215,6 +224,11 @@ def _with_max_resource(config: StudyConfig, max_resource: float | None) -> Study
             f"--max-resource ({max_resource:g}) is below the config's minimum_resource "
             f"({config.min_resource:g})"
         )
+    if config.goal_resource is not None and config.goal_resource > max_resource:
+        fail(
+            f"--max-resource ({max_resource:g}) is below the config's goal_resource "
+            f"({config.goal_resource:g}): no report lies beyond R"
+        )
     return replace(config, max_resource=max_resource)
 
 
@@ -269,6 +283,7 @@ def plan(
         max_resource=study.max_resource,
         min_resource=study.min_resource,
         eta=study.reduction_factor,
+        max_trials=study.max_trials,
     )
     if as_json:
         click.echo(json.dumps(result.to_status(), indent=2))
@@ -276,7 +291,8 @@ def plan(
     click.echo(f"budget: {format_duration(seconds)} ({source}), {gpus} GPU(s)")
     click.echo(f"ASHA: eta {result.eta}, r {result.min_resource:g}, R {result.max_resource:g}")
     click.echo(f"rungs: {', '.join(f'{r:g}' for r in result.rungs)} (then R = {result.max_resource:g})")
-    click.echo(f"trials: {result.planned_trials}, {result.parallelism} at once")
+    capped = f" (max_trials {result.max_trials}; the budget holds more)" if result.max_trials else ""
+    click.echo(f"trials: {result.planned_trials}, {result.parallelism} at once{capped}")
     click.echo(
         f"predicted: {format_duration(result.predicted_seconds)} wall clock, "
         f"{format_duration(result.predicted_gpu_seconds)} GPU time"
@@ -384,6 +400,9 @@ def manifest(
         "seed": study.seed,
         "sampler": study.sampler,
         "prior_hyperparameters": [dict(prior) for prior in study.priors] or None,
+        "goal": study.goal,
+        "goal_resource": study.goal_resource,
+        "max_trials": study.max_trials,
     }
     if study.asha_variant != "stop":
         fields["asha"] = {"variant": study.asha_variant}

@@ -181,6 +181,16 @@ class StudyConfig:
     priors: tuple[dict[str, Any], ...] = ()
     # OTX keys the file gives that change nothing here, each "key (why)": one warning names them.
     ignored: tuple[str, ...] = ()
+    # Stop conditions besides the budget: the study ends once a report that counts, at goal_resource
+    # or beyond (None: R), reaches goal (>= for mode max, <= for min); no trial index reaches max_trials.
+    goal: float | None = None
+    goal_resource: float | None = None
+    max_trials: int | None = None
+
+    @property
+    def goal_at(self) -> float:
+        """The resource from which a report can reach the goal."""
+        return self.goal_resource if self.goal_resource is not None else self.max_resource
 
     @property
     def max_resource_given(self) -> bool:
@@ -291,11 +301,13 @@ OTX_RENAMED = {
     "metric_name": "metric",  # 2.x
     "max_iterations": "maximum_resource",  # 0.x: "max training epochs for each trial"
     "min_iterations": "minimum_resource",  # 0.x: ASHA's minimum epochs
+    # 0.x ran this many trials (hpopt's "how many trainings to conduct"); 1.x and 2.x keep it unused.
+    # Here an upper bound: the budget may end the study first.
+    "num_trials": "max_trials",
 }
 # Keys OTX reads that have no equivalent here, and why ignoring them changes nothing.
 OTX_IGNORED = {
     "early_stop": "ASHA's rungs stop trials",
-    "num_trials": "the budget sets the number of trials",
     "num_init_trials": "the sampler starts with its own quasi-random trials",
     "num_brackets": "ASHA runs one bracket",
     "asynchronous_bracket": "ASHA runs one bracket",
@@ -327,6 +339,9 @@ class HpoConfigFile(_Strict):
     sampler: SamplerName = DEFAULT_SAMPLER
     asha: AshaSettings = Field(default_factory=AshaSettings)
     metrics_collector: MetricsCollector | None = None
+    goal: float | None = Field(default=None, allow_inf_nan=False, strict=True)
+    goal_resource: float | None = Field(default=None, gt=0, allow_inf_nan=False, strict=True)
+    max_trials: int | None = Field(default=None, ge=1, strict=True)
 
 
 FILE_KEYS = sorted({*HpoConfigFile.model_fields, *OTX_RENAMED, *OTX_IGNORED})
@@ -412,11 +427,38 @@ def _limit_problems(values: Mapping[str, Any], names: Mapping[str, str]) -> list
     ratio = _number(values.get(names["time_ratio"])) if "time_ratio" in names else None
     if ratio is not None and ratio > MAX_TIME_RATIO:
         problems.append(f"{names['time_ratio']} ({quote(ratio)}) must be at most {MAX_TIME_RATIO:g}")
+    problems += _stop_problems(values, names, max_r)
     metric = values.get(names["metric"])
     if isinstance(metric, str) and not (0 < len(metric) <= MAX_METRIC_CHARS and metric.isprintable()):
         problems.append(
             f"{names['metric']}: 1 to {MAX_METRIC_CHARS} printable characters, got {quote(metric)}"
         )
+    return problems
+
+
+def _stop_problems(values: Mapping[str, Any], names: Mapping[str, str], max_r: float | None) -> list[str]:
+    """Problems of the goal and the trial limit beyond their types (the models judge those)."""
+    problems: list[str] = []
+    goal_r = _number(values.get(names["goal_resource"]))
+    if goal_r is not None and goal_r > 0:
+        if not MIN_RESOURCE_LIMIT <= goal_r <= MAX_RESOURCE_LIMIT:
+            problems.append(
+                f"{names['goal_resource']} ({quote(goal_r)}) must lie between {MIN_RESOURCE_LIMIT:g} "
+                f"and {MAX_RESOURCE_LIMIT:g}"
+            )
+        elif max_r is not None and max_r > 0 and goal_r > max_r:
+            problems.append(
+                f"{names['goal_resource']} ({goal_r:g}) must not exceed {names['max_resource']} ({max_r:g}): "
+                "no report lies beyond R"
+            )
+    if values.get(names["goal_resource"]) is not None and values.get(names["goal"]) is None:
+        goal = names["goal"]
+        problems.append(
+            f"{names['goal_resource']}: the resource at which {goal} counts, but {goal} is not set"
+        )
+    limit = values.get(names["max_trials"])
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > INT64_MAX:
+        problems.append(f"{names['max_trials']} ({quote(limit)}) must be at most 2^63 - 1")
     return problems
 
 
@@ -428,6 +470,9 @@ _FILE_NAMES = {
     "metric": "metric",
     "time_ratio": "expected_time_ratio",
     "parallel_trials": "num_workers",
+    "goal": "goal",
+    "goal_resource": "goal_resource",
+    "max_trials": "max_trials",
 }
 _SPEC_NAMES = {
     "max_resource": "maximumResource",
@@ -437,6 +482,9 @@ _SPEC_NAMES = {
     "metric": "metric",
     "time_ratio": "budget.timeRatio",
     "parallel_trials": "parallelTrials",
+    "goal": "goal",
+    "goal_resource": "goalResource",
+    "max_trials": "maxTrials",
 }
 
 
@@ -594,6 +642,9 @@ def config_from_mapping(
         metrics_collector=model.metrics_collector,
         priors=priors,
         ignored=(*ignored, *notes),
+        goal=model.goal,
+        goal_resource=model.goal_resource,
+        max_trials=model.max_trials,
     )
 
 
@@ -864,6 +915,27 @@ class StudySpec(_Camel):
     asha: AshaSettings = Field(default_factory=AshaSettings)
     final_training: FinalTrainingModel = Field(default_factory=FinalTrainingModel)
     checkpoints: CheckpointsModel | None = None
+    goal: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        strict=True,
+        description="The study succeeds once a trial reports this value or better (>= for mode max, <= "
+        "for min) at goalResource or beyond; its running trials are stopped. Unset: no goal",
+    )
+    goal_resource: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,
+        description="The resource (epochs) from which a report can reach the goal; unset: maximumResource",
+    )
+    max_trials: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="At most this many trials: the plan is capped at it, no further trial starts, and "
+        "the study ends once they all ended; unset: as many as the budget holds",
+    )
     metrics_collector: MetricsCollector | None = Field(
         default=None,
         description="Trials that do not call hpo_trial.report(): how a wrapper around the first "
@@ -902,6 +974,9 @@ class StudySpec(_Camel):
             "metric": self.metric,
             "budget.timeRatio": self.budget.time_ratio,
             "parallelTrials": self.parallel_trials,
+            "goal": self.goal,
+            "goalResource": self.goal_resource,
+            "maxTrials": self.max_trials,
         }
         problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         problems += self._checkpoint_problems()
@@ -936,6 +1011,9 @@ class StudySpec(_Camel):
             final_training=self.final_training.enabled,
             metrics_collector=self.metrics_collector,
             priors=priors,
+            goal=self.goal,
+            goal_resource=self.goal_resource,
+            max_trials=self.max_trials,
         )
 
     def _checkpoint_problems(self) -> list[str]:
@@ -961,7 +1039,7 @@ class StudySpec(_Camel):
 # Top-level fields whose values the model and _limit_problems judge; the walk only sizes them.
 _JUDGED_ELSEWHERE = frozenset(
     {"hpSpace", "maximumResource", "minimumResource", "reductionFactor", "seed", "metric", "parallelTrials"}
-)
+) | {"goal", "goalResource", "maxTrials"}
 
 
 def _path_text(path: tuple[Any, ...]) -> str:

@@ -51,6 +51,11 @@ class PlanStatus(ResultModel):
     predicted_gpu_seconds: Number
     predicted_seconds: Number
     trial_overhead_seconds: Number = 0.0
+    max_trials: int | None = Field(
+        default=None,
+        description="Set when the trial limit (spec.maxTrials) capped plannedTrials below what the budget "
+        "holds",
+    )
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
     @classmethod

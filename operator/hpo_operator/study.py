@@ -24,6 +24,10 @@ The budget: with ``deadline`` or ``train_time`` it is known from the start; othe
 alone and its first report measures one epoch, hence one training (R epochs), hence the budget. The
 deadline is hard: no trial starts that cannot finish its first rung before it, and at the deadline
 every running trial is stopped and the study finalized from what was reported.
+
+Two more stop conditions: a goal (once a report that counts, at the goal's resource or beyond,
+reaches it, the running trials are stopped and the study succeeds, ``GOAL_REACHED``) and a trial
+limit (no trial index reaches ``max_trials``; once they all ended the study is over).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from .trials import Report, StopMargin, TrialPhase, furthest_level, report_order
 
 # With maxFailedTrials unset, the fewest failed trials that can stop a study (see too_many_failed).
 DEFAULT_MIN_FAILED = 3
+# Finalize.code of a study that ended because a report reached its goal.
+GOAL_REACHED = "GoalReached"
 
 
 @dataclass(frozen=True)
@@ -138,12 +144,14 @@ class Finalize:
     """The study is over. ``succeeded`` is False when it ended without a usable result.
 
     ``final``: with final training on, the trial whose checkpoint is the trained model (trained to R).
+    ``code``: why, for machines (``GOAL_REACHED``), where the reason is more than that it ended.
     """
 
     reason: str
     best: Best | None
     succeeded: bool = True
     final: int | None = None
+    code: str | None = None
 
 
 Action = StartTrial | ResumeTrial | PruneTrial | StopTrial | Finalize
@@ -331,7 +339,11 @@ class Study:
             # A deadline and no measurement yet: run as many trials as there are slots until the
             # first reports size the plan; parallel slots cost no wall-clock time.
             plan = self._make_plan(budget, HEADROOM * budget / max_r, 0.0)
-            return replace(plan, planned_trials=max(plan.planned_trials, self.parallel_limit()))
+            planned = max(plan.planned_trials, self.parallel_limit())
+            limit = self.config.max_trials
+            if limit is not None and limit < planned:
+                return replace(plan, planned_trials=limit, max_trials=limit)
+            return replace(plan, planned_trials=planned)
         if measured is None:
             assert self.config.budget.train_time is not None
             return self._make_plan(budget, self.config.budget.train_time / max_r, 0.0)
@@ -354,6 +366,7 @@ class Study:
                 eta=self.eta,
                 trial_overhead=overhead,
                 promote=bool(self._pauses),
+                max_trials=self.config.max_trials,
             )
         except BudgetTooSmall as err:
             raise StudyError(str(err)) from err
@@ -453,6 +466,33 @@ class Study:
             )
         return None
 
+    # --- the goal and the trial limit ------------------------------------------------------
+
+    def goal_reached(self, counting: Sequence[TrialView]) -> str | None:
+        """Why the goal is reached (the first report, in time, that reached it), or None.
+
+        ``counting``: the trials with the reports that count. A report reaches the goal at the
+        goal's resource or beyond with a value at least the goal (mode max) or at most (min).
+        """
+        goal = self.config.goal
+        if goal is None:
+            return None
+        sign = 1 if self.config.mode == "max" else -1
+        hits = [
+            (r.time, t.index, r)
+            for t in counting
+            for r in t.reports
+            if r.resource >= self.config.goal_at and math.isfinite(r.value) and sign * (r.value - goal) >= 0
+        ]
+        if not hits:
+            return None
+        _, index, report = min(hits, key=lambda h: (h[0], h[1]))
+        return f"goal reached: trial {index} reported {report.value:g} at resource {report.resource:g}"
+
+    def may_start(self, index: int) -> bool:
+        """Whether trial ``index`` is within the trial limit."""
+        return self.config.max_trials is None or index < self.config.max_trials
+
     # --- the decision -----------------------------------------------------------------------
 
     def decide(self, obs: Observation) -> Decision:
@@ -488,10 +528,15 @@ class Study:
                 active.discard(t.index)
                 pruned_now += 1
 
-        def finish(reason: str, message: str = "") -> Decision:
+        def finish(reason: str, message: str = "", code: str | None = None) -> Decision:
             return self._finish(
-                actions, reason, trials, active, plan, deadline, best, message, rung_decisions
+                actions, reason, trials, active, plan, deadline, best, message, rung_decisions, code
             )
+
+        goal = self.goal_reached(trials)
+        if goal is not None:
+            actions += [StopTrial(i, "goal reached") for i in sorted(active)]
+            return finish(goal, "the goal is reached", GOAL_REACHED)
 
         if deadline is not None and obs.now >= deadline:
             actions += [StopTrial(i, "deadline") for i in sorted(active)]
@@ -511,6 +556,7 @@ class Study:
         # A trial pruned by this decision frees its slot for a trial started by it.
         free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
         first_stop = self.rungs[0] if promote and self.rungs else None
+        promotion_waits = False  # a paused trial would be promoted, were a slot free
         if plan is None:
             # The budget is measured by trial 0, which runs alone until it has reported twice.
             if next_index == 0 and free > 0:
@@ -523,17 +569,23 @@ class Study:
             epoch, overhead = plan.epoch_seconds, plan.trial_overhead_seconds
             if promote:
                 for index, start_from, stop_at in self.promotable(trials):
-                    if free <= 0:
-                        break
                     if obs.now + overhead + (stop_at - start_from) * epoch > deadline:
                         continue
+                    if free <= 0:
+                        promotion_waits = True
+                        break
                     trial = next(t for t in trials if t.index == index)
                     actions.append(ResumeTrial(index, self.trial_params(trial), start_from, stop_at))
                     active.add(index)
                     free -= 1
             tried = list(trials)
-            while free > 0 and (
-                started < plan.planned_trials or self._room_for_another(plan, obs.now, deadline, len(active))
+            while (
+                free > 0
+                and self.may_start(next_index)
+                and (
+                    started < plan.planned_trials
+                    or self._room_for_another(plan, obs.now, deadline, len(active))
+                )
             ):
                 if obs.now + overhead + plan.min_resource * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
@@ -546,12 +598,16 @@ class Study:
                 next_index += 1
                 started += 1
                 free -= 1
-            if started >= plan.planned_trials and not self._room_for_another(
+            if not self.may_start(next_index):
+                message = f"all {next_index} trials started, the trial limit"
+            elif started >= plan.planned_trials and not self._room_for_another(
                 plan, obs.now, deadline, len(active)
             ):
                 message = f"all {plan.planned_trials} planned trials started"
 
         if not active:
+            if plan is not None and not self.may_start(next_index) and not promotion_waits:
+                return finish(f"all {next_index} trial{'s' if next_index != 1 else ''} finished", message)
             if plan is not None:
                 first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
@@ -612,11 +668,12 @@ class Study:
         best: Best | None,
         message: str,
         rung_decisions: dict[int, list[RungDecision]],
+        code: str | None = None,
     ) -> Decision:
         """HPO is over: finalize, or with final training first train the best configuration to R."""
         if not self.config.final_training or best is None:
             return Decision(
-                [*actions, Finalize(reason, best, best is not None)],
+                [*actions, Finalize(reason, best, best is not None, code=code)],
                 plan,
                 deadline,
                 best,
@@ -627,7 +684,7 @@ class Study:
         reached = max(r.resource for r in trial.reports)
         if reached >= self.config.max_resource:
             final = Finalize(
-                f"{reason}; the best trial trained to the maximum resource", best, True, best.index
+                f"{reason}; the best trial trained to the maximum resource", best, True, best.index, code
             )
             return Decision([*actions, final], plan, deadline, best, message, rung_decisions)
         if trial.index in active:
@@ -669,8 +726,11 @@ class Study:
         if trial.status is TrialPhase.COMPLETED and reached >= self.config.max_resource:
             final_best = self._best_of([trial])
             if final_best is not None:
+                goal = self.goal_reached(trials)
+                reason = "final training finished" if goal is None else f"{goal}; final training finished"
+                code = None if goal is None else GOAL_REACHED
                 return Decision(
-                    [Finalize("final training finished", final_best, True, trial.index)],
+                    [Finalize(reason, final_best, True, trial.index, code)],
                     plan,
                     deadline,
                     final_best,

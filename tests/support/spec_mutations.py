@@ -149,10 +149,26 @@ def hostile_resource(spec: JSON, rng: random.Random) -> str:
     return f"spec.{key}"
 
 
+def bad_stop_condition(spec: JSON, rng: random.Random) -> str:
+    """A goal that is not a finite number, a goal resource beyond R or without a goal, a trial limit
+    below 1 or beyond int64."""
+    if not isinstance(spec.get("maximumResource"), int) or spec["maximumResource"] < 1:
+        spec["maximumResource"] = 9  # an earlier mutation broke it
+    key, bad = rng.choice([
+        ("goal", float("nan")), ("goal", float("inf")), ("goal", "high"), ("goal", True),
+        ("goalResource", 0), ("goalResource", -1), ("goalResource", spec["maximumResource"] + 1),
+        ("maxTrials", 0), ("maxTrials", -3), ("maxTrials", 2.5), ("maxTrials", 10**30),
+    ])  # fmt: skip
+    spec[key] = bad
+    if key == "goalResource" and rng.random() < 0.5:
+        spec["goal"] = 0.9
+    return f"spec.{key}"
+
+
 MUTATIONS: list[Mutation] = [
     wrong_type_number, out_of_range_number, minimum_above_maximum, bad_mode, bad_duration, unknown_key,
     missing_field, empty_space, empty_or_odd_name, bad_range, bad_param_type, bad_default, hostile_range,
-    hostile_resource,
+    hostile_resource, bad_stop_condition,
 ]  # fmt: skip
 # The mutations the CRD's schema lets through (well-typed): the operator itself must refuse them.
 SCHEMA_VALID: list[Mutation] = [

@@ -46,7 +46,7 @@ NON_FINITE = st.sampled_from([float("inf"), float("-inf"), float("nan")])
 def broken_configs(draw: st.DrawFn) -> tuple[JSON, str]:
     """(a broken hpo_config mapping, the key its error must name)."""
     data = copy.deepcopy(VALID)
-    kind = draw(st.integers(0, 11))
+    kind = draw(st.integers(0, 12))
     if kind == 0:
         key = draw(st.sampled_from(["maximum_resource", "minimum_resource", "reduction_factor", "seed"]))
         data[key] = draw(NOT_A_NUMBER)
@@ -97,6 +97,16 @@ def broken_configs(draw: st.DrawFn) -> tuple[JSON, str]:
             ])
         )  # fmt: skip
         data["hp_space"] = {name: {"param_type": bad[0], "range": bad[1]}}
+    elif kind == 12:
+        key, value = draw(
+            st.sampled_from([
+                ("goal", float("nan")), ("goal", float("-inf")), ("goal", "high"), ("goal_resource", 0),
+                ("goal_resource", 11), ("max_trials", 0), ("num_trials", -1), ("max_trials", 1.5),
+            ])
+        )  # fmt: skip
+        data[key] = value
+        if key == "goal_resource" and draw(st.booleans()):
+            data["goal"] = 0.9
     else:
         name = draw(NAME)
         key = f"hp_space.{name}"

@@ -321,7 +321,7 @@ def _trial_writes(
         elif isinstance(action, StopTrial):
             settled[trial_name(name, action.index)] = {
                 "phase": TrialPhase.STOPPED.value,
-                "reason": "Deadline" if action.reason == "deadline" else "Stopped",
+                "reason": _STOP_REASONS.get(action.reason, "Stopped"),
                 "message": f"stopped: {action.reason}",
                 "finishedAt": to_rfc3339(now),
             }
@@ -435,6 +435,10 @@ def _trial_event(name: str, phase: str, status: JSON) -> Event | None:
     if phase == TrialPhase.PAUSED:
         return Event("TrialPaused", message)
     return None
+
+
+# A stopped trial's reason (CamelCase) for the core's reasons that have their own.
+_STOP_REASONS = {"deadline": "Deadline", "goal reached": "GoalReached"}
 
 
 def _finish_event(finalize: Finalize) -> Event:

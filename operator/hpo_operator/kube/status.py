@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..result import BestStatus, PlanStatus, StudyPhase, TrialCounts
 from ..study import (
     Decision,
+    Finalize,
     ResumeTrial,
 )
 from ..trials import ENDED_PHASE_NAMES, TrialPhase
@@ -86,6 +87,13 @@ def only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
     return True
 
 
+def _complete_reason(finalize: Finalize) -> str:
+    """The Complete condition's reason: the core's code (GoalReached) for a success that has one."""
+    if finalize.succeeded:
+        return finalize.code or "Succeeded"
+    return "Failed"
+
+
 def _phases(states: list[TrialState], writes: list[Write]) -> list[str]:
     """Each trial's phase once these writes have landed."""
     phases = {s.name: s.status["phase"] for s in states}
@@ -116,7 +124,7 @@ def study_status(
     if finalize is not None:
         wanted += [
             ("Ready", False, "Finished", finalize.reason),
-            ("Complete", True, "Succeeded" if finalize.succeeded else "Failed", finalize.reason),
+            ("Complete", True, _complete_reason(finalize), finalize.reason),
         ]
     elif unschedulable:
         wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))

@@ -435,8 +435,9 @@ class LocalRunner:
             return
         self._announced_plan = key
         rungs = ", ".join(f"{r:g}" for r in plan.rungs) or "none"
+        capped = " (the trial limit)" if plan.max_trials is not None else ""
         self.progress.log(
-            f"plan: {plan.planned_trials} trials, {plan.parallelism} at once, eta {plan.eta}, "
+            f"plan: {plan.planned_trials} trials{capped}, {plan.parallelism} at once, eta {plan.eta}, "
             f"rungs {rungs}, R {plan.max_resource:g}; budget {plan.budget_seconds:.0f}s "
             f"(epoch {plan.epoch_seconds:.2f}s)"
         )
