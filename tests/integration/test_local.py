@@ -161,5 +161,3 @@ def test_without_a_budget_the_first_trial_measures_one_training(
 
 
 # --- the parts, without processes ---------------------------------------------------------------
-
-
