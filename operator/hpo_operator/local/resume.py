@@ -551,9 +551,10 @@ def prepare(
         raise ResumeError(str(err)) from err
     flags = record.flags.model_copy(
         update={
+            # The flags `hpo run` would have been given for this budget.
             "budget": spec.deadline,
-            "train_time": spec.train_time,
-            "time_ratio": spec.time_ratio,
+            "train_time": None if spec.deadline is not None else spec.train_time,
+            "time_ratio": None if spec.deadline is not None else spec.time_ratio,
             "grace": record.flags.grace if grace is None else grace,
             "poll": record.flags.poll if poll is None else poll,
         }
