@@ -588,6 +588,11 @@ def run_command(
             given.append("--final-training")
         if given:
             fail(f"{', '.join(given)}: a resumed study keeps the settings it was started with")
+        if config is not None and not config.is_file():
+            fail(
+                f"{config}: no such config file (with --resume, a trial command comes after the config: "
+                "hpo run --resume DIR CONFIG -- COMMAND)"
+            )
         _resume_run(resume_dir, config, command, budget, time_ratio, gpus, cpu_slots, grace, poll)
         return
     if config is None:

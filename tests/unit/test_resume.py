@@ -14,7 +14,6 @@ import pytest
 
 from hpo_operator import simulate as simulate_module
 from hpo_operator.config import BudgetSpec, SamplerName, StudyConfig, config_from_mapping
-from hpo_operator.local.document import StudyFile, TrialFile
 from hpo_operator.local.resume import (
     BudgetChange,
     ResumeError,
@@ -31,6 +30,7 @@ from hpo_operator.sampler import startup_trials
 from hpo_operator.simulate import simulate
 from hpo_operator.study import Decision, Observation, StartTrial, Study
 from hpo_operator.trials import TrialPhase
+from tests.support.local_study import study_doc, trial_file
 
 # --- the study's clock --------------------------------------------------------------------------
 
@@ -123,100 +123,36 @@ def test_a_different_config_is_named_setting_by_setting() -> None:
 # --- an interrupted trial ---------------------------------------------------------------------------
 
 
-def _trial_file(status: str, reports: list[float], **fields: Any) -> TrialFile:
-    base: dict[str, Any] = {
-        "index": 3,
-        "name": "s-3",
-        "status": status,
-        "reason": None,
-        "params": {"x": 0.5},
-        "slot": {"number": 0, "gpu": None, "threads": 1},
-        "startedAt": 10.0,
-        "endedAt": None,
-        "pid": 4321,
-        "exitCode": None,
-        "killed": False,
-        "runs": 1,
-        "final": False,
-        "command": ["train"],
-        "rung": None,
-        "pruned": None,
-        "reports": [
-            {"seq": k, "resource": r, "value": r / 10, "time": 10.0 + r, "extra": {}}
-            for k, r in enumerate(reports)
-        ],
-        "refusedReports": 0,
-        "refused": [],
-        "processes": [],
-        "log": "trials/s-3/log.txt",
-        "logTail": None,
-    }
-    return TrialFile.model_validate(base | fields)
-
-
 def test_which_trials_were_interrupted() -> None:
-    assert interrupted(_trial_file("Running", [1]))
-    assert interrupted(_trial_file("Stopped", [1], reason="the runner died"))  # the watchdog's mark
-    assert interrupted(_trial_file("Stopped", [1], reason="interrupted"))  # Ctrl-C
-    assert not interrupted(_trial_file("Stopped", [1], reason="deadline"))
-    assert not interrupted(_trial_file("Pruned", [1], reason="pruned at rung 0"))
-    assert not interrupted(_trial_file("Completed", [1, 2, 4]))
-    assert not interrupted(_trial_file("Paused", [1]))
+    assert interrupted(trial_file("Running", [1]))
+    assert interrupted(trial_file("Stopped", [1], reason="the runner died"))  # the watchdog's mark
+    assert interrupted(trial_file("Stopped", [1], reason="interrupted"))  # Ctrl-C
+    assert not interrupted(trial_file("Stopped", [1], reason="deadline"))
+    assert not interrupted(trial_file("Pruned", [1], reason="pruned at rung 0"))
+    assert not interrupted(trial_file("Completed", [1, 2, 4]))
+    assert not interrupted(trial_file("Paused", [1]))
 
 
 def test_an_interrupted_trial_resumes_from_its_checkpoint_or_runs_again_from_scratch() -> None:
-    running = _trial_file("Running", [1, 2, 3], startFrom=1, stopAt=4)
+    running = trial_file("Running", [1, 2, 3], startFrom=1, stopAt=4)
     phase, restart = after_interruption(running, "promote", 8)
     assert phase is TrialPhase.RUNNING and restart is not None
     assert (restart.start_from, restart.stop_at) == (3, 4)
-    phase, restart = after_interruption(_trial_file("Running", [1, 2, 3]), "stop", 8)
+    phase, restart = after_interruption(trial_file("Running", [1, 2, 3]), "stop", 8)
     assert restart is not None and restart.start_from == 0 and restart.stop_at is None
     # The final training resumes from its checkpoint whatever the variant.
-    final = _trial_file("Running", [1, 2, 3, 4, 5], final=True, startFrom=4, stopAt=8)
+    final = trial_file("Running", [1, 2, 3, 4, 5], final=True, startFrom=4, stopAt=8)
     _, restart = after_interruption(final, "stop", 8)
     assert restart is not None and restart.final and restart.start_from == 5
     # A run that had reported where it was to stop is counted so, not run again.
-    assert after_interruption(_trial_file("Running", [1, 2], stopAt=2), "promote", 8) == (
+    assert after_interruption(trial_file("Running", [1, 2], stopAt=2), "promote", 8) == (
         TrialPhase.PAUSED,
         None,
     )
-    assert after_interruption(_trial_file("Running", list(range(1, 9))), "stop", 8) == (
+    assert after_interruption(trial_file("Running", list(range(1, 9))), "stop", 8) == (
         TrialPhase.COMPLETED,
         None,
     )
-
-
-def _study_doc(trials: list[TrialFile], **fields: Any) -> StudyFile:
-    base: dict[str, Any] = {
-        "format": 1,
-        "name": "s",
-        "state": "Interrupted",
-        "reason": "the runner died",
-        "message": "",
-        "error": None,
-        "config": {},
-        "command": ["train"],
-        "slots": [],
-        "graceSeconds": 1.0,
-        "runner": None,
-        "startedAt": 10.0,
-        "deadline": 110.0,
-        "finishedAt": 40.0,
-        "updatedAt": 40.0,
-        "plan": None,
-        "budget": {
-            "seconds": 100.0,
-            "usedSeconds": 30.0,
-            "stopMarginSeconds": 1.0,
-            "finishedInsideSeconds": 70.0,
-        },
-        "counts": {"total": len(trials)},
-        "best": None,
-        "final": None,
-        "trials": [t.model_dump(by_alias=True) for t in trials],
-        "sessions": [{"startedAt": 10.0, "endedAt": None}],
-    }
-    return StudyFile.model_validate(base | fields)
 
 
 def test_restore_reads_what_the_killed_run_wrote_after_the_last_write(tmp_path: Path) -> None:
@@ -227,9 +163,9 @@ def test_restore_reads_what_the_killed_run_wrote_after_the_last_write(tmp_path: 
     first = json.dumps(known) + "\n"
     # One report counted before the kill, one written after the last write, half a line after that.
     (folder / "reports.jsonl").write_text(first + json.dumps(late) + "\n" + '{"seq": 2, "reso')
-    record = _trial_file("Stopped", [1], reason="the runner died", reportsRead=len(first), endedAt=40.0)
-    ended = _trial_file("Completed", [1, 2, 4], index=1, name="s-1")
-    resumed = restore(tmp_path, _study_doc([ended, record]), _config(), now=100.0)
+    record = trial_file("Stopped", [1], reason="the runner died", reportsRead=len(first), endedAt=40.0)
+    ended = trial_file("Completed", [1, 2, 4], index=1, name="s-1")
+    resumed = restore(tmp_path, study_doc([ended, record]), _config(), now=100.0)
     trial = next(t for t in resumed.trials if t.index == 3)
     assert [r["resource"] for r in trial.reports] == [1, 2]
     assert trial.status is TrialPhase.RUNNING and trial.ended_at is None
