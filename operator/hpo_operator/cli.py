@@ -576,7 +576,7 @@ def run_command(
     import time as _time
 
     from .local.document import ResultsError
-    from .local.resume import RunFlags, RunRecord, write_run_record
+    from .local.resume import ResumeError, RunFlags, RunRecord, hold_folder, write_run_record
     from .local.runner import DEFAULT_GRACE_SECONDS, DEFAULT_POLL_SECONDS, RunOptions
     from .local.slots import make_slots
     from .study import Study, StudyError
@@ -658,9 +658,13 @@ def run_command(
     )
     try:  # what --resume needs to continue the study
         write_run_record(out_dir, record, config.read_text())
+        lock = hold_folder(out_dir)  # one hpo run a study folder at a time
     except ResultsError as err:
         fail(f"{err}: choose a results folder (--out) that can be written")
-    _run_study(study, options)
+    except ResumeError as err:
+        fail(str(err))
+    with lock:
+        _run_study(study, options)
 
 
 def _run_study_config(config: Path, flags: Any) -> StudyConfig:
@@ -722,7 +726,8 @@ def _resume_run(
         return
     for line in prepared.lines:
         click.echo(line, err=True)
-    _run_study(prepared.study, prepared.options, prepared.resumed)
+    with prepared.lock:
+        _run_study(prepared.study, prepared.options, prepared.resumed)
 
 
 def _run_study(study: Any, options: Any, resumed: Any = None) -> None:

@@ -22,6 +22,7 @@ from hpo_operator.local.resume import (
     after_interruption,
     budget_left,
     config_differences,
+    hold_folder,
     interrupted,
     restore,
     resumed_budget,
@@ -231,3 +232,11 @@ def test_a_core_rebuilt_from_the_recorded_trials_proposes_and_decides_the_same(
     # Proposals well past the samplers' start-up (tpe and gp model the history after it) were compared.
     compared_after = [i for i in _Compared.started if i >= startup_trials(config.space)]
     assert len(compared_after) >= 5, _Compared.started
+
+
+def test_one_hpo_run_at_a_time_holds_a_study_folder(tmp_path: Path) -> None:
+    held = hold_folder(tmp_path)
+    with pytest.raises(ResumeError, match="another hpo run is running the study"):
+        hold_folder(tmp_path)
+    held.close()  # as when its process ends, however it ends
+    hold_folder(tmp_path).close()

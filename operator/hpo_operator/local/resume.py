@@ -27,6 +27,7 @@ decides, and the runner then does:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -35,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -284,6 +285,24 @@ def read_study_file(folder: Path) -> StudyFile:
         raise ResumeError(f"{path}: not a study.json written by hpo run ({where}: {first['msg']})") from err
 
 
+LOCK_FILE = ".hpo-run.lock"
+
+
+def hold_folder(folder: Path) -> IO[bytes]:
+    """Locks the study folder for this process (flock: released when the process ends, however it
+    ends); the open file must be kept. Raises ResumeError when another `hpo run` holds it."""
+    try:
+        handle = (folder / LOCK_FILE).open("ab")
+    except OSError as err:
+        raise ResumeError(f"cannot lock {folder / LOCK_FILE}: {err.strerror or err}") from err
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        raise ResumeError(f"another hpo run is running the study in {folder}") from err
+    return handle
+
+
 def check_not_running(doc: StudyFile) -> None:
     """Refuses a study whose `hpo run` still runs on this machine, and ends what is left of an
     earlier run's trials (a watchdog still at work, or one that died with its runner)."""
@@ -499,6 +518,7 @@ class Prepared:
     options: RunOptions
     resumed: Resumed
     lines: tuple[str, ...]
+    lock: IO[bytes]  # held while the study runs (hold_folder)
 
 
 def prepare(
@@ -515,11 +535,31 @@ def prepare(
     """Reads the study in ``folder`` and checks what the command gave against it. ``build_config``
     applies run flags to a config file as `hpo run` does; ``slots`` makes the slots from the flags
     (the command's own, else the recorded ones). Raises ResumeError (or ValueError for slots)."""
-    from .runner import RunOptions
-
     if not folder.is_dir():
         raise ResumeError(f"no such study folder: {folder}")
     record = read_run_record(folder)
+    lock = hold_folder(folder)
+    try:
+        return _prepare(folder, record, lock, build_config, config, command, change, slots, grace, poll)
+    except BaseException:
+        lock.close()  # refused: the folder is free again
+        raise
+
+
+def _prepare(
+    folder: Path,
+    record: RunRecord,
+    lock: IO[bytes],
+    build_config: Callable[[Path, RunFlags], StudyConfig],
+    config: Path | None,
+    command: Sequence[str],
+    change: BudgetChange,
+    slots: Callable[[RunFlags], Sequence[Slot]],
+    grace: float | None,
+    poll: float | None,
+) -> Prepared:
+    from .runner import RunOptions
+
     doc = read_study_file(folder)
     check_not_running(doc)
     recorded = build_config(folder / CONFIG_COPY, record.flags)
@@ -592,4 +632,4 @@ def prepare(
         f"{len(resumed.restarts)} to run again; {describe_budget(total, used)}; "
         f"{len(made)} slot(s) ({where})",
     )
-    return Prepared(study, options, resumed, lines)
+    return Prepared(study, options, resumed, lines, lock)
