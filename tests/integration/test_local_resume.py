@@ -276,6 +276,39 @@ def test_studies_killed_at_random_moments_resume_to_a_complete_result(tmp_path: 
                 t.ended_at is not None and t.ended_at <= doc.deadline for t in doc.trials if not t.final
             )
         assert any(t.interruptions for t in doc.trials), case.name
+    print(f"{len(kills.done)} kills: {kills.done}")  # shown with pytest -s
     assert len(kills.done) >= 20, kills.done
     phases = {k.split(" ")[0] for k in kills.done}
     assert {"timing", "running", "verdict", "near_end", "final"} <= phases, kills.done
+
+
+def test_a_finished_study_extended_with_more_budget_runs_new_trials_with_what_it_learnt(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "extended"
+    config = tmp_path / "hpo_config.yaml"
+    config.write_text(STOP)
+    first = ["run", str(config), "--budget", "5s", "--cpu-slots", "2", "--poll", "0.05", "--grace", "0.3",
+             "--out", str(out), "--", sys.executable, str(FAKE_TRAINER)]  # fmt: skip
+    assert session(first, out, None, 0.0, False, Kills()) == 0
+    before = StudyFile.model_validate(read(out))
+    assert before.state == "Succeeded" and before.best is not None
+    # The same config may be given; the budget grows by 4 s.
+    again = ["run", "--resume", str(out), str(config), "--budget", "+4s"]
+    assert session(again, out, None, 0.0, False, Kills()) == 0
+    after = StudyFile.model_validate(read(out))
+    assert after.state == "Succeeded"
+    assert after.budget.seconds == pytest.approx(before.budget.seconds + 4.0, abs=1e-3)
+    assert after.budget.used_seconds <= after.budget.seconds
+    assert len(after.sessions) == 2
+    # The earlier trials as they were, new ones after them, each index once.
+    assert [t.model_dump() for t in after.trials[: len(before.trials)]] == [
+        t.model_dump() for t in before.trials
+    ]
+    assert len(after.trials) > len(before.trials)
+    assert [t.index for t in after.trials] == list(range(len(after.trials)))
+    # The best moves only to something better (mode max).
+    assert after.best is not None and after.best.value is not None and before.best.value is not None
+    assert after.best.value >= before.best.value
+    if after.best.index != before.best.index:
+        assert after.best.index >= len(before.trials) and after.best.value > before.best.value
