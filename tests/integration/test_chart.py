@@ -35,6 +35,7 @@ DEFAULT_KINDS = [
 ]
 
 
+
 def kinds(objects: Iterable[Obj]) -> list[str]:
     return sorted(o["kind"] for o in objects)
 

@@ -161,3 +161,5 @@ def test_without_a_budget_the_first_trial_measures_one_training(
 
 
 # --- the parts, without processes ---------------------------------------------------------------
+
+
