@@ -60,6 +60,19 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 DURATION = Duration()
 
 
+class BudgetExtension(float):
+    """``--budget +30m``: seconds added to a resumed study's budget."""
+
+
+class RunBudget(Duration):
+    """`hpo run --budget`: a duration, or '+DURATION' to extend a resumed study's budget."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, str) and value.strip().startswith("+"):
+            return BudgetExtension(super().convert(value.strip()[1:], param, ctx))
+        return super().convert(value, param, ctx)
+
+
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(EXIT_BAD_INPUT)
@@ -197,7 +210,7 @@ def sample(config: Path, count: int, seed: int | None) -> None:
         click.echo(json.dumps(study.space.sample(rng)))
 
 
-def _plan_options(func: F) -> F:
+def _plan_options(func: F, budget_type: Duration = DURATION) -> F:
     options = [
         click.option(
             "--train-time", type=DURATION, default=None, help="One full training with the defaults ('20m')"
@@ -205,7 +218,7 @@ def _plan_options(func: F) -> F:
         click.option(
             "--time-ratio", type=float, default=None, help="Budget as a multiple of the train time [4]"
         ),
-        click.option("--budget", type=DURATION, default=None, help="An absolute budget instead ('2h')"),
+        click.option("--budget", type=budget_type, default=None, help="An absolute budget instead ('2h')"),
         click.option(
             "--max-resource", type=float, default=None, help="Override the config's maximum_resource"
         ),
@@ -508,14 +521,17 @@ def _warn_shared_path(study: StudyConfig, slots: int) -> None:
     )
 
 
+def _run_options(func: F) -> F:
+    return _plan_options(func, budget_type=RunBudget())
+
+
 @main.command(name="run")
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@_plan_options
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@_run_options
 @click.option(
     "--gpus",
-    default="auto",
-    show_default=True,
-    help="GPUs to use, one trial each: 'auto' (all found), N (the first N), or 0 (CPU slots)",
+    default=None,
+    help="GPUs to use, one trial each: 'auto' (all found), N (the first N), or 0 (CPU slots) [auto]",
 )
 @click.option(
     "--cpu-slots",
@@ -531,36 +547,38 @@ def _warn_shared_path(study: StudyConfig, slots: int) -> None:
     help="Results folder [./hpo-runs/NAME-TIMESTAMP]",
 )
 @click.option("--name", default=None, help="The study's name, prefix of trial names [from the config's path]")
+@click.option("--grace", type=DURATION, default=None, help="SIGTERM to SIGKILL for a stopped trial [5s]")
 @click.option(
-    "--grace", type=DURATION, default=5.0, show_default=True, help="SIGTERM to SIGKILL for a stopped trial"
-)
-@click.option(
-    "--poll",
-    type=click.FloatRange(min=0.01, max=60),
-    default=0.2,
-    show_default=True,
-    help="Seconds between looks",
+    "--poll", type=click.FloatRange(min=0.01, max=60), default=None, help="Seconds between looks [0.2]"
 )
 @click.option(
     "--final-training",
     is_flag=True,
     help="After HPO, train the best configuration on to the maximum resource from its checkpoint",
 )
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the study in this folder (after an interruption, or to extend it with --budget +30m)",
+)
+@click.argument("command", nargs=-1, required=False, type=click.UNPROCESSED)
 @bad_input_exits
 def run_command(
-    config: Path,
+    config: Path | None,
     train_time: float | None,
     time_ratio: float | None,
     budget: float | None,
     max_resource: float | None,
-    gpus: str,
+    gpus: str | None,
     cpu_slots: int | None,
     out_dir: Path | None,
     name: str | None,
-    grace: float,
-    poll: float,
+    grace: float | None,
+    poll: float | None,
     final_training: bool,
+    resume_dir: Path | None,
     command: tuple[str, ...],
 ) -> None:
     """Run a study on this machine: each trial is COMMAND (after --) as a subprocess.
@@ -569,30 +587,52 @@ def run_command(
     hpo_trial.report(). Results go to DIR/study.json, DIR/best.json and DIR/trials/<trial>/log.txt.
     Exit status: 0 with a best configuration, 1 without one, 2 for bad input or a budget too small
     for one training, 130 when interrupted (Ctrl-C or SIGTERM; results are still written).
+
+    hpo run --resume DIR [--budget D|+D | --time-ratio X] continues the study in DIR with the
+    config, command and flags it was started with (a CONFIG or COMMAND given must be the same).
     """
     import re
     import time as _time
 
-    from .config import BudgetSpec
     from .local.document import ResultsError
-    from .local.progress import LineProgress, TerminalProgress
-    from .local.runner import LocalRunner, RunOptions
+    from .local.resume import ResumeError, RunFlags, RunRecord, hold_folder, write_run_record
+    from .local.runner import DEFAULT_GRACE_SECONDS, DEFAULT_POLL_SECONDS, RunOptions
     from .local.slots import make_slots
     from .study import Study, StudyError
 
-    study_config = load_study(config, max_resource, slots_flag=cpu_slots is not None or gpus != "auto")[0]
-    if budget is not None and train_time is not None:
-        fail("give either --budget or --train-time (with --time-ratio), not both")
-    budget_seconds(study_config, train_time, time_ratio, budget)  # checks the combination
-    study_config = replace(
-        study_config,
-        budget=BudgetSpec(
-            time_ratio=time_ratio if time_ratio is not None else study_config.budget.time_ratio,
-            train_time=train_time,
-            deadline=budget,
-        ),
-        final_training=final_training or study_config.final_training,
+    if resume_dir is not None:
+        flags = {"--train-time": train_time, "--max-resource": max_resource, "--out": out_dir, "--name": name}
+        given = [flag for flag, value in flags.items() if value is not None]
+        if final_training:
+            given.append("--final-training")
+        if given:
+            fail(f"{', '.join(given)}: a resumed study keeps the settings it was started with")
+        if config is not None and not config.is_file():
+            fail(
+                f"{config}: no such config file (with --resume, a trial command comes after the config: "
+                "hpo run --resume DIR CONFIG -- COMMAND)"
+            )
+        _resume_run(resume_dir, config, command, budget, time_ratio, gpus, cpu_slots, grace, poll)
+        return
+    if config is None:
+        fail("give the study's CONFIG file (or --resume DIR to continue a study)")
+        return
+    if not command:
+        fail("give the trial command after --, e.g. hpo run hpo_config.yaml -- python train.py")
+    if isinstance(budget, BudgetExtension):
+        fail("--budget +DURATION extends the budget of a resumed study: use it with --resume DIR")
+    run_flags = RunFlags(
+        max_resource=max_resource,
+        train_time=train_time,
+        time_ratio=time_ratio,
+        budget=budget,
+        final_training=final_training,
+        gpus=gpus or "auto",
+        cpu_slots=cpu_slots,
+        grace=DEFAULT_GRACE_SECONDS if grace is None else grace,
+        poll=DEFAULT_POLL_SECONDS if poll is None else poll,
     )
+    study_config = _run_study_config(config, run_flags)
     _check_command(command)
     _check_references(command, study_config)
     name = name or _default_study_name(config)
@@ -601,9 +641,12 @@ def run_command(
     if out_dir is None:
         out_dir = Path("hpo-runs") / f"{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if (out_dir / "study.json").exists():
-        fail(f"{out_dir} already holds a study (study.json): choose another --out")
+        fail(
+            f"{out_dir} already holds a study (study.json): choose another --out, or continue it "
+            f"with hpo run --resume {out_dir}"
+        )
     try:
-        slots = make_slots(gpus, cpu_slots)
+        slots = make_slots(run_flags.gpus, cpu_slots)
     except ValueError as err:
         fail(str(err))
     study = Study(study_config, slots=len(slots))
@@ -611,7 +654,6 @@ def run_command(
         study.plan(())  # a budget given up front must hold one training
     except StudyError as err:
         fail(str(err))
-    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LineProgress(sys.stderr)
     where = ", ".join(s.describe() for s in slots)
     click.echo(f"study {name}: {len(slots)} slot(s) ({where}); results in {out_dir}", err=True)
     options = RunOptions(
@@ -619,14 +661,106 @@ def run_command(
         command=command,
         out_dir=out_dir,
         slots=tuple(slots),
-        grace=grace,
-        poll=poll,
+        grace=run_flags.grace,
+        poll=run_flags.poll,
         config_summary=_config_summary(config, study_config),
         collector=study_config.metrics_collector,
     )
     _warn_shared_path(study_config, len(slots))
+    record = RunRecord(
+        format=1,
+        name=name,
+        command=list(command),
+        cwd=str(Path.cwd()),
+        config_path=str(config),
+        flags=run_flags,
+    )
+    try:  # what --resume needs to continue the study
+        write_run_record(out_dir, record, config.read_text())
+        lock = hold_folder(out_dir)  # one hpo run a study folder at a time
+    except ResultsError as err:
+        fail(f"{err}: choose a results folder (--out) that can be written")
+    except ResumeError as err:
+        fail(str(err))
+    with lock:
+        _run_study(study, options)
+
+
+def _run_study_config(config: Path, flags: Any) -> StudyConfig:
+    """The study's config: the file with the flags of `hpo run` applied (a RunFlags)."""
+    from .config import BudgetSpec
+
+    slots_flag = flags.cpu_slots is not None or flags.gpus != "auto"
+    study_config = load_study(config, flags.max_resource, slots_flag=slots_flag)[0]
+    if flags.budget is not None and flags.train_time is not None:
+        fail("give either --budget or --train-time (with --time-ratio), not both")
+    budget_seconds(study_config, flags.train_time, flags.time_ratio, flags.budget)  # checks the combination
+    return replace(
+        study_config,
+        budget=BudgetSpec(
+            time_ratio=flags.time_ratio if flags.time_ratio is not None else study_config.budget.time_ratio,
+            train_time=flags.train_time,
+            deadline=flags.budget,
+        ),
+        final_training=flags.final_training or study_config.final_training,
+    )
+
+
+def _resume_run(
+    folder: Path,
+    config: Path | None,
+    command: tuple[str, ...],
+    budget: float | None,
+    time_ratio: float | None,
+    gpus: str | None,
+    cpu_slots: int | None,
+    grace: float | None,
+    poll: float | None,
+) -> None:
+    """`hpo run --resume DIR`: the study in DIR continued (local/resume.py says how)."""
+    from .local import resume
+    from .local.slots import make_slots
+
+    if budget is not None and time_ratio is not None:
+        fail("give either --budget or --time-ratio, not both")
+    if time_ratio is not None:
+        check_time_ratio(time_ratio)
     try:
-        result = LocalRunner(study, options, progress).run()
+        prepared = resume.prepare(
+            folder,
+            build_config=_run_study_config,
+            config=config,
+            command=command,
+            change=resume.BudgetChange(
+                total=None if isinstance(budget, BudgetExtension) else budget,
+                extend=budget if isinstance(budget, BudgetExtension) else None,
+                time_ratio=time_ratio,
+            ),
+            slots=lambda flags: make_slots(gpus or flags.gpus, cpu_slots or flags.cpu_slots),
+            grace=grace,
+            poll=poll,
+        )
+    except (resume.ResumeError, ValueError) as err:
+        fail(f"cannot resume {folder}: {err}")
+        return
+    for line in prepared.lines:
+        click.echo(line, err=True)
+    with prepared.lock:
+        _run_study(prepared.study, prepared.options, prepared.resumed)
+
+
+def _run_study(study: Any, options: Any, resumed: Any = None) -> None:
+    """Runs the study (a Study, with its RunOptions and, resumed, the resume.Resumed) and prints the
+    best; exits with the run's status."""
+    from .local.document import ResultsError
+    from .local.progress import LineProgress, TerminalProgress
+    from .local.runner import LocalRunner
+    from .study import StudyError
+
+    progress = TerminalProgress(sys.stderr) if sys.stderr.isatty() else LineProgress(sys.stderr)
+    study_config, out_dir = study.config, options.out_dir
+    try:
+        result = LocalRunner(study, options, progress, resumed=resumed).run()
     except StudyError as err:
         fail(f"{err} (results so far in {out_dir})")
     except ResultsError as err:  # raised before any trial starts

@@ -312,7 +312,7 @@ OTX_IGNORED = {
     "num_brackets": "ASHA runs one bracket",
     "asynchronous_bracket": "ASHA runs one bracket",
     "subset_ratio": "the trainer chooses its data",
-    "resume": "every study starts anew",
+    "resume": "a study starts anew; hpo run --resume DIR continues a local one",
     "save_path": "results go where hpo run --out or the HPOStudy says",
     "acceptable_additional_time_ratio": "the deadline is hard",
     "adapt_bs_search_space_max_val": "the search space is used as written",

@@ -446,6 +446,7 @@ def mark_interrupted(study_file: Path, runner_pid: int, now: float) -> bool:
     if not isinstance(doc, dict) or doc.get("state") != "Running":
         return False
     at = round(now, 3)
+    last_write = doc.get("updatedAt")
     doc["state"] = "Interrupted"
     doc["reason"] = INTERRUPTED_REASON
     doc["message"] = f"hpo run (pid {runner_pid}) ended without finishing the study; its trials were killed"
@@ -459,14 +460,32 @@ def mark_interrupted(study_file: Path, runner_pid: int, now: float) -> bool:
             if name != "total":
                 counts[name] = sum(1 for t in doc.get("trials") or [] if str(t.get("status")).lower() == name)
     budget = doc.get("budget")
+    used = budget.get("usedSeconds") if isinstance(budget, dict) else None
     if isinstance(budget, dict) and isinstance(doc.get("startedAt"), int | float):
-        budget["usedSeconds"] = round(now - doc["startedAt"], 3)
+        # The study's clock (a resumed study's leaves out the time between sessions): on from the
+        # time used as of the last write.
+        if isinstance(used, int | float) and isinstance(last_write, int | float):
+            budget["usedSeconds"] = round(used + max(0.0, now - last_write), 3)
+        else:
+            budget["usedSeconds"] = round(now - doc["startedAt"], 3)
         if isinstance(doc.get("deadline"), int | float):
             budget["finishedInsideSeconds"] = round(doc["deadline"] - now, 3)
+    sessions = doc.get("sessions")
+    if isinstance(sessions, list) and sessions and isinstance(sessions[-1], dict):
+        sessions[-1]["endedAt"] = sessions[-1].get("endedAt") or at  # when `hpo run --resume` counts from
+    # The watchdog runs this file alone (python -I -S), without the package: atomic.py's steps, inline.
     tmp = study_file.with_name(f".{study_file.name}.watchdog.tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(doc, indent=2) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, study_file)
+        folder = os.open(study_file.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError:
         return False
     return True

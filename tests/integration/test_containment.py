@@ -290,7 +290,10 @@ def test_the_watchdog_marks_a_running_study_interrupted_and_leaves_a_finished_on
         "state": "Running",
         "startedAt": 100.0,
         "deadline": 200.0,
-        "budget": {"usedSeconds": 10.0, "finishedInsideSeconds": None},
+        "updatedAt": 130.0,
+        # A resumed study: 20 s of an earlier session, then this one since 120.
+        "sessions": [{"startedAt": 100.0, "endedAt": 120.0}, {"startedAt": 125.0, "endedAt": None}],
+        "budget": {"usedSeconds": 25.0, "finishedInsideSeconds": None},
         "counts": {"running": 1, "completed": 1, "stopped": 0, "total": 2},
         "trials": [{"status": "Running"}, {"status": "Completed"}],
     }
@@ -300,7 +303,9 @@ def test_the_watchdog_marks_a_running_study_interrupted_and_leaves_a_finished_on
     assert marked_doc["state"] == "Interrupted" and "pid 4242" in marked_doc["message"]
     assert [t["status"] for t in marked_doc["trials"]] == ["Stopped", "Completed"]
     assert marked_doc["counts"] == {"running": 0, "completed": 1, "stopped": 1, "total": 2}
-    assert marked_doc["budget"] == {"usedSeconds": 50.0, "finishedInsideSeconds": 50.0}
+    # Time used counts on from the last write (130): 25 + 20.
+    assert marked_doc["budget"] == {"usedSeconds": 45.0, "finishedInsideSeconds": 50.0}
+    assert marked_doc["sessions"][-1] == {"startedAt": 125.0, "endedAt": 150.0}
     assert not contain.mark_interrupted(study, 4242, 160.0)  # no longer Running: left alone
     assert json.loads(study.read_text()) == marked_doc
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hpo_operator.config import BudgetSpec, config_from_mapping
+from hpo_operator.local.document import StudyFile, TrialFile
 from hpo_operator.local.runner import LocalRunner, RunOptions
 from hpo_operator.local.slots import Slot
 from hpo_operator.study import Study, TrialView
@@ -78,3 +79,69 @@ def assert_inside_budget(doc: dict[str, Any]) -> None:
     assert doc["budget"]["finishedInsideSeconds"] > 0
     for t in doc["trials"]:
         assert t["endedAt"] is not None and t["endedAt"] <= deadline, t["name"]
+
+
+def trial_file(status: str, reports: list[float], **fields: Any) -> TrialFile:
+    """A trial of study.json (index 3, ``s-3``) with one report per resource in ``reports``."""
+    base: dict[str, Any] = {
+        "index": 3,
+        "name": "s-3",
+        "status": status,
+        "reason": None,
+        "params": {"x": 0.5},
+        "slot": {"number": 0, "gpu": None, "threads": 1},
+        "startedAt": 10.0,
+        "endedAt": None,
+        "pid": 4321,
+        "exitCode": None,
+        "killed": False,
+        "runs": 1,
+        "final": False,
+        "command": ["train"],
+        "rung": None,
+        "pruned": None,
+        "reports": [
+            {"seq": k, "resource": r, "value": r / 10, "time": 10.0 + r, "extra": {}}
+            for k, r in enumerate(reports)
+        ],
+        "refusedReports": 0,
+        "refused": [],
+        "processes": [],
+        "log": "trials/s-3/log.txt",
+        "logTail": None,
+    }
+    return TrialFile.model_validate(base | fields)
+
+
+def study_doc(trials: list[TrialFile], **fields: Any) -> StudyFile:
+    """A study.json of ``trials``: a 100 s budget of which 30 s used, interrupted."""
+    base: dict[str, Any] = {
+        "format": 1,
+        "name": "s",
+        "state": "Interrupted",
+        "reason": "the runner died",
+        "message": "",
+        "error": None,
+        "config": {},
+        "command": ["train"],
+        "slots": [],
+        "graceSeconds": 1.0,
+        "runner": None,
+        "startedAt": 10.0,
+        "deadline": 110.0,
+        "finishedAt": 40.0,
+        "updatedAt": 40.0,
+        "plan": None,
+        "budget": {
+            "seconds": 100.0,
+            "usedSeconds": 30.0,
+            "stopMarginSeconds": 1.0,
+            "finishedInsideSeconds": 70.0,
+        },
+        "counts": {"total": len(trials)},
+        "best": None,
+        "final": None,
+        "trials": [t.model_dump(by_alias=True) for t in trials],
+        "sessions": [{"startedAt": 10.0, "endedAt": None}],
+    }
+    return StudyFile.model_validate(base | fields)

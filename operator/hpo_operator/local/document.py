@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
+from ..atomic import write_text_atomic
 from ..result import BestStatus, Number, PlanStatus, ResultModel, TrialCounts
 from ..trials import furthest_level, to_report
 
@@ -95,6 +96,18 @@ class TrialFile(ResultModel):
     processes: list[int]
     log: str
     log_tail: str | None
+    start_from: Number = 0
+    stop_at: Number | None = None
+    reports_read: int = 0  # bytes of its report file read: a resumed study reads on from there
+    discarded_reports: list[dict[str, Any]] = Field(default_factory=list)
+    interruptions: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class SessionFile(ResultModel):
+    """A span in which `hpo run` ran the study; ``ended_at`` None while it runs (or if it was killed)."""
+
+    started_at: Number
+    ended_at: Number | None
 
 
 class StudyFile(ResultModel):
@@ -121,6 +134,7 @@ class StudyFile(ResultModel):
     best: BestFile | None
     final: FinalFile | None
     trials: list[TrialFile]
+    sessions: list[SessionFile] = Field(default_factory=list)
 
 
 def study_file(runner: LocalRunner) -> StudyFile:
@@ -157,8 +171,11 @@ def study_file(runner: LocalRunner) -> StudyFile:
         updated_at=_round(now),
         plan=PlanStatus.of(runner.plan) if runner.plan else None,
         budget=BudgetFile(
-            seconds=None if runner.deadline is None else _round(runner.deadline - runner.started_at),
-            used_seconds=_round(end - runner.started_at),
+            # On the study's clock, which leaves out the time between sessions (resume.Timeline).
+            seconds=None
+            if runner.deadline is None
+            else _round(runner.deadline - runner.timeline.offset - runner.started_at),
+            used_seconds=_round(runner.timeline.used(end)),
             stop_margin_seconds=_round(options.stop_margin),
             finished_inside_seconds=finished_inside,
         ),
@@ -166,6 +183,12 @@ def study_file(runner: LocalRunner) -> StudyFile:
         best=best,
         final=_final_file(runner),
         trials=[_trial_file(runner, t, rungs) for t in trials],
+        sessions=[
+            SessionFile(
+                started_at=_round(s.started_at), ended_at=None if s.ended_at is None else _round(s.ended_at)
+            )
+            for s in runner.timeline.sessions
+        ],
     )
 
 
@@ -200,7 +223,7 @@ def _trial_file(runner: LocalRunner, t: LocalTrial, rungs: Sequence[float]) -> T
         slot=t.slot.as_dict(),
         started_at=_round(t.started_at),
         ended_at=None if t.ended_at is None else _round(t.ended_at),
-        pid=None if t.process is None else t.process.pid,
+        pid=t.recorded_pid if t.process is None else t.process.pid,
         exit_code=t.exit_code,
         killed=t.killed,
         runs=t.runs,
@@ -221,6 +244,11 @@ def _trial_file(runner: LocalRunner, t: LocalTrial, rungs: Sequence[float]) -> T
         processes=runner.contain.members(t.name),  # as of the last look; ended trials: none
         log=str(t.log_path.relative_to(runner.options.out_dir)),
         log_tail=t.log_tail,
+        start_from=t.start_from,
+        stop_at=t.stop_at,
+        reports_read=t.reader.tail.offset - len(t.reader.tail.partial),
+        discarded_reports=[dict(r) for r in t.discarded_reports],
+        interruptions=[dict(i) for i in t.interruptions],
     )
 
 
@@ -246,17 +274,14 @@ def write_results(out_dir: Path, study: str, document: dict[str, Any], last: boo
 
 
 def write_json_atomic(path: Path, document: Any, in_place_fallback: bool = False) -> None:
-    """Writes JSON to a temporary file beside ``path`` and renames it over ``path``: a reader (or a
-    crash) never sees half a file. ``in_place_fallback``: when that fails, ``path`` is rewritten in
-    place, which a full disk may still allow; if that fails too, the first error is raised."""
+    """Writes JSON to a temporary file beside ``path``, syncs it and renames it over ``path``
+    (atomic.py): a reader, a killed process or a machine restart never leaves half a file.
+    ``in_place_fallback``: when that fails, ``path`` is rewritten in place, which a full disk may
+    still allow; if that fails too, the first error is raised."""
     text = json.dumps(document, indent=2, allow_nan=False, default=_json_default) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     except OSError:
-        with suppress(OSError):
-            tmp.unlink()
         if not in_place_fallback:
             raise
         try:

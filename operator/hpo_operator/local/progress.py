@@ -80,6 +80,11 @@ def summary_lines(doc: Mapping[str, Any], now: float | None = None) -> list[str]
     end = float(finished) if finished is not None else now
     budget = doc["budget"]
     used = end - started
+    if isinstance(budget.get("usedSeconds"), int | float) and isinstance(doc.get("updatedAt"), int | float):
+        # On the study's clock, which leaves out the time between resumed sessions.
+        used = float(budget["usedSeconds"]) + (
+            0.0 if finished is not None else max(0.0, now - doc["updatedAt"])
+        )
     if budget.get("seconds") is not None:
         timing = f"{clock_text(used)} of {clock_text(budget['seconds'])} budget"
         if finished is None and doc.get("deadline") is not None:

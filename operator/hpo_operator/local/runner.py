@@ -20,8 +20,13 @@ observation's ``StopMargin``), so it stops trials early enough that their SIGTER
 before SIGKILL there, whatever the grace) and the reaping end before the real deadline; a trial
 stopped earlier whose grace would run past the deadline is killed before it.
 
-Everything learned is written to ``DIR/study.json`` (atomically, after every change) and
+Everything learned is written to ``DIR/study.json`` (atomically, after every change and at least
+every HEARTBEAT_SECONDS, so that a study resumed after a machine restart knows when it stopped) and
 ``DIR/best.json``; each trial's output goes to ``DIR/trials/<trial>/log.txt``.
+
+A resumed study (resume.py) starts from the recorded trials: the interrupted ones run again first,
+in the slots the core leaves them, and the core sees every time on the study's clock
+(``resume.Timeline``), which leaves out the time between `hpo run`'s sessions.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +54,14 @@ from ..study import (
     StopTrial,
     Study,
     StudyError,
+    TrialView,
 )
 from ..trial_command import describe_collector, substitute, wrap
-from ..trials import StopMargin, TrialPhase, clean_exit_phase, model_trial, to_report
+from ..trials import Report, StopMargin, TrialPhase, clean_exit_phase, model_trial, to_report
 from .document import STUDY_FILE, ResultsError, study_file, write_results
 from .progress import Progress, SilentProgress
 from .reports import ReportReader
+from .resume import Restart, Resumed, Timeline
 from .slots import Slot
 from .supervision import (
     REFUSED_LOGGED,
@@ -74,6 +81,9 @@ DEFAULT_POLL_SECONDS = 0.2
 STOP_SLACK_SECONDS = 0.5
 # The longest a trial stopped at the deadline gets between SIGTERM and SIGKILL.
 DEADLINE_GRACE_SECONDS = 1.0
+# study.json is rewritten at least this often: its updatedAt tells a resumed study when a session
+# that left no other record (a machine restart) ended.
+HEARTBEAT_SECONDS = 1.0
 
 EXIT_OK = 0
 EXIT_NO_RESULT = 1
@@ -137,6 +147,7 @@ class LocalRunner:
         options: RunOptions,
         progress: Progress | None = None,
         clock: Callable[[], float] = time.time,
+        resumed: Resumed | None = None,
     ) -> None:
         self.study = study
         self.options = options
@@ -161,6 +172,10 @@ class LocalRunner:
         self.margin = StopMargin(options.stop_margin)  # how far ahead of the deadline trials stop
         self.runner: dict[str, Any] | None = None  # study.json's record of this process
         self.results_error: str | None = None
+        self.resumed = resumed
+        self.timeline = Timeline()  # the sessions of `hpo run`; the study's clock (resume.py)
+        self._restarts: list[Restart] = []  # interrupted trials waiting to run again
+        self._last_write = 0.0
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -172,7 +187,11 @@ class LocalRunner:
             (out / "trials").mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ResultsError(out / "trials", err) from err
-        self.started_at = self.clock()
+        if self.resumed is not None:
+            self._restore(self.resumed)
+        else:
+            self.started_at = self.clock()
+        self.timeline = self.timeline.begin(self.clock() if self.resumed else self.started_at)
         self._write()
         self.contain.start(out / STUDY_FILE)
         self.runner = runner_record(self.contain)
@@ -221,9 +240,10 @@ class LocalRunner:
                 self._kill_all()
             if self.state == "Running":
                 changed |= self._decide(now)
+                changed |= self._relaunch()
             if self.state != "Running" and not any(t.alive for t in self.trials.values()):
                 return
-            if changed:
+            if changed or now - self._last_write >= HEARTBEAT_SECONDS:
                 self._write()
             if changed or now - self._last_update >= 1.0:
                 self._last_update = now
@@ -236,6 +256,12 @@ class LocalRunner:
         for trial in self.trials.values():
             self._read_reports(trial, final=True)
         self.finished_at = now
+        self.timeline = self.timeline.end(now)
+        for trial in self.trials.values():
+            if trial.status.active and not trial.alive:  # waited to run again, and the study ended
+                trial.status, trial.ended_at = TrialPhase.STOPPED, now
+                ended = self.reason or self.state
+                trial.reason = trial.reason or f"the study ended ({ended}) before it ran again"
         try:
             final = self._observe(now, free_slots=0)
             self.best = final.best
@@ -364,16 +390,33 @@ class LocalRunner:
         return reason
 
     def _observe(self, now: float, free_slots: int) -> Decision:
-        # The core decides stop_margin ahead, so its deadline stops leave time to stop.
+        # The core decides stop_margin ahead, so its deadline stops leave time to stop. It sees
+        # the study's clock; its deadline comes back on this machine's.
         observation = Observation(
             started_at=self.started_at,
-            now=now,
+            now=self.timeline.study_time(now),
             free_slots=free_slots,
-            trials=tuple(t.view() for t in self.trials.values()),
+            trials=tuple(self._view(t) for t in self.trials.values()),
             final_index=self.final_index,
             stop_margin=self.margin,
         )
-        return self.study.decide(observation)
+        decision = self.study.decide(observation)
+        if decision.deadline is None or len(self.timeline.sessions) < 2:
+            return decision
+        return replace(decision, deadline=self.timeline.to_wall(decision.deadline))
+
+    def _view(self, trial: LocalTrial) -> TrialView:
+        view = trial.view()
+        if len(self.timeline.sessions) < 2:
+            return view  # one session: the two clocks are the same
+        at = self.timeline.study_time
+        return TrialView(
+            view.index,
+            view.status,
+            tuple(Report(r.resource, r.value, at(r.time)) for r in view.reports),
+            at(view.started_at) if view.started_at is not None else None,
+            params=view.params,
+        )
 
     # --- deciding --------------------------------------------------------------------------------
 
@@ -382,7 +425,7 @@ class LocalRunner:
         return [s for s in self.options.slots if s.number not in busy]
 
     def _decide(self, now: float) -> bool:
-        free = self._free_slots()
+        free = self._free_slots()[len(self._restarts) :]  # interrupted trials have theirs first
         try:
             decision = self._observe(now, len(free))
         except StudyError as err:
@@ -522,7 +565,7 @@ class LocalRunner:
             params = ", ".join(f"{k}={v}" for k, v in action.params.items())
             self.progress.log(f"{name} started on {slot.describe()}: {params}")
 
-    def _resume(self, action: ResumeTrial, slot: Slot) -> None:
+    def _resume(self, action: ResumeTrial, slot: Slot, what: str = "") -> None:
         """Runs a paused (or, for the final training, any ended) trial again from its checkpoint."""
         trial = self.trials[action.index]
         trial.slot, trial.stop_at, trial.runs = slot, action.stop_at, trial.runs + 1
@@ -536,9 +579,63 @@ class LocalRunner:
             "HPO_STOP_RESOURCE": resource_text(action.stop_at),
         }
         if self._launch(trial, extra, "ab"):
-            what = "final training" if action.final else "promoted"
+            what = what or ("final training" if action.final else "promoted")
             span = f"{action.start_from:g} to {action.stop_at:g}"
             self.progress.log(f"{trial.name} {what}: resumed at {span} on {slot.describe()}")
+
+    # --- a resumed study ------------------------------------------------------------------------
+
+    def _restore(self, resumed: Resumed) -> None:
+        """The recorded study, as resume.restore rebuilt it."""
+        self.started_at = resumed.started_at
+        self.timeline = resumed.timeline
+        self.trials = {t.index: t for t in resumed.trials}
+        self._restarts = list(resumed.restarts)
+        self.final_index = resumed.final_index
+        for note in resumed.notes:
+            self.progress.log(note)
+
+    def _relaunch(self) -> bool:
+        """Runs the interrupted trials again as slots allow: from their checkpoint, or from scratch."""
+        if not self._restarts:
+            return False
+        free = self._free_slots()
+        waiting = []
+        for restart in self._restarts:
+            trial = self.trials[restart.index]
+            if not trial.status.active:  # a decision ended it first (the deadline)
+                trial.ended_at = trial.ended_at or self.clock()
+            elif not free:
+                waiting.append(restart)
+            elif restart.start_from > 0:
+                stop_at = self.study.config.max_resource if restart.stop_at is None else restart.stop_at
+                action = ResumeTrial(
+                    trial.index, trial.params, restart.start_from, stop_at, final=restart.final
+                )
+                self._resume(action, free.pop(0), what="interrupted, resumed from its checkpoint")
+            else:
+                self._rerun(trial, restart, free.pop(0))
+        self._restarts = waiting
+        return True
+
+    def _rerun(self, trial: LocalTrial, restart: Restart, slot: Slot) -> None:
+        """Runs an interrupted trial again from scratch, its earlier reports kept apart."""
+        trial.discarded_reports += trial.reports
+        trial.reports = []
+        trial.slot, trial.stop_at, trial.runs, trial.start_from = slot, restart.stop_at, trial.runs + 1, 0.0
+        trial.status, trial.reason, trial.exit_code, trial.ended_at = TrialPhase.RUNNING, None, None, None
+        trial.term_sent_at, trial.killed, trial.pruned, trial.log_tail = None, False, None, None
+        trial.started_at = self.clock()
+        try:
+            (trial.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ResultsError(trial.folder, err) from err
+        # From scratch: HPO_START_RESOURCE 0, not the interrupted run's latest checkpoint.
+        extra = {"HPO_START_RESOURCE": "0"}
+        if restart.stop_at is not None:
+            extra["HPO_STOP_RESOURCE"] = resource_text(restart.stop_at)
+        if self._launch(trial, extra, "ab"):
+            self.progress.log(f"{trial.name} interrupted, run again from scratch on {slot.describe()}")
 
     def _launch(self, trial: LocalTrial, extra: Mapping[str, str], log_mode: str) -> bool:
         """Starts the trial's process; False (and the trial Failed) when it cannot start."""
@@ -585,4 +682,5 @@ class LocalRunner:
 
     def _write(self, last: bool = False) -> None:
         """study.json and best.json (document.write_results)."""
+        self._last_write = self.clock()
         write_results(self.options.out_dir, self.options.name, self.document(), last)

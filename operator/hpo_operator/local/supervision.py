@@ -59,6 +59,10 @@ class LocalTrial:
     reports: list[dict[str, Any]] = field(default_factory=list)  # those that count, as they arrived
     refused: list[dict[str, Any]] = field(default_factory=list)  # the first REFUSED_KEPT, with why
     refused_count: int = 0
+    recorded_pid: int | None = None  # a resumed study's record of a process of an earlier session
+    # Reports of runs interrupted and run again from scratch (stop variant): kept, never counted.
+    discarded_reports: list[dict[str, Any]] = field(default_factory=list)
+    interruptions: list[dict[str, Any]] = field(default_factory=list)  # what each resume did to it
 
     def take(self, report: dict[str, Any], max_resource: float) -> str | None:
         """Counts ``report``, or refuses it; returns why it was refused."""
