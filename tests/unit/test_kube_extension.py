@@ -176,7 +176,8 @@ def test_a_budget_lowered_below_the_time_used_stops_a_running_study_as_at_its_de
     assert out.status is not None and out.status["phase"] == "Succeeded"
     assert out.status["budget"]["deadline"] == to_rfc3339(T0 + 30)
     assert out.status["observedGeneration"] == 2
-    assert "StudySucceeded" in [e.reason for e in out.events]
+    assert [e.reason for e in out.events] == ["BudgetChanged", "StudySucceeded"]
+    assert to_rfc3339(T0 + 90) in out.events[0].message and to_rfc3339(T0 + 30) in out.events[0].message
 
 
 def test_a_budget_raised_while_trials_run_lets_their_jobs_run_to_the_new_deadline() -> None:
@@ -186,8 +187,8 @@ def test_a_budget_raised_while_trials_run_lets_their_jobs_run_to_the_new_deadlin
     started["spec"]["activeDeadlineSeconds"] = 89  # made for the 90 s budget, started at T0 + 1
     started["status"]["startTime"] = to_rfc3339(T0 + 1)
     w = world(s, t0, jobs=[started], pods=running(t0)["pods"])
-    patches = [x for x in reconcile(w, T0 + 10).writes if isinstance(x, PatchJobDeadline)]
-    assert patches == [PatchJobDeadline("s-0", 179)]
+    out = reconcile(w, T0 + 10)
+    assert [x for x in out.writes if isinstance(x, PatchJobDeadline)] == [PatchJobDeadline("s-0", 179)]
     started["spec"]["activeDeadlineSeconds"] = 179
     assert not [x for x in reconcile(w, T0 + 11).writes if isinstance(x, PatchJobDeadline)]
 

@@ -211,6 +211,8 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     finalize = decision.finalize
     if extension is not None:
         events.insert(0, Event("Extended", extension.message))
+    else:
+        events[:0] = _budget_changed(study, new_status)
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
@@ -236,6 +238,17 @@ def _final_index(study: JSON, states: list[TrialState]) -> int | None:
     if final.get("index") is not None and final.get("phase") not in FINAL_DONE:
         return int(final["index"])
     return next((s.view.index for s in states if s.run.final and s.view.status.active), None)
+
+
+def _budget_changed(study: JSON, new_status: JSON) -> list[Event]:
+    """A BudgetChanged event when a spec change moved a running study's deadline (once: the status
+    written with it records the new generation)."""
+    current = study.get("status") or {}
+    before = (current.get("budget") or {}).get("deadline")
+    after = (new_status.get("budget") or {}).get("deadline")
+    if not spec_changed(study) or before is None or after is None or before == after:
+        return []
+    return [Event("BudgetChanged", f"the deadline moved from {before} to {after}")]
 
 
 def _validated(study: JSON, policy: TrialPolicy) -> tuple[StudyConfig | None, tuple[str, str] | None]:
