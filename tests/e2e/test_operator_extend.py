@@ -88,6 +88,9 @@ def test_a_raised_budget_continues_a_succeeded_study_without_rerunning_a_trial(
     assert status["phase"] == "Succeeded", status
     trials = trials_of(kube, namespace, "grow")
     assert len(trials) > len(before), (len(trials), sorted(before))
+    print(
+        f"\nextended 15s -> 40s: {len(before)} trials -> {len(trials)}, best {first['best']} -> {status['best']}"
+    )
 
     # The new budget counts from the original start; the status and an event say what happened.
     budget = status["budget"]
@@ -162,6 +165,9 @@ def test_a_paused_trial_is_resumed_from_its_checkpoint_after_an_extension(
     # A trial paused before the extension ran again from where it paused, in the same folder.
     resumed = {n: trials[n] for n, t in paused.items() if run_of(trials[n]) > run_of(t)}
     assert resumed, {n: trials[n]["status"] for n in paused}
+    print(
+        f"\nextended 20s -> 50s: {len(before)} trials -> {len(trials)}, {len(paused)} paused, resumed {sorted(resumed)}"
+    )
     for name, trial in resumed.items():
         old = paused[name]["status"]
         reports = trial["status"]["reports"]
