@@ -89,7 +89,8 @@ def test_a_raised_budget_continues_a_succeeded_study_without_rerunning_a_trial(
     trials = trials_of(kube, namespace, "grow")
     assert len(trials) > len(before), (len(trials), sorted(before))
     print(
-        f"\nextended 15s -> 40s: {len(before)} trials -> {len(trials)}, best {first['best']} -> {status['best']}"
+        f"\nextended 15s -> 40s: {len(before)} trials -> {len(trials)}, "
+        f"best {first['best']} -> {status['best']}"
     )
 
     # The new budget counts from the original start; the status and an event say what happened.
@@ -166,7 +167,8 @@ def test_a_paused_trial_is_resumed_from_its_checkpoint_after_an_extension(
     resumed = {n: trials[n] for n, t in paused.items() if run_of(trials[n]) > run_of(t)}
     assert resumed, {n: trials[n]["status"] for n in paused}
     print(
-        f"\nextended 20s -> 50s: {len(before)} trials -> {len(trials)}, {len(paused)} paused, resumed {sorted(resumed)}"
+        f"\nextended 20s -> 50s: {len(before)} trials -> {len(trials)}, {len(paused)} paused, "
+        f"resumed {sorted(resumed)}"
     )
     for name, trial in resumed.items():
         old = paused[name]["status"]
