@@ -112,9 +112,10 @@ def test_a_raised_budget_continues_a_succeeded_study_without_rerunning_a_trial(
     # No finished trial ran again: the same reports and phase, no second pod, no Job made anew.
     for name, old in before.items():
         now = next(t for t in trials if t["metadata"]["name"] == name)
-        assert now["status"]["reports"] == old["status"]["reports"], name
+        assert reports_of(now) == reports_of(old), name
         assert now["status"]["phase"] == old["status"]["phase"], name
-        assert watch.added_per_trial[name] == pods_before[name] == 1, name
+        # (a trial stopped before its pod was created has none)
+        assert watch.added_per_trial.get(name, 0) == pods_before.get(name, 0) <= 1, name
     jobs_after = jobs_by_name(kube, namespace)
     assert all(jobs_after.get(name, uid) == uid for name, uid in jobs_before.items()), (
         jobs_before,
@@ -172,7 +173,7 @@ def test_a_paused_trial_is_resumed_from_its_checkpoint_after_an_extension(
     )
     for name, trial in resumed.items():
         old = paused[name]["status"]
-        reports = trial["status"]["reports"]
+        reports = reports_of(trial)
         assert reports[: len(old["reports"])] == old["reports"], name  # nothing reported is lost
         paused_at = max(r["resource"] for r in old["reports"])
         assert min(r["resource"] for r in reports[len(old["reports"]) :]) == paused_at + 1, reports
@@ -187,11 +188,15 @@ def test_a_paused_trial_is_resumed_from_its_checkpoint_after_an_extension(
     # The other finished trials are as they were; the model is still the best's, trained to R.
     for name, old in before.items():
         if old["status"]["phase"] != "Paused":
-            assert trials[name]["status"]["reports"] == old["status"]["reports"], name
+            assert reports_of(trials[name]) == reports_of(old), name
     final = status["final"]
     assert final["phase"] == "Succeeded" and final["resource"] == PROMOTE_MAX_RESOURCE, final
     assert final["trial"] == status["best"]["trial"]
     assert kube.get_or_none(cleanup) is None
+
+
+def reports_of(trial: JSON) -> list[JSON]:
+    return list((trial.get("status") or {}).get("reports") or [])
 
 
 def run_of(trial: JSON) -> int:
