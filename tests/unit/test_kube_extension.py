@@ -278,3 +278,12 @@ def test_once_the_checkpoints_are_deleted_the_budget_can_no_longer_be_raised() -
     out = reconcile(World(raised, trials, claim_exists=True), T0 + 60)
     assert out.status is not None and conditions(out.status)["Extended"] == ("False", "CheckpointsDeleted")
     assert not [w for w in out.writes if isinstance(w, PatchTrialStatus | CreateJob | CreateTrial)]
+
+
+def test_keep_for_takes_a_duration_or_zero_and_names_itself_when_it_is_not_one() -> None:
+    for keep in ("0s", "0", "90m"):
+        ok = reconcile(world(study(**{**PROMOTE, "checkpoints": {"size": "1Gi", "keepFor": keep}})), T0)
+        assert ok.status is not None and ok.status["phase"] == "Running", (keep, ok.status)
+    bad = reconcile(world(study(**{**PROMOTE, "checkpoints": {"size": "1Gi", "keepFor": "soon"}})), T0)
+    assert bad.status is not None and bad.status["phase"] == "Failed"
+    assert "spec.checkpoints.keepFor" in bad.status["message"], bad.status
