@@ -98,6 +98,13 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def parse_retention(value: str) -> float:
+    """Seconds from a duration that may be zero ('0s': nothing is kept), else as parse_duration."""
+    if re.fullmatch(r"0+(?:\.0*)?(?:ms|s|m|h|d)?", value.strip()):
+        return 0.0
+    return parse_duration(value)
+
+
 def parse_duration(value: str | float | int) -> float:
     """Seconds from a number of seconds or a duration like '20m', '1h30m', '90s', '2h'; at most
     MAX_DURATION_SECONDS (366 days)."""
@@ -873,6 +880,19 @@ class CheckpointsModel(_Camel):
         default_factory=lambda: ["ReadWriteMany"],
         description="The access modes of the claim the operator creates (trials run on several nodes)",
     )
+    keep_for: str | None = Field(
+        default=None,
+        description="How long after the study ends every trial's checkpoints are kept, so that a raised "
+        "budget can resume its paused trials ('2h'; '0s': deleted at the end); then all but the model's "
+        "are deleted and the budget can no longer be raised. Unset: kept until the study is deleted",
+    )
+
+    @field_validator("keep_for")
+    @classmethod
+    def _keep_for(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_retention(value)
+        return value
 
 
 SPEC_MISSING_MAX_RESOURCE = (

@@ -17,34 +17,20 @@ import pytest
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.rest import Kube
 from tests.cluster.waiting import wait_for
-from tests.support.e2e_study import create_study, study_manifest, trials_of, wait_phase
-from tests.support.operator_process import REPO, OperatorProcess
+from tests.support.e2e_study import (
+    PROMOTE_MAX_RESOURCE,
+    create_study,
+    promote_manifest,
+    trials_of,
+    wait_phase,
+)
+from tests.support.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
 
 JSON = dict[str, Any]
-MAX_RESOURCE = 9
+MAX_RESOURCE = PROMOTE_MAX_RESOURCE
 SLACK_SECONDS = 1.5  # the Job deadline is whole seconds and a report is written when its epoch ends
-
-
-def promote_manifest(name: str) -> JSON:
-    """The e2e study of test_operator with the promote variant, the final training and a claim the
-    operator creates; the trials run the fixtures' fake trainer."""
-    manifest = study_manifest(name, deadline="20s", parallel="auto", max_resource=MAX_RESOURCE)
-    spec = manifest["spec"]
-    spec |= {
-        "seed": 3,
-        "sampler": "random",
-        "asha": {"variant": "promote"},
-        "finalTraining": {"enabled": True},
-        "checkpoints": {"size": "1Gi", "storageClassName": "standard"},
-    }
-    spec["trialTemplate"]["spec"]["containers"][0] |= {
-        "command": ["python", "-m", "tests.fixtures.fake_trainer"],
-        "workingDir": str(REPO),
-        "env": [{"name": "FAKE_EPOCH_SECONDS", "value": "0.3"}],
-    }
-    return manifest
 
 
 def by_time(trial: JSON) -> list[JSON]:
@@ -54,7 +40,9 @@ def by_time(trial: JSON) -> list[JSON]:
 def test_promote_and_final_training(
     operator: OperatorProcess, cluster: LocalCluster, kube: Kube, namespace: str
 ) -> None:
-    create_study(kube, namespace, promote_manifest("promo"))
+    manifest = promote_manifest("promo")
+    manifest["spec"]["checkpoints"]["keepFor"] = "0s"  # deleted at the end: the budget stays as it is
+    create_study(kube, namespace, manifest)
     study = wait_phase(kube, namespace, "promo", {"Succeeded", "Failed"}, 80)
     status = study["status"]
     assert status["phase"] == "Succeeded", status
@@ -116,7 +104,7 @@ def test_promote_and_final_training(
     assert env["HPO_CHECKPOINT_DIR"] == f"/hpo-checkpoints/{checkpoint['path']}"
     assert env.get("HPO_STOP_RESOURCE") == str(MAX_RESOURCE) and "HPO_START_RESOURCE" in env, env
 
-    # Once the study is over, a Job deletes every checkpoint folder but the model's.
+    # Once the study is over (keepFor: 0s), a Job deletes every checkpoint folder but the model's.
     root = folder.parent
     wait_for(
         lambda: [p.name for p in root.iterdir()] == [final["trial"]] or None,

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.rest import ApiError, Kube
 from tests.cluster.waiting import wait_for
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import REPO, OperatorProcess
 
 JSON = dict[str, Any]
 GROUP_PATH = "/apis/hpo.dev/v1alpha1"
@@ -70,6 +70,34 @@ def study_manifest(
             },
         },
     }
+
+
+PROMOTE_MAX_RESOURCE = 9
+
+
+def promote_manifest(name: str, deadline: str = "20s") -> JSON:
+    """The study above with the promote variant, the final training and a claim the operator
+    creates; the trials run the fixtures' fake trainer, which honours HPO_START_RESOURCE and
+    HPO_STOP_RESOURCE and writes its environment to env.json in its checkpoint folder."""
+    manifest = study_manifest(name, deadline=deadline, parallel="auto", max_resource=PROMOTE_MAX_RESOURCE)
+    spec = manifest["spec"]
+    spec |= {
+        "seed": 3,
+        "sampler": "random",
+        "asha": {"variant": "promote"},
+        "finalTraining": {"enabled": True},
+        "checkpoints": {"size": "1Gi", "storageClassName": "standard"},
+    }
+    spec["trialTemplate"]["spec"]["containers"][0] |= {
+        "command": ["python", "-m", "tests.fixtures.fake_trainer"],
+        "workingDir": str(REPO),
+        "env": [{"name": "FAKE_EPOCH_SECONDS", "value": "0.3"}],
+    }
+    return manifest
+
+
+def study_path(namespace: str, name: str) -> str:
+    return f"{GROUP_PATH}/namespaces/{namespace}/hpostudies/{name}"
 
 
 def create_study(kube: Kube, namespace: str, manifest: JSON) -> JSON:

@@ -117,3 +117,17 @@ def world(
 def running(*trials: JSON) -> dict[str, Any]:
     names = [t["metadata"]["name"] for t in trials]
     return {"jobs": [job(n) for n in names], "pods": {n: [pod(n)] for n in names}}
+
+
+def merge_patch(target: JSON, patch: JSON) -> JSON:
+    """``target`` after a JSON merge patch (RFC 7386: None removes a key, objects merge), as the
+    API server applies the operator's status writes."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -163,18 +163,28 @@ def test_the_final_trainings_job_has_its_own_bound() -> None:
     assert out.status is not None and out.status["final"]["trial"] == "s-1"
 
 
-def test_a_finished_study_deletes_every_checkpoint_but_the_models() -> None:
-    done = {"phase": "Succeeded", "final": {"trial": "s-1"}, "best": {"trial": "s-1"}}
+def test_a_finished_study_deletes_every_checkpoint_but_the_models_once_keep_for_has_passed() -> None:
+    done = {
+        "phase": "Succeeded",
+        "final": {"trial": "s-1"},
+        "best": {"trial": "s-1"},
+        "budget": {"startedAt": to_rfc3339(T0), "finishedAt": to_rfc3339(T0 + 20)},
+    }
     trials = (
         trial(0, (1, 0.5, 1), phase="Paused"),
         trial(1, (9, 0.9, 20), phase="Completed"),
         trial(2, (1, 0.4, 3), phase="Paused"),
     )
     s = promote_study(done)
+    s["spec"]["checkpoints"]["keepFor"] = "10s"
     s["spec"]["trialTemplate"]["spec"] |= {
         "nodeSelector": {"pool": "gpu"},
         "securityContext": {"runAsUser": 7},
     }
+    # Kept for 10 s after the end, so that a raised budget could resume the paused trials; the
+    # reconcile comes back when they expire.
+    early = reconcile(World(study=s, trials=trials), T0 + 26)
+    assert early.writes == [] and early.requeue_after == 4
     outcome = reconcile(World(study=s, trials=trials), T0 + 30)
     [cleanup] = [w for w in outcome.writes if isinstance(w, CreateCleanupJob)]
     job_spec = cleanup.job["spec"]["template"]["spec"]
@@ -192,9 +202,13 @@ def test_a_finished_study_deletes_every_checkpoint_but_the_models() -> None:
     assert reconcile(World(study=s, trials=trials, jobs=named), T0 + 31).writes == []
     running = World(study=s, trials=trials, pods={"s-2": (pod("s-2"),)}, jobs={"s-2": job("s-2", "Complete")})
     assert not [w for w in reconcile(running, T0 + 31).writes if isinstance(w, CreateCleanupJob)]
-    # Without spec.checkpoints there is nothing to clean.
+    # Without spec.checkpoints there is nothing to clean; without keepFor they stay until the study
+    # is deleted.
     plain = study(done)
     assert not [w for w in reconcile(World(study=plain, trials=trials), T0 + 30).writes]
+    del s["spec"]["checkpoints"]["keepFor"]
+    kept = reconcile(World(study=s, trials=trials), T0 + 10**6)
+    assert kept.writes == [] and kept.requeue_after is None
 
 
 def test_a_finished_study_keeps_the_job_of_a_run_that_paused_before_its_job_said_complete() -> None:

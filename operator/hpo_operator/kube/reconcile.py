@@ -12,6 +12,7 @@ them from API objects.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ from .builders import (
     trial_account,
 )
 from .capacity import Capacity
+from .extension import Extension, checkpoints_expire_at, judge, refused_early, spec_changed
 from .observe import (
     TrialState,
     current_job_name,
@@ -60,6 +62,7 @@ from .resources import (
     trial_name,
 )
 from .status import (
+    FINAL_DONE,
     RESYNC_SECONDS,
     merge_conditions,
     only_estimates_moved,
@@ -126,26 +129,22 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     """``policy``: what trial templates may ask for beyond the default (policy.py)."""
     study = world.study
     status = study.get("status") or {}
-    if status.get("phase") in TERMINAL_STUDY_PHASES:
+    # A finished study is settled, unless its spec changed since: then a raised budget continues it.
+    reopening = status.get("phase") in TERMINAL_STUDY_PHASES
+    if reopening and not spec_changed(study):
         return _settled(world, now)
-    try:
-        config = study_config_from_spec(study.get("spec") or {})
-    except ConfigError as err:
-        return _invalid(world, "InvalidSpec", "; ".join(err.problems), now)
-    refused = refused_fields(
-        study["spec"].get("trialTemplate") or {}, study["metadata"]["namespace"], policy or TrialPolicy()
-    )
-    if refused:
-        # Before any trial is created; a study refused later (a changed policy) stops its trials as
-        # every finished study does.
-        return _invalid(world, "TemplateRefused", "; ".join(refused), now)
-    unknown = template_problems(study["spec"])  # ${name}s of the command lines, the collector's command
-    if unknown:
-        return _invalid(world, "InvalidSpec", "; ".join(unknown), now)
+    config, problem = _validated(study, policy or TrialPolicy())
+    if problem is not None:
+        if reopening:
+            phase = status["phase"]
+            reason, message = problem
+            return _not_extended(world, now, Extension(False, reason, f"{message}: it stays {phase}"))
+        return _invalid(world, *problem, now)
+    assert config is not None
 
     gpus = int(study["spec"].get("gpusPerTrial", 1))
     largest = world.capacity.largest
-    if not world.trials and largest is not None and gpus > largest:
+    if not world.trials and largest is not None and gpus > largest and not reopening:
         # No node could ever take one trial: say so now instead of leaving a pod Pending to the deadline.
         message = f"spec.gpusPerTrial: {gpus} GPUs per trial, but no node has more than {largest} ({GPU})"
         return _invalid(world, "Unschedulable", message, now)
@@ -162,6 +161,14 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         for t in world.trials
     ]
     core = Study(config, _slots(config, gpus, world.capacity))
+    extension: Extension | None = None
+    if reopening:
+        budget = core.budget_seconds([core.screen(s.view) for s in states])
+        extension = refused_early(world, config, now) or judge(
+            study, budget, STOP_MARGIN.seconds(budget), now
+        )
+        if not extension.extend:
+            return _not_extended(world, now, extension)
     final_index = _final_index(study, states)
     observation = Observation(
         started_at=started_at,
@@ -174,6 +181,8 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     try:
         decision = core.decide(observation)
     except StudyError as err:
+        if extension is not None:
+            return _not_extended(world, now, Extension(False, "BudgetTooSmall", str(err)))
         outcome = _invalid(world, "BudgetTooSmall", str(err), now, states)
         return Outcome(outcome.writes, outcome.status, first_status, outcome.events, outcome.requeue_after)
     plan = decision.plan
@@ -198,8 +207,12 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     stop_check = stop_check_after(world, now)
     if stop_check is not None:
         requeue = min(requeue, stop_check)
-    new_status = study_status(study, states, decision, started_at, now, writes)
+    new_status = study_status(study, states, decision, started_at, now, writes, extension)
     finalize = decision.finalize
+    if extension is not None:
+        events.insert(0, Event("Extended", extension.message))
+    else:
+        events[:0] = _budget_changed(study, new_status)
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
@@ -218,12 +231,56 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
 
 
 def _final_index(study: JSON, states: list[TrialState]) -> int | None:
-    """The trial resumed for the final training: as the study's status says, or as its HPOTrial says
-    (the trial's status is written before the study's)."""
+    """The trial under final training: as the study's status says, or as its HPOTrial says (the
+    trial's status is written before the study's). A final training that ended before the study
+    was extended is over: HPO goes on, and that trial is one trained to R."""
     final = (study.get("status") or {}).get("final") or {}
-    if final.get("index") is not None:
+    if final.get("index") is not None and final.get("phase") not in FINAL_DONE:
         return int(final["index"])
-    return next((s.view.index for s in states if s.run.final), None)
+    return next((s.view.index for s in states if s.run.final and s.view.status.active), None)
+
+
+def _budget_changed(study: JSON, new_status: JSON) -> list[Event]:
+    """A BudgetChanged event when a spec change moved a running study's deadline (once: the status
+    written with it records the new generation)."""
+    current = study.get("status") or {}
+    before = (current.get("budget") or {}).get("deadline")
+    after = (new_status.get("budget") or {}).get("deadline")
+    if not spec_changed(study) or before is None or after is None or before == after:
+        return []
+    return [Event("BudgetChanged", f"the deadline moved from {before} to {after}")]
+
+
+def _validated(study: JSON, policy: TrialPolicy) -> tuple[StudyConfig | None, tuple[str, str] | None]:
+    """The study's config, or the reason and message of what makes its spec unusable."""
+    try:
+        config = study_config_from_spec(study.get("spec") or {})
+    except ConfigError as err:
+        return None, ("InvalidSpec", "; ".join(err.problems))
+    refused = refused_fields(study["spec"].get("trialTemplate") or {}, study["metadata"]["namespace"], policy)
+    if refused:
+        # Before any trial is created; a study refused later (a changed policy) stops its trials as
+        # every finished study does.
+        return None, ("TemplateRefused", "; ".join(refused))
+    unknown = template_problems(study["spec"])  # ${name}s of the command lines, the collector's command
+    if unknown:
+        return None, ("InvalidSpec", "; ".join(unknown))
+    return config, None
+
+
+def _not_extended(world: World, now: float, extension: Extension) -> Outcome:
+    """A finished study whose changed spec does not continue it: settled as before, with the new
+    generation recorded and the Extended condition and an event saying why."""
+    settled = _settled(world, now)
+    current = world.study.get("status") or {}
+    wanted = [("Extended", False, extension.reason, extension.message)]
+    status = {
+        "observedGeneration": world.study["metadata"].get("generation"),
+        "conditions": merge_conditions(current.get("conditions") or [], wanted, now),
+    }
+    event = Event("NotExtended", extension.message, "Warning" if extension.warning else "Normal")
+    patch = status_patch(current, status) or None
+    return Outcome(settled.writes, patch, None, [event], settled.requeue_after)
 
 
 def _final_seconds(decision: Decision, start_from: float) -> float | None:
@@ -390,6 +447,15 @@ def _trial_writes(
             if job_deadline is not None:
                 seconds = build_job(study, trial, job_deadline, now)["spec"]
                 writes.append(PatchJobDeadline(state.job_name, seconds["activeDeadlineSeconds"]))
+        elif (
+            phase in (TrialPhase.PENDING, TrialPhase.RUNNING)
+            and job is not None
+            and decision.deadline is not None
+            and not state.run.final
+            and (later := _later_job_deadline(job, decision.deadline)) is not None
+        ):
+            # The budget was raised while the trial runs: its Job may run to the new deadline.
+            writes.append(PatchJobDeadline(state.job_name, later))
     for action in decision.actions:
         if isinstance(action, StartTrial):
             trial = build_trial(study, action.index, action.params, action.stop_at)
@@ -400,6 +466,17 @@ def _trial_writes(
             started = Event("TrialStarted", f"trial {trial_name_}: {action.params}")
             writes.append(CreateTrial(trial, job, started, identity=own))
     return writes, events
+
+
+def _later_job_deadline(job: JSON, deadline: float) -> int | None:
+    """activeDeadlineSeconds that lets a started Job run to ``deadline``, when that is later than
+    the one it has (a lowered budget needs none: the operator stops its trials itself)."""
+    seconds = (job.get("spec") or {}).get("activeDeadlineSeconds")
+    started = to_timestamp((job.get("status") or {}).get("startTime"))
+    if seconds is None or started is None:
+        return None
+    wanted = math.floor(deadline - started)
+    return wanted if wanted > int(seconds) + 1 else None
 
 
 def _with_verdict(trial: JSON, write: PatchTrialStatus | None) -> JSON:
@@ -473,7 +550,12 @@ def _invalid(
             write = trial_patch(trials[state.name], stop)
             writes += [write] if write else []
             writes += stop_job(world, state.name, state.job_name, job, now)
-    status = {"phase": TrialPhase.FAILED.value, "message": message, "conditions": conditions}
+    status = {
+        "phase": TrialPhase.FAILED.value,
+        "message": message,
+        "conditions": conditions,
+        "observedGeneration": world.study["metadata"].get("generation"),
+    }
     return Outcome(
         writes=writes,
         status=status_patch(current, status) or None,
@@ -514,14 +596,21 @@ def _settled(world: World, now: float) -> Outcome:
         # Complete: that Job is finishing on its own and is kept, a resumed run's record.
         if phase not in (TrialPhase.COMPLETED, TrialPhase.PAUSED) and still_running(world, name, job):
             writes += stop_job(world, name, job_name, job, now)
-    if not writes:
-        writes += _checkpoint_cleanup(world)
-    return Outcome(writes=writes, requeue_after=stop_check_after(world, now))
+    requeue = stop_check_after(world, now)
+    expires = checkpoints_expire_at(world.study)
+    if not writes and expires is not None:
+        if now >= expires:
+            writes += _checkpoint_cleanup(world)
+        elif cleanup_job_name(world.study["metadata"]["name"]) not in world.jobs:
+            wait = max(0.05, expires - now)
+            requeue = wait if requeue is None else min(requeue, wait)
+    return Outcome(writes=writes, requeue_after=requeue)
 
 
 def _checkpoint_cleanup(world: World) -> list[Write]:
-    """Once no trial runs, delete every checkpoint folder but the model's (the final training's,
-    else the best trial's): no trial of a finished study resumes."""
+    """Once no trial runs and spec.checkpoints.keepFor has passed since the end, delete every
+    checkpoint folder but the model's (the final training's, else the best trial's): from then on
+    no trial of the study resumes, and its budget can no longer be raised (extension.py)."""
     study = world.study
     name = study["metadata"]["name"]
     if checkpoint_claim(study) is None or cleanup_job_name(name) in world.jobs:

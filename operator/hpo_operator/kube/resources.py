@@ -99,6 +99,16 @@ class BudgetStatus(_Model):
     finished_inside_seconds: float | None = Field(
         default=None, description="deadline - finishedAt: how far inside the budget the study ended"
     )
+    extended_at: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When a raised budget last continued the finished study",
+    )
+    previous_deadline: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="The deadline before that extension",
+    )
 
 
 class StudyStatus(_Model):

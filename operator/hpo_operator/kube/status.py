@@ -15,6 +15,7 @@ from .builders import (
     checkpoint_claim,
     checkpoint_path,
 )
+from .extension import Extension
 from .observe import (
     TrialState,
     status_patch,
@@ -34,6 +35,8 @@ from .writes import (
     Write,
 )
 
+# The phases of a final training that has ended (status.final.phase).
+FINAL_DONE = frozenset({"Succeeded", "Failed"})
 # How often a running study is looked at even when nothing it watches changes: other workloads'
 # pods free GPUs without an event the operator watches.
 RESYNC_SECONDS = 5.0
@@ -112,7 +115,9 @@ def study_status(
     started_at: float,
     now: float,
     writes: list[Write],
+    extension: Extension | None = None,
 ) -> JSON:
+    """``extension``: this reconcile continues the finished study (a raised budget)."""
     current = study.get("status") or {}
     conditions = current.get("conditions") or []
     phases = _phases(states, writes)
@@ -129,7 +134,14 @@ def study_status(
     elif unschedulable:
         wanted.append(("Ready", False, "Unschedulable", "; ".join(unschedulable)))
     else:
-        wanted.append(("Ready", True, "Running", decision.message or "trials are running"))
+        extended = extension is not None or bool((current.get("budget") or {}).get("extendedAt"))
+        ready = "Extended" if extended else "Running"
+        wanted.append(("Ready", True, ready, decision.message or "trials are running"))
+    if extension is not None:
+        wanted.append(("Extended", True, extension.reason, extension.message))
+    if finalize is None and any(c.get("type") == "Complete" for c in conditions):
+        # Finished once, running again.
+        wanted.append(("Complete", False, "Extended", "the budget was raised after the study finished"))
     budget: JSON = {
         "startedAt": to_rfc3339(started_at, micro=True),
         "deadline": to_rfc3339(deadline) if deadline is not None else None,
@@ -138,13 +150,18 @@ def study_status(
     }
     if deadline is not None:
         budget["stopMarginSeconds"] = round(decision.stop_margin, 3)
+    recorded = current.get("budget") or {}
+    if extension is not None:
+        budget |= {"extendedAt": to_rfc3339(now, micro=True), "previousDeadline": extension.previous_deadline}
+    elif recorded.get("extendedAt"):
+        budget |= {"extendedAt": recorded["extendedAt"], "previousDeadline": recorded.get("previousDeadline")}
     if finalize is not None:
         budget["finishedAt"] = to_rfc3339(now, micro=True)
         budget["usedSeconds"] = round(now - started_at, 3)
         if deadline is not None:
             budget["finishedInsideSeconds"] = round(deadline - now, 3)
     phase: StudyPhase = "Running" if finalize is None else ("Succeeded" if finalize.succeeded else "Failed")
-    return StudyStatus(
+    document = StudyStatus(
         phase=phase,
         message=(finalize.reason if finalize else decision.message) or None,
         progress=f"{finished}/{plan.planned_trials if plan else '?'}",
@@ -156,6 +173,13 @@ def study_status(
         budget=BudgetStatus.model_validate(budget),
         final=_final_status(study, states, decision, now),
     ).document()
+    for key in ("budget", "final"):
+        # The status is written as a merge patch: a field this status no longer has (an earlier
+        # end's finishedAt, another trial's final value) is removed by a null.
+        old, new = current.get(key), document.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            document[key] = {**dict.fromkeys(k for k in old if k not in new), **new}
+    return document
 
 
 def _final_status(
@@ -164,18 +188,30 @@ def _final_status(
     """status.final: the trial under final training, and once it is done its value and model."""
     current = (study.get("status") or {}).get("final")
     finalize = decision.finalize
+    # A final training under way: resumed now, or resumed by an earlier reconcile.
+    training = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
+    if training is None:
+        training = next((s.view.index for s in states if s.run.final and s.view.status.active), None)
+    done = current is not None and current.get("phase") in FINAL_DONE
     index: int | None
     if finalize is not None and finalize.final is not None:
         index = finalize.final
-    elif current:
+    elif done and training is None and finalize is None:
+        # The final training of an earlier end (before the budget was raised) stands until a
+        # better configuration is trained.
+        return FinalStatus.model_validate(current)
+    elif current and not done:
         index = int(current["index"])
     else:
-        index = next((a.index for a in decision.actions if isinstance(a, ResumeTrial) and a.final), None)
-        index = index if index is not None else next((s.view.index for s in states if s.run.final), None)
+        index = training
     if index is None:
         return None
+    if current and int(current["index"]) != index:
+        current = None  # another trial's final training: nothing of the last one carries over
     name = trial_name(study["metadata"]["name"], index)
     out: JSON = {"trial": name, "index": index, "phase": "Running"}
+    if current and done and finalize is None:
+        current = {k: v for k, v in current.items() if k != "startedAt"}  # trained again from now
     trained = any(s.run.final for s in states if s.view.index == index) or any(
         isinstance(a, ResumeTrial) and a.final for a in decision.actions
     )
