@@ -353,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    finally:
+        hpo_trial.flush(REPORT_FLUSH_SECONDS)  # the reports still queued, before the exit status
 
 
 def exit_now(code: int) -> NoReturn:
