@@ -43,7 +43,8 @@ for resource in range(1, int(os.environ["HPO_MAX_RESOURCE"]) + 1):
     if chosen("CRASH_KILL"):
         os.kill(os.getpid(), signal.SIGKILL)
     value = round((1 - (x - 0.3) ** 2) * (1 - 0.5 ** resource), 6)
-    delivered = hpo_trial.report(resource, value)
+    # report() only queues; flush() waits for the delivery, whose moment the reliability tests need.
+    delivered = hpo_trial.report(resource, value) and hpo_trial.flush(90)
     line = {
         "resource": resource,
         "value": value,

@@ -78,6 +78,13 @@ def test_job_carries_the_trial_contract_environment() -> None:
     assert env["HPO_CHECKPOINT_DIR"].endswith("/team/mnist-study-uid/mnist-3")
 
 
+def test_once_the_plan_is_known_trials_learn_the_rung_levels_their_reports_are_urgent_at() -> None:
+    s = study()
+    assert "HPO_RUNG_LEVELS" not in env_of(build_job(s, trial_with_uid(s), None, 0))
+    s["status"] = {"plan": {"rungs": [1, 3, 9.5]}}
+    assert env_of(build_job(s, trial_with_uid(s), None, 0))["HPO_RUNG_LEVELS"] == "1,3,9.5"
+
+
 def test_template_may_not_override_the_trial_identity_but_may_move_checkpoints() -> None:
     s = study()
     s["spec"]["trialTemplate"]["spec"]["containers"][0]["env"] = [

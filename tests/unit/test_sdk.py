@@ -130,6 +130,7 @@ def test_file_transport_appends_one_line_per_report_with_seq_from_zero(
     monkeypatch.setenv("HPO_REPORT_FILE", str(path))
     assert hpo_trial.report(1, 0.5)
     assert hpo_trial.report(2, 0.625, loss=0.3)
+    assert hpo_trial.flush(5)  # report() only queues: the SDK's thread appends
     lines = read_lines(path)
     assert [line["seq"] for line in lines] == [0, 1]
     assert [(line["resource"], line["value"]) for line in lines] == [(1, 0.5), (2, 0.625)]
@@ -141,6 +142,7 @@ def test_null_transport_logs_the_report_and_sends_nothing(caplog: pytest.LogCapt
     assert isinstance(transport_from_env({}), NullTransport)
     with caplog.at_level(logging.INFO, logger="hpo_trial"):
         assert hpo_trial.report(4, 0.9)
+        assert hpo_trial.flush(5)
     messages = [r.getMessage() for r in caplog.records if r.name == "hpo_trial"]
     assert any('"resource": 4' in m and '"value": 0.9' in m for m in messages)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from hpo_trial.reporting import Reporter, RetryPolicy
+from hpo_trial.sending import BackgroundReporter
 from hpo_trial.transports import transport_from_env
 from tests.support.fake_kube_api import (
     FakeApi,
@@ -47,6 +48,23 @@ def test_reports_are_appended_to_the_trial_status(api: FakeApi, api_url: str, sa
     assert last["headers"]["content-type"] == "application/json-patch+json"
     assert last["headers"]["authorization"] == "Bearer token-1"
     assert json.loads(last["body"]) == [{"op": "add", "path": "/status/reports/-", "value": api.reports[1]}]
+
+
+def test_reports_sent_together_are_one_patch_that_appends_them_in_order(
+    api: FakeApi, api_url: str, sa_dir: Path
+) -> None:
+    reporter = cluster_reporter(api_url, sa_dir)
+    sender = BackgroundReporter(reporter, interval=3600.0, urgent=lambda resource: False)
+    sender.report(1, 0.1)  # nothing sent for an interval: out at once
+    assert sender.flush(5)
+    sent = len(api.requests)
+    for resource in (2, 3, 4):
+        sender.report(resource, resource / 10)
+    assert len(api.requests) == sent  # held: none of them may change a decision
+    assert sender.flush(5)
+    assert [(r["seq"], r["resource"]) for r in api.reports] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert len(api.requests) == sent + 1
+    assert [op["value"]["seq"] for op in json.loads(api.requests[-1]["body"])] == [1, 2, 3]
 
 
 def test_a_missing_status_is_created_with_a_guarded_init_then_the_report_appended(

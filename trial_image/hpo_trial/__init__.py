@@ -5,7 +5,7 @@
     params = hpo_trial.hyperparameters()          # {"learning_parameters.learning_rate": 0.01, ...}
     for epoch in range(1, (hpo_trial.max_resource() or 10) + 1):
         ...
-        hpo_trial.report(epoch, val_accuracy)      # never raises; retried when the study is away
+        hpo_trial.report(epoch, val_accuracy)      # returns at once, never raises; sent in the background
 
 Standard library only, so any training image can install it. The reference trainer
 (``python -m hpo_trial.train``) needs torch and lives in its own modules, imported only when run.
@@ -21,10 +21,11 @@ from hpo_trial.env import (
     study_name,
     trial_name,
 )
-from hpo_trial.reporting import report
+from hpo_trial.reporting import flush, report
 
 __all__ = [
     "checkpoint_dir",
+    "flush",
     "hyperparameters",
     "max_resource",
     "metric_name",

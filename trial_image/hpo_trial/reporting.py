@@ -1,7 +1,9 @@
-"""``report()``: builds the report of the trial contract and delivers it, retrying with back-off."""
+"""``report()``: builds the report of the trial contract and delivers it, retrying with back-off
+(in the background: sending.py)."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import math
@@ -13,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_trial.transports import SendError, Transport, transport_from_env
+from hpo_trial.sending import BackgroundReporter, Urgency, chain_sigterm_flush, interval_from_env
+from hpo_trial.transports import ClusterTransport, SendError, Transport, send_all, transport_from_env
 
 log = logging.getLogger("hpo_trial")
 
@@ -111,20 +114,29 @@ class Reporter:
         # so later 403s are final at once and a misconfigured trial loses one grace period in all.
         self._forbidden = False
 
+    def build(self, resource: float, value: float, extra: Mapping[str, Any]) -> dict[str, Any]:
+        """The next report, numbered and stamped now; raises TypeError for a report that cannot be
+        made (callers log and drop it, so that a bad value never raises into training)."""
+        body = make_report(next(self._seq), resource, value, self._clock(), extra)
+        if body["value"] is None:
+            log.warning("report seq=%d: value %r is not finite, sent as null", body["seq"], value)
+        return body
+
     def report(self, resource: float, value: float, **extra: Any) -> bool:
-        """Delivers one report; True when delivered. Never raises: failures are logged."""
+        """Delivers one report and waits for it; True when delivered. Never raises: failures are
+        logged."""
         try:
             with self._lock:  # one report at a time keeps seq order equal to delivery order
-                body = make_report(next(self._seq), resource, value, self._clock(), extra)
-                if body["value"] is None:
-                    log.warning("report seq=%d: value %r is not finite, sent as null", body["seq"], value)
-                return self._deliver(body)
+                return self.deliver([self.build(resource, value, extra)])
         except Exception:
             log.exception("report(%r, %r) failed and was dropped", resource, value)
             return False
 
-    def _deliver(self, body: dict[str, Any]) -> bool:
+    def deliver(self, bodies: list[dict[str, Any]]) -> bool:
+        """Sends built reports, in one request where the transport can, retrying the whole batch
+        with back-off; True when delivered, False when given up (logged)."""
         policy = self.policy
+        seqs = ",".join(str(b["seq"]) for b in bodies)
         deadline = time.monotonic() + policy.total_seconds
         delay = policy.initial_delay
         attempt = 0
@@ -133,10 +145,10 @@ class Reporter:
             attempt += 1
             try:
                 timeout = max(0.1, min(policy.request_timeout, deadline - time.monotonic()))
-                self.transport.send(body, timeout=timeout)
+                send_all(self.transport, bodies, timeout=timeout)
                 self._delivered = True
                 if attempt > 1:
-                    log.info("report seq=%d delivered on attempt %d", body["seq"], attempt)
+                    log.info("report seq=%s delivered on attempt %d", seqs, attempt)
                 return True
             except SendError as exc:
                 now = time.monotonic()
@@ -156,39 +168,64 @@ class Reporter:
                         self._forbidden = True
                         hint = " (may the trial's service account patch hpotrials/status?)"
                     log.error(
-                        "report seq=%d to %s given up after %d attempt(s): %s%s",
-                        body["seq"],
+                        "report seq=%s to %s given up after %d attempt(s): %s%s",
+                        seqs,
                         self.transport.describe(),
                         attempt,
                         exc,
                         hint,
                     )
                     return False
-                log.warning("report seq=%d attempt %d failed (%s); retrying", body["seq"], attempt, exc)
+                log.warning("report seq=%s attempt %d failed (%s); retrying", seqs, attempt, exc)
                 self._sleep(min(delay, remaining))
                 delay = min(delay * 2, policy.max_delay)
 
 
-_default: Reporter | None = None
+#: Seconds a report to the cluster that cannot change a decision may wait for the next ones.
+CLUSTER_REPORT_INTERVAL = 2.0
+
+_default: BackgroundReporter | None = None
 _default_lock = threading.Lock()
 
 
-def default_reporter() -> Reporter:
-    """The process's reporter, its transport chosen from the environment on first use."""
+def default_reporter() -> BackgroundReporter:
+    """The process's reporter, its transport chosen from the environment on first use. Reports to
+    the cluster are coalesced (a write costs the API server, etcd and every watcher); a report
+    file is appended to at once."""
     global _default
     with _default_lock:
         if _default is None:
             transport = transport_from_env()
             log.debug("hpo_trial reports go to %s", transport.describe())
-            _default = Reporter(transport, RetryPolicy.from_env())
+            policy = RetryPolicy.from_env()
+            interval = CLUSTER_REPORT_INTERVAL if isinstance(transport, ClusterTransport) else 0.0
+            reporter = BackgroundReporter(
+                Reporter(transport, policy),
+                interval=interval_from_env(interval),
+                urgent=Urgency.from_env(),
+            )
+            # Flushing on exit and SIGTERM is bounded by the retry bound of the last batch.
+            limit = policy.total_seconds + policy.request_timeout
+            atexit.register(reporter.flush, limit)
+            chain_sigterm_flush(lambda: reporter.flush(limit))
+            _default = reporter
         return _default
 
 
 def report(resource: float, value: float, **extra: Any) -> bool:
     """Reports the metric ``value`` reached at ``resource`` (e.g. epochs) to the study.
 
-    Returns True when the report was delivered (or, outside a study, logged). It never raises into
-    training code: a failed report is retried with back-off for a bounded time
-    (``HPO_REPORT_RETRY_SECONDS``, default 60) and then logged and dropped.
+    It returns at once, True when the report was queued: a thread of the SDK delivers it, retrying
+    with back-off for a bounded time (``HPO_REPORT_RETRY_SECONDS``, default 60) before it logs and
+    drops it. It never raises into training code. Reports are flushed when the process exits
+    normally or by SIGTERM; a process that ends itself with ``os._exit`` calls :func:`flush` first.
     """
     return default_reporter().report(resource, value, **extra)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Waits until every report made so far is delivered (or given up), at most ``timeout``
+    seconds; True when all were delivered. Needed only before ``os._exit``."""
+    with _default_lock:
+        reporter = _default
+    return True if reporter is None else reporter.flush(timeout)

@@ -341,6 +341,10 @@ def run(plan: Plan, stop: StopSignal) -> int:
     return 0
 
 
+#: Longest the trainer waits at exit for its queued reports (a stopped trial's grace is 30 s).
+REPORT_FLUSH_SECONDS = 20.0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -349,12 +353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    finally:
+        hpo_trial.flush(REPORT_FLUSH_SECONDS)  # the reports still queued, before the exit status
 
 
 def exit_now(code: int) -> NoReturn:
     """Ends the process without the interpreter's teardown, which spends about a second
     unloading torch: a slot waits for its trial's process to end before the next trial starts.
-    Everything the trainer wrote is closed by now (checkpoints, reports); only the logs are flushed."""
+    Everything the trainer wrote is closed by now (checkpoints); the reports still queued are sent
+    and the logs flushed."""
+    hpo_trial.flush(REPORT_FLUSH_SECONDS)
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()

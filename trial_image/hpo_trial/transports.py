@@ -13,7 +13,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,11 +55,26 @@ class Transport(Protocol):
     def describe(self) -> str: ...
 
 
+def send_all(transport: Transport, reports: Sequence[Mapping[str, Any]], *, timeout: float) -> None:
+    """Sends reports in order: in one request where the transport has ``send_many``, else one by
+    one (a retry then sends again the ones already delivered: the operator reads each seq once)."""
+    many = getattr(transport, "send_many", None)
+    if many is not None:
+        many(reports, timeout=timeout)
+        return
+    for report in reports:
+        transport.send(report, timeout=timeout)
+
+
 class NullTransport:
     """Outside any study: the report is logged and goes nowhere else."""
 
     def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
         log.info("report (no study, not sent): %s", json.dumps(report, sort_keys=True))
+
+    def send_many(self, reports: Sequence[Mapping[str, Any]], *, timeout: float) -> None:
+        for report in reports:
+            self.send(report, timeout=timeout)
 
     def describe(self) -> str:
         return "log only (no study)"
@@ -72,13 +87,16 @@ class FileTransport:
     path: Path
 
     def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
-        line = json.dumps(report, allow_nan=False) + "\n"
+        self.send_many([report], timeout=timeout)
+
+    def send_many(self, reports: Sequence[Mapping[str, Any]], *, timeout: float) -> None:
+        text = "".join(json.dumps(report, allow_nan=False) + "\n" for report in reports)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # One write of a whole line to a file opened for appending, so a watcher never sees
-            # two reports interleaved; opened per report so the file may be rotated or recreated.
+            # One write of whole lines to a file opened for appending, so a watcher never sees two
+            # reports interleaved; opened per write so the file may be rotated or recreated.
             with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(line)
+                handle.write(text)
                 handle.flush()
         except OSError as exc:
             raise SendError(f"cannot append to {self.path}: {exc}", retryable=True) from exc
@@ -106,7 +124,12 @@ class ClusterTransport:
         return f"HPOTrial {self.namespace}/{self.trial} status at {self.api_url}"
 
     def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
-        append = [{"op": "add", "path": "/status/reports/-", "value": report}]
+        self.send_many([report], timeout=timeout)
+
+    def send_many(self, reports: Sequence[Mapping[str, Any]], *, timeout: float) -> None:
+        """One JSON patch appends them all: one write through the API server and etcd, and one
+        event to every watcher of the HPOTrial, however many reports it carries."""
+        append = [{"op": "add", "path": "/status/reports/-", "value": report} for report in reports]
         # The list (or the whole status) may not exist yet: create it, then append. The operator
         # may create /status between two steps, so a few rounds can be needed.
         for _ in range(_INIT_ROUNDS):

@@ -227,6 +227,10 @@ def trial_env(study: Mapping[str, Any], trial: Mapping[str, Any]) -> list[JSON]:
     }
     if checkpoint_claim(study) is not None:
         values["HPO_CHECKPOINT_DIR"] = f"{CHECKPOINT_MOUNT}/{checkpoint_path(study, name)}"
+    rungs = ((study.get("status") or {}).get("plan") or {}).get("rungs")
+    if rungs:
+        # The SDK sends a report reaching a rung at once and may hold the others a moment.
+        values["HPO_RUNG_LEVELS"] = ",".join(_number_text(level) for level in rungs)
     run = run_of(trial)
     if run.start_from is not None:
         values["HPO_START_RESOURCE"] = _number_text(run.start_from)

@@ -1,0 +1,183 @@
+"""The SDK's background sender: reports queued at once, coalesced between the ones that matter,
+never dropped while the process lives, flushed on exit and on SIGTERM."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from hpo_trial.reporting import Reporter, RetryPolicy
+from hpo_trial.sending import BackgroundReporter, Urgency, interval_from_env
+from hpo_trial.transports import SendError
+from tests.cluster.waiting import wait_for
+
+FAST = RetryPolicy(total_seconds=2.0, initial_delay=0.001, max_delay=0.01, request_timeout=1.0)
+
+
+class RecordingTransport:
+    """Records each request (a list of reports); can hold requests until released, or fail."""
+
+    def __init__(self, *, failures: int = 0, retryable: bool = True) -> None:
+        self.requests: list[list[Mapping[str, Any]]] = []
+        self.failures = failures
+        self.retryable = retryable
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
+        self.send_many([report], timeout=timeout)
+
+    def send_many(self, reports: Sequence[Mapping[str, Any]], *, timeout: float) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            assert self.gate.wait(10), "the test never released the transport"
+        if self.failures > 0:
+            self.failures -= 1
+            raise SendError("down", retryable=self.retryable)
+        self.requests.append(list(reports))
+
+    def describe(self) -> str:
+        return "recording"
+
+    @property
+    def seqs(self) -> list[int]:
+        return [r["seq"] for request in self.requests for r in request]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def background(
+    transport: RecordingTransport, *, interval: float = 0.0, urgency: Urgency | None = None, **kw: Any
+) -> BackgroundReporter:
+    return BackgroundReporter(Reporter(transport, FAST), interval=interval, urgent=urgency, **kw)
+
+
+def test_report_returns_before_the_delivery_and_flush_waits_for_it() -> None:
+    transport = RecordingTransport()
+    transport.gate.clear()
+    sender = background(transport)
+    assert sender.report(1, 0.5) is True  # the transport is still holding: report() did not wait
+    assert transport.waiting.wait(5)
+    assert transport.requests == [] and sender.pending == 1
+    transport.gate.set()
+    assert sender.flush(5)
+    assert transport.seqs == [0] and sender.pending == 0
+
+
+def test_reports_that_cannot_change_a_decision_go_out_together() -> None:
+    clock = FakeClock()
+    transport = RecordingTransport()
+    urgency = Urgency(rung_levels=[3, 9], last_resource=10)
+    sender = background(transport, interval=60.0, urgency=urgency, clock=clock)
+    # The first two size the budget: out at once, each on its own.
+    for resource in (1, 2):
+        sender.report(resource, 0.1 * resource)
+        wait_for(lambda resource=resource: len(transport.seqs) == resource, 5, 0.01, "a sizing report")  # type: ignore[misc]
+    sender.report(3, 0.3)  # reaches rung 3: at once
+    wait_for(lambda: transport.seqs == [0, 1, 2], 5, 0.01, "the rung report")
+    for resource in (4, 5, 6):
+        sender.report(resource, 0.1 * resource)  # held: the interval has not passed
+    assert sender.pending == 3 and transport.seqs == [0, 1, 2]
+    sender.report(9, 0.9)  # rung 9: sends it with the three held, in one request
+    wait_for(lambda: len(transport.requests) == 4, 5, 0.01, "the batch")
+    assert [r["seq"] for r in transport.requests[-1]] == [3, 4, 5, 6]
+    assert [r["resource"] for r in transport.requests[-1]] == [4, 5, 6, 9]
+
+
+def test_a_held_report_goes_out_once_the_interval_has_passed() -> None:
+    clock = FakeClock()
+    transport = RecordingTransport()
+    sender = background(transport, interval=0.2, urgency=Urgency(), clock=clock)
+    sender.report(1, 0.1)
+    sender.report(2, 0.2)
+    wait_for(lambda: transport.seqs == [0, 1], 5, 0.01, "the sizing reports")
+    sender.report(3, 0.3)
+    assert sender.pending == 1
+    clock.now += 0.2
+    wait_for(lambda: transport.seqs == [0, 1, 2], 5, 0.01, "the held report after the interval")
+
+
+def test_the_last_report_and_a_stop_resource_are_urgent() -> None:
+    urgency = Urgency(rung_levels=[1, 3], last_resource=5)
+    assert [urgency(r) for r in (1, 2, 2.5, 3, 4, 5)] == [True, True, False, True, False, True]
+    resumed = Urgency.from_env(
+        {"HPO_RUNG_LEVELS": "1,3,9", "HPO_MAX_RESOURCE": "27", "HPO_STOP_RESOURCE": "9"}
+    )
+    assert resumed.rung_levels == [1, 3, 9] and resumed.last_resource == 9
+    # A trial resumed at 4 crosses rungs 1 and 3 with its first report, then only 9 and its stop.
+    assert [resumed(r) for r in (4, 5, 6, 7, 8, 9)] == [True, True, False, False, False, True]
+
+
+def test_the_interval_comes_from_the_environment() -> None:
+    assert interval_from_env(2.0, {}) == 2.0
+    assert interval_from_env(2.0, {"HPO_REPORT_INTERVAL_SECONDS": "0"}) == 0.0
+    assert interval_from_env(2.0, {"HPO_REPORT_INTERVAL_SECONDS": "soon"}) == 2.0
+    assert interval_from_env(2.0, {"HPO_REPORT_INTERVAL_SECONDS": "-1"}) == 2.0
+
+
+def test_a_failing_batch_is_retried_whole_and_in_order() -> None:
+    transport = RecordingTransport(failures=3)
+    sender = background(transport)
+    for resource in range(1, 6):
+        sender.report(resource, 0.5)
+    assert sender.flush(5)
+    assert transport.seqs == [0, 1, 2, 3, 4]
+
+
+def test_a_full_queue_makes_report_wait_instead_of_dropping() -> None:
+    transport = RecordingTransport()
+    transport.gate.clear()
+    sender = background(transport, max_pending=2)
+    sender.report(1, 0.1)
+    assert transport.waiting.wait(5)  # seq 0 is being sent: the queue is empty again
+    sender.report(2, 0.2)
+    sender.report(3, 0.3)  # the queue holds two now
+    blocked = threading.Thread(target=sender.report, args=(4, 0.4))
+    blocked.start()
+    blocked.join(0.3)
+    assert blocked.is_alive(), "report() returned although the queue was full"
+    transport.gate.set()
+    blocked.join(5)
+    assert not blocked.is_alive()
+    assert sender.flush(5)
+    assert transport.seqs == [0, 1, 2, 3]
+
+
+def test_a_report_given_up_makes_flush_say_so_and_later_ones_still_go() -> None:
+    transport = RecordingTransport(failures=1, retryable=False)
+    sender = background(transport)
+    sender.report(1, 0.1)
+    assert sender.flush(5) is False  # seq 0 was given up (logged)
+    sender.report(2, 0.2)
+    sender.flush(5)
+    assert transport.seqs == [1]
+
+
+def test_a_report_that_cannot_be_made_is_dropped_not_raised() -> None:
+    transport = RecordingTransport()
+    sender = background(transport)
+    assert sender.report(1, "high") is False  # type: ignore[arg-type]
+    assert sender.report(2, 0.5) is True
+    assert sender.flush(5)
+    assert transport.seqs == [1]
+
+
+@pytest.mark.parametrize("count", [1, 250])
+def test_flush_sends_everything_queued_in_batches_of_at_most_100(count: int) -> None:
+    transport = RecordingTransport()
+    sender = background(transport, interval=3600.0, urgency=lambda resource: False)
+    for i in range(count):
+        sender.report(i + 1, 0.5)
+    assert sender.flush(10)
+    assert transport.seqs == list(range(count))
+    assert max(len(r) for r in transport.requests) <= 100

@@ -1,0 +1,204 @@
+"""Reports sent in the background, so that training never waits for the API server.
+
+``report()`` numbers and stamps a report and puts it on a bounded queue; one sender thread delivers
+the queue through the :class:`~hpo_trial.reporting.Reporter`, retrying with its back-off. A report
+that can change a decision goes out at once: the first two (they size the study's budget), the
+first at or past each rung level, and the last (the maximum or stop resource). Others wait up to
+``interval`` seconds and go out together in one request, so a trial reporting every second costs
+one write every few seconds. The queue is flushed on exit and on SIGTERM; a full queue makes
+``report()`` wait rather than drop a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # reporting.py builds the process's BackgroundReporter
+    from hpo_trial.reporting import Reporter
+
+log = logging.getLogger("hpo_trial")
+
+#: Seconds a report that cannot change a decision may wait to go out with the next ones.
+HPO_REPORT_INTERVAL_SECONDS = "HPO_REPORT_INTERVAL_SECONDS"
+#: The study's rung levels, comma-separated: a report reaching one is sent at once.
+HPO_RUNG_LEVELS = "HPO_RUNG_LEVELS"
+#: Reports of one request at most; more pending go out in the next one, at once.
+MAX_BATCH = 100
+#: Reports waiting at most before ``report()`` waits for room.
+MAX_PENDING = 10_000
+#: The reports the budget is sized from.
+SIZING_REPORTS = 2
+
+
+@dataclass
+class Urgency:
+    """Which reports go out at once: they may change a decision."""
+
+    rung_levels: Sequence[float] = ()
+    last_resource: float | None = None
+    """The maximum resource, or the stop resource of a trial run to a rung."""
+    _seen: int = 0
+    _passed: set[float] = field(default_factory=set)
+
+    def __call__(self, resource: float) -> bool:
+        self._seen += 1
+        crossed = {level for level in self.rung_levels if resource >= level} - self._passed
+        self._passed |= crossed
+        last = self.last_resource is not None and resource >= self.last_resource
+        return self._seen <= SIZING_REPORTS or bool(crossed) or last
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Urgency:
+        source = os.environ if environ is None else environ
+        levels = [_number(part) for part in source.get(HPO_RUNG_LEVELS, "").split(",") if part.strip()]
+        ends = [_number(source.get(name, "")) for name in ("HPO_STOP_RESOURCE", "HPO_MAX_RESOURCE")]
+        last = min((e for e in ends if e is not None), default=None)
+        return cls(rung_levels=sorted(lv for lv in levels if lv is not None), last_resource=last)
+
+
+def _number(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def interval_from_env(default: float, environ: Mapping[str, str] | None = None) -> float:
+    raw = (os.environ if environ is None else environ).get(HPO_REPORT_INTERVAL_SECONDS, "").strip()
+    value = _number(raw) if raw else default
+    if value is None or value < 0:
+        log.warning("ignoring %s=%r: not a number of seconds", HPO_REPORT_INTERVAL_SECONDS, raw)
+        return default
+    return value
+
+
+class BackgroundReporter:
+    """Queues reports and delivers them from a thread of its own."""
+
+    def __init__(
+        self,
+        reporter: Reporter,
+        *,
+        interval: float = 0.0,
+        urgent: Callable[[float], bool] | None = None,
+        max_pending: int = MAX_PENDING,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.reporter = reporter
+        self.interval = interval
+        self._urgent = urgent or Urgency()
+        self._max_pending = max_pending
+        self._clock = clock
+        self._cond = threading.Condition(threading.RLock())  # RLock: a signal handler may flush
+        self._pending: deque[dict[str, Any]] = deque()
+        self._sending = 0
+        self._due = False  # a pending report must go out now
+        self._flushing = 0
+        self._last_send = -math.inf
+        self._lost = 0
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def report(self, resource: float, value: float, **extra: Any) -> bool:
+        """Queues one report; True once queued. Never raises: a report that cannot be made is
+        logged and dropped (False)."""
+        try:
+            with self._cond:
+                # Built under the lock: the queue's order is the seq order.
+                body = self.reporter.build(resource, value, extra)
+                while len(self._pending) >= self._max_pending:
+                    self._cond.wait()
+                self._pending.append(body)
+                self._due = self._urgent(body["resource"]) or self._due
+                self._start()
+                self._cond.notify_all()
+            return True
+        except Exception:
+            log.exception("report(%r, %r) failed and was dropped", resource, value)
+            return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Sends what is queued now and waits until it is delivered or given up, or ``timeout``
+        seconds; True when nothing is waiting and no report of this process was given up."""
+        if os.getpid() != self._pid:
+            # A forked child (a data-loader worker, say) has a copy of the queue but no sender:
+            # its reports are the parent's to send.
+            return True
+        with self._cond:
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                idle = self._cond.wait_for(lambda: not self._pending and not self._sending, timeout)
+            finally:
+                self._flushing -= 1
+            return idle and self._lost == 0
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending) + self._sending
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="hpo-report-sender", daemon=True)
+            self._thread.start()
+
+    def _next_batch(self) -> list[dict[str, Any]]:
+        with self._cond:
+            while True:
+                if self._pending:
+                    wait = self._last_send + self.interval - self._clock()
+                    if self._due or self._flushing or wait <= 0:
+                        break
+                    self._cond.wait(wait)
+                else:
+                    self._cond.wait()
+            count = min(len(self._pending), MAX_BATCH)
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._due = bool(self._pending)  # the rest of a long queue follows at once
+            self._sending = count
+            self._cond.notify_all()  # room for a waiting report()
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            delivered = False
+            try:
+                delivered = self.reporter.deliver(batch)
+            except Exception:
+                log.exception("report seq=%s failed and was dropped", ",".join(str(b["seq"]) for b in batch))
+            with self._cond:
+                self._sending = 0
+                self._lost += 0 if delivered else len(batch)
+                self._last_send = self._clock()
+                self._cond.notify_all()
+
+
+def chain_sigterm_flush(flush: Callable[[], object]) -> bool:
+    """Where SIGTERM still has its default action, flushes the queue on SIGTERM and then lets the
+    signal do what it would have done. Returns whether the handler was installed (only from the
+    main thread, and never over a handler the training code set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return False
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # as PID 1 of a container this is ignored, as before
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
