@@ -385,8 +385,11 @@ def manifest(
         "sampler": study.sampler,
         "prior_hyperparameters": [dict(prior) for prior in study.priors] or None,
     }
-    if study.asha_variant != "stop":
-        fields["asha"] = {"variant": study.asha_variant}
+    asha: dict[str, Any] = {"variant": study.asha_variant} if study.asha_variant != "stop" else {}
+    if study.asha_brackets != 1:
+        asha["brackets"] = study.asha_brackets
+    if asha:
+        fields["asha"] = asha
     if final_training or study.final_training:
         fields["final_training"] = {"enabled": True}
     checkpoints = {
@@ -396,7 +399,7 @@ def manifest(
     }
     if any(checkpoints.values()):
         fields["checkpoints"] = {k: v for k, v in checkpoints.items() if v is not None}
-    elif "asha" in fields or "final_training" in fields:
+    elif study.asha_variant == "promote" or "final_training" in fields:
         fail(
             "the promote variant and final training keep checkpoints on a volume: give --checkpoint-claim "
             "NAME (an existing claim) or --checkpoint-size SIZE (a claim the operator creates)"

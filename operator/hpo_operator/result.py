@@ -51,6 +51,10 @@ class PlanStatus(ResultModel):
     predicted_gpu_seconds: Number
     predicted_seconds: Number
     trial_overhead_seconds: Number = 0.0
+    brackets: int = Field(default=1, description="Hyperband brackets run side by side (1: plain ASHA)")
+    brackets_note: str | None = Field(
+        default=None, description="Why fewer brackets run than spec.asha.brackets asks for"
+    )
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
     @classmethod

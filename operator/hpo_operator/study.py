@@ -35,14 +35,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .asha import RungDecision, RungRecord, StopReplay, rung_records, rung_resources, score
+from .brackets import Brackets
 from .budget import (
     HEADROOM,
     BudgetTooSmall,
     Plan,
     default_min_resource,
     expected_runs,
-    expected_trial_resource,
+    fit_brackets,
     make_plan,
+    mean_trial_resource,
 )
 from .config import StudyConfig
 from .sampler import Observed, Sampler
@@ -187,10 +189,18 @@ class Study:
         r = config.min_resource or default_min_resource(config.max_resource)
         self.rungs = rung_resources(r, self.eta, config.max_resource)  # the plan's rungs too
         self.levels = (*self.rungs, config.max_resource)
+        # Hyperband brackets: how many is fixed for the study (never by measured epoch times), so a
+        # trial's bracket, a function of its index, never changes while the study runs.
+        self._bracket_fit = fit_brackets(
+            config.asha_brackets, self.rungs, config.max_resource, self.eta, self._budget_trainings()
+        )
+        self.brackets = Brackets(self.rungs, config.max_resource, self.eta, self._bracket_fit[0], config.seed)
         # Resources where the promote variant pauses trials: time across them is not training.
         self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
         # An average trial's epochs and runs, for trials past the plan's (budget.py's cost model).
-        self._trial_resource = expected_trial_resource(self.rungs, config.max_resource, self.eta)
+        self._trial_resource = mean_trial_resource(
+            self.rungs, config.max_resource, self.eta, self.brackets.count
+        )
         self._runs_per_trial = expected_runs(self.rungs, self.eta) if self._pauses else 1.0
         # Trial 0 sizes a measured budget from two reports, so with the promote variant its first run
         # goes on past the first rung to the next level (None: to R) rather than pause after one report.
@@ -203,6 +213,18 @@ class Study:
         self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
         self._screened: dict[int, tuple[TrialView, TrialView]] = {}  # index -> (as given, screened)
         self._replay = StopReplay(self.eta, config.mode)
+
+    def _budget_trainings(self) -> float | None:
+        """Full trainings the budget holds over all slots, as known before any trial ran: the time
+        ratio (or deadline / trainTime) times the parallelism; None for a deadline alone."""
+        spec = self.config.budget
+        if spec.deadline is None:
+            per_slot = spec.time_ratio
+        elif spec.train_time is not None:
+            per_slot = spec.deadline / spec.train_time
+        else:
+            return None
+        return per_slot * self.parallel_limit()
 
     # --- hyper-parameters -----------------------------------------------------------------
 
@@ -249,7 +271,7 @@ class Study:
                         rates.append((r.time - last_time) / (r.resource - last_resource))
                     # else: the trial paused at that rung and was resumed later; the wait is no epoch.
                     last_time, last_resource = r.time, r.resource
-        records = rung_records(t.index, t.reports, self.rungs)
+        records = rung_records(t.index, t.reports, self.rungs, self.brackets.of_trial(t.index))
         standing: tuple[int, float, Report] | None = None
         if t.reports:
             # Below the first rung, a trial stands at level -1 with its last report.
@@ -354,6 +376,7 @@ class Study:
                 eta=self.eta,
                 trial_overhead=overhead,
                 promote=bool(self._pauses),
+                brackets=self._bracket_fit,
             )
         except BudgetTooSmall as err:
             raise StudyError(str(err)) from err
@@ -535,7 +558,8 @@ class Study:
             while free > 0 and (
                 started < plan.planned_trials or self._room_for_another(plan, obs.now, deadline, len(active))
             ):
-                if obs.now + overhead + plan.min_resource * epoch > deadline:
+                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
+                if obs.now + overhead + first_level * epoch > deadline:
                     message = "no time left for another trial to reach its first rung"
                     break
                 params = self.params_for(next_index, tried, self.rungs)
@@ -553,7 +577,8 @@ class Study:
 
         if not active:
             if plan is not None:
-                first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
+                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
+                first_rung = plan.trial_overhead_seconds + first_level * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
                 if started >= plan.planned_trials and not self._room_for_another(plan, obs.now, deadline, 0):
                     return finish("all planned trials finished", message)
