@@ -35,7 +35,7 @@ from hpo_operator.result import PlanStatus
 from hpo_operator.study import Observation, PruneTrial, Study, TrialView
 from hpo_operator.trials import Report, TrialPhase
 
-RUNGS = (1, 3, 9)
+RUNGS: tuple[float, ...] = (1, 3, 9)
 R = 27
 
 
@@ -156,11 +156,11 @@ def test_the_core_prunes_a_trial_against_its_own_bracket_only() -> None:
     assert [(a.index, a.rung, a.resource) for a in pruned] == [(b0, 0, 1)]
     assert b1 not in decision.rung_decisions
     # At 3 epochs the bracket-1 trial is its bracket's first at rung 1: it goes on, below trial 0.
-    trials = (
+    later = (
         TrialView(0, TrialPhase.RUNNING, (Report(1, 0.9, 10.0), Report(3, 0.95, 30.0)), 0.0),
         TrialView(b1, TrialPhase.RUNNING, (Report(1, 0.1, 12.0), Report(3, 0.3, 32.0)), 0.0),
     )
-    decision = study.decide(Observation(started_at=0.0, now=33.0, free_slots=0, trials=trials))
+    decision = study.decide(Observation(started_at=0.0, now=33.0, free_slots=0, trials=later))
     assert not [a for a in decision.actions if isinstance(a, PruneTrial)]
     assert decision.rung_decisions[b1][-1].competitors == 1
     assert decision.plan is not None and decision.plan.brackets == 3
