@@ -132,6 +132,12 @@ def mean_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: int,
     return sum(w * bracket_cost(rungs, max_resource, eta, b) for b, w in enumerate(weights))
 
 
+def mean_runs(rungs: tuple[float, ...], max_resource: float, eta: int, brackets: int) -> float:
+    """Runs per trial under the promote rule over the brackets' shares of the trials."""
+    weights = bracket_weights(rungs, max_resource, eta, brackets)
+    return sum(w * expected_runs(rungs[b:], eta) for b, w in enumerate(weights))
+
+
 def expected_runs(rungs: tuple[float, ...], eta: int) -> float:
     """Runs per trial under the promote rule: the first, and one more for each rung a trial is
     promoted from (a share eta^-k of the trials reaches level k)."""
@@ -194,7 +200,7 @@ def make_plan(
             trainings = budget_seconds * slots / (max_resource * epoch_seconds + trial_overhead)
         count, note = fit_brackets(brackets, rungs, max_resource, eta, trainings)
     per_trial = mean_trial_resource(rungs, max_resource, eta, count)
-    runs = expected_runs(rungs, eta) if promote else 1.0
+    runs = mean_runs(rungs, max_resource, eta, count) if promote else 1.0
     limit = HEADROOM * budget_seconds
     train_seconds = max_resource * epoch_seconds + trial_overhead
     # The tolerance: a caller's "one training fills the limit exactly" must not fail on rounding.

@@ -467,21 +467,10 @@ def check_time_ratio(value: float, name: str = "--time-ratio") -> None:
         raise ConfigError([f"must be positive and at most {MAX_TIME_RATIO:g}, got {quote(value)}"], name)
 
 
-PROMOTE_BRACKETS = (
-    "{brackets} brackets with asha.variant promote: brackets run with the stop variant only "
-    "(give 1 bracket, or variant stop)"
-)
-
-
 def _bracket_problems(model: HpoConfigFile) -> list[str]:
-    """num_brackets (OTX) and asha.brackets name one setting; several brackets need the stop variant."""
+    """num_brackets (OTX) and asha.brackets name one setting."""
     if model.num_brackets is not None and "brackets" in model.asha.model_fields_set:
         return ["num_brackets, asha.brackets: two names of one setting (brackets); give one"]
-    where, brackets = ("asha.brackets", model.asha.brackets)
-    if model.num_brackets is not None:
-        where, brackets = "num_brackets", model.num_brackets
-    if brackets > 1 and model.asha.variant == "promote":
-        return [f"{where}: " + PROMOTE_BRACKETS.format(brackets=brackets)]
     return []
 
 
@@ -941,8 +930,6 @@ class StudySpec(_Camel):
         }
         problems += ["spec." + p for p in _limit_problems(settings, _SPEC_NAMES)]
         problems += self._checkpoint_problems()
-        if self.asha.brackets > 1 and self.asha.variant == "promote":
-            problems.append("spec.asha.brackets: " + PROMOTE_BRACKETS.format(brackets=self.asha.brackets))
         priors: tuple[dict[str, Any], ...] = ()
         if space is not None:
             priors, found = prior_configurations(

@@ -41,9 +41,9 @@ from .budget import (
     BudgetTooSmall,
     Plan,
     default_min_resource,
-    expected_runs,
     fit_brackets,
     make_plan,
+    mean_runs,
     mean_trial_resource,
 )
 from .config import StudyConfig
@@ -197,11 +197,17 @@ class Study:
         self.brackets = Brackets(self.rungs, config.max_resource, self.eta, self._bracket_fit[0], config.seed)
         # Resources where the promote variant pauses trials: time across them is not training.
         self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
+        # A trial pauses only at its own bracket's rungs.
+        self._pauses_of = [
+            self._pauses & frozenset(self.brackets.rungs_of(b)) for b in range(self.brackets.count)
+        ]
         # An average trial's epochs and runs, for trials past the plan's (budget.py's cost model).
         self._trial_resource = mean_trial_resource(
             self.rungs, config.max_resource, self.eta, self.brackets.count
         )
-        self._runs_per_trial = expected_runs(self.rungs, self.eta) if self._pauses else 1.0
+        self._runs_per_trial = (
+            mean_runs(self.rungs, config.max_resource, self.eta, self.brackets.count) if self._pauses else 1.0
+        )
         # Trial 0 sizes a measured budget from two reports, so with the promote variant its first run
         # goes on past the first rung to the next level (None: to R) rather than pause after one report.
         self._trial0_stop: float | None = self.rungs[0] if self._pauses else None
@@ -265,7 +271,7 @@ class Study:
                 if r.resource > last_resource and r.time >= last_time:
                     if first is None:  # start-up and the first epochs together
                         first = (r.time - last_time, r.resource)
-                    elif last_resource not in self._pauses or (
+                    elif last_resource not in self._pauses_of[self.brackets.of_trial(t.index)] or (
                         t.index == 0 and last_resource == self._trial0_runs_through
                     ):
                         rates.append((r.time - last_time) / (r.resource - last_resource))
@@ -533,7 +539,6 @@ class Study:
         message = ""
         # A trial pruned by this decision frees its slot for a trial started by it.
         free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
-        first_stop = self.rungs[0] if promote and self.rungs else None
         if plan is None:
             # The budget is measured by trial 0, which runs alone until it has reported twice.
             if next_index == 0 and free > 0:
@@ -563,6 +568,8 @@ class Study:
                     message = "no time left for another trial to reach its first rung"
                     break
                 params = self.params_for(next_index, tried, self.rungs)
+                # Promote variant: a trial's first run pauses at its bracket's first rung, if it has one.
+                first_stop = first_level if promote and first_level < self.config.max_resource else None
                 actions.append(StartTrial(next_index, params, first_stop))
                 # Later proposals of this decision see this one, so they do not repeat it.
                 tried.append(TrialView(next_index, TrialPhase.PENDING, params=params))
@@ -603,12 +610,12 @@ class Study:
 
     def promotable(self, trials: Sequence[TrialView]) -> list[tuple[int, float, float]]:
         """Promote variant: paused trials in the top ``n // eta`` of the n values recorded at the
-        rung they paused at, as (index, resource reached, next level), highest rung first, then best
-        first. Equal values go to the one recorded first."""
-        by_rung: dict[int, list[tuple[float, float, int]]] = {}
+        rung they paused at by trials of their bracket, as (index, resource reached, next level),
+        highest rung first, then best first. Equal values go to the one recorded first."""
+        by_rung: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
         for t in trials:
             for rec in self.summary(t).records:
-                by_rung.setdefault(rec.rung, []).append(
+                by_rung.setdefault((rec.bracket, rec.rung), []).append(
                     (-score(rec.value, self.config.mode), rec.time, t.index)
                 )
         for ranking in by_rung.values():
@@ -619,7 +626,7 @@ class Study:
             if t.status is not TrialPhase.PAUSED or not records:
                 continue
             rec = records[-1]
-            ranking = by_rung[rec.rung]
+            ranking = by_rung[(rec.bracket, rec.rung)]
             rank = ranking.index((-score(rec.value, self.config.mode), rec.time, t.index)) + 1
             if rank <= len(ranking) // self.eta:
                 reached = max(r.resource for r in t.reports)

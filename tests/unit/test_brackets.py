@@ -32,7 +32,7 @@ from hpo_operator.config import (
 )
 from hpo_operator.kube.crd import study_crd
 from hpo_operator.result import PlanStatus
-from hpo_operator.study import Observation, PruneTrial, Study, TrialView
+from hpo_operator.study import Observation, PruneTrial, StartTrial, Study, TrialView
 from hpo_operator.trials import Report, TrialPhase
 
 RUNGS: tuple[float, ...] = (1, 3, 9)
@@ -195,6 +195,41 @@ def test_a_whole_study_runs_every_bracket_inside_its_budget() -> None:
     assert result.finalize.best is not None and result.finalize.best.resource == R
 
 
+def test_promote_pauses_each_trial_at_its_brackets_first_rung_and_ranks_it_in_its_bracket() -> None:
+    study = Study(study_config(3, asha_variant="promote"), slots=3)
+    b1 = [k for k in range(1, 40) if study.brackets.of_trial(k) == 1]
+    b2 = next(k for k in range(1, 40) if study.brackets.of_trial(k) == 2)
+    # A new trial's first run pauses at its bracket's first rung: 1, 3 or 9 epochs.
+    decision = study.decide(Observation(started_at=0.0, now=0.0, free_slots=3))
+    stops = {a.index: a.stop_at for a in decision.actions if isinstance(a, StartTrial)}
+    assert stops == {k: study.brackets.first_level(study.brackets.of_trial(k)) for k in range(3)}
+    assert stops[0] == 1
+    # Three bracket-1 trials paused at 3 epochs, next to a bracket-0 trial far better there: the best
+    # of bracket 1 is promoted to 9 (1 of 3), judged against its own bracket only.
+    paused = [
+        TrialView(k, TrialPhase.PAUSED, (Report(3, v, 30.0 + k),), 0.0)
+        for k, v in zip(b1[:3], (0.2, 0.4, 0.3), strict=True)
+    ]
+    best0 = TrialView(0, TrialPhase.PAUSED, (Report(1, 0.9, 10.0), Report(3, 0.99, 29.0)), 0.0)
+    assert study.promotable([best0, *paused]) == [(b1[1], 3, 9)]
+    # A top-bracket trial has no rung: a bracket-2 trial pauses at 9, alone there, and waits.
+    lone = TrialView(b2, TrialPhase.PAUSED, (Report(9, 0.1, 90.0),), 0.0)
+    assert study.promotable([lone]) == []
+
+
+def test_a_whole_promote_study_with_brackets_keeps_its_deadline() -> None:
+    from hpo_operator.simulate import simulate
+
+    config = study_config(4, asha_variant="promote", budget=BudgetSpec(time_ratio=4, train_time=270.0))
+    result = simulate(config, 8, lambda p, e: p["x"] * (1 - 1 / (e + 1)), 10.0)
+    assert result.plan is not None and result.plan.brackets == 4
+    assert result.finished_at <= result.deadline  # type: ignore[operator]
+    study = Study(config, 8)
+    runs = Counter(study.brackets.of_trial(t.index) for t in result.trials if t.runs > 1)
+    assert runs[0] > 0 and runs[1] > 0  # trials of both were promoted
+    assert result.finalize.best is not None and result.finalize.best.resource == R
+
+
 # --- how many brackets the budget fits ------------------------------------------------------------
 
 
@@ -267,14 +302,6 @@ def test_asha_brackets_and_otx_num_brackets_map_to_the_core() -> None:
             {"num_brackets": 2, "asha": {"brackets": 2}},
             "num_brackets, asha.brackets: two names of one setting (brackets); give one",
         ),
-        (
-            {"asha": {"variant": "promote", "brackets": 2}},
-            "asha.brackets: 2 brackets with asha.variant promote: brackets run with the stop variant only",
-        ),
-        (
-            {"asha": {"variant": "promote"}, "num_brackets": 3},
-            "num_brackets: 3 brackets with asha.variant promote",
-        ),
     ],
 )
 def test_bad_bracket_settings_name_what_is_wrong(extra: dict[str, Any], message: str) -> None:
@@ -294,14 +321,9 @@ SPEC: dict[str, Any] = {
 def test_the_spec_takes_asha_brackets() -> None:
     assert study_config_from_spec(SPEC).asha_brackets == 1
     assert study_config_from_spec({**SPEC, "asha": {"brackets": 3}}).asha_brackets == 3
-    with pytest.raises(ConfigError) as err:
-        study_config_from_spec(
-            {**SPEC, "asha": {"variant": "promote", "brackets": 2}, "checkpoints": {"size": "1Gi"}}
-        )
-    assert err.value.problems == [
-        "spec.asha.brackets: 2 brackets with asha.variant promote: brackets run with the stop variant only "
-        "(give 1 bracket, or variant stop)"
-    ]
+    promote = {**SPEC, "asha": {"variant": "promote", "brackets": 2}, "checkpoints": {"size": "1Gi"}}
+    config = study_config_from_spec(promote)
+    assert (config.asha_variant, config.asha_brackets) == ("promote", 2)
     with pytest.raises(ConfigError, match=r"asha\.brackets: Input should be greater than or equal to 1"):
         study_config_from_spec({**SPEC, "asha": {"brackets": 0}})
     schema = study_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
