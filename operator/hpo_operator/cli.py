@@ -269,6 +269,7 @@ def plan(
         max_resource=study.max_resource,
         min_resource=study.min_resource,
         eta=study.reduction_factor,
+        brackets=study.asha_brackets,
     )
     if as_json:
         click.echo(json.dumps(result.to_status(), indent=2))
@@ -276,6 +277,10 @@ def plan(
     click.echo(f"budget: {format_duration(seconds)} ({source}), {gpus} GPU(s)")
     click.echo(f"ASHA: eta {result.eta}, r {result.min_resource:g}, R {result.max_resource:g}")
     click.echo(f"rungs: {', '.join(f'{r:g}' for r in result.rungs)} (then R = {result.max_resource:g})")
+    if study.asha_brackets > 1:
+        click.echo(
+            f"brackets: {result.brackets}" + (f" ({result.brackets_note})" if result.brackets_note else "")
+        )
     click.echo(f"trials: {result.planned_trials}, {result.parallelism} at once")
     click.echo(
         f"predicted: {format_duration(result.predicted_seconds)} wall clock, "

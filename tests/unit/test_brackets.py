@@ -6,11 +6,14 @@ The hand-worked case throughout: eta 3, r 1, R 27, so rungs 1, 3, 9 and at most 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from hpo_operator.asha import RungRecord, replay_stop, rung_records
 from hpo_operator.brackets import (
@@ -22,6 +25,7 @@ from hpo_operator.brackets import (
     deal,
 )
 from hpo_operator.budget import HEADROOM, fit_brackets, make_plan
+from hpo_operator.cli import main
 from hpo_operator.config import (
     BudgetSpec,
     ConfigError,
@@ -331,3 +335,14 @@ def test_the_spec_takes_asha_brackets() -> None:
     assert (brackets["type"], brackets["minimum"], brackets["maximum"]) == ("integer", 1, 40)
     plan = schema["status"]["properties"]["plan"]["properties"]
     assert plan["brackets"]["type"] == "integer" and plan["bracketsNote"]["type"] == "string"
+
+
+def test_hpo_plan_says_how_many_brackets_fit(tmp_path: Path) -> None:
+    path = tmp_path / "hpo_config.yaml"
+    path.write_text("maximum_resource: 27\nnum_brackets: 3\nhp_space: {x: {type: uniform, min: 0, max: 1}}\n")
+    tight = CliRunner().invoke(main, ["plan", str(path), "--train-time", "27m", "--gpus", "1"])
+    assert tight.exit_code == 0, tight.output
+    assert "brackets: 1 (1 of 3 brackets: 3 need a budget of 10 trainings" in tight.output
+    roomy = CliRunner().invoke(main, ["plan", str(path), "--train-time", "27m", "--gpus", "4", "--json"])
+    assert roomy.exit_code == 0, roomy.output
+    assert json.loads(roomy.output)["brackets"] == 3
