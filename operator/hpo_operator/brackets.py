@@ -132,6 +132,10 @@ class Brackets:
             self._dealt.append(_deal_one(self._credit, self.weights, not self._dealt))
         return self._dealt[index]
 
+    def cost(self, bracket: int) -> float:
+        """E_b of ``bracket``."""
+        return bracket_cost(self.rungs, self.max_resource, self.eta, bracket)
+
     def mean_cost(self) -> float:
         """The average resource of a trial over the brackets' shares (the stop rule)."""
         return sum(

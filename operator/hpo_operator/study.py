@@ -41,6 +41,7 @@ from .budget import (
     BudgetTooSmall,
     Plan,
     default_min_resource,
+    expected_runs,
     fit_brackets,
     make_plan,
     mean_runs,
@@ -561,12 +562,15 @@ class Study:
                     free -= 1
             tried = list(trials)
             while free > 0 and (
-                started < plan.planned_trials or self._room_for_another(plan, obs.now, deadline, len(active))
+                started < plan.planned_trials
+                or self._room_for_another(plan, obs.now, deadline, len(active), next_index)
             ):
-                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
-                if obs.now + overhead + first_level * epoch > deadline:
+                fitting = self._next_fitting(next_index, (deadline - obs.now - overhead) / epoch)
+                if fitting is None:
                     message = "no time left for another trial to reach its first rung"
                     break
+                next_index = fitting
+                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
                 params = self.params_for(next_index, tried, self.rungs)
                 # Promote variant: a trial's first run pauses at its bracket's first rung, if it has one.
                 first_stop = first_level if promote and first_level < self.config.max_resource else None
@@ -578,16 +582,17 @@ class Study:
                 started += 1
                 free -= 1
             if started >= plan.planned_trials and not self._room_for_another(
-                plan, obs.now, deadline, len(active)
+                plan, obs.now, deadline, len(active), next_index
             ):
                 message = f"all {plan.planned_trials} planned trials started"
 
         if not active:
             if plan is not None:
-                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
-                first_rung = plan.trial_overhead_seconds + first_level * plan.epoch_seconds
+                first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
-                if started >= plan.planned_trials and not self._room_for_another(plan, obs.now, deadline, 0):
+                if started >= plan.planned_trials and not self._room_for_another(
+                    plan, obs.now, deadline, 0, next_index
+                ):
                     return finish("all planned trials finished", message)
                 if out_of_time:
                     return finish("no time for another trial", message)
@@ -596,17 +601,41 @@ class Study:
                 actions.append(Finalize("the first trial ended before its first report", best, False))
         return Decision(actions, plan, deadline, best, message, rung_decisions)
 
-    def _room_for_another(self, plan: Plan, now: float, deadline: float | None, running: int) -> bool:
+    def _next_fitting(self, index: int, resource_left: float) -> int | None:
+        """The first trial index from ``index`` whose bracket's first rung fits in ``resource_left``
+        (None: not even the first rung does). Near the deadline a trial of a later bracket, which
+        would not reach its first rung, is passed over and its index left unused, rather than the
+        slots left idle; since time only runs on, a later decision passes it over again."""
+        if self.brackets.first_level(0) > resource_left:
+            return None
+        while self.brackets.first_level(self.brackets.of_trial(index)) > resource_left:
+            index += 1  # bracket 0 (whose first rung fits) comes round within a few indices
+        return index
+
+    def _room_for_another(
+        self, plan: Plan, now: float, deadline: float | None, running: int, next_index: int | None = None
+    ) -> bool:
         """Past the plan's trials, whether another may start: the slots' time left must hold the
         work still due (``running`` trials) and one more, at an average trial each. Trials often
-        cost less than planned, and the budget is the user's to use."""
+        cost less than planned, and the budget is the user's to use. With brackets, the one more
+        costs what a trial of the bracket it would join costs (near the deadline only the first
+        brackets' trials still start, ``_next_fitting``), not the average over every bracket."""
         if deadline is None:
             return False
         mean_trial = (
             plan.trial_overhead_seconds * self._runs_per_trial + self._trial_resource * plan.epoch_seconds
         )
+        another = mean_trial
+        if self.brackets.count > 1 and next_index is not None:
+            left = (deadline - now - plan.trial_overhead_seconds) / plan.epoch_seconds
+            fitting = self._next_fitting(next_index, left)
+            if fitting is None:
+                return False
+            b = self.brackets.of_trial(fitting)
+            runs = expected_runs(self.brackets.rungs_of(b), self.eta) if self._pauses else 1.0
+            another = plan.trial_overhead_seconds * runs + self.brackets.cost(b) * plan.epoch_seconds
         capacity = HEADROOM * (deadline - now) * self.parallel_limit()
-        return now + mean_trial <= deadline and (running + 1) * mean_trial <= capacity
+        return now + another <= deadline and running * mean_trial + another <= capacity
 
     def promotable(self, trials: Sequence[TrialView]) -> list[tuple[int, float, float]]:
         """Promote variant: paused trials in the top ``n // eta`` of the n values recorded at the

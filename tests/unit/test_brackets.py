@@ -234,6 +234,24 @@ def test_a_whole_promote_study_with_brackets_keeps_its_deadline() -> None:
     assert result.finalize.best is not None and result.finalize.best.resource == R
 
 
+def test_near_the_deadline_a_trial_of_a_later_bracket_is_passed_over_not_waited_for() -> None:
+    study = Study(study_config(4, budget=BudgetSpec(time_ratio=4, train_time=270.0)), slots=8)
+    assert study.brackets.count == 4
+    k = next(j for j in range(1, 60) if study.brackets.of_trial(j) == 3)  # its first level is R
+    done = tuple(TrialView(i, TrialPhase.COMPLETED, (), 0.0) for i in range(k))
+
+    def starts(now: float) -> list[int]:
+        decision = study.decide(Observation(started_at=0.0, now=now, free_slots=1, trials=done))
+        return [a.index for a in decision.actions if isinstance(a, StartTrial)]
+
+    assert starts(100.0) == [k]  # 980 s left: it reaches R (270 s) in time
+    # 80 s (8 epochs of 10 s) left: brackets 0 and 1 (first rungs 1 and 3) fit, 2 and 3 do not.
+    fitting = next(j for j in range(k, k + 20) if study.brackets.of_trial(j) <= 1)
+    assert starts(1000.0) == [fitting]
+    assert all(study.brackets.of_trial(j) >= 2 for j in range(k, fitting))
+    assert starts(1075.0) == []  # not even the first rung fits
+
+
 # --- how many brackets the budget fits ------------------------------------------------------------
 
 
