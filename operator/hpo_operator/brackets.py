@@ -135,9 +135,3 @@ class Brackets:
     def cost(self, bracket: int) -> float:
         """E_b of ``bracket``."""
         return bracket_cost(self.rungs, self.max_resource, self.eta, bracket)
-
-    def mean_cost(self) -> float:
-        """The average resource of a trial over the brackets' shares (the stop rule)."""
-        return sum(
-            w * bracket_cost(self.rungs, self.max_resource, self.eta, b) for b, w in enumerate(self.weights)
-        )
