@@ -35,9 +35,12 @@ from hpo_operator.config import (
     study_config_from_spec,
 )
 from hpo_operator.kube.crd import study_crd
+from hpo_operator.kube.reconcile import reconcile
 from hpo_operator.result import PlanStatus
+from hpo_operator.simulate import simulate
 from hpo_operator.study import Observation, PruneTrial, StartTrial, Study, TrialView
 from hpo_operator.trials import Report, TrialPhase
+from tests.support.kube_world import T0, study, world
 
 RUNGS: tuple[float, ...] = (1, 3, 9)
 R = 27
@@ -182,8 +185,6 @@ def test_the_best_is_compared_across_brackets_at_the_highest_level() -> None:
 
 
 def test_a_whole_study_runs_every_bracket_inside_its_budget() -> None:
-    from hpo_operator.simulate import simulate
-
     config = study_config(4, budget=BudgetSpec(time_ratio=4, train_time=270.0))
     result = simulate(config, 8, lambda p, e: p["x"] * (1 - 1 / (e + 1)), 10.0)
     assert result.plan is not None and result.plan.brackets == 4
@@ -222,8 +223,6 @@ def test_promote_pauses_each_trial_at_its_brackets_first_rung_and_ranks_it_in_it
 
 
 def test_a_whole_promote_study_with_brackets_keeps_its_deadline() -> None:
-    from hpo_operator.simulate import simulate
-
     config = study_config(4, asha_variant="promote", budget=BudgetSpec(time_ratio=4, train_time=270.0))
     result = simulate(config, 8, lambda p, e: p["x"] * (1 - 1 / (e + 1)), 10.0)
     assert result.plan is not None and result.plan.brackets == 4
@@ -364,3 +363,14 @@ def test_hpo_plan_says_how_many_brackets_fit(tmp_path: Path) -> None:
     roomy = CliRunner().invoke(main, ["plan", str(path), "--train-time", "27m", "--gpus", "4", "--json"])
     assert roomy.exit_code == 0, roomy.output
     assert json.loads(roomy.output)["brackets"] == 3
+
+
+def test_the_operator_writes_how_many_brackets_run_into_the_studys_status() -> None:
+    # R 9, r 1, eta 3: rungs 1 and 3, at most 3 brackets; ratio 10 on 4 GPUs holds 40 trainings.
+    roomy = reconcile(world(study(asha={"brackets": 3}), free=4), T0).status
+    assert roomy is not None and roomy["plan"]["brackets"] == 3 and "bracketsNote" not in roomy["plan"]
+    # One GPU and a ratio of 2: 3 brackets need 3 x 21 epochs (7.8 trainings), 2 need 5.2.
+    tight = study(asha={"brackets": 3}, budget={"trainTime": "9s", "timeRatio": 2}, parallelTrials=1)
+    status = reconcile(world(tight, free=4), T0).status
+    assert status is not None and status["plan"]["brackets"] == 1
+    assert status["plan"]["bracketsNote"].startswith("1 of 3 brackets: 3 need a budget of 7.78 trainings")
