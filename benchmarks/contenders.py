@@ -12,6 +12,8 @@ times. The harness computes every metric from the Trace, the same way for everyo
 * ``ours-promote`` / ``ours-promote:<sampler>``: the same core with ``asha_variant = "promote"``
   (issue 9): a trial pauses at each rung and the top ``1/eta`` of a rung are resumed from their
   checkpoint to the next level; every resumption is a new run that pays the start-up again.
+* ``ours-brackets``: the same core (stop variant) asking for ``BRACKETS`` Hyperband brackets (as
+  many as the budget fits, brackets.py); ``ours`` runs one.
 * ``optuna-sh-random``, ``optuna-sh-tpe``, ``optuna-hb-random``, ``optuna-hb-tpe``: Optuna's
   SuccessiveHalvingPruner / HyperbandPruner with its RandomSampler / TPESampler (library defaults
   except ``min_resource = 1`` and ``reduction_factor = 3``, as ours), driven through ask/tell with
@@ -58,6 +60,8 @@ METRIC = "loss"
 DEFAULTS_FIRST = True
 # Start-up seconds of every run of a trial (a new trial, or a resumed one), for every contender.
 START_SECONDS = 0.0
+# Brackets ours-brackets asks for: with R = 27, r = 1 and eta 3 (rungs 1, 3, 9), every one there is.
+BRACKETS = 4
 
 
 class Unavailable(RuntimeError):
@@ -142,10 +146,13 @@ def run_ours(
     sampler: str | None = None,
     name: str = "ours",
     variant: str = "stop",
+    brackets: int = 1,
 ) -> Trace:
     config = study_config(problem, ratio, seed, sampler)
     if variant != "stop":
         config = dataclasses.replace(config, asha_variant=variant)  # type: ignore[arg-type]
+    if brackets != 1:
+        config = dataclasses.replace(config, asha_brackets=brackets)
     result = simulate(
         config,
         workers,
@@ -539,12 +546,13 @@ def register(contender: Contender) -> None:
     CONTENDERS[contender.name] = contender
 
 
-def ours_runner(sampler: str | None, variant: str = "stop") -> Runner:
+def ours_runner(sampler: str | None, variant: str = "stop", brackets: int = 1) -> Runner:
     base = "ours" if variant == "stop" else f"ours-{variant}"
+    base = base if brackets == 1 else f"{base}-brackets"
     name = base if sampler is None else f"{base}:{sampler}"
 
     def run(problem: Problem, workers: int, ratio: float, seed: int) -> Trace:
-        return run_ours(problem, workers, ratio, seed, sampler, name, variant)
+        return run_ours(problem, workers, ratio, seed, sampler, name, variant, brackets)
 
     return run
 
@@ -570,6 +578,13 @@ def contender(name: str) -> Contender:
 register(Contender("ours", ours_runner(None), "this project's ASHA with auto-config (its default sampler)"))
 register(
     Contender(
+        "ours-brackets",
+        ours_runner(None, brackets=BRACKETS),
+        f"this project's ASHA with {BRACKETS} Hyperband brackets asked for (as many as the budget fits)",
+    )
+)
+register(
+    Contender(
         "ours-promote",
         ours_runner(None, "promote"),
         "this project's ASHA, promote variant: trials pause at each rung and the best resume",
@@ -593,4 +608,4 @@ register(Contender("random", run_random, "random search, every trial to R"))
 
 # The search-quality table of issue 7: ours against the peers (the promote variant is compared on
 # its own, docs/benchmarks/promote.md).
-DEFAULT_CONTENDERS = tuple(name for name in CONTENDERS if name != "ours-promote")
+DEFAULT_CONTENDERS = tuple(name for name in CONTENDERS if name not in ("ours-promote", "ours-brackets"))

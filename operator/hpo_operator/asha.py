@@ -15,6 +15,9 @@ Values are normalised once to "higher is better" (``mode``); a value that is not
 an infinity, which a diverged loss or a broken metric gives) counts as the worst value. Ties
 between equal values go to the value recorded first. A trial pruned at a rung is recorded there
 (its value still raises the bar for later trials) and not at any higher rung.
+
+With Hyperband's brackets (brackets.py) a trial of bracket b is recorded only at rungs b and above,
+and ranked only against the records of its own bracket at the same rung.
 """
 
 from __future__ import annotations
@@ -52,13 +55,14 @@ def score(value: float, mode: Mode) -> float:
 
 @dataclass(frozen=True)
 class RungRecord:
-    """A trial's value at a rung, and when it was reported."""
+    """A trial's value at a rung (its index among all rungs), and when it was reported."""
 
     trial: int
     rung: int
     resource: float
     value: float
     time: float
+    bracket: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,17 @@ class RungDecision:
         return self.rank <= self.keep
 
 
-def rung_records(trial: int, reports: Sequence[Report], rungs: Sequence[float]) -> list[RungRecord]:
-    """A trial's records: for each rung, its first report reaching it. ``reports`` in time order."""
+def rung_records(
+    trial: int, reports: Sequence[Report], rungs: Sequence[float], bracket: int = 0
+) -> list[RungRecord]:
+    """A trial's records: for each rung of its bracket (``rungs[bracket:]``), its first report
+    reaching it. ``reports`` in time order."""
     records: list[RungRecord] = []
+    k = bracket
     for report in reports:
-        while len(records) < len(rungs) and report.resource >= rungs[len(records)]:
-            k = len(records)
-            records.append(RungRecord(trial, k, rungs[k], report.value, report.time))
+        while k < len(rungs) and report.resource >= rungs[k]:
+            records.append(RungRecord(trial, k, rungs[k], report.value, report.time, bracket))
+            k += 1
     return records
 
 
@@ -96,10 +104,10 @@ def _arrival(record: RungRecord) -> tuple[float, int, int]:
 class StopReplay:
     """The ``stop`` rule replayed over records in arrival order, extendable as records arrive.
 
-    ``update(records)`` takes every record so far. When the records seen before are still the first
-    ones in arrival order (reports only ever grow, and mostly arrive in time order), it carries on
-    from where it stopped; otherwise it replays from scratch. Either way the result equals a full
-    replay of the records given.
+    Records are ranked per (bracket, rung). ``update(records)`` takes every record so far. When the
+    records seen before are still the first ones in arrival order (reports only ever grow, and
+    mostly arrive in time order), it carries on from where it stopped; otherwise it replays from
+    scratch. Either way the result equals a full replay of the records given.
     """
 
     def __init__(self, eta: int, mode: Mode) -> None:
@@ -109,8 +117,9 @@ class StopReplay:
 
     def _reset(self) -> None:
         self.seen: list[RungRecord] = []
-        # rung -> [(-score, arrival)] kept sorted: best first, equal values to the one recorded first.
-        self.at_rung: dict[int, list[tuple[float, int]]] = {}
+        # (bracket, rung) -> [(-score, arrival)] kept sorted: best first, equal values to the one
+        # recorded first.
+        self.at_rung: dict[tuple[int, int], list[tuple[float, int]]] = {}
         self.decisions: dict[int, list[RungDecision]] = {}
         self.pruned: set[int] = set()
 
@@ -128,7 +137,7 @@ class StopReplay:
     def _record(self, rec: RungRecord, arrival: int) -> None:
         if rec.trial in self.pruned:
             return
-        ranking = self.at_rung.setdefault(rec.rung, [])
+        ranking = self.at_rung.setdefault((rec.bracket, rec.rung), [])
         mine = (-score(rec.value, self.mode), arrival)
         position = bisect.bisect_left(ranking, mine)
         ranking.insert(position, mine)

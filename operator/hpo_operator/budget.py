@@ -17,6 +17,10 @@ the largest n whose prediction stays within ``headroom`` x budget, so it never p
 past the budget; the longest chain, one training to R, must fit on its own or there is no plan.
 Re-planning is the same computation with a measured epoch time. A trial limit (``max_trials``)
 caps n; the plan then says so (``Plan.max_trials``).
+
+With several Hyperband brackets (brackets.py) E is the average over the brackets' shares of the
+trials, and the plan says how many brackets the budget fits (``brackets``) and, when that is fewer
+than asked, why (``brackets_note``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .asha import rung_resources
+from .brackets import bracket_cost, bracket_need, bracket_weights, brackets_that_fit
 from .config import DEFAULT_REDUCTION_FACTOR
 
 # Share of the budget the plan may fill; the rest absorbs start-up, scheduling and noise.
@@ -61,6 +66,8 @@ class Plan:
     predicted_seconds: float
     trial_overhead_seconds: float = 0.0
     max_trials: int | None = None  # set when this trial limit capped planned_trials below the budget's
+    brackets: int = 1
+    brackets_note: str = ""  # why fewer brackets than asked run; empty when as asked
 
     def to_status(self) -> dict[str, Any]:
         """camelCase keys, as in the HPOStudy status and `hpo plan --json`."""
@@ -76,7 +83,10 @@ class Plan:
             "predictedGpuSeconds": round(self.predicted_gpu_seconds, 3),
             "predictedSeconds": round(self.predicted_seconds, 3),
             "trialOverheadSeconds": round(self.trial_overhead_seconds, 3),
-        } | ({"maxTrials": self.max_trials} if self.max_trials is not None else {})
+            "brackets": self.brackets,
+            **({"bracketsNote": self.brackets_note} if self.brackets_note else {}),
+            **({"maxTrials": self.max_trials} if self.max_trials is not None else {}),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +99,46 @@ def expected_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: 
         total += (level - previous) * eta**-k
         previous = level
     return total
+
+
+def fit_brackets(
+    asked: int, rungs: tuple[float, ...], max_resource: float, eta: int, trainings: float | None
+) -> tuple[int, str]:
+    """How many of ``asked`` brackets to run, and why fewer when fewer: ``trainings`` is the number
+    of full trainings the budget holds over all slots (None: not known before trials start)."""
+    most = len(rungs) + 1
+    if asked <= 1:
+        return 1, ""
+    if trainings is None:
+        return 1, (
+            f"1 of {asked} brackets: with a deadline and no trainTime, how many trainings the budget "
+            "holds is not known when the first trials start; give trainTime too"
+        )
+    budget = HEADROOM * trainings * max_resource
+    count = brackets_that_fit(asked, rungs, max_resource, eta, budget)
+    if count == asked:
+        return count, ""
+    if count == most and asked > most:
+        return count, f"{count} of {asked} brackets: {len(rungs)} rungs make at most {most}"
+    wanted = min(asked, most)
+    need = wanted * max(bracket_need(rungs, max_resource, eta, b) for b in range(wanted)) / max_resource
+    return count, (
+        f"{count} of {asked} brackets: {wanted} need a budget of {need / HEADROOM:.3g} trainings "
+        f"(each bracket's equal share must take {eta}^rungs trials to its first rung), it holds "
+        f"{trainings:.3g}"
+    )
+
+
+def mean_trial_resource(rungs: tuple[float, ...], max_resource: float, eta: int, brackets: int) -> float:
+    """E over the brackets' shares of the trials (with one bracket, expected_trial_resource)."""
+    weights = bracket_weights(rungs, max_resource, eta, brackets)
+    return sum(w * bracket_cost(rungs, max_resource, eta, b) for b, w in enumerate(weights))
+
+
+def mean_runs(rungs: tuple[float, ...], max_resource: float, eta: int, brackets: int) -> float:
+    """Runs per trial under the promote rule over the brackets' shares of the trials."""
+    weights = bracket_weights(rungs, max_resource, eta, brackets)
+    return sum(w * expected_runs(rungs[b:], eta) for b, w in enumerate(weights))
 
 
 def expected_runs(rungs: tuple[float, ...], eta: int) -> float:
@@ -127,9 +177,14 @@ def make_plan(
     trial_overhead: float = 0.0,
     promote: bool = False,
     max_trials: int | None = None,
+    brackets: int | tuple[int, str] = 1,
+    trainings: float | None = None,
 ) -> Plan:
     """The plan with the most trials whose predicted finish fits the budget, at most ``max_trials``;
-    ``promote``: each resumption of a trial pays ``trial_overhead`` again.
+    ``promote``: each resumption of a trial pays ``trial_overhead`` again. ``brackets``: as many
+    asked, of which the plan runs those that fit ``trainings`` full trainings over all slots (unset:
+    the budget over the slots divided by one training); or (count, note) as a caller decided them
+    (fit_brackets).
 
     Raises BudgetTooSmall when one full training does not fit, ValueError on impossible inputs.
     """
@@ -143,8 +198,14 @@ def make_plan(
     if r > max_resource:
         raise ValueError(f"minimum resource {r} exceeds the maximum resource {max_resource}")
     rungs = rung_resources(r, eta, max_resource)
-    per_trial = expected_trial_resource(rungs, max_resource, eta)
-    runs = expected_runs(rungs, eta) if promote else 1.0
+    if isinstance(brackets, tuple):
+        count, note = brackets
+    else:
+        if trainings is None:
+            trainings = budget_seconds * slots / (max_resource * epoch_seconds + trial_overhead)
+        count, note = fit_brackets(brackets, rungs, max_resource, eta, trainings)
+    per_trial = mean_trial_resource(rungs, max_resource, eta, count)
+    runs = mean_runs(rungs, max_resource, eta, count) if promote else 1.0
     limit = HEADROOM * budget_seconds
     train_seconds = max_resource * epoch_seconds + trial_overhead
     # The tolerance: a caller's "one training fills the limit exactly" must not fail on rounding.
@@ -189,4 +250,6 @@ def make_plan(
         ),
         trial_overhead_seconds=trial_overhead,
         max_trials=max_trials if capped else None,
+        brackets=count,
+        brackets_note=note,
     )

@@ -297,6 +297,7 @@ def plan(
         min_resource=study.min_resource,
         eta=study.reduction_factor,
         max_trials=study.max_trials,
+        brackets=study.asha_brackets,
     )
     if as_json:
         click.echo(json.dumps(result.to_status(), indent=2))
@@ -304,6 +305,10 @@ def plan(
     click.echo(f"budget: {format_duration(seconds)} ({source}), {gpus} GPU(s)")
     click.echo(f"ASHA: eta {result.eta}, r {result.min_resource:g}, R {result.max_resource:g}")
     click.echo(f"rungs: {', '.join(f'{r:g}' for r in result.rungs)} (then R = {result.max_resource:g})")
+    if study.asha_brackets > 1:
+        click.echo(
+            f"brackets: {result.brackets}" + (f" ({result.brackets_note})" if result.brackets_note else "")
+        )
     capped = f" (max_trials {result.max_trials}; the budget holds more)" if result.max_trials else ""
     click.echo(f"trials: {result.planned_trials}, {result.parallelism} at once{capped}")
     click.echo(
@@ -417,8 +422,11 @@ def manifest(
         "goal_resource": study.goal_resource,
         "max_trials": study.max_trials,
     }
-    if study.asha_variant != "stop":
-        fields["asha"] = {"variant": study.asha_variant}
+    asha: dict[str, Any] = {"variant": study.asha_variant} if study.asha_variant != "stop" else {}
+    if study.asha_brackets != 1:
+        asha["brackets"] = study.asha_brackets
+    if asha:
+        fields["asha"] = asha
     if final_training or study.final_training:
         fields["final_training"] = {"enabled": True}
     checkpoints = {
@@ -428,7 +436,7 @@ def manifest(
     }
     if any(checkpoints.values()):
         fields["checkpoints"] = {k: v for k, v in checkpoints.items() if v is not None}
-    elif "asha" in fields or "final_training" in fields:
+    elif study.asha_variant == "promote" or "final_training" in fields:
         fail(
             "the promote variant and final training keep checkpoints on a volume: give --checkpoint-claim "
             "NAME (an existing claim) or --checkpoint-size SIZE (a claim the operator creates)"

@@ -51,6 +51,8 @@ MAX_NUMBER_CHARS = 100
 MIN_RESOURCE_LIMIT = 0.001
 MAX_RESOURCE_LIMIT = 1e9
 MAX_REDUCTION_FACTOR = 100
+# Hyperband brackets asked for (asha.brackets, num_brackets); a study runs at most its rungs plus one.
+MAX_BRACKETS = 40
 # Durations and the budget: deadlines stay within what timestamps can express.
 MAX_DURATION_SECONDS = 366 * 86400
 MAX_TIME_RATIO = 1000.0
@@ -182,6 +184,7 @@ class StudyConfig:
     max_failed_trials: int | None = None
     sampler: SamplerName = DEFAULT_SAMPLER
     asha_variant: AshaVariant = "stop"
+    asha_brackets: int = 1  # asked for; the budget may fit fewer (brackets.py)
     final_training: bool = False
     metrics_collector: MetricsCollector | None = None  # None: trials report with hpo_trial.report()
     # Configurations tried first, in order (trials 0..k-1); without them trial 0 takes the defaults.
@@ -211,9 +214,19 @@ class _Strict(BaseModel):
 class AshaSettings(_Strict):
     """ASHA's variant: ``stop`` (a trial below its rung's cut-off is stopped, as Ray Tune's
     ASHAScheduler) or ``promote`` (every trial pauses at each rung and the best are resumed from
-    their checkpoints, as the ASHA paper and OTX)."""
+    their checkpoints, as the ASHA paper and OTX); and how many Hyperband brackets run side by side
+    (brackets.py)."""
 
     variant: AshaVariant = "stop"
+    brackets: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_BRACKETS,
+        strict=True,
+        description="Hyperband brackets run side by side: bracket b starts its trials at the b-th rung "
+        "and ranks them only against its own; 1 is plain ASHA. A budget too tight for as many runs fewer "
+        "(status.plan.brackets says how many)",
+    )
 
 
 CollectorKind = Literal["stdout", "file", "tensorboard"]
@@ -316,8 +329,6 @@ OTX_RENAMED = {
 OTX_IGNORED = {
     "early_stop": "ASHA's rungs stop trials",
     "num_init_trials": "the sampler starts with its own quasi-random trials",
-    "num_brackets": "ASHA runs one bracket",
-    "asynchronous_bracket": "ASHA runs one bracket",
     "subset_ratio": "the trainer chooses its data",
     "resume": "a study starts anew; hpo run --resume DIR continues a local one",
     "save_path": "results go where hpo run --out or the HPOStudy says",
@@ -342,6 +353,8 @@ class HpoConfigFile(_Strict):
     num_workers: int | None = Field(default=None, ge=1, strict=True)
     prior_hyper_parameters: Any = None  # judged against the search space (prior_configurations)
     asynchronous_sha: bool = Field(default=True, strict=True)
+    num_brackets: int | None = Field(default=None, ge=1, le=MAX_BRACKETS, strict=True)  # asha.brackets
+    asynchronous_bracket: bool = Field(default=True, strict=True)
     seed: int = Field(default=0, strict=True)
     sampler: SamplerName = DEFAULT_SAMPLER
     asha: AshaSettings = Field(default_factory=AshaSettings)
@@ -509,6 +522,13 @@ def check_time_ratio(value: float, name: str = "--time-ratio") -> None:
         raise ConfigError([f"must be positive and at most {MAX_TIME_RATIO:g}, got {quote(value)}"], name)
 
 
+def _bracket_problems(model: HpoConfigFile) -> list[str]:
+    """num_brackets (OTX) and asha.brackets name one setting."""
+    if model.num_brackets is not None and "brackets" in model.asha.model_fields_set:
+        return ["num_brackets, asha.brackets: two names of one setting (brackets); give one"]
+    return []
+
+
 MISSING_MAX_RESOURCE = (
     "R, the epochs (or steps) of one full training, is not set: give --max-resource R, or "
     "maximum_resource: R in the config"
@@ -629,6 +649,10 @@ def config_from_mapping(
         problems.append(f"search_algorithm smbo is model-based: sampler must be gp or tpe, got {sampler}")
     if model is not None and not model.asynchronous_sha:
         ignored.append("asynchronous_sha (successive halving here is always asynchronous)")
+    if model is not None and not model.asynchronous_bracket:
+        ignored.append("asynchronous_bracket (brackets here always run side by side)")
+    if model is not None:
+        problems += _bracket_problems(model)
     if problems or model is None or space is None:
         raise ConfigError(problems, source)
     # Not a problem of the file (hpo validate accepts it) but of planning with it: asked for last.
@@ -646,6 +670,7 @@ def config_from_mapping(
         parallel_trials=model.num_workers,
         sampler=sampler,
         asha_variant=model.asha.variant,
+        asha_brackets=model.num_brackets or model.asha.brackets,
         metrics_collector=model.metrics_collector,
         priors=priors,
         ignored=(*ignored, *notes),
@@ -1028,6 +1053,7 @@ class StudySpec(_Camel):
             max_failed_trials=self.max_failed_trials,
             sampler=self.sampler,
             asha_variant=self.asha.variant,
+            asha_brackets=self.asha.brackets,
             final_training=self.final_training.enabled,
             metrics_collector=self.metrics_collector,
             priors=priors,

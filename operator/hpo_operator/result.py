@@ -56,6 +56,10 @@ class PlanStatus(ResultModel):
         description="Set when the trial limit (spec.maxTrials) capped plannedTrials below what the budget "
         "holds",
     )
+    brackets: int = Field(default=1, description="Hyperband brackets run side by side (1: plain ASHA)")
+    brackets_note: str | None = Field(
+        default=None, description="Why fewer brackets run than spec.asha.brackets asks for"
+    )
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
 
     @classmethod

@@ -39,14 +39,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .asha import RungDecision, RungRecord, StopReplay, rung_records, rung_resources, score
+from .brackets import Brackets
 from .budget import (
     HEADROOM,
     BudgetTooSmall,
     Plan,
     default_min_resource,
     expected_runs,
-    expected_trial_resource,
+    fit_brackets,
     make_plan,
+    mean_runs,
+    mean_trial_resource,
 )
 from .config import StudyConfig
 from .sampler import Observed, Sampler
@@ -195,11 +198,25 @@ class Study:
         r = config.min_resource or default_min_resource(config.max_resource)
         self.rungs = rung_resources(r, self.eta, config.max_resource)  # the plan's rungs too
         self.levels = (*self.rungs, config.max_resource)
+        # Hyperband brackets: how many is fixed for the study (never by measured epoch times), so a
+        # trial's bracket, a function of its index, never changes while the study runs.
+        self._bracket_fit = fit_brackets(
+            config.asha_brackets, self.rungs, config.max_resource, self.eta, self._budget_trainings()
+        )
+        self.brackets = Brackets(self.rungs, config.max_resource, self.eta, self._bracket_fit[0], config.seed)
         # Resources where the promote variant pauses trials: time across them is not training.
         self._pauses = frozenset(self.rungs) if config.asha_variant == "promote" else frozenset()
+        # A trial pauses only at its own bracket's rungs.
+        self._pauses_of = [
+            self._pauses & frozenset(self.brackets.rungs_of(b)) for b in range(self.brackets.count)
+        ]
         # An average trial's epochs and runs, for trials past the plan's (budget.py's cost model).
-        self._trial_resource = expected_trial_resource(self.rungs, config.max_resource, self.eta)
-        self._runs_per_trial = expected_runs(self.rungs, self.eta) if self._pauses else 1.0
+        self._trial_resource = mean_trial_resource(
+            self.rungs, config.max_resource, self.eta, self.brackets.count
+        )
+        self._runs_per_trial = (
+            mean_runs(self.rungs, config.max_resource, self.eta, self.brackets.count) if self._pauses else 1.0
+        )
         # Trial 0 sizes a measured budget from two reports, so with the promote variant its first run
         # goes on past the first rung to the next level (None: to R) rather than pause after one report.
         self._trial0_stop: float | None = self.rungs[0] if self._pauses else None
@@ -211,6 +228,18 @@ class Study:
         self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
         self._screened: dict[int, tuple[TrialView, TrialView]] = {}  # index -> (as given, screened)
         self._replay = StopReplay(self.eta, config.mode)
+
+    def _budget_trainings(self) -> float | None:
+        """Full trainings the budget holds over all slots, as known before any trial ran: the time
+        ratio (or deadline / trainTime) times the parallelism; None for a deadline alone."""
+        spec = self.config.budget
+        if spec.deadline is None:
+            per_slot = spec.time_ratio
+        elif spec.train_time is not None:
+            per_slot = spec.deadline / spec.train_time
+        else:
+            return None
+        return per_slot * self.parallel_limit()
 
     # --- hyper-parameters -----------------------------------------------------------------
 
@@ -251,13 +280,13 @@ class Study:
                 if r.resource > last_resource and r.time >= last_time:
                     if first is None:  # start-up and the first epochs together
                         first = (r.time - last_time, r.resource)
-                    elif last_resource not in self._pauses or (
+                    elif last_resource not in self._pauses_of[self.brackets.of_trial(t.index)] or (
                         t.index == 0 and last_resource == self._trial0_runs_through
                     ):
                         rates.append((r.time - last_time) / (r.resource - last_resource))
                     # else: the trial paused at that rung and was resumed later; the wait is no epoch.
                     last_time, last_resource = r.time, r.resource
-        records = rung_records(t.index, t.reports, self.rungs)
+        records = rung_records(t.index, t.reports, self.rungs, self.brackets.of_trial(t.index))
         standing: tuple[int, float, Report] | None = None
         if t.reports:
             # Below the first rung, a trial stands at level -1 with its last report.
@@ -367,6 +396,7 @@ class Study:
                 trial_overhead=overhead,
                 promote=bool(self._pauses),
                 max_trials=self.config.max_trials,
+                brackets=self._bracket_fit,
             )
         except BudgetTooSmall as err:
             raise StudyError(str(err)) from err
@@ -555,7 +585,6 @@ class Study:
         message = ""
         # A trial pruned by this decision frees its slot for a trial started by it.
         free = min(obs.free_slots + pruned_now, self.parallel_limit() - len(active))
-        first_stop = self.rungs[0] if promote and self.rungs else None
         promotion_waits = False  # a paused trial would be promoted, were a slot free
         if plan is None:
             # The budget is measured by trial 0, which runs alone until it has reported twice.
@@ -584,13 +613,20 @@ class Study:
                 and self.may_start(next_index)
                 and (
                     started < plan.planned_trials
-                    or self._room_for_another(plan, obs.now, deadline, len(active))
+                    or self._room_for_another(plan, obs.now, deadline, len(active), next_index)
                 )
             ):
-                if obs.now + overhead + plan.min_resource * epoch > deadline:
+                fitting = self._next_fitting(next_index, (deadline - obs.now - overhead) / epoch)
+                if fitting is None:
                     message = "no time left for another trial to reach its first rung"
                     break
+                next_index = fitting
+                if not self.may_start(next_index):
+                    break  # the trial limit: a passed-over index counts towards it
+                first_level = self.brackets.first_level(self.brackets.of_trial(next_index))
                 params = self.params_for(next_index, tried, self.rungs)
+                # Promote variant: a trial's first run pauses at its bracket's first rung, if it has one.
+                first_stop = first_level if promote and first_level < self.config.max_resource else None
                 actions.append(StartTrial(next_index, params, first_stop))
                 # Later proposals of this decision see this one, so they do not repeat it.
                 tried.append(TrialView(next_index, TrialPhase.PENDING, params=params))
@@ -601,7 +637,7 @@ class Study:
             if not self.may_start(next_index):
                 message = f"all {next_index} trials started, the trial limit"
             elif started >= plan.planned_trials and not self._room_for_another(
-                plan, obs.now, deadline, len(active)
+                plan, obs.now, deadline, len(active), next_index
             ):
                 message = f"all {plan.planned_trials} planned trials started"
 
@@ -611,7 +647,9 @@ class Study:
             if plan is not None:
                 first_rung = plan.trial_overhead_seconds + plan.min_resource * plan.epoch_seconds
                 out_of_time = deadline is not None and obs.now + first_rung > deadline
-                if started >= plan.planned_trials and not self._room_for_another(plan, obs.now, deadline, 0):
+                if started >= plan.planned_trials and not self._room_for_another(
+                    plan, obs.now, deadline, 0, next_index
+                ):
                     return finish("all planned trials finished", message)
                 if out_of_time:
                     return finish("no time for another trial", message)
@@ -620,26 +658,50 @@ class Study:
                 actions.append(Finalize("the first trial ended before its first report", best, False))
         return Decision(actions, plan, deadline, best, message, rung_decisions)
 
-    def _room_for_another(self, plan: Plan, now: float, deadline: float | None, running: int) -> bool:
+    def _next_fitting(self, index: int, resource_left: float) -> int | None:
+        """The first trial index from ``index`` whose bracket's first rung fits in ``resource_left``
+        (None: not even the first rung does). Near the deadline a trial of a later bracket, which
+        would not reach its first rung, is passed over and its index left unused, rather than the
+        slots left idle; since time only runs on, a later decision passes it over again."""
+        if self.brackets.first_level(0) > resource_left:
+            return None
+        while self.brackets.first_level(self.brackets.of_trial(index)) > resource_left:
+            index += 1  # bracket 0 (whose first rung fits) comes round within a few indices
+        return index
+
+    def _room_for_another(
+        self, plan: Plan, now: float, deadline: float | None, running: int, next_index: int | None = None
+    ) -> bool:
         """Past the plan's trials, whether another may start: the slots' time left must hold the
         work still due (``running`` trials) and one more, at an average trial each. Trials often
-        cost less than planned, and the budget is the user's to use."""
+        cost less than planned, and the budget is the user's to use. With brackets, the one more
+        costs what a trial of the bracket it would join costs (near the deadline only the first
+        brackets' trials still start, ``_next_fitting``), not the average over every bracket."""
         if deadline is None:
             return False
         mean_trial = (
             plan.trial_overhead_seconds * self._runs_per_trial + self._trial_resource * plan.epoch_seconds
         )
+        another = mean_trial
+        if self.brackets.count > 1 and next_index is not None:
+            left = (deadline - now - plan.trial_overhead_seconds) / plan.epoch_seconds
+            fitting = self._next_fitting(next_index, left)
+            if fitting is None:
+                return False
+            b = self.brackets.of_trial(fitting)
+            runs = expected_runs(self.brackets.rungs_of(b), self.eta) if self._pauses else 1.0
+            another = plan.trial_overhead_seconds * runs + self.brackets.cost(b) * plan.epoch_seconds
         capacity = HEADROOM * (deadline - now) * self.parallel_limit()
-        return now + mean_trial <= deadline and (running + 1) * mean_trial <= capacity
+        return now + another <= deadline and running * mean_trial + another <= capacity
 
     def promotable(self, trials: Sequence[TrialView]) -> list[tuple[int, float, float]]:
         """Promote variant: paused trials in the top ``n // eta`` of the n values recorded at the
-        rung they paused at, as (index, resource reached, next level), highest rung first, then best
-        first. Equal values go to the one recorded first."""
-        by_rung: dict[int, list[tuple[float, float, int]]] = {}
+        rung they paused at by trials of their bracket, as (index, resource reached, next level),
+        highest rung first, then best first. Equal values go to the one recorded first."""
+        by_rung: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
         for t in trials:
             for rec in self.summary(t).records:
-                by_rung.setdefault(rec.rung, []).append(
+                by_rung.setdefault((rec.bracket, rec.rung), []).append(
                     (-score(rec.value, self.config.mode), rec.time, t.index)
                 )
         for ranking in by_rung.values():
@@ -650,7 +712,7 @@ class Study:
             if t.status is not TrialPhase.PAUSED or not records:
                 continue
             rec = records[-1]
-            ranking = by_rung[rec.rung]
+            ranking = by_rung[(rec.bracket, rec.rung)]
             rank = ranking.index((-score(rec.value, self.config.mode), rec.time, t.index)) + 1
             if rank <= len(ranking) // self.eta:
                 reached = max(r.resource for r in t.reports)
