@@ -221,7 +221,7 @@ def test_keyed_form_problems_name_the_key(spec: dict[str, Any], message: str) ->
 def test_keys_with_no_use_here_are_named_in_one_warning(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "early_stop: median_stop\nnum_brackets: 2\nsubset_ratio: 0.5\nasynchronous_sha: false\n"
+        "early_stop: median_stop\nasynchronous_bracket: false\nsubset_ratio: 0.5\nasynchronous_sha: false\n"
         "hp_space:\n  x: {param_type: uniform, range: [0, 1], step: 0.1}\n",
     )
     for args in (
@@ -233,7 +233,13 @@ def test_keys_with_no_use_here_are_named_in_one_warning(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
         assert len(warnings) == 1, result.stderr
-        for key in ("early_stop", "num_brackets", "subset_ratio", "asynchronous_sha", "hp_space.x: step"):
+        for key in (
+            "early_stop",
+            "asynchronous_bracket",
+            "subset_ratio",
+            "asynchronous_sha",
+            "hp_space.x: step",
+        ):
             assert key in warnings[0]
         assert "ignored" in warnings[0]
 
