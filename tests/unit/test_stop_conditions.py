@@ -247,6 +247,23 @@ def test_a_simulated_study_runs_exactly_its_trial_limit() -> None:
     assert result.deadline is not None and result.finished_at < result.deadline
 
 
+
+@pytest.mark.parametrize("variant", ["stop", "promote"])
+def test_with_brackets_no_trial_index_reaches_the_limit_and_the_study_ends_at_it(variant: str) -> None:
+    # Near the deadline an index whose bracket cannot reach its first rung is passed over: it counts
+    # towards the limit like a started one, so the study still ends once no trial runs.
+    cfg = with_budget(
+        config(max_resource=27, max_trials=7, asha_brackets=3, asha_variant=variant),
+        train_time=270.0,
+        time_ratio=4.0,
+    )
+    result = simulate(cfg, 2, objective, epoch_seconds=10.0)
+    assert result.plan is not None and result.plan.brackets > 1
+    assert sorted(t.index for t in result.trials) == list(range(7))
+    assert result.finalize.reason == "all 7 trials finished"
+    assert result.deadline is not None and result.finished_at < result.deadline
+
+
 # --- the operator's status --------------------------------------------------------------------------
 
 
