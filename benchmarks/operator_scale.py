@@ -122,6 +122,7 @@ def play(config_path: str) -> None:
     from tests.cluster.rest import ApiError, Kube
 
     from hpo_trial.reporting import Reporter, RetryPolicy
+    from hpo_trial.sending import HPO_REPORT_INTERVAL_SECONDS, BackgroundReporter, Urgency
 
     cfg = json.loads(Path(config_path).read_text())
     kube = Kube(cfg["server"], cfg["token"], cfg["ca_file"])
@@ -170,6 +171,15 @@ def play(config_path: str) -> None:
             pool=pool,
         )
         params = json.loads(env.get("HPO_HYPERPARAMETERS") or "{}")
+        reporter: Any = Reporter(transport, RetryPolicy(total_seconds=30.0))
+        if env.get(HPO_REPORT_INTERVAL_SECONDS):
+            # The SDK's background sender, as a trainer's hpo_trial.report() uses it; without the
+            # variable, a report waits for its delivery, as an SDK without the sender does.
+            reporter = BackgroundReporter(
+                reporter,
+                interval=float(env[HPO_REPORT_INTERVAL_SECONDS] or 0),
+                urgent=Urgency.from_env({k: v for k, v in env.items() if v is not None}),
+            )
         started = time.time()
         with lock:
             playing[uid] = Playing(
@@ -179,7 +189,7 @@ def play(config_path: str) -> None:
                 pid=pid,
                 x=float(params.get("x", 0.5)),
                 max_resource=int(float(env.get("HPO_MAX_RESOURCE") or 9)),
-                reporter=Reporter(transport, RetryPolicy(total_seconds=30.0)),
+                reporter=reporter,
                 next_due=started + interval,
             )
 
@@ -203,6 +213,8 @@ def play(config_path: str) -> None:
     def send(p: Playing, resource: int, due: float) -> None:
         late = time.time() - due
         ok = p.reporter.report(resource, value_at(p.x, resource))
+        if ok and resource >= p.max_resource and isinstance(p.reporter, BackgroundReporter):
+            ok = p.reporter.flush(30.0)  # the trainer's exit sends what is queued
         with lock:
             stats["sent" if ok else "failed"] += 1
             stats["late"].append(late)  # type: ignore[attr-defined]
@@ -436,7 +448,10 @@ def stats(values: list[float]) -> JSON:
 # --- the studies ---------------------------------------------------------------------------------
 
 
-def study_manifest(name: str, seed: int, args: argparse.Namespace) -> JSON:
+def study_manifest(name: str, seed: int, args: argparse.Namespace, report_interval: float) -> JSON:
+    env = (
+        [{"name": "HPO_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"}] if report_interval else []
+    )
     return {
         "apiVersion": "hpo.dev/v1alpha1",
         "kind": "HPOStudy",
@@ -460,6 +475,7 @@ def study_manifest(name: str, seed: int, args: argparse.Namespace) -> JSON:
                             "name": "trial",
                             "image": "hpo-bench-waiter:local",
                             "command": ["/bin/sh", "-c", WAITER],
+                            "env": env,
                         }
                     ],
                 }
@@ -576,6 +592,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=45.0, help="seconds after the last trial pod runs")
     parser.add_argument("--nodes", type=int, default=6)
     parser.add_argument("--gpus-per-node", type=int, default=80)
+    parser.add_argument(
+        "--report-interval",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="per phase: the SDK's report interval in seconds (0: each report waits for its delivery)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--play", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -644,8 +667,8 @@ def run(args: argparse.Namespace) -> None:
             "phases": [],
         }
         print(f"idle: {json.dumps(result['idle'])}", flush=True)
-        for n in args.studies:
-            phase = run_phase(n, args, cluster, kube, operator, watcher, pids, play_log)
+        for n, interval in [(n, i) for n in args.studies for i in args.report_interval]:
+            phase = run_phase(n, interval, args, cluster, kube, operator, watcher, pids, play_log)
             result["phases"].append(phase)
             print(json.dumps(phase, indent=1), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -691,6 +714,7 @@ def idle_phase(kube: Any, operator: Any, pids: dict[str, int], seconds: float = 
 
 def run_phase(
     n: int,
+    report_interval: float,
     args: argparse.Namespace,
     cluster: Any,
     kube: Any,
@@ -699,13 +723,13 @@ def run_phase(
     pids: dict[str, int],
     play_log: Path,
 ) -> JSON:
-    namespace = f"scale-{n}"
+    namespace = f"scale-{n}-{report_interval:g}".replace(".", "-")
     kube.create(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
     )
     created = time.time()
     for i in range(n):
-        body = study_manifest(f"s{i:03d}", 1000 + i, args)
+        body = study_manifest(f"s{i:03d}", 1000 + i, args, report_interval)
         kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", body)
     want = n * args.trials
 
@@ -744,7 +768,12 @@ def run_phase(
     players = [json.loads(line) for line in play_log.read_text().splitlines() if '"stats"' in line]
     players = [p for p in players if t0 <= p["t"] <= t1 + 5]
     wall = t1 - t0
-    out: JSON = {"studies": n, "trials_per_study": args.trials, "window_s": round(wall, 1)}
+    out: JSON = {
+        "studies": n,
+        "report_interval_s": report_interval,
+        "trials_per_study": args.trials,
+        "window_s": round(wall, 1),
+    }
     out |= analyse(namespace, (t0, t1), watcher, studies, trials, ends)
     trials_run = max(1, out["trial_pods_created"])
     api = delta(api1, api0)
@@ -812,6 +841,8 @@ def ratios(phases: list[JSON]) -> JSON:
     out = {}
     for p in phases[1:]:
         key = f"{p['studies']}/{base['studies']} studies"
+        if p.get("report_interval_s") != base.get("report_interval_s"):
+            key += f", report interval {p.get('report_interval_s'):g}/{base.get('report_interval_s'):g} s"
         r: JSON = {}
         for metric in ("decision_lag_s", "prune_report_to_deletion_s", "completed_end_to_next_pod_s"):
             a, b = base[metric], p[metric]
@@ -823,6 +854,10 @@ def ratios(phases: list[JSON]) -> JSON:
             else None
         )
         r["api_requests_per_trial"] = round(p["api_requests_per_trial"] / base["api_requests_per_trial"], 2)
+        for cost in ("kube-apiserver", "etcd"):
+            if base["cpu_seconds"].get(cost) and p["cpu_seconds"].get(cost):
+                per_report = [x["cpu_seconds"][cost] / max(1, x["reports"]) for x in (base, p)]
+                r[f"{cost} cpu per report"] = round(per_report[1] / per_report[0], 2)
         out[key] = r
     return out
 
