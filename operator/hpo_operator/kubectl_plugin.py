@@ -29,14 +29,14 @@ def _access(
 @click.version_option(package_name="hpo-operator")
 @cluster_options
 @click.pass_context
-def main(ctx: click.Context, namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
+def plugin(ctx: click.Context, namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
     """HPOStudies in the cluster: `kubectl hpo status STUDY`, `kubectl hpo plot STUDY`.
 
     kubectl's --kubeconfig, --context and -n/--namespace pick the cluster and the namespace."""
     ctx.obj = access_of(namespace, context, kubeconfig)
 
 
-@main.command(name="status")
+@plugin.command(name="status")
 @click.argument("study")
 @cluster_options
 @click.pass_context
@@ -52,7 +52,7 @@ def status_command(
         click.echo(line)
 
 
-@main.command(name="plot")
+@plugin.command(name="plot")
 @click.argument("study")
 @cluster_options
 @click.option(
@@ -76,4 +76,9 @@ def plot_command(
 
 
 # `kubectl hpo manifest CONFIG ... | kubectl apply -f -`: the same command as `hpo manifest`.
-main.add_command(manifest)
+plugin.add_command(manifest)
+
+
+def main() -> None:
+    """The executable's entry point: its usage lines say `kubectl hpo`, as it is run."""
+    plugin(prog_name="kubectl hpo")

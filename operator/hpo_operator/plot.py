@@ -118,7 +118,7 @@ def _top_label(ax: Axes, x: float, text: str, left: bool = False) -> None:
         text,
         (x, 1),
         xycoords=("data", "axes fraction"),
-        xytext=(-2 if left else 2, -12),
+        xytext=(-12 if left else 2, -12),  # on the left, clear of a best star at R
         textcoords="offset points",
         ha="right" if left else "left",
         fontsize=8,
@@ -171,6 +171,7 @@ def _draw_trial(ax: Axes, trial: TrialCurve, is_best: bool) -> None:
 
 
 def _draw_timeline(ax: Axes, curves: StudyCurves) -> None:
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     start = curves.started_at
@@ -189,7 +190,8 @@ def _draw_timeline(ax: Axes, curves: StudyCurves) -> None:
             edgecolor="black" if trial.index == best_index else "none",
         )
         times = [p.time - start for p in trial.points]
-        ax.plot(times, [trial.index] * len(times), "|", color="white", markersize=6)
+        # Dark ticks: a report at the very end of a bar (a trial pruned by it) stays visible.
+        ax.plot(times, [trial.index] * len(times), "|", color="0.15", markersize=6, alpha=0.8)
     if curves.deadline is not None:
         deadline = curves.deadline - start
         ax.axvline(deadline, color="tab:red", linewidth=2, label=f"deadline ({deadline:.0f}s budget)")
@@ -209,5 +211,7 @@ def _draw_timeline(ax: Axes, curves: StudyCurves) -> None:
     ax.grid(True, axis="x", alpha=0.3)
     drawn = {t.phase for t in curves.trials if t.started_at is not None}
     legend: list[Any] = [Patch(color=COLOURS[s], label=s.lower()) for s in COLOURS if s in drawn]
+    if any(t.points for t in curves.trials):
+        legend.append(Line2D([], [], marker="|", color="0.15", linestyle="none", label="report"))
     lines, _ = ax.get_legend_handles_labels()
     ax.legend(handles=legend + lines, fontsize=8, loc="best", framealpha=0.9)

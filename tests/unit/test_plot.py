@@ -4,7 +4,6 @@ the plot and kubectl plugin commands up to the cluster."""
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ from hpo_operator.curves import BestPoint, Point, PrunedAt, StudyCurves
 from hpo_operator.kube.curves import cluster_curves
 from hpo_operator.kube.observe import to_rfc3339
 from hpo_operator.kube.reading import ClusterAccess, context_namespace
-from hpo_operator.kubectl_plugin import main as kubectl_hpo
+from hpo_operator.kubectl_plugin import plugin as kubectl_hpo
 from hpo_operator.plot import CURVES_XLABEL, TIMELINE_XLABEL, save_plot, study_figure, trial_gid
+from tests.support.figures import PNG_SIZE, png_size, trial_lines
 from tests.support.hpo_cli import hpo_here
 from tests.support.kube_world import T0, study, trial
 
@@ -152,13 +152,6 @@ def test_a_running_cluster_study_ends_now_and_keeps_its_deadlines_milliseconds()
     assert curves.metric == "accuracy" and curves.mode == "max"
 
 
-def png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def test_the_figure_has_one_line_per_trial_that_reported_and_a_bar_per_trial_that_started(
     tmp_path: Path,
 ) -> None:
@@ -169,8 +162,7 @@ def test_the_figure_has_one_line_per_trial_that_reported_and_a_bar_per_trial_tha
     left, right = figure.axes
     assert (left.get_xlabel(), left.get_ylabel()) == (CURVES_XLABEL, "accuracy (max)")
     assert left.get_title() == "s: learning curves" and right.get_xlabel() == TIMELINE_XLABEL
-    gids = [line.get_gid() for line in left.get_lines() if (line.get_gid() or "").startswith("trial:")]
-    assert gids == [trial_gid(t) for t in curves.trials[:3]]
+    assert trial_lines(figure) == [trial_gid(t) for t in curves.trials[:3]]
     # The pruned trial's line ends at its rung; its report past the rung trails off on its own.
     pruned_line = next(line for line in left.get_lines() if line.get_gid() == "trial:s-0")
     assert list(pruned_line.get_xdata()) == [1]
@@ -178,7 +170,7 @@ def test_the_figure_has_one_line_per_trial_that_reported_and_a_bar_per_trial_tha
     labels = [t.get_text() for t in right.get_legend().get_texts()]
     assert "deadline (90s budget)" in labels and "finished, 40.0s inside" in labels
     out = save_plot(curves, tmp_path / "deep" / "s.png")
-    assert png_size(out) == (1540, 605)  # 14 x 5.5 inches at 110 dpi
+    assert png_size(out) == PNG_SIZE
 
 
 def test_hpo_plot_draws_a_local_study_into_its_folder(tmp_path: Path) -> None:
@@ -186,7 +178,7 @@ def test_hpo_plot_draws_a_local_study_into_its_folder(tmp_path: Path) -> None:
     done = hpo_here("plot", str(tmp_path))
     assert done.exit_code == 0, done.output
     assert done.stdout.strip() == str(tmp_path / "study.png")
-    assert png_size(tmp_path / "study.png") == (1540, 605)
+    assert png_size(tmp_path / "study.png") == PNG_SIZE
 
 
 def test_a_name_that_is_no_folder_is_a_cluster_study_and_a_missing_cluster_exits_2(tmp_path: Path) -> None:
