@@ -138,8 +138,17 @@ def test_a_running_cluster_study_ends_now_and_keeps_its_deadlines_milliseconds()
         },
     }
     trials = [
-        # Pruned at rung 1 (resource 3) by its first report past it, at 4.
-        trial(0, (1, 0.5, 2), (4, 0.6, 5), phase="Pruned", rung=1, startedAt=to_rfc3339(T0 + 1)),
+        # Pruned at rung 1 (resource 3) by its first report past it, at 4. Its finishedAt is
+        # written to the second, 5: before its last report at 5.4, where its bar ends.
+        trial(
+            0,
+            (1, 0.5, 2),
+            (4, 0.6, 5.4),
+            phase="Pruned",
+            rung=1,
+            startedAt=to_rfc3339(T0 + 1),
+            finishedAt=to_rfc3339(T0 + 5.6),
+        ),
         trial(1, (1, 0.7, 3), phase="Running", startedAt=to_rfc3339(T0 + 2)),
         trial(2),  # created, not started: no bar, no line
     ]
@@ -147,6 +156,7 @@ def test_a_running_cluster_study_ends_now_and_keeps_its_deadlines_milliseconds()
     assert curves.deadline == started + 90 and curves.started_at == started
     assert curves.finished_at is None and curves.end == T0 + 30 and curves.best is None
     assert curves.trials[0].pruned == PrunedAt(rung=1, resource=3, value=0.6)
+    assert (curves.trials[0].started_at, curves.trials[0].ended_at) == (T0 + 1, T0 + 5.4)
     assert [t.phase for t in curves.trials] == ["Pruned", "Running", "Pending"]
     assert curves.trials[1].ended_at is None and curves.trials[2].started_at is None
     assert curves.metric == "accuracy" and curves.mode == "max"

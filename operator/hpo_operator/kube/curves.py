@@ -58,12 +58,18 @@ def _trial_curve(trial: Mapping[str, Any], rungs: list[float]) -> TrialCurve:
         key=lambda p: (p.time, p.resource),
     )
     phase = str(record.get("phase") or "Pending")
+    started, ended = to_timestamp(record.get("startedAt")), to_timestamp(record.get("finishedAt"))
+    if points:
+        # The API's times are to the second (the kubelet's, the operator's): a trial's span holds
+        # its reports, whose times are exact.
+        started = None if started is None else min(started, points[0].time)
+        ended = None if ended is None else max(ended, points[-1].time)
     return TrialCurve(
         index=int(trial["spec"]["index"]),
         name=str(trial["metadata"]["name"]),
         phase=phase,
-        started_at=to_timestamp(record.get("startedAt")),
-        ended_at=to_timestamp(record.get("finishedAt")),
+        started_at=started,
+        ended_at=ended,
         points=points,
         pruned=_pruned_at(record, points, rungs) if phase == "Pruned" else None,
     )
