@@ -13,13 +13,23 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import yaml
 from pydantic import ValidationError
 
 from .budget import BudgetTooSmall, make_plan
+from .cluster_commands import (
+    CommandError,
+    NoSuchStudy,
+    NotAsked,
+    access_of,
+    cluster_options,
+    plot_study,
+    require_matplotlib,
+    status_lines,
+)
 from .config import (
     API_GROUP,
     API_VERSION,
@@ -823,18 +833,22 @@ def _extra_lines(trials: list[dict[str, Any]]) -> list[str]:
 
 @main.command(name="status")
 @click.argument("target")
-@click.option("-n", "--namespace", default=None, help="The HPOStudy's namespace (cluster studies)")
-@click.option("--kubeconfig", default=None, help="For cluster studies; default $KUBECONFIG or ~/.kube/config")
-def status_command(target: str, namespace: str | None, kubeconfig: str | None) -> None:
+@cluster_options
+def status_command(target: str, namespace: str | None, context: str | None, kubeconfig: str | None) -> None:
     """Show a study: TARGET is a local study's folder (hpo run --out) or its study.json, else the
-    name of an HPOStudy in the cluster."""
+    name of an HPOStudy in the cluster (-n, --context and --kubeconfig pick it as kubectl does)."""
     import time as _time
 
     from .local.progress import render
 
     path = Path(target)
-    if not (path.is_dir() or path.name == "study.json"):
-        _cluster_status(target, namespace, kubeconfig)
+    if not _is_local(path):
+        try:
+            lines = status_lines(target, access_of(namespace, context, kubeconfig))
+        except CommandError as err:
+            _not_found(target, err)
+        for line in lines:
+            click.echo(line)
         return
     doc = _load_local_study(path)
     now = _time.time()
@@ -855,35 +869,54 @@ def status_command(target: str, namespace: str | None, kubeconfig: str | None) -
 
 
 @main.command(name="plot")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("target")
+@cluster_options
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="[DIR/study.png]"
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The PNG [DIR/study.png for a local study, ./STUDY.png for a cluster study]",
 )
-def plot_command(directory: Path, output: Path | None) -> None:
-    """Draw a local study's learning curves and trials over time to a PNG."""
-    doc = _load_local_study(directory)
+def plot_command(
+    target: str, namespace: str | None, context: str | None, kubeconfig: str | None, output: Path | None
+) -> None:
+    """Draw a study's learning curves and its trials over time to a PNG: TARGET is a local study's
+    folder (hpo run --out) or its study.json, else the name of an HPOStudy in the cluster."""
+    path = Path(target)
+    if not _is_local(path):
+        try:
+            written = plot_study(target, access_of(namespace, context, kubeconfig), output)
+        except CommandError as err:
+            _not_found(target, err)
+        click.echo(str(written))
+        return
+    doc = _load_local_study(path)
     try:
-        from .local.plot import plot_study
+        require_matplotlib()
+    except CommandError as err:
+        fail(str(err))
+    from .curves import StudyCurves
+    from .plot import save_plot
 
-        written = plot_study(doc, output or directory / "study.png")
-    except ImportError:
-        fail("hpo plot needs matplotlib: pip install 'hpo-operator[plot]'")
-    click.echo(str(written))
+    folder = path if path.is_dir() else path.parent
+    click.echo(str(save_plot(StudyCurves.of_study_file(doc), output or folder / "study.png")))
 
 
-def _cluster_status(name: str, namespace: str | None, kubeconfig: str | None) -> None:
-    try:
-        from .kube.show import study_lines
-    except ImportError:
-        fail(f"{name}: no such study folder (and the operator extra, needed for cluster studies, is missing)")
-    try:
-        lines = study_lines(kubeconfig, namespace, name)
-    except Exception as err:  # no kubeconfig, no cluster: say so in one line
-        fail(f"{name}: no such study folder, and the cluster cannot be asked: {err}")
-    if lines is None:
-        fail(f"{name}: no such study folder nor HPOStudy (namespace {namespace or 'of the context'})")
-    for line in lines or []:
-        click.echo(line)
+def _is_local(path: Path) -> bool:
+    """A local study is a folder or a study.json; any other name is an HPOStudy's."""
+    return path.is_dir() or path.name == "study.json"
+
+
+def _not_found(target: str, err: CommandError) -> NoReturn:
+    """Exits 2 for a TARGET that is no folder here: the cluster has no such study, cannot be asked,
+    or the study cannot be drawn."""
+    if isinstance(err, NoSuchStudy):
+        fail(f"{target}: no such study folder, nor HPOStudy in namespace {err.namespace}")
+    if isinstance(err, NotAsked):
+        fail(f"{target}: no such study folder, and {err}")
+    fail(f"{target}: {err}")
+    raise AssertionError("unreachable")
 
 
 # The operator's own commands: `hpo operator`, `hpo crds`.

@@ -60,9 +60,10 @@ class ApiError(Exception):
 
 
 def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> Configuration:
-    """The in-cluster configuration inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    """The in-cluster configuration inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config);
+    a kubeconfig or a context given is always the kubeconfig's."""
     configuration = Configuration()
-    if kubeconfig is None:
+    if kubeconfig is None and context is None:
         try:
             kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             return configuration

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .resources import STUDY_LABEL
-from .world import study_path, trial_path
-
 JSON = dict[str, Any]
 
 
@@ -81,27 +78,3 @@ def _extra_lines(trials: Sequence[Mapping[str, Any]]) -> list[str]:
         more = f" (+{len(extra) - EXTRA_SHOWN} more)" if len(extra) > EXTRA_SHOWN else ""
         lines.append(f"    {t['metadata']['name']} at {_num(last.get('resource'))}: {shown}{more}")
     return ["  other metrics, at each trial's last report:", *lines] if lines else []
-
-
-def study_lines(kubeconfig: str | None, namespace: str | None, name: str) -> list[str] | None:
-    """The study's lines, or None when there is no such study."""
-    from .api import Api, load_configuration
-
-    configuration = load_configuration(kubeconfig)
-    namespace = namespace or _default_namespace(kubeconfig)
-    api = Api(configuration)
-    study = api.get_or_none(study_path(namespace, name))
-    if study is None:
-        return None
-    trials = api.list(trial_path(namespace), labelSelector=f"{STUDY_LABEL}={name}")
-    return render_study(study, trials)
-
-
-def _default_namespace(kubeconfig: str | None) -> str:
-    from kubernetes import config as kube_config
-
-    try:
-        _, active = kube_config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        return str(active.get("context", {}).get("namespace") or "default")
-    except (kube_config.ConfigException, OSError):
-        return "default"
