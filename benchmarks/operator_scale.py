@@ -215,6 +215,8 @@ def play(config_path: str) -> None:
         ok = p.reporter.report(resource, value_at(p.x, resource))
         if ok and resource >= p.max_resource and isinstance(p.reporter, BackgroundReporter):
             ok = p.reporter.flush(30.0)  # the trainer's exit sends what is queued
+        if not ok:
+            write({"event": "failed", "trial": p.trial, "resource": resource, "t": time.time()})
         with lock:
             stats["sent" if ok else "failed"] += 1
             stats["late"].append(late)  # type: ignore[attr-defined]
