@@ -66,9 +66,9 @@ from .status import (
     FINAL_DONE,
     RESYNC_SECONDS,
     merge_conditions,
-    only_estimates_moved,
     only_the_clock_moved,
     study_status,
+    without_plan_noise,
 )
 from .stopping import (
     live_pods,
@@ -229,8 +229,7 @@ def reconcile(
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
-    if "plan" in patch and only_estimates_moved(status.get("plan") or {}, patch["plan"]):
-        del patch["plan"]
+    patch = without_plan_noise(status, patch)
     if set(patch) == {"budget"} and only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(
