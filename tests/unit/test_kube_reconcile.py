@@ -386,6 +386,12 @@ def test_a_finished_study_writes_its_plan_figures_however_little_they_moved() ->
     assert without_plan_noise(current, {**noise, "progress": "3/10"}) == {**noise, "progress": "3/10"}
     other = {**noise, "message": "no time left for another trial to reach its first rung"}
     assert without_plan_noise(current, other) == other
+    # The clock alone is left to only_the_clock_moved; another budget field is a change.
+    budget = {"usedSeconds": 30.0, "deadline": "2027-01-15T08:01:30Z"}
+    running_budget = {**current, "budget": {**budget, "usedSeconds": 20.0}}
+    assert without_plan_noise(running_budget, {**noise, "budget": budget}) == {"budget": budget}
+    moved = {**budget, "deadline": "2027-01-15T08:02:00Z"}
+    assert without_plan_noise(running_budget, {**noise, "budget": moved}) == {**noise, "budget": moved}
 
 
 # --- the trial policy -------------------------------------------------------------------------------

@@ -144,7 +144,11 @@ def without_plan_noise(current: JSON, patch: JSON) -> JSON:
     if _conditions_numbers_only(current.get("conditions"), patch.get("conditions")):
         noise.add("conditions")
     rest = {k: v for k, v in patch.items() if k not in noise}
-    return rest if set(rest) <= {"budget"} else patch
+    if set(rest) - {"budget"}:
+        return patch
+    budget = rest.get("budget") or {}
+    others = {k: v for k, v in budget.items() if k != "usedSeconds"}
+    return rest if status_patch(current.get("budget") or {}, others) == {} else patch
 
 
 def _complete_reason(finalize: Finalize) -> str:
