@@ -529,10 +529,10 @@ def joined(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def combine(paths: Sequence[Path], seeds: tuple[int, int] | None = None) -> dict[str, Any]:
     """The summary over the runs of several result files (e.g. seeds 0-9 and 10-19, run apart), or
-over those of the study seeds ``seeds`` (both ends included).
+    over those of the study seeds ``seeds`` (both ends included).
 
-    Files must share the budget; a (contender, seed, workers) run present twice is an error, as
-    averaging over it would count that seed twice."""
+        Files must share the budget; a (contender, seed, workers) run present twice is an error, as
+        averaging over it would count that seed twice."""
     budgets = set()
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, int, int]] = set()

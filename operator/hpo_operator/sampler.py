@@ -100,11 +100,11 @@ class Observed:
 
 @dataclass(frozen=True)
 class _Derived:
-    """What a proposal needs from one trial; valid while its params and reports are the same."""
+    """What a proposal needs from one trial; valid while its params, reports and levels are the same."""
 
     params: dict[str, Any]
-    n_reports: int
-    last: Report | None
+    reports: tuple[Report, ...]
+    levels: tuple[float, ...]
     key: str
     unit: list[float] | None
     scores: tuple[float, ...]  # its score at each level it reached, the lowest first
@@ -244,6 +244,10 @@ class Sampler:
         self.priors = tuple(priors)
         self.sizes = [len(p.choices) if p.type == "choice" else 0 for p in space.params]
         self._derived: dict[int, _Derived] = {}
+        # The last GP fit and what it was fit on: the proposals of one decision, and of decisions
+        # between which no rung result arrived, share one history, hence one fit (gp.fit is
+        # deterministic, so reusing it is exactly a refit).
+        self._fit: tuple[bytes, bytes, tuple[int, ...], gp.Model] | None = None
 
     def _rng(self, index: int) -> random.Random:
         return random.Random(f"hpo:{self.seed}:{index}")
@@ -301,22 +305,23 @@ class Sampler:
         return proposal  # a small space that is (nearly) exhausted: a repeat is allowed
 
     def _derive(self, trial: Observed, levels: Sequence[float]) -> _Derived:
-        """The trial's unit point, key and standing, from the cache while its reports are unchanged
-        (they only grow, so their count and last one tell)."""
-        last = trial.reports[-1] if trial.reports else None
+        """The trial's unit point, key and standing, from the cache while its params, reports and the
+        levels are unchanged. Compared whole, not by the count and last report: a sampler kept
+        between reconciles may see a trial deleted and made again, or its reports rewritten."""
+        levels = tuple(levels)
         cached = None if trial.index is None else self._derived.get(trial.index)
         if (
             cached is not None
-            and cached.n_reports == len(trial.reports)
-            and cached.last == last
+            and (cached.reports is trial.reports or cached.reports == trial.reports)
+            and cached.levels == levels
             and cached.params == trial.params
         ):
             return cached
         records = rung_records(0, trial.reports, levels)
         derived = _Derived(
             trial.params,
-            len(trial.reports),
-            last,
+            trial.reports,
+            levels,
             _key(trial.params),
             _unit_of(self.space, trial.params),
             tuple(score(r.value, self.mode) for r in records),
@@ -383,6 +388,15 @@ class Sampler:
         ratios = [g - b for g, b in zip(good.log_density(units), bad.log_density(units), strict=True)]
         return proposals[max(range(len(ratios)), key=lambda i: (ratios[i], -i))]
 
+    def _gp_fit(self, points: np.ndarray, scores: np.ndarray) -> gp.Model:
+        """``gp.fit`` of these points and scores, the last fit again when they are the same."""
+        key = (points.tobytes(), scores.tobytes(), points.shape)
+        if self._fit is not None and self._fit[:3] == key:
+            return self._fit[3]
+        model = gp.fit(points, scores, self.sizes)
+        self._fit = (*key, model)
+        return model
+
     def _gp_based(
         self, rng: random.Random, derived: Sequence[_Derived], levels: Sequence[float], seen: set[str]
     ) -> dict[str, Any] | None:
@@ -410,7 +424,7 @@ class Sampler:
         if len(tried) < min_observations(self.space):
             return None
         scores = gp.level_scores(values, at_level)
-        model = gp.fit(np.asarray(xs), scores, self.sizes)
+        model = self._gp_fit(np.asarray(xs, dtype=float), scores)
         # The incumbent and the centres of local candidates: the best predicted at the first rung among
         # the trials whose latest result ranks high (predicting every trial would cost more than the rest).
         shortlist = np.argsort(-scores[np.asarray(latest_at)], kind="stable")[:GP_SHORTLIST]

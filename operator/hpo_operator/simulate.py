@@ -85,9 +85,11 @@ def simulate(
     start_seconds: float = 0.0,
     max_events: int = 10_000_000,
     stop_margin: StopMargin | None = None,
+    observe: Callable[[Observation, Decision], None] | None = None,
 ) -> SimResult:
     """Runs one study to its end on a virtual clock starting at 0. ``stop_margin``: a backend's
-    (none by default: a virtual trial stops at once)."""
+    (none by default: a virtual trial stops at once). ``observe``: told every observation and
+    the decision made on it (a recorded history)."""
     study = Study(config, slots)
     epoch_of = epoch_seconds if callable(epoch_seconds) else (lambda _p, e=float(epoch_seconds): e)
     max_resource = math.ceil(config.max_resource)
@@ -114,6 +116,8 @@ def simulate(
             stop_margin=stop_margin or StopMargin(),
         )
         decision: Decision = study.decide(obs)
+        if observe is not None:
+            observe(obs, decision)
         for action in decision.actions:
             if isinstance(action, StartTrial):
                 t = SimTrial(action.index, action.params, created_at=now, started_at=now + start_seconds)

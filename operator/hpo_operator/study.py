@@ -224,8 +224,10 @@ class Study:
         if self._pauses and config.budget.seconds() is None:
             self._trial0_stop = self.levels[1] if self.levels[1] < config.max_resource else None
             self._trial0_runs_through = self.rungs[0]
-        # Per-trial summaries, recomputed only when a trial's reports change (they only grow).
-        self._summaries: dict[int, tuple[tuple[Any, ...], _Summary]] = {}
+        # Per-trial summaries, recomputed only when a trial's start or reports change. Keyed on the
+        # whole content, not the count and last report: a core kept between reconciles (kube's
+        # core_cache.py) may see a trial deleted and made again, or its reports rewritten.
+        self._summaries: dict[int, tuple[float | None, tuple[Report, ...], _Summary]] = {}
         self._screened: dict[int, tuple[TrialView, TrialView]] = {}  # index -> (as given, screened)
         self._replay = StopReplay(self.eta, config.mode)
 
@@ -268,10 +270,13 @@ class Study:
 
     def summary(self, t: TrialView) -> _Summary:
         """What the core derives from one trial's reports: rung records, epoch rates, its best level."""
-        key = (t.started_at, len(t.reports), t.reports[-1] if t.reports else None)
         cached = self._summaries.get(t.index)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if (
+            cached is not None
+            and cached[0] == t.started_at
+            and (cached[1] is t.reports or cached[1] == t.reports)
+        ):
+            return cached[2]
         rates: list[float] = []
         first: tuple[float, float] | None = None
         if t.started_at is not None:
@@ -293,7 +298,7 @@ class Study:
             level, at = furthest_level(t.reports, self.levels) or (-1, t.reports[-1])
             standing = (level, score(at.value, self.config.mode), at)
         summary = _Summary(records, rates, first, standing)
-        self._summaries[t.index] = (key, summary)
+        self._summaries[t.index] = (t.started_at, t.reports, summary)
         return summary
 
     def measured_times(self, trials: Sequence[TrialView]) -> tuple[float, float] | None:

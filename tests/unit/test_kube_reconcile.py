@@ -23,7 +23,7 @@ from hpo_operator.kube.writes import (
     ScaleJobDown,
 )
 from hpo_operator.trials import TrialPhase
-from tests.support.kube_world import JSON, T0, job, pod, running, study, trial, world
+from tests.support.kube_world import JSON, T0, job, merge_patch, pod, running, study, trial, world
 
 # --- validation -------------------------------------------------------------------------------------
 
@@ -323,9 +323,75 @@ def test_plan_estimates_that_moved_a_little_are_not_rewritten() -> None:
 
     plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0, "predictedSeconds": 300.0}
     assert only_estimates_moved(plan, {**plan, "epochSeconds": 10.4, "predictedSeconds": 310.0})
+    assert only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
     assert not only_estimates_moved(plan, {**plan, "epochSeconds": 11.0})
-    assert not only_estimates_moved(plan, {**plan, "epochSeconds": 10.1, "plannedTrials": 10})
+    assert not only_estimates_moved(plan, {**plan, "plannedTrials": 11})
+    assert not only_estimates_moved(plan, {**plan, "rungs": [1, 3, 9]})
     assert not only_estimates_moved({}, plan)
+
+
+def test_reports_that_only_move_the_plan_figures_do_not_rewrite_the_study_status() -> None:
+    # Four trials running on four slots; 0-2 passed rungs 1 and 3, trial 3 passed rung 1. Trials 0-2
+    # then report epochs 4-6 between the rungs, each a little slower than 1 s: every report
+    # re-measures the epoch time, which moves the plan's figures, and nothing else.
+    def reports(i: int, upto: int) -> list[tuple[float, float, float]]:
+        return [(r, 0.5 + r * 0.03 + i * 0.01, 0.5 + r + i * 0.01) for r in range(1, upto + 1)]
+
+    history = {i: reports(i, 3 if i < 3 else 2) for i in range(4)}
+    s = study()
+
+    def step(now: float) -> Any:
+        trials = [trial(i, *history[i], phase="Running") for i in range(4)]
+        outcome = reconcile(world(s, *trials, **running(*trials), free=0), now)
+        if outcome.status is not None:
+            s["status"] = merge_patch(s["status"], outcome.status)
+        return outcome
+
+    first = step(T0 + 3.6)
+    assert first.status is not None and first.status["plan"]["epochSeconds"] == 1.0
+    assert (first.status["trials"]["running"], first.status["trials"]["pruned"]) == (4, 0)
+    jitter = [0.03, 0.04, 0.02, 0.04, 0.03, 0.02, 0.04, 0.03, 0.04]  # a little slower now
+    measured = set()
+    for k, delta in enumerate(jitter):
+        i = k % 3
+        resource, _, last = history[i][-1]
+        history[i].append((resource + 1, 0.6, last + 1 + delta))
+        outcome = step(T0 + max(r[2] for h in history.values() for r in h) + 0.1)
+        assert outcome.status is None, f"report {k}: {outcome.status}"
+        assert outcome.decision is not None and outcome.decision.plan is not None
+        measured.add(outcome.decision.plan.epoch_seconds)
+    assert len(measured) >= 2 and max(measured) > 1.0  # the figures moved, unwritten
+    # A report that changes the best (trial 1 at R) is written at once, the plan with it.
+    history[1].append((9, 0.95, history[1][-1][2] + 3))
+    best = step(T0 + history[1][-1][2] + 0.1)
+    assert best.status is not None and best.status["best"]["trial"] == "s-1"
+    assert best.status["plan"]["epochSeconds"] != 1.0
+    # So is a verdict: trial 3 reaches rung 3 last and worst of four, and is pruned.
+    history[3].append((3, 0.1, history[1][-1][2] + 0.5))
+    pruned = step(T0 + history[3][-1][2] + 0.1)
+    assert any(isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Pruned" for w in pruned.writes)
+    assert pruned.status is not None and pruned.status["trials"]["pruned"] == 1
+
+
+def test_a_finished_study_writes_its_plan_figures_however_little_they_moved() -> None:
+    from hpo_operator.kube.status import without_plan_noise
+
+    plan = {"plannedTrials": 9, "rungs": [1, 3], "epochSeconds": 10.0}
+    current = {"phase": "Running", "plan": plan, "progress": "2/9", "message": "all 9 planned trials started"}
+    noise = {"plan": {**plan, "epochSeconds": 10.1, "plannedTrials": 10}, "progress": "2/10",
+             "message": "all 10 planned trials started"}  # fmt: skip
+    assert without_plan_noise(current, noise) == {}
+    assert without_plan_noise(current, {**noise, "phase": "Succeeded"}) == {**noise, "phase": "Succeeded"}
+    # Noise written with a change that matters: another finished trial, or another message.
+    assert without_plan_noise(current, {**noise, "progress": "3/10"}) == {**noise, "progress": "3/10"}
+    other = {**noise, "message": "no time left for another trial to reach its first rung"}
+    assert without_plan_noise(current, other) == other
+    # The clock alone is left to only_the_clock_moved; another budget field is a change.
+    budget = {"usedSeconds": 30.0, "deadline": "2027-01-15T08:01:30Z"}
+    running_budget = {**current, "budget": {**budget, "usedSeconds": 20.0}}
+    assert without_plan_noise(running_budget, {**noise, "budget": budget}) == {"budget": budget}
+    moved = {**budget, "deadline": "2027-01-15T08:02:00Z"}
+    assert without_plan_noise(running_budget, {**noise, "budget": moved}) == {**noise, "budget": moved}
 
 
 # --- the trial policy -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import urllib3
 
 from .api import ApiError
+from .core_cache import CoreCache
 from .observe import to_timestamp
 from .reconcile import reconcile, reconcile_failed
 from .resources import GROUP, STUDY_PLURAL, VERSION
@@ -65,6 +66,9 @@ class Engine:
     _leading: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _failed: dict[Key, str] = field(default_factory=dict, init=False)  # the last error each study gave
     _unserved: set[str] = field(default_factory=set, init=False)  # uids of studies told they are not served
+    # Each study's decision core, kept between its reconciles (core_cache.py), and its uid by key.
+    cores: CoreCache = field(default_factory=CoreCache)
+    _uids: dict[Key, str] = field(default_factory=dict, init=False)
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -164,10 +168,18 @@ class Engine:
         world = self.cluster.read(*key)
         if world is None:
             self.metrics.forget(*key)
+            gone = self._uids.pop(key, None)
+            if gone is not None:
+                self.cores.forget(gone)
             return None
+        uid = world.study["metadata"]["uid"]
+        if self._uids.get(key, uid) != uid:
+            self.cores.forget(self._uids[key])  # deleted and made again under the same name
+        self._uids[key] = uid
         try:
-            outcome = reconcile(world, self.clock(), self.cluster.policy)
+            outcome = reconcile(world, self.clock(), self.cluster.policy, self.cores)
         except Exception as err:  # the pure reconcile: the same world would fail the same way again
+            self.cores.forget(uid)  # a core that raised half-way is not trusted again
             text = f"{type(err).__name__}: {err}"
             if self._failed.get(key) != text:
                 log.exception("reconcile of %s/%s failed; the study is marked Failed", *key)

@@ -43,6 +43,7 @@ from .builders import (
     trial_account,
 )
 from .capacity import Capacity
+from .core_cache import CoreCache
 from .extension import Extension, checkpoints_expire_at, judge, refused_early, spec_changed
 from .observe import (
     TrialState,
@@ -65,9 +66,9 @@ from .status import (
     FINAL_DONE,
     RESYNC_SECONDS,
     merge_conditions,
-    only_estimates_moved,
     only_the_clock_moved,
     study_status,
+    without_plan_noise,
 )
 from .stopping import (
     live_pods,
@@ -125,13 +126,19 @@ def needs_identity(trial: Mapping[str, Any], jobs: Mapping[str, Any]) -> bool:
 # --- the reconcile ------------------------------------------------------------------------------
 
 
-def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Outcome:
-    """``policy``: what trial templates may ask for beyond the default (policy.py)."""
+def reconcile(
+    world: World, now: float, policy: TrialPolicy | None = None, cores: CoreCache | None = None
+) -> Outcome:
+    """``policy``: what trial templates may ask for beyond the default (policy.py). ``cores``: the
+    decision cores kept between reconciles (core_cache.py); without it a core is built each time,
+    and either way the outcome is the same."""
     study = world.study
     status = study.get("status") or {}
     # A finished study is settled, unless its spec changed since: then a raised budget continues it.
     reopening = status.get("phase") in TERMINAL_STUDY_PHASES
     if reopening and not spec_changed(study):
+        if cores is not None:
+            cores.forget(study["metadata"]["uid"])
         return _settled(world, now)
     config, problem = _validated(study, policy or TrialPolicy())
     if problem is not None:
@@ -160,7 +167,13 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
         )
         for t in world.trials
     ]
-    core = Study(config, _slots(config, gpus, world.capacity))
+    slots = _slots(config, gpus, world.capacity)
+    meta = study["metadata"]
+    core = (
+        Study(config, slots)
+        if cores is None
+        else cores.core(meta["uid"], meta.get("generation"), config, slots)
+    )
     extension: Extension | None = None
     if reopening:
         budget = core.budget_seconds([core.screen(s.view) for s in states])
@@ -216,8 +229,7 @@ def reconcile(world: World, now: float, policy: TrialPolicy | None = None) -> Ou
     if finalize is not None:
         events.append(_finish_event(finalize))
     patch = status_patch(status, new_status)
-    if "plan" in patch and only_estimates_moved(status.get("plan") or {}, patch["plan"]):
-        del patch["plan"]
+    patch = without_plan_noise(status, patch)
     if set(patch) == {"budget"} and only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
     return Outcome(

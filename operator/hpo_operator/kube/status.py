@@ -1,8 +1,10 @@
 """The HPOStudy's status, typed (resources.StudyStatus, from result.py's parts): its phase and
 conditions, the plan, the trials' counts, the best, the budget and the final training. Written
-only where it changed by more than the clock and the plan's re-measured estimates."""
+only where it changed by more than the clock and the plan's re-measured figures (``without_plan_noise``)."""
 
 from __future__ import annotations
+
+import re
 
 from ..result import BestStatus, PlanStatus, StudyPhase, TrialCounts
 from ..study import (
@@ -66,28 +68,87 @@ def only_the_clock_moved(current: JSON, desired: JSON) -> bool:
     return status_patch(current, others) == {} and moved < RESYNC_SECONDS
 
 
-# Plan figures re-measured from every report; a change below this share is not worth a write.
+# Plan figures re-measured from every report, and how far each may move from what the status says
+# before it is worth a write of its own: estimates by a share, plannedTrials by a share or one trial.
 PLAN_ESTIMATES = ("epochSeconds", "trialOverheadSeconds", "predictedGpuSeconds", "predictedSeconds")
 ESTIMATE_TOLERANCE = 0.05
+PLANNED_TRIALS_TOLERANCE = 0.1
+PLAN_FIGURES = (*PLAN_ESTIMATES, "plannedTrials")
+
+
+def _within(old: object, new: object, share: float, least: float = 0.0) -> bool:
+    if old is None or new is None:
+        return old == new
+    assert isinstance(old, int | float) and isinstance(new, int | float)
+    return abs(float(new) - float(old)) <= max(share * abs(float(old)), least, 1e-9)
 
 
 def only_estimates_moved(current: JSON, desired: JSON | None) -> bool:
-    """True when the plan changed by its time estimates alone, each by less than 5%."""
+    """True when the plan changed by its re-measured figures alone, each by little: the time
+    estimates by at most 5%, plannedTrials by at most 10% or one trial."""
     if not current or not desired:
         return False
     if status_patch(
-        {k: v for k, v in current.items() if k not in PLAN_ESTIMATES},
-        {k: v for k, v in desired.items() if k not in PLAN_ESTIMATES},
+        {k: v for k, v in current.items() if k not in PLAN_FIGURES},
+        {k: v for k, v in desired.items() if k not in PLAN_FIGURES},
     ):
         return False
-    for key in PLAN_ESTIMATES:
-        old, new = current.get(key), desired.get(key)
-        if old is None or new is None:
-            if old != new:
-                return False
-        elif abs(float(new) - float(old)) > ESTIMATE_TOLERANCE * max(abs(float(old)), 1e-9):
-            return False
-    return True
+    return all(
+        _within(current.get(k), desired.get(k), ESTIMATE_TOLERANCE) for k in PLAN_ESTIMATES
+    ) and _within(current.get("plannedTrials"), desired.get("plannedTrials"), PLANNED_TRIALS_TOLERANCE, 1)
+
+
+def _numbers_only(old: object, new: object) -> bool:
+    """Two texts that differ in their numbers alone ("all 9 planned trials started", "all 10 ...")."""
+    return isinstance(old, str) and isinstance(new, str) and _DIGITS.sub("#", old) == _DIGITS.sub("#", new)
+
+
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _conditions_numbers_only(old: object, new: object) -> bool:
+    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return False
+    return all(
+        isinstance(a, dict)
+        and isinstance(b, dict)
+        and status_patch(a, {k: v for k, v in b.items() if k != "message"}) == {}
+        and set(a) == set(b)
+        and (a.get("message") == b.get("message") or _numbers_only(a.get("message"), b.get("message")))
+        for a, b in zip(old, new, strict=True)
+    )
+
+
+def without_plan_noise(current: JSON, patch: JSON) -> JSON:
+    """The study status patch, less what only the plan's re-measured figures moved while the study
+    runs: a plan whose figures moved a little (``only_estimates_moved``), the progress's planned
+    count and the messages that quote it ("all 9 planned trials started"). Each report re-measures
+    epoch times, so without this nearly every report rewrote the status. What stays is written as
+    it is, the plan included when anything else changes (the phase, a condition's status or
+    reason, a trial count, the best, the budget's other fields); the clock (usedSeconds) is
+    ``only_the_clock_moved``'s to judge. A finished study's status is written whole."""
+    if (patch.get("phase") or current.get("phase")) != "Running" or "plan" not in patch:
+        return patch
+    if not only_estimates_moved(current.get("plan") or {}, patch["plan"]):
+        return patch
+    noise = {"plan"}
+    old_progress, new_progress = current.get("progress"), patch.get("progress")
+    if (
+        isinstance(old_progress, str)
+        and isinstance(new_progress, str)
+        and old_progress.split("/")[0] == new_progress.split("/")[0]
+    ):
+        noise.add("progress")
+    if _numbers_only(current.get("message"), patch.get("message")):
+        noise.add("message")
+    if _conditions_numbers_only(current.get("conditions"), patch.get("conditions")):
+        noise.add("conditions")
+    rest = {k: v for k, v in patch.items() if k not in noise}
+    if set(rest) - {"budget"}:
+        return patch
+    budget = rest.get("budget") or {}
+    others = {k: v for k, v in budget.items() if k != "usedSeconds"}
+    return rest if status_patch(current.get("budget") or {}, others) == {} else patch
 
 
 def _complete_reason(finalize: Finalize) -> str:
