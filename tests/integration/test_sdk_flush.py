@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_kube_api import FakeApi, make_sa_dir, serve
+from tests.support.fake_kube_api import FakeApi, make_sa_dir, serving
 
 # Reports 1 to 4 of 5. With an hour's interval and no rung levels the first two (they size the
 # budget) go out at once, and 3 and 4 are still queued when the process ends.
@@ -35,10 +35,8 @@ def api() -> FakeApi:
 
 @pytest.fixture
 def api_url(api: FakeApi) -> Iterator[str]:
-    server, url = serve(api)
-    yield url
-    server.shutdown()
-    server.server_close()
+    with serving(api) as url:
+        yield url
 
 
 def start(api_url: str, tmp_path: Path, how: str) -> subprocess.Popen[str]:

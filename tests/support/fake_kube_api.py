@@ -7,6 +7,8 @@ import copy
 import json
 import ssl
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -123,6 +125,17 @@ def serve(api: FakeApi, context: ssl.SSLContext | None = None) -> tuple[Threadin
         scheme = "https"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     return server, f"{scheme}://127.0.0.1:{server.server_address[1]}"
+
+
+@contextmanager
+def serving(api: FakeApi) -> Iterator[str]:
+    """The fake API server's URL while the block runs (plain HTTP)."""
+    server, url = serve(api)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def cluster_reporter(api_url: str, sa_dir: Path, policy: RetryPolicy = FAST) -> Reporter:

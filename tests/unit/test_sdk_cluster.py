@@ -16,7 +16,7 @@ from tests.support.fake_kube_api import (
     FakeApi,
     cluster_reporter,
     make_sa_dir,
-    serve,
+    serving,
 )
 
 
@@ -32,10 +32,8 @@ def api() -> FakeApi:
 
 @pytest.fixture
 def api_url(api: FakeApi) -> Iterator[str]:
-    server, url = serve(api)
-    yield url
-    server.shutdown()
-    server.server_close()
+    with serving(api) as url:
+        yield url
 
 
 def test_reports_are_appended_to_the_trial_status(api: FakeApi, api_url: str, sa_dir: Path) -> None:
