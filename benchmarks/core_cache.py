@@ -21,8 +21,8 @@ import statistics
 import sys
 import time
 from dataclasses import replace
-from typing import Any
 
+from benchmarks.sampler_cost import SPACE, loss
 from hpo_operator.config import BudgetSpec, SamplerName, StudyConfig, config_from_mapping
 from hpo_operator.simulate import simulate
 from hpo_operator.study import Decision, Observation, StartTrial, Study
@@ -36,27 +36,12 @@ def config(sampler: SamplerName, trials: int) -> StudyConfig:
             "metric": "loss",
             "mode": "min",
             "maximum_resource": 27,
-            "hp_space": {
-                "lr": {"param_type": "loguniform", "range": [1e-5, 1e-1]},
-                "momentum": {"param_type": "uniform", "range": [0.0, 0.99]},
-                "weight_decay": {"param_type": "loguniform", "range": [1e-6, 1e-2]},
-                "dropout": {"param_type": "uniform", "range": [0.0, 0.5]},
-            },
+            "hp_space": SPACE,
         }
     )
     # Room for many more trials than ``trials``: the trial limit ends the study.
     budget = BudgetSpec(train_time=27.0, time_ratio=float(trials))
     return replace(base, budget=budget, sampler=sampler, max_trials=trials, seed=1)
-
-
-def loss(params: dict[str, Any], epoch: int) -> float:
-    x = (
-        (math.log10(params["lr"]) + 2.5) ** 2
-        + (params["momentum"] - 0.9) ** 2
-        + 0.1 * (math.log10(params["weight_decay"]) + 4) ** 2
-        + (params["dropout"] - 0.1) ** 2
-    )
-    return float(x + 1.0 / epoch)
 
 
 def history(cfg: StudyConfig) -> list[tuple[Observation, Decision]]:
