@@ -360,9 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def exit_now(code: int) -> NoReturn:
     """Ends the process without the interpreter's teardown, which spends about a second
     unloading torch: a slot waits for its trial's process to end before the next trial starts.
-    Everything the trainer wrote is closed by now (checkpoints); the reports still queued are sent
-    and the logs flushed."""
-    hpo_trial.flush(REPORT_FLUSH_SECONDS)
+    Everything the trainer wrote is closed by now (checkpoints, and the reports main() flushed);
+    only the logs are flushed."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
