@@ -35,7 +35,6 @@ DEFAULT_KINDS = [
 ]
 
 
-
 def kinds(objects: Iterable[Obj]) -> list[str]:
     return sorted(o["kind"] for o in objects)
 

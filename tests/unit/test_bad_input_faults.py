@@ -164,16 +164,16 @@ class _FlakyApi:
         self.failures = failures
         self.calls = 0
 
-    def list(self, path: str, **_: Any) -> list[dict[str, Any]]:
+    def list_page(self, path: str, **_: Any) -> dict[str, Any]:
         self.calls += 1
         if self.calls <= self.failures:
             raise urllib3.exceptions.NewConnectionError(None, "Connection refused")  # type: ignore[arg-type]
-        return [{"metadata": {"namespace": "ns", "name": "s"}}]
+        return {"items": [{"metadata": {"namespace": "ns", "name": "s"}}]}
 
 
 def test_the_periodic_resync_survives_an_unreachable_api_server(caplog: pytest.LogCaptureFixture) -> None:
     api = _FlakyApi(failures=2)
-    engine = Engine(cast(Cluster, SimpleNamespace(api=api)), settings=EngineSettings(resync_seconds=0.01))
+    engine = Engine(cast(Cluster, SimpleNamespace(api=api, caches=None)), settings=EngineSettings(resync_seconds=0.01))
 
     async def run() -> None:
         task = asyncio.create_task(engine._resync())

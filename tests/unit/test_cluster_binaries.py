@@ -41,5 +41,3 @@ def test_missing_binaries_say_how_to_build_them_or_skip(no_shared: Path) -> None
         binaries.kube_bin_dir()
     assert "scripts/build-kube-binaries" in str(err.value)
     assert "HPO_SKIP_E2E=1" in str(err.value)
-
-

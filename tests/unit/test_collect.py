@@ -208,5 +208,3 @@ def test_tensorboard_scalars_written_as_tensors_as_tensorflow_2_does(tmp_path: P
 
 
 # --- the command -----------------------------------------------------------------------------------------
-
-

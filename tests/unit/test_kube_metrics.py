@@ -175,10 +175,14 @@ class StubCluster:
     def __init__(self, w: World | None, error: Exception | None = None) -> None:
         self.world, self.error = w, error
         self.api = self
+        self.caches = None
         self.policy = TrialPolicy()
         self.applied: list[Any] = []
         self.events: list[tuple[JSON, Any]] = []
         self.studies: list[JSON] = [{"metadata": {"namespace": "ns", "name": "s"}}]
+
+    def list_page(self, path: str) -> JSON:
+        return {"items": self.list(path)}
 
     def read(self, namespace: str, name: str) -> World | None:
         if self.error is not None:

@@ -175,9 +175,13 @@ class StubCluster:
     def __init__(self) -> None:
         self.reads: list[tuple[str, str]] = []
         self.api = self
+        self.caches = None
 
     def list(self, path: str, **_: Any) -> list[JSON]:
         return [{"metadata": {"namespace": "ns", "name": "s"}}]
+
+    def list_page(self, path: str) -> JSON:
+        return {"items": self.list(path)}
 
     def read(self, namespace: str, name: str) -> None:
         self.reads.append((namespace, name))

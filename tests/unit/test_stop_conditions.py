@@ -247,7 +247,6 @@ def test_a_simulated_study_runs_exactly_its_trial_limit() -> None:
     assert result.deadline is not None and result.finished_at < result.deadline
 
 
-
 @pytest.mark.parametrize("variant", ["stop", "promote"])
 def test_with_brackets_no_trial_index_reaches_the_limit_and_the_study_ends_at_it(variant: str) -> None:
     # Near the deadline an index whose bracket cannot reach its first rung is passed over: it counts

@@ -15,7 +15,6 @@ from tests.support.trainer import TINY, checkpoint_epochs, read_reports
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture
 def trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A trial environment in tmp_path for in-process runs; the signal handlers are put back after."""
@@ -112,5 +111,3 @@ def test_stop_resource_pauses_a_run_and_start_resource_resumes_it(
     assert run_in_process(monkeypatch, "--epochs", "3") == 0
     assert [r["resource"] for r in read_reports(trial / "promoted.jsonl")] == [2]
     assert checkpoint_epochs(trial / "ckpt") == [1, 2]
-
-

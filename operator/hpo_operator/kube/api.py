@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
@@ -92,6 +92,8 @@ class Api:
                 "key_file": configuration.key_file,
             }
         self._pool = urllib3.PoolManager(maxsize=8, **tls)
+        # Watches hold their connection for minutes: never the ones the requests need.
+        self._watch_pool = urllib3.PoolManager(maxsize=16, **tls)
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -159,13 +161,51 @@ class Api:
 
     def delete(self, path: str, propagation: str = "Background") -> bool:
         """True when this call deleted it; False when it was gone already."""
+        return self.remove(path, propagation) is not None
+
+    def remove(self, path: str, propagation: str = "Background") -> JSON | None:
+        """Delete; the API's answer (the object while it is being deleted, or a Status), None when
+        it was gone already."""
         try:
-            self.request("DELETE", path, {"propagationPolicy": propagation})
-            return True
+            answer: JSON | None = self.request("DELETE", path, {"propagationPolicy": propagation})
         except ApiError as err:
             if err.status == 404:
-                return False
+                return None
             raise
+        return answer or {"kind": "Status"}
+
+    def list_page(self, path: str, **query: str | int) -> JSON:
+        """One page of a listing, as the API answers it (items, metadata.resourceVersion and
+        metadata.continue); without a resourceVersion the read is consistent (from etcd)."""
+        page: JSON = self.request("GET", path, query=query or None)
+        return page
+
+    def watch(self, path: str, query: Mapping[str, str | int], timeout: float) -> Iterator[JSON]:
+        """The events of a watch (``watch=1`` is added), one JSON object per line, until the API
+        server ends the stream; an error answer raises ApiError. Not timed: a watch is long."""
+        url = self.host + path + "?" + urllib.parse.urlencode({**query, "watch": "1"})
+        response = self._watch_pool.request(
+            "GET",
+            url,
+            headers=self._headers(None),
+            timeout=urllib3.Timeout(connect=10.0, read=timeout),
+            retries=False,
+            preload_content=False,
+        )
+        try:
+            if response.status >= 300:
+                raise ApiError(response.status, "GET", path, response.read().decode(errors="replace"))
+            pending = b""
+            for chunk in response.stream(64 * 1024):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+            if pending.strip():
+                yield json.loads(pending)
+        finally:
+            response.release_conn()
 
     def version(self) -> tuple[int, int]:
         info = self.get("/version")

@@ -69,6 +69,7 @@ class Engine:
     # Each study's decision core, kept between its reconciles (core_cache.py), and its uid by key.
     cores: CoreCache = field(default_factory=CoreCache)
     _uids: dict[Key, str] = field(default_factory=dict, init=False)
+    _listener: Callable[[str, str], None] | None = field(default=None, init=False)
 
     # --- triggers -------------------------------------------------------------------------------
 
@@ -97,6 +98,8 @@ class Engine:
         """A study changed: reconcile it unless only its status did (the operator's own write)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
+        if self.cluster.caches is not None:
+            self.cluster.caches.study_seen(kind, {k: body[k] for k in body})
         if kind == "DELETED":
             self._generations.pop(key, None)
             self.metrics.forget(*key)
@@ -114,21 +117,40 @@ class Engine:
     async def start(self, leading: bool = True) -> None:
         """Start the workers and the resync; ``leading`` False: queue keys, reconcile nothing until
         ``begin_leading``."""
+        caches = self.cluster.caches
+        if caches is not None:
+            loop = asyncio.get_running_loop()
+
+            def changed(namespace: str, study: str) -> None:  # from the informers' threads
+                loop.call_soon_threadsafe(self.child_event, namespace, study)
+
+            self._listener = changed
+            caches.listen(changed)
         if leading:
             self._leading.set()
+            self._start_caches()
         self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
         self._tasks.append(asyncio.create_task(self._resync()))
 
     def begin_leading(self) -> None:
         """This replica now leads: reconcile every study, whatever the queue holds."""
         self._leading.set()
+        self._start_caches()
         self._tasks.append(asyncio.create_task(self._enqueue_all()))
 
     def stop_leading(self) -> None:
         """Another replica may lead now: take no key from the queue from here on."""
         self._leading.clear()
 
+    def _start_caches(self) -> None:
+        """The informers list and watch from now (caches.py: a new leader lists after the last one
+        stopped writing); a later engine of the same process keeps them running."""
+        if self.cluster.caches is not None:
+            self.cluster.caches.start()
+
     async def stop(self) -> None:
+        if self.cluster.caches is not None and self._listener is not None:
+            self.cluster.caches.unlisten(self._listener)
         for timer in self._timers.values():
             timer.cancel()
         for task in self._tasks:
@@ -236,8 +258,12 @@ class Engine:
 
     def _list_studies(self) -> list[Key]:
         paths = [study_path(ns) for ns in self.namespaces] or [f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"]
-        return [
-            (study["metadata"]["namespace"], study["metadata"]["name"])
-            for path in paths
-            for study in self.cluster.api.list(path)
-        ]
+        pages = [self.cluster.api.list_page(path) for path in paths]
+        studies = [study for page in pages for study in page.get("items") or []]
+        if self.cluster.caches is not None:
+            # The earliest listing's resourceVersion: what is newer in the cache stays.
+            versions = [str((page.get("metadata") or {}).get("resourceVersion") or "") for page in pages]
+            numbers = [int(v) for v in versions if v.isdigit()]
+            version = str(min(numbers)) if len(numbers) == len(versions) and numbers else ""
+            self.cluster.caches.studies_listed(studies, version)
+        return [(study["metadata"]["namespace"], study["metadata"]["name"]) for study in studies]

@@ -1,6 +1,6 @@
-"""The kopf handlers: watch events in, keys onto the engine's queue out.
+"""The kopf handlers: HPOStudy events in, keys onto the engine's queue out.
 
-kopf serves the watches and the login (the liveness probe is the operator's metrics server, see
+kopf serves the HPOStudy watch and the login (the liveness probe is the operator's metrics server, see
 main.py); it stores nothing on the objects (no progress annotations, no finalizers), so a study can
 be deleted while the operator is down. A study is validated in every reconcile, so one created
 while the operator was away is handled on its start exactly like a new one.
@@ -16,9 +16,8 @@ import kopf
 
 from .api import Api
 from .engine import TRANSIENT_ERRORS, Engine
-from .resources import GROUP, STUDY_LABEL, STUDY_PLURAL, TRIAL_PLURAL, VERSION
+from .resources import GROUP, STUDY_PLURAL, TRIAL_PLURAL, VERSION
 
-CHILD = {STUDY_LABEL: kopf.PRESENT}
 log = logging.getLogger("hpo_operator")
 SERVED_POLL_SECONDS = 2.0
 SERVED_LOG_SECONDS = 60.0
@@ -93,21 +92,7 @@ def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.event(GROUP, VERSION, STUDY_PLURAL)
 async def study_changed(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    # The study goes into the engine's cache, then onto its queue. The studies' HPOTrials, Jobs and
+    # pods, and the GPU count, come from the operator's own informers (caches.py), which enqueue
+    # the study on each change: a report appended by a trial starts the reconcile that may prune it.
     _engine(memo).study_event(type, body)
-
-
-@kopf.on.event(GROUP, VERSION, TRIAL_PLURAL)
-async def trial_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    # A report appended by the trial lands here: the reconcile that may prune it starts now.
-    _engine(memo).child_event(namespace, body.get("spec", {}).get("study"))
-
-
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD)
-async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _engine(memo).child_event(namespace, labels.get(STUDY_LABEL))
-
-
-@kopf.on.event("", "v1", "pods", labels=CHILD)
-async def pod_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    # A pod that ends frees its GPU before its Job says it is complete: start the next trial now.
-    _engine(memo).child_event(namespace, labels.get(STUDY_LABEL))

@@ -18,6 +18,7 @@ from kubernetes.client import Configuration
 
 from . import handlers  # noqa: F401  (registers the handlers with kopf)
 from .api import Api, load_configuration
+from .caches import Caches
 from .engine import Engine, EngineSettings
 from .leader import LeaderElector
 from .policy import TrialPolicy
@@ -126,7 +127,9 @@ def run_operator(
     configuration = load_configuration(kubeconfig)
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
-    cluster = Cluster(Api(configuration, timer=metrics), metrics=seam, policy=policy or TrialPolicy())
+    api = Api(configuration, timer=metrics)
+    caches = Caches(api, tuple(namespaces))  # kept across runs of kopf: the informers go on
+    cluster = Cluster(api, metrics=seam, policy=policy or TrialPolicy(), caches=caches)
     log.info("trial templates may use: %s", cluster.policy.describe())
     # One identity for the process: after a restart of kopf it renews its own Lease at once.
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"

@@ -18,6 +18,7 @@ from typing import Any
 
 from .api import Api, ApiError, ns_path
 from .builders import build_claim, build_trial_identity, owner_reference
+from .caches import JOBS, PODS, TRIALS, Caches
 from .capacity import gpu_capacity
 from .observe import to_rfc3339
 from .policy import TrialPolicy
@@ -44,6 +45,7 @@ from .writes import (
 
 log = logging.getLogger("hpo_operator")
 JSON = dict[str, Any]
+Parts = tuple[JSON, list[JSON], list[JSON], list[JSON], list[JSON], list[JSON]]
 COMPONENT = "hpo-operator"
 
 
@@ -73,6 +75,8 @@ class Cluster:
     # Checkpoint claims seen to exist, by (namespace, name): likewise never re-checked.
     _claims: set[tuple[str, str]] = field(default_factory=set, init=False)
     _events: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "events"), init=False)
+    # Watch-fed copies of what the reconciles read (caches.py); None: every reconcile lists.
+    caches: Caches | None = None
 
     def needs_token_secret(self) -> bool:
         """Before 1.24 a pod is admitted only once its ServiceAccount has a token Secret."""
@@ -81,25 +85,14 @@ class Cluster:
         return self._needs_token_secret
 
     def read(self, namespace: str, name: str) -> World | None:
-        study = self.api.get_or_none(study_path(namespace, name))
-        if study is None:
+        parts = self._cached(namespace, name) if self.caches is not None else self._listed(namespace, name)
+        if parts is None:
             return None
-        # resourceVersion "0": served from the API server's watch cache, not read through to etcd.
-        # Every reconcile follows a watch event, and the cache has applied that event before any
-        # watcher sees it, so the lists are at least as new as what triggered the reconcile.
-        cached = {"resourceVersion": "0"}
-        selector = {"labelSelector": f"{STUDY_LABEL}={name}", **cached}
-        # Jobs and pods before the trials: a trial reports before its pod ends, so the trials read
-        # after a pod that ended hold its reports (observe.REPORT_SETTLE_SECONDS covers the caches).
-        jobs = {j["metadata"]["name"]: j for j in self.api.list(job_path(namespace), **selector)}
+        study, jobs_list, pods_list, trials, nodes, active = parts
+        jobs = {j["metadata"]["name"]: j for j in jobs_list}
         pods: dict[str, list[JSON]] = defaultdict(list)
-        for pod in self.api.list(ns_path("", "v1", namespace, "pods"), **selector):
+        for pod in pods_list:
             pods[pod["metadata"].get("labels", {}).get(f"{GROUP}/trial", "")].append(pod)
-        trials = self.api.list(trial_path(namespace), **selector)
-        nodes = self.api.list("/api/v1/nodes", **cached)
-        active = self.api.list(
-            "/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed", **cached
-        )
         return World(
             study=study,
             trials=tuple(trials),
@@ -110,6 +103,41 @@ class Cluster:
             token_secrets=self.needs_token_secret(),
             claim_exists=self._claim_exists(study),
         )
+
+    def _cached(self, namespace: str, name: str) -> Parts | None:
+        """The study's world from the watch-fed caches (caches.py): no request."""
+        caches = self.caches
+        assert caches is not None
+        caches.wait_synced()
+        study = caches.study(namespace, name)
+        if study is None:
+            return None
+        # Jobs and pods before the trials, as from the API (see _listed).
+        jobs = caches.children(JOBS, namespace, name)
+        pods = caches.children(PODS, namespace, name)
+        trials = caches.children(TRIALS, namespace, name)
+        return study, jobs, pods, trials, caches.nodes(), caches.gpu_pods()
+
+    def _listed(self, namespace: str, name: str) -> Parts | None:
+        """The study's world read from the API (an operator without caches: tests, tools)."""
+        study = self.api.get_or_none(study_path(namespace, name))
+        if study is None:
+            return None
+        # resourceVersion "0": served from the API server's watch cache, not read through to etcd.
+        # Every reconcile follows a watch event, and the cache has applied that event before any
+        # watcher sees it, so the lists are at least as new as what triggered the reconcile.
+        cached = {"resourceVersion": "0"}
+        selector = {"labelSelector": f"{STUDY_LABEL}={name}", **cached}
+        # Jobs and pods before the trials: a trial reports before its pod ends, so the trials read
+        # after a pod that ended hold its reports (observe.REPORT_SETTLE_SECONDS covers the caches).
+        jobs = self.api.list(job_path(namespace), **selector)
+        pods = self.api.list(ns_path("", "v1", namespace, "pods"), **selector)
+        trials = self.api.list(trial_path(namespace), **selector)
+        nodes = self.api.list("/api/v1/nodes", **cached)
+        active = self.api.list(
+            "/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed", **cached
+        )
+        return study, jobs, pods, trials, nodes, active
 
     def _claim_exists(self, study: JSON) -> bool:
         """Whether the checkpoint claim the operator creates for the study exists (True: none wanted)."""
@@ -153,12 +181,18 @@ class Cluster:
         study = world.study
         namespace, name = study["metadata"]["namespace"], study["metadata"]["name"]
         if outcome.first_status:
-            self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.first_status})
+            self._seen(
+                STUDY_PLURAL,
+                self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.first_status}),
+            )
         for write in outcome.writes:
             if self._write(study, write):
                 self.metrics.written(world, write, self.clock())
         if outcome.status:
-            self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.status})
+            self._seen(
+                STUDY_PLURAL,
+                self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.status}),
+            )
         for event in outcome.events:
             self.event(study, event)
 
@@ -171,11 +205,11 @@ class Cluster:
             claims = ns_path("", "v1", namespace, "persistentvolumeclaims")
             return self.api.create(claims, write.claim) is not None
         elif isinstance(write, CreateCleanupJob):
-            if self.api.create(job_path(namespace), write.job) is None:
+            if self._seen(JOBS, self.api.create(job_path(namespace), write.job)) is None:
                 return False
             self.event(study, write.event)
         elif isinstance(write, CreateTrial):
-            created = self.api.create(trial_path(namespace), write.trial)
+            created = self._seen(TRIALS, self.api.create(trial_path(namespace), write.trial))
             if created is None:
                 return False  # it existed: the next reconcile makes its Job from the trial as stored
             if write.identity:
@@ -185,37 +219,58 @@ class Cluster:
             self.event(study, write.event)
             return made
         elif isinstance(write, CreateJob):
-            return self._create_job(namespace, self.api.get(trial_path(namespace, write.trial)), write.job)
+            return self._create_job(namespace, self._trial(namespace, write.trial), write.job)
         elif isinstance(write, PatchTrialStatus):
             if write.verdict is not None:  # the record first: the status only mirrors it
                 record = {VERDICT_ANNOTATION: verdict_text(write.verdict)}
-                self.api.patch(trial_path(namespace, write.trial), {"metadata": {"annotations": record}})
+                body = {"metadata": {"annotations": record}}
+                self._seen(TRIALS, self.api.patch(trial_path(namespace, write.trial), body))
             if write.patch:
-                self.api.patch(trial_path(namespace, write.trial) + "/status", {"status": write.patch})
+                body = {"status": write.patch}
+                self._seen(TRIALS, self.api.patch(trial_path(namespace, write.trial) + "/status", body))
             if write.event is not None:
                 log.info("%s/%s: %s", namespace, study["metadata"]["name"], write.event.message)
                 self.event(study, write.event)
         elif isinstance(write, ScaleJobDown):
-            body = {"metadata": {"annotations": {SCALED_DOWN_AT: write.at}}, "spec": {"parallelism": 0}}
+            scale: JSON = {
+                "metadata": {"annotations": {SCALED_DOWN_AT: write.at}},
+                "spec": {"parallelism": 0},
+            }
             try:
-                self.api.patch(job_path(namespace, write.name), body)
+                self._seen(JOBS, self.api.patch(job_path(namespace, write.name), scale))
             except ApiError as err:
                 if err.status != 404:  # gone already: nothing left to scale
                     raise
         elif isinstance(write, DeleteJob):
-            self.api.delete(job_path(namespace, write.name), propagation="Background")
+            answer = self.api.remove(job_path(namespace, write.name), propagation="Background")
+            self._gone(JOBS, namespace, write.name, answer)
             for pod in write.pods:
-                self.api.delete(ns_path("", "v1", namespace, "pods", pod))
+                answer = self.api.remove(ns_path("", "v1", namespace, "pods", pod))
+                self._gone(PODS, namespace, pod, answer)
         elif isinstance(write, PatchJobDeadline):
-            self.api.patch(
-                job_path(namespace, write.name), {"spec": {"activeDeadlineSeconds": write.seconds}}
-            )
+            deadline = {"spec": {"activeDeadlineSeconds": write.seconds}}
+            self._seen(JOBS, self.api.patch(job_path(namespace, write.name), deadline))
         return True
 
     def _create_job(self, namespace: str, trial: JSON, job: JSON) -> bool:
         """True when this call created the Job; False when it existed."""
         owned = {**job, "metadata": {**job["metadata"], "ownerReferences": [owner_reference(trial)]}}
-        return self.api.create(job_path(namespace), owned) is not None
+        return self._seen(JOBS, self.api.create(job_path(namespace), owned)) is not None
+
+    def _trial(self, namespace: str, name: str) -> JSON:
+        cached = self.caches.trial(namespace, name) if self.caches is not None else None
+        trial: JSON = cached if cached is not None else self.api.get(trial_path(namespace, name))
+        return trial
+
+    def _seen(self, kind: str, answer: Any) -> Any:
+        """The API's answer to a write, also put into the caches (the next reconcile reads it)."""
+        if self.caches is not None and isinstance(answer, dict):
+            self.caches.written(kind, answer)
+        return answer
+
+    def _gone(self, kind: str, namespace: str, name: str, answer: JSON | None) -> None:
+        if self.caches is not None:
+            self.caches.deleted(kind, namespace, name, answer)
 
     def event(self, study: JSON, event: Event) -> None:
         """A core/v1 Event on the study, for humans (`kubectl describe hpo`), posted in the background:
