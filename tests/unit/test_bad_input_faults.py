@@ -173,7 +173,9 @@ class _FlakyApi:
 
 def test_the_periodic_resync_survives_an_unreachable_api_server(caplog: pytest.LogCaptureFixture) -> None:
     api = _FlakyApi(failures=2)
-    engine = Engine(cast(Cluster, SimpleNamespace(api=api, caches=None)), settings=EngineSettings(resync_seconds=0.01))
+    engine = Engine(
+        cast(Cluster, SimpleNamespace(api=api, caches=None)), settings=EngineSettings(resync_seconds=0.01)
+    )
 
     async def run() -> None:
         task = asyncio.create_task(engine._resync())
