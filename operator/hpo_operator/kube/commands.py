@@ -56,6 +56,12 @@ import click
     metavar="CAP",
     help="A Linux capability trial containers may add beyond the baseline's; repeatable",
 )
+@click.option(
+    "--no-watch-caches",
+    "no_watch_caches",
+    is_flag=True,
+    help="Read the API in every reconcile instead of watch-fed caches (more API load; for comparisons)",
+)
 def operator_command(
     namespaces: tuple[str, ...],
     kubeconfig: str | None,
@@ -68,6 +74,7 @@ def operator_command(
     allowed_accounts: tuple[str, ...],
     allowed_settings: tuple[str, ...],
     allowed_capabilities: tuple[str, ...],
+    no_watch_caches: bool,
 ) -> None:
     """Run the operator: HPOStudy resources to GPU trial Jobs, until interrupted.
 
@@ -92,7 +99,16 @@ def operator_command(
     if leader_elect:
         leader = LeaderSettings(leader_election_namespace or default_lease_namespace(), leader_election_id)
     settings = EngineSettings(resync_seconds=resync)
-    run_operator(namespaces, kubeconfig, liveness_port, metrics_port, settings, leader, policy)
+    run_operator(
+        namespaces,
+        kubeconfig,
+        liveness_port,
+        metrics_port,
+        settings,
+        leader,
+        policy,
+        watch_caches=not no_watch_caches,
+    )
 
 
 @click.command(name="crds")

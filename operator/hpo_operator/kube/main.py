@@ -108,9 +108,11 @@ def run_operator(
     settings: EngineSettings | None = None,
     leader: LeaderSettings | None = None,
     policy: TrialPolicy | None = None,
+    watch_caches: bool = True,
 ) -> None:
     """Serve every namespace (or the given ones) until SIGTERM or SIGINT; with ``leader``, reconcile
-    only while holding that Lease (no kopf peering either way).
+    only while holding that Lease (no kopf peering either way). ``watch_caches``: reconciles read
+    watch-fed caches (caches.py), else the API each time.
 
     ``metrics_port`` serves /metrics and /healthz, ``liveness_port`` /healthz alone (given alone, it
     serves /metrics too); both from the operator's own metrics, whose heartbeat the engine beats.
@@ -128,7 +130,8 @@ def run_operator(
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
     api = Api(configuration, timer=metrics)
-    caches = Caches(api, tuple(namespaces))  # kept across runs of kopf: the informers go on
+    # Kept across runs of kopf: the informers go on. Without them every reconcile lists.
+    caches = Caches(api, tuple(namespaces)) if watch_caches else None
     cluster = Cluster(api, metrics=seam, policy=policy or TrialPolicy(), caches=caches)
     log.info("trial templates may use: %s", cluster.policy.describe())
     # One identity for the process: after a restart of kopf it renews its own Lease at once.
