@@ -112,7 +112,7 @@ def run_operator(
 ) -> None:
     """Serve every namespace (or the given ones) until SIGTERM or SIGINT; with ``leader``, reconcile
     only while holding that Lease (no kopf peering either way). ``watch_caches``: reconciles read
-    watch-fed caches (caches.py), else the API each time.
+    the watch-fed caches (caches.py), else the API each time.
 
     ``metrics_port`` serves /metrics and /healthz, ``liveness_port`` /healthz alone (given alone, it
     serves /metrics too); both from the operator's own metrics, whose heartbeat the engine beats.
@@ -130,9 +130,12 @@ def run_operator(
     metrics = OperatorMetrics()
     seam = PrometheusMetrics(metrics)
     api = Api(configuration, timer=metrics)
-    # Kept across runs of kopf: the informers go on. Without them every reconcile lists.
-    caches = Caches(api, tuple(namespaces)) if watch_caches else None
-    cluster = Cluster(api, metrics=seam, policy=policy or TrialPolicy(), caches=caches)
+    # Kept across runs of kopf: the informers go on. They also start the reconciles of the studies
+    # whose trials, Jobs or pods change, so they run even when the reconciles read the API.
+    caches = Caches(api, tuple(namespaces))
+    cluster = Cluster(
+        api, metrics=seam, policy=policy or TrialPolicy(), caches=caches, cached_reads=watch_caches
+    )
     log.info("trial templates may use: %s", cluster.policy.describe())
     # One identity for the process: after a restart of kopf it renews its own Lease at once.
     identity = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"

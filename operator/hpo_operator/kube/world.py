@@ -77,6 +77,7 @@ class Cluster:
     _events: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "events"), init=False)
     # Watch-fed copies of what the reconciles read (caches.py); None: every reconcile lists.
     caches: Caches | None = None
+    cached_reads: bool = True  # False: the reconciles read the API even with caches
 
     def needs_token_secret(self) -> bool:
         """Before 1.24 a pod is admitted only once its ServiceAccount has a token Secret."""
@@ -85,7 +86,8 @@ class Cluster:
         return self._needs_token_secret
 
     def read(self, namespace: str, name: str) -> World | None:
-        parts = self._cached(namespace, name) if self.caches is not None else self._listed(namespace, name)
+        cached = self.caches is not None and self.cached_reads
+        parts = self._cached(namespace, name) if cached else self._listed(namespace, name)
         if parts is None:
             return None
         study, jobs_list, pods_list, trials, nodes, active = parts
