@@ -174,7 +174,9 @@ class Caches:
     # --- reads ------------------------------------------------------------------------------------
 
     def _store(self, kind: str, namespace: str) -> Store:
-        store = self._stores.get((kind, namespace)) or self._stores.get((kind, ""))
+        store = self._stores.get((kind, namespace))  # (a Store is falsy while empty: no `or`)
+        if store is None:
+            store = self._stores.get((kind, ""))
         if store is None:
             raise KeyError(f"{namespace} is not a served namespace")
         return store

@@ -27,7 +27,7 @@ JSON = dict[str, Any]
 PAGE_SIZE = 500
 WATCH_SECONDS = 300  # the API server ends each watch after this; it is started again at once
 RETRY_FIRST_SECONDS = 0.5
-RETRY_LONGEST_SECONDS = 30.0
+RETRY_LONGEST_SECONDS = 5.0  # a collection not served (404) is looked at again at least this often
 FAILURES = (ApiError, OSError, urllib3.exceptions.HTTPError, ValueError)
 
 
