@@ -81,9 +81,12 @@ class Informer:
                 delay, failing = self.retry_first, False
             except Relist:
                 version = None
-            except FAILURES as err:
+            except Exception as err:  # the thread must not end: the caches would stop moving
                 if isinstance(err, ApiError) and err.status in (404, 410):
                     version = None
+                elif not isinstance(err, FAILURES):
+                    version = None  # something unforeseen: start again from a listing
+                    log.exception("watching %s failed", self.name or self.path)
                 if not failing:
                     log.warning("watching %s failed: %s; trying again", self.name or self.path, err)
                 failing = True
