@@ -256,6 +256,6 @@ def test_versions_that_are_not_numbers_go_by_arrival() -> None:
 def test_synced_only_after_a_listing() -> None:
     store = Store()
     store.written(obj(1))
-    assert not store.synced and not store.wait_synced(0.0)
+    assert (store.synced, store.wait_synced(0.0)) == (False, False)
     store.replace([], version="3")
-    assert store.synced and store.wait_synced(0.0)
+    assert (store.synced, store.wait_synced(0.0)) == (True, True)

@@ -174,7 +174,10 @@ class Caches:
     # --- reads ------------------------------------------------------------------------------------
 
     def _store(self, kind: str, namespace: str) -> Store:
-        store = self._stores.get((kind, namespace)) or self._stores.get((kind, ""))
+        # Not ``or``: an empty Store is falsy (it has a length).
+        store = self._stores.get((kind, namespace))
+        if store is None:
+            store = self._stores.get((kind, ""))
         if store is None:
             raise KeyError(f"{namespace} is not a served namespace")
         return store
