@@ -57,6 +57,9 @@ class Informer:
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     lists: int = field(default=0, init=False)  # listings made (the first, and each re-list)
+    # Where the next watch starts: the last resourceVersion seen (None: list first). Kept per event,
+    # so that a watch broken half-way goes on after what it delivered instead of from its start.
+    _version: str | None = field(default=None, init=False)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -70,22 +73,22 @@ class Informer:
         self._stopping.set()
 
     def run(self) -> None:
-        version: str | None = None
+        self._version = None
         delay = self.retry_first
         failing = False
         while not self._stopping.is_set():
             try:
-                if version is None:
-                    version = self._list()
-                version = self._watch(version)
+                if self._version is None:
+                    self._version = self._list()
+                self._watch(self._version)
                 delay, failing = self.retry_first, False
             except Relist:
-                version = None
+                self._version = None
             except Exception as err:  # the thread must not end: the caches would stop moving
                 if isinstance(err, ApiError) and err.status in (404, 410):
-                    version = None
+                    self._version = None
                 elif not isinstance(err, FAILURES):
-                    version = None  # something unforeseen: start again from a listing
+                    self._version = None  # something unforeseen: start again from a listing
                     log.exception("watching %s failed", self.name or self.path)
                 if not failing:
                     log.warning("watching %s failed: %s; trying again", self.name or self.path, err)
@@ -114,7 +117,7 @@ class Informer:
             self.on_change(change)
         return version
 
-    def _watch(self, version: str) -> str:
+    def _watch(self, version: str) -> None:
         query: dict[str, str | int] = {
             **self.query,
             "resourceVersion": version,
@@ -130,10 +133,9 @@ class Informer:
                 if code == 410:
                     raise Relist(obj.get("message"))
                 raise ApiError(code, "WATCH", self.path, str(obj.get("message")))
-            version = version_of(obj) or version
+            self._version = version_of(obj) or self._version
             if kind == "BOOKMARK":
                 continue
             change = self.store.apply(str(kind), obj)
             if change is not None:
                 self.on_change(change)
-        return version
