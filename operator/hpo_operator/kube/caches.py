@@ -177,12 +177,7 @@ class Caches:
     # --- reads ------------------------------------------------------------------------------------
 
     def _store(self, kind: str, namespace: str) -> Store:
-<<<<<<< HEAD
         store = self._stores.get((kind, namespace))  # (a Store is falsy while empty: no `or`)
-=======
-        # Not ``or``: an empty Store is falsy (it has a length).
-        store = self._stores.get((kind, namespace))
->>>>>>> cache-tests
         if store is None:
             store = self._stores.get((kind, ""))
         if store is None:
