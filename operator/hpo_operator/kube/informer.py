@@ -75,13 +75,13 @@ class Informer:
     def run(self) -> None:
         self._version = None
         delay = self.retry_first
-        failing = False
+        problem: tuple[str, int | None] | None = None  # the last failure's kind, logged once
         while not self._stopping.is_set():
             try:
                 if self._version is None:
                     self._version = self._list()
                 self._watch(self._version)
-                delay, failing = self.retry_first, False
+                delay, problem = self.retry_first, None
             except Relist:
                 self._version = None
             except Exception as err:  # the thread must not end: the caches would stop moving
@@ -90,9 +90,10 @@ class Informer:
                 elif not isinstance(err, FAILURES):
                     self._version = None  # something unforeseen: start again from a listing
                     log.exception("watching %s failed", self.name or self.path)
-                if not failing:
+                kind = (type(err).__name__, err.status if isinstance(err, ApiError) else None)
+                if kind != problem:  # once per kind of failure, not once per try
                     log.warning("watching %s failed: %s; trying again", self.name or self.path, err)
-                failing = True
+                problem = kind
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self.retry_longest)
 
