@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.cluster.binaries import K8S_VERSION
 from tests.cluster.cluster import LocalCluster
 from tests.support.chart import render, tool
 
@@ -31,9 +32,12 @@ def test_every_rendered_object_is_valid_for_a_1_20_api_server(
         "tolerations[0].key=dedicated",
         "tolerations[0].operator=Exists",
         include_crds=True,
+        kube_version=K8S_VERSION,
     )
     kinds = {o["kind"] for o in objects}
-    assert {"CustomResourceDefinition", "Deployment", "Service", "ConfigMap", "Role", "ClusterRole"} <= kinds
+    assert {
+        "CustomResourceDefinition", "Deployment", "Service", "ConfigMap", "Role", "ClusterRole", "FlowSchema"
+    } <= kinds  # fmt: skip
     for obj in objects:
         if obj["metadata"].get("namespace") is not None or obj["kind"] in (
             "Deployment",

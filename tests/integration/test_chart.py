@@ -372,6 +372,45 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.parametrize(
+    ("kube_version", "api_version"),
+    [("1.20.2", "v1beta1"), ("1.22.0", "v1beta1"), ("1.23.0", "v1beta2"), ("1.25.3", "v1beta2"),
+     ("1.26.0", "v1beta3"), ("1.28.9", "v1beta3"), ("1.29.0", "v1"), ("1.35.0", "v1")],
+)  # fmt: skip
+def test_the_operators_requests_get_a_priority_level_of_their_own(
+    kube_version: str, api_version: str
+) -> None:
+    objects = render(kube_version=kube_version)
+    (schema,) = [o for o in objects if o["kind"] == "FlowSchema"]
+    assert schema["apiVersion"] == f"flowcontrol.apiserver.k8s.io/{api_version}"
+    (account,) = [o for o in objects if o["kind"] == "ServiceAccount"]
+    spec = schema["spec"]
+    assert spec["priorityLevelConfiguration"] == {"name": "workload-high"}
+    assert spec["matchingPrecedence"] < 9000  # ahead of the API server's service-accounts schema
+    (rule,) = spec["rules"]
+    assert rule["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "serviceAccount": {"name": account["metadata"]["name"], "namespace": NAMESPACE},
+        }
+    ]
+    (resources,) = rule["resourceRules"]
+    assert resources["verbs"] == resources["apiGroups"] == resources["resources"] == ["*"]
+    assert resources["clusterScope"] is True and resources["namespaces"] == ["*"]
+
+
+def test_the_flowschema_follows_its_values() -> None:
+    def schemas(*sets: str) -> list[Obj]:
+        objects = render(*sets, kube_version="1.30.0")
+        return [o for o in objects if o["kind"] == "FlowSchema"]
+
+    assert schemas("apiPriority.enabled=false") == []
+    (tuned,) = schemas("apiPriority.priorityLevel=system", "apiPriority.matchingPrecedence=500")
+    assert tuned["spec"]["priorityLevelConfiguration"]["name"] == "system"
+    assert tuned["spec"]["matchingPrecedence"] == 500
+    assert "/apiPriority/matchingPrecedence" in render_error("apiPriority.matchingPrecedence=1")
+
+
 def test_trial_rbac_grants_trials_only_their_status_in_each_namespace() -> None:
     objects = render(
         "trialRbac.create=true", "trialRbac.namespaces={team-a,team-b}", "leaderElection.enabled=false"

@@ -56,9 +56,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @cache
 def _template(
-    sets: tuple[str, ...], release: str, api_versions: tuple[str, ...], include_crds: bool
+    sets: tuple[str, ...],
+    release: str,
+    api_versions: tuple[str, ...],
+    include_crds: bool,
+    kube_version: str | None = None,
 ) -> tuple[int, str, str]:
     args = [tool("helm"), "template", release, str(CHART), "--namespace", NAMESPACE]
+    if kube_version is not None:
+        args += ["--kube-version", kube_version]
     for value in sets:
         args += ["--set", value]
     for api in api_versions:
@@ -70,9 +76,15 @@ def _template(
 
 
 def render(
-    *sets: str, release: str = RELEASE, api_versions: Iterable[str] = (), include_crds: bool = False
+    *sets: str,
+    release: str = RELEASE,
+    api_versions: Iterable[str] = (),
+    include_crds: bool = False,
+    kube_version: str | None = None,
 ) -> list[Obj]:
-    code, out, err = _template(tuple(sets), release, tuple(api_versions), include_crds)
+    """The chart rendered by `helm template`; ``kube_version``: the cluster's Kubernetes (default:
+    helm's own), which picks the FlowSchema's API version."""
+    code, out, err = _template(tuple(sets), release, tuple(api_versions), include_crds, kube_version)
     assert code == 0, err
     return [doc for doc in yaml.safe_load_all(out) if doc]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cluster.binaries import K8S_VERSION
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.waiting import wait_for
 
@@ -48,8 +49,10 @@ def helm_template() -> str:
     helm = shutil.which("helm")
     if helm is None:
         pytest.skip("helm is not on PATH (scripts/install-cluster-tools installs it)")
+    # The harness's Kubernetes, whose API versions the chart picks (its FlowSchema's).
+    kube = ["--kube-version", K8S_VERSION]
     done = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE],
+        [helm, "template", RELEASE, str(CHART), "--namespace", OPERATOR_NAMESPACE, *kube],
         capture_output=True,
         text=True,
         check=True,

@@ -73,3 +73,23 @@ The operator's --allow-* arguments from trialPolicy (and trialRbac's shared acco
 - {{ printf "--allow-capability=%s" . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+hpo-operator.flowcontrolVersion: the flowcontrol.apiserver.k8s.io version for the cluster's
+Kubernetes (v1beta1 from 1.20, v1beta2 from 1.23, v1beta3 from 1.26, v1 from 1.29), or "" when the
+cluster does not serve it (API Priority and Fairness turned off).
+*/}}
+{{- define "hpo-operator.flowcontrolVersion" -}}
+{{- $kube := .Capabilities.KubeVersion.Version -}}
+{{- $version := "v1beta1" -}}
+{{- if semverCompare ">=1.29-0" $kube -}}
+{{- $version = "v1" -}}
+{{- else if semverCompare ">=1.26-0" $kube -}}
+{{- $version = "v1beta3" -}}
+{{- else if semverCompare ">=1.23-0" $kube -}}
+{{- $version = "v1beta2" -}}
+{{- end -}}
+{{- if .Capabilities.APIVersions.Has (printf "flowcontrol.apiserver.k8s.io/%s" $version) -}}
+{{- $version -}}
+{{- end -}}
+{{- end -}}
