@@ -28,6 +28,7 @@ DEFAULT_KINDS = [
     "ClusterRole",
     "ClusterRoleBinding",
     "Deployment",
+    "FlowSchema",
     "Role",
     "RoleBinding",
     "Service",
