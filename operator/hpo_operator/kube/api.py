@@ -91,7 +91,7 @@ class Api:
                 "cert_file": configuration.cert_file,
                 "key_file": configuration.key_file,
             }
-        self._pool = urllib3.PoolManager(maxsize=8, **tls)
+        self._pool = urllib3.PoolManager(maxsize=16, **tls)  # a reconcile writes up to 8 at once
         # Watches hold their connection for minutes: never the ones the requests need.
         self._watch_pool = urllib3.PoolManager(maxsize=16, **tls)
 
