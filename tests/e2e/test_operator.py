@@ -43,6 +43,8 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     operator: OperatorProcess, kube: Kube, namespace: str
 ) -> None:
     started = time.time()
+    scraped_before = scrape(operator)
+    requests_before = api_requests(scraped_before)
     with PodWatch(kube, namespace) as watch:
         create_study(kube, namespace, study_manifest("digits", deadline="40s"))
         study = wait_phase(kube, namespace, "digits", {"Succeeded", "Failed"}, 90)
@@ -116,11 +118,28 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
         sample(samples, "hpo_study_best_value", **study_labels, metric="accuracy") == status["best"]["value"]
     )
     assert sample(samples, "hpo_decision_latency_seconds_count") > 0
-    api_requests = [
-        v for (name, _), v in samples.items() if name == "hpo_kube_api_request_duration_seconds_count"
-    ]
-    assert sum(api_requests) > 0
+    # The reconciles read the operator's watch-fed caches: over the whole study the only reads are
+    # the periodic listing of the studies and the GETs of each new trial's ServiceAccount.
+    made = {k: v - requests_before.get(k, 0) for k, v in api_requests(samples).items()}
+    made = {k: v for k, v in made.items() if v}
+    reads = {k: v for k, v in made.items() if k[0] in ("get", "list")}
+    count = ("hpo_reconcile_duration_seconds_count", frozenset())
+    reconciles = samples[count] - scraped_before.get(count, 0)
+    assert set(reads) <= {("list", "hpostudies"), ("get", "serviceaccounts")}, reads
+    assert reads.get(("get", "serviceaccounts"), 0) <= 3 * len(trials), reads
+    assert reads.get(("list", "hpostudies"), 0) < reconciles / 4, (reads, reconciles)
+    assert made.get(("patch", "hpostudies"), 0) > 0, made  # the counts do count this operator
     assert operator.get("/healthz", operator.port) == (200, "ok\n")
+
+
+def api_requests(samples: Samples) -> dict[tuple[str, str], float]:
+    """The operator's API requests so far, by (verb, resource)."""
+    counts: dict[tuple[str, str], float] = {}
+    for (name, labels), value in samples.items():
+        if name == "hpo_kube_api_request_duration_seconds_count":
+            tags = dict(labels)
+            counts[(tags["verb"], tags["resource"])] = value
+    return counts
 
 
 def test_parallel_trials_one_runs_one_trial_at_a_time(

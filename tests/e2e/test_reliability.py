@@ -364,11 +364,14 @@ def watch_failures(operator: OperatorProcess) -> float:
     return sample(scrape(operator), "hpo_operator_watch_failures_total")
 
 
-def serve_trials(kube: Kube, served: bool) -> None:
-    """Serve the HPOTrial resource or not: its objects stay in etcd, but its paths answer a bare
+TRIALS_PATH = "/apis/hpo.dev/v1alpha1/hpotrials"
+
+
+def serve(kube: Kube, plural: str, served: bool) -> None:
+    """Serve the custom resource or not: its objects stay in etcd, but its paths answer a bare
     "404 page not found", as they do for a moment after an API server starts."""
     ops = [{"op": "replace", "path": "/spec/versions/0/served", "value": served}]
-    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/hpotrials.hpo.dev"
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.hpo.dev"
     kube.patch(path, ops, content_type="application/json-patch+json")
 
 
@@ -378,19 +381,29 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
     pid = operator.proc.pid if operator.proc else None
     failures = watch_failures(operator)
     start_two_reporting(kube, namespace, log_dir, "unserved")
-    # The restart ends kopf's watches; their reconnection finds HPOTrials not served (404), which
-    # ends kopf, as when an API server serves a custom resource a moment after it listens. They are
-    # served again once the next run of kopf waits for them in its startup (kopf looks its
-    # resources up once): the garbage collector, which sees the owners of the trials' Jobs answer
-    # 404 too, may delete those Jobs meanwhile.
-    serve_trials(kube, False)
+    # The restart ends every watch; their reconnection finds HPOTrials and HPOStudies not served
+    # (404), as when an API server serves a custom resource a moment after it listens. The operator's
+    # HPOTrial informer lists again until they are; kopf's HPOStudy watch ends kopf, whose next run
+    # waits in its startup until both are served (kopf looks its resources up once). The garbage
+    # collector, which sees the owners of the trials' Jobs answer 404 too, may delete those Jobs
+    # meanwhile.
+    serve(kube, "hpotrials", False)
+    serve(kube, "hpostudies", False)
     try:
         cluster.restart_apiserver(down_seconds=1)
         wait_for(
             lambda: "has failed: 404 page not found" in operator.tail(100),
             30,
             0.1,
-            lambda: f"kopf's HPOTrial watch meeting the 404; operator log:\n{operator.tail()}",
+            lambda: f"kopf's HPOStudy watch meeting the 404; operator log:\n{operator.tail()}",
+        )
+        wait_for(
+            lambda: (
+                "watching hpotrials failed: GET /apis/hpo.dev/v1alpha1/hpotrials: 404" in operator.tail(200)
+            ),
+            30,
+            0.1,
+            lambda: f"the HPOTrial informer meeting the 404; operator log:\n{operator.tail()}",
         )
         wait_for(
             lambda: "hpotrials.hpo.dev/v1alpha1 not served yet" in operator.tail(30),
@@ -407,7 +420,8 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
             "a trial's report meeting the 404",
         )
     finally:
-        serve_trials(kube, True)
+        serve(kube, "hpostudies", True)
+        serve(kube, "hpotrials", True)
     wait_for(
         lambda: watch_failures(operator) > failures,
         30,
@@ -420,7 +434,7 @@ def test_hpotrials_not_served_after_an_apiserver_restart_kopf_runs_again_and_no_
     # The reports the 404 refused were retried and got through once HPOTrials were back.
     assert_came_through(operator, pid, cluster, kube, namespace, log_dir, "unserved")
     assert "starting it again" in operator.tail(400)
-    # The new run of kopf found both resources: none is left unwatched.
+    # The new run of kopf found its resource: none is left unwatched.
     assert "Unresolved resources" not in operator.log_path.read_text(errors="replace")
 
 

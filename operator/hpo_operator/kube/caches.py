@@ -149,7 +149,10 @@ class Caches:
         with self._lock:
             listeners = list(self._listeners)
         for listener in listeners:
-            listener(namespace, str(study))
+            try:
+                listener(namespace, str(study))
+            except Exception:  # an informer must go on whatever a listener does
+                log.exception("a listener failed on a change of %s/%s", namespace, study)
 
     def wait_synced(self) -> None:
         """Return once every cache has been listed; raise NotSynced after ``sync_timeout``."""
@@ -174,7 +177,9 @@ class Caches:
     # --- reads ------------------------------------------------------------------------------------
 
     def _store(self, kind: str, namespace: str) -> Store:
-        store = self._stores.get((kind, namespace)) or self._stores.get((kind, ""))
+        store = self._stores.get((kind, namespace))  # (a Store is falsy while empty: no `or`)
+        if store is None:
+            store = self._stores.get((kind, ""))
         if store is None:
             raise KeyError(f"{namespace} is not a served namespace")
         return store

@@ -122,7 +122,8 @@ class Engine:
             loop = asyncio.get_running_loop()
 
             def changed(namespace: str, study: str) -> None:  # from the informers' threads
-                loop.call_soon_threadsafe(self.child_event, namespace, study)
+                with contextlib.suppress(RuntimeError):  # the loop closed: this engine is done
+                    loop.call_soon_threadsafe(self.child_event, namespace, study)
 
             self._listener = changed
             caches.listen(changed)

@@ -27,7 +27,7 @@ JSON = dict[str, Any]
 PAGE_SIZE = 500
 WATCH_SECONDS = 300  # the API server ends each watch after this; it is started again at once
 RETRY_FIRST_SECONDS = 0.5
-RETRY_LONGEST_SECONDS = 30.0
+RETRY_LONGEST_SECONDS = 5.0  # a collection not served (404) is looked at again at least this often
 FAILURES = (ApiError, OSError, urllib3.exceptions.HTTPError, ValueError)
 
 
@@ -57,6 +57,9 @@ class Informer:
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     lists: int = field(default=0, init=False)  # listings made (the first, and each re-list)
+    # Where the next watch starts: the last resourceVersion seen (None: list first). Kept per event,
+    # so that a watch broken half-way goes on after what it delivered instead of from its start.
+    _version: str | None = field(default=None, init=False)
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -70,23 +73,27 @@ class Informer:
         self._stopping.set()
 
     def run(self) -> None:
-        version: str | None = None
+        self._version = None
         delay = self.retry_first
-        failing = False
+        problem: tuple[str, int | None] | None = None  # the last failure's kind, logged once
         while not self._stopping.is_set():
             try:
-                if version is None:
-                    version = self._list()
-                version = self._watch(version)
-                delay, failing = self.retry_first, False
+                if self._version is None:
+                    self._version = self._list()
+                self._watch(self._version)
+                delay, problem = self.retry_first, None
             except Relist:
-                version = None
-            except FAILURES as err:
+                self._version = None
+            except Exception as err:  # the thread must not end: the caches would stop moving
                 if isinstance(err, ApiError) and err.status in (404, 410):
-                    version = None
-                if not failing:
+                    self._version = None
+                elif not isinstance(err, FAILURES):
+                    self._version = None  # something unforeseen: start again from a listing
+                    log.exception("watching %s failed", self.name or self.path)
+                kind = (type(err).__name__, err.status if isinstance(err, ApiError) else None)
+                if kind != problem:  # once per kind of failure, not once per try
                     log.warning("watching %s failed: %s; trying again", self.name or self.path, err)
-                failing = True
+                problem = kind
                 self._stopping.wait(delay)
                 delay = min(delay * 2, self.retry_longest)
 
@@ -111,7 +118,7 @@ class Informer:
             self.on_change(change)
         return version
 
-    def _watch(self, version: str) -> str:
+    def _watch(self, version: str) -> None:
         query: dict[str, str | int] = {
             **self.query,
             "resourceVersion": version,
@@ -127,10 +134,9 @@ class Informer:
                 if code == 410:
                     raise Relist(obj.get("message"))
                 raise ApiError(code, "WATCH", self.path, str(obj.get("message")))
-            version = version_of(obj) or version
+            self._version = version_of(obj) or self._version
             if kind == "BOOKMARK":
                 continue
             change = self.store.apply(str(kind), obj)
             if change is not None:
                 self.on_change(change)
-        return version

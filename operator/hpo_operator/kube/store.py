@@ -46,6 +46,11 @@ def newer(candidate: str, current: str) -> bool:
     return candidate != current or not candidate
 
 
+def older(candidate: str, current: str) -> bool:
+    """Whether resourceVersion ``candidate`` is known to be earlier than ``current`` (both numbers)."""
+    return candidate.isdigit() and current.isdigit() and int(candidate) < int(current)
+
+
 @dataclass(frozen=True)
 class Change:
     """What one event did to the store: the object as it now is (or was, when deleted)."""
@@ -151,8 +156,11 @@ class Store:
         with self._lock:
             if kind == "DELETED":
                 current = self._objects.get(key)
-                if current is not None and newer(version_of(current), version_of(obj)):
+                if current is not None and older(version_of(obj), version_of(current)):
                     return None  # the name was made again since: this deletion is of the old one
+                gone = self._gone.get(key)
+                if current is None and gone and not newer(version_of(obj), gone):
+                    return None  # deleted at this version already (a watch that replays its events)
                 old = self._drop(key, version_of(obj))
                 return Change("DELETED", old or obj)
             if not self._is_newer(key, obj, own):
