@@ -266,7 +266,15 @@ def play(config_path: str) -> None:
         if ok and resource >= p.max_resource and isinstance(p.reporter, BackgroundReporter):
             ok = p.reporter.flush(30.0)  # the trainer's exit sends what is queued
         if not ok:
-            write({"event": "failed", "trial": p.trial, "resource": resource, "t": time.time()})
+            write(
+                {
+                    "event": "failed",
+                    "ns": p.namespace,
+                    "trial": p.trial,
+                    "resource": resource,
+                    "t": time.time(),
+                }
+            )
         with lock:
             stats["sent" if ok else "failed"] += 1
             stats["late"].append(late)  # type: ignore[attr-defined]
@@ -853,11 +861,16 @@ def run_phase(
     api1, op1, cpu1 = apiserver_requests(kube), operator_samples(operator), cpu_of(pids)
     studies = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies")["items"]
     trials = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
-    ends = []
+    ends, failed_in_window = [], 0
     for line in play_log.read_text().splitlines():
         record = json.loads(line)
         if record["event"] == "end":
             ends.append(record)
+        # Reports given up inside the window, in this phase's namespace (the teardown's 404s come
+        # after it; a pruned pod's reports held at its deletion are given up too, see the page).
+        failed_in_window += (
+            record["event"] == "failed" and record.get("ns") == namespace and t0 <= record["t"] <= t1
+        )
     players = [json.loads(line) for line in play_log.read_text().splitlines() if '"stats"' in line]
     players = [p for p in players if t0 <= p["t"] <= t1 + 5]
     wall = t1 - t0
@@ -914,7 +927,8 @@ def run_phase(
         "player": {
             "late_p50_max_s": max((p["late_p50"] or 0) for p in players) if players else None,
             "late_p99_max_s": max((p["late_p99"] or 0) for p in players) if players else None,
-            "failed_total": players[-1]["failed"] if players else None,
+            "failed_total": players[-1]["failed"] if players else None,  # since the run began
+            "failed_in_window": failed_in_window,
         },
     }
     # Tear down: the studies first (the operator stops starting trials), then the namespace.
