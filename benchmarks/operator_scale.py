@@ -33,7 +33,18 @@ as the reports' ``time``):
   started in the window; CPU seconds and RSS of the operator and of the control plane from /proc;
   os.getloadavg() every 5 s.
 
-Results: benchmarks/results/operator_scale.json; docs/benchmarks/operator-scale.md.
+Phases: ``--phases 1x8 10x8 50x8:cache 1x200`` (studies x running trials per study, optionally
+``:cache`` or ``:api``) replaces ``--studies``/``--trials``. Each phase runs once per
+``--report-interval`` and once per ``--reads`` mode (a ``:mode`` suffix fixes it for that phase):
+``cache``, the operator reading from its watch-fed caches (its default), or ``api``, ``hpo operator
+--no-watch-caches``, every reconcile reading the API. The operator is restarted when the mode
+changes. Each phase records its mode and the operator's requests per trial split into lists, gets
+and writes, and per reconcile.
+
+    .venv/bin/python -m benchmarks.operator_scale --phases 1x8 10x8 --reads api cache \\
+        --report-interval 2 --minutes 2 --warmup 30 --out benchmarks/results/operator_scale_caches.json
+
+Results: benchmarks/results/operator_scale*.json; docs/benchmarks/operator-scale.md.
 """
 
 from __future__ import annotations
@@ -62,6 +73,45 @@ RESULTS = REPO / "benchmarks" / "results" / "operator_scale.json"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 WAITER = "trap 'kill $! 2>/dev/null; exit 0' TERM; sleep 100000 & wait"
+READS = ("cache", "api")  # the operator's reads: its watch-fed caches, or the API at every reconcile
+READ_VERBS = ("list", "get")
+
+
+@dataclass(frozen=True)
+class Phase:
+    studies: int
+    trials: int  # running trials per study (parallelTrials)
+    reads: str | None = None  # None: every mode of --reads
+
+
+def parse_phase(text: str) -> Phase:
+    """``NxT`` or ``NxT:mode``: N studies of T running trials, optionally in one reads mode."""
+    shape, _, mode = text.partition(":")
+    try:
+        studies, trials = (int(v) for v in shape.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"phase {text!r}: expected STUDIESxTRIALS[:cache|:api], e.g. 10x8 or 50x8:cache"
+        ) from None
+    if studies < 1 or trials < 1:
+        raise argparse.ArgumentTypeError(f"phase {text!r}: studies and trials must be at least 1")
+    if mode and mode not in READS:
+        raise argparse.ArgumentTypeError(
+            f"phase {text!r}: reads mode {mode!r} is not one of {', '.join(READS)}"
+        )
+    return Phase(studies, trials, mode or None)
+
+
+def phase_plan(args: argparse.Namespace) -> list[tuple[Phase, float, str]]:
+    """Every (phase, report interval, reads mode) to run, in order: modes innermost, so the modes of
+    one scale run next to each other in time."""
+    phases = args.phases or [Phase(n, args.trials) for n in args.studies]
+    return [
+        (phase, interval, reads)
+        for phase in phases
+        for interval in args.report_interval
+        for reads in ([phase.reads] if phase.reads else args.reads)
+    ]
 
 
 # --- the trials' reports: the SDK's code over kept-alive connections --------------------------------
@@ -216,7 +266,15 @@ def play(config_path: str) -> None:
         if ok and resource >= p.max_resource and isinstance(p.reporter, BackgroundReporter):
             ok = p.reporter.flush(30.0)  # the trainer's exit sends what is queued
         if not ok:
-            write({"event": "failed", "trial": p.trial, "resource": resource, "t": time.time()})
+            write(
+                {
+                    "event": "failed",
+                    "ns": p.namespace,
+                    "trial": p.trial,
+                    "resource": resource,
+                    "t": time.time(),
+                }
+            )
         with lock:
             stats["sent" if ok else "failed"] += 1
             stats["late"].append(late)  # type: ignore[attr-defined]
@@ -450,7 +508,9 @@ def stats(values: list[float]) -> JSON:
 # --- the studies ---------------------------------------------------------------------------------
 
 
-def study_manifest(name: str, seed: int, args: argparse.Namespace, report_interval: float) -> JSON:
+def study_manifest(
+    name: str, seed: int, args: argparse.Namespace, report_interval: float, trials: int
+) -> JSON:
     env = (
         [{"name": "HPO_REPORT_INTERVAL_SECONDS", "value": f"{report_interval:g}"}] if report_interval else []
     )
@@ -466,7 +526,7 @@ def study_manifest(name: str, seed: int, args: argparse.Namespace, report_interv
             "maximumResource": args.max_resource,
             "reductionFactor": 3,
             "budget": {"deadline": "120m"},
-            "parallelTrials": args.trials,
+            "parallelTrials": trials,
             "gpusPerTrial": 1,
             "seed": seed,
             "trialTemplate": {
@@ -583,11 +643,32 @@ def analyse(
 
 
 def main() -> None:
+    args = parser().parse_args()
+    if args.play:
+        play(args.play)
+        return
+    run(args)
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--studies", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--trials", type=int, default=8, help="running trials per study")
+    parser.add_argument(
+        "--phases",
+        type=parse_phase,
+        nargs="+",
+        help="per phase STUDIESxTRIALS[:cache|:api], e.g. 1x8 50x8:cache 1x200; replaces --studies, --trials",
+    )
+    parser.add_argument(
+        "--reads",
+        nargs="+",
+        choices=READS,
+        default=["cache"],
+        help="per phase: the operator reads from its watch-fed caches, or the API (--no-watch-caches)",
+    )
     parser.add_argument("--minutes", type=float, default=3.0, help="measured minutes per phase")
     parser.add_argument("--min-resource", type=int, default=10, help="reports to the first rung")
     parser.add_argument("--max-resource", type=int, default=90, help="reports of a full training")
@@ -603,11 +684,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--play", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.play:
-        play(args.play)
-        return
-    run(args)
+    return parser
 
 
 def run(args: argparse.Namespace) -> None:
@@ -622,7 +699,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         kube = cluster.admin()
         kubeconfig = install_chart_without_operator(cluster)
-        operator = OperatorProcess(kubeconfig, cluster.log_dir / "hpo-operator.log")
+        plan = phase_plan(args)
+        mode = plan[0][2]
+        operator = OperatorProcess(kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(mode))
         operator.start()
         assert operator.proc is not None
         play_log = cluster.root / "player.jsonl"
@@ -669,8 +748,18 @@ def run(args: argparse.Namespace) -> None:
             "phases": [],
         }
         print(f"idle: {json.dumps(result['idle'])}", flush=True)
-        for n, interval in [(n, i) for n in args.studies for i in args.report_interval]:
-            phase = run_phase(n, interval, args, cluster, kube, operator, watcher, pids, play_log)
+        for spec, interval, reads in plan:
+            if reads != mode:
+                # The other mode: a fresh operator (the last phase's namespace is gone already).
+                operator.stop()
+                operator = OperatorProcess(
+                    kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(reads)
+                )
+                operator.start()
+                assert operator.proc is not None
+                pids["operator"], mode = operator.proc.pid, reads
+                print(f"operator restarted, reads: {reads}", flush=True)
+            phase = run_phase(spec, interval, reads, args, cluster, kube, operator, watcher, pids, play_log)
             result["phases"].append(phase)
             print(json.dumps(phase, indent=1), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -687,6 +776,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"cluster down in {cluster.down():.1f}s", flush=True)
         if not os.environ.get("HPO_KEEP_CLUSTER"):
             cluster.remove()
+
+
+def operator_args(reads: str) -> list[str]:
+    return ["--no-watch-caches"] if reads == "api" else []
 
 
 def source_state() -> JSON:
@@ -715,8 +808,9 @@ def idle_phase(kube: Any, operator: Any, pids: dict[str, int], seconds: float = 
 
 
 def run_phase(
-    n: int,
+    spec: Phase,
     report_interval: float,
+    reads: str,
     args: argparse.Namespace,
     cluster: Any,
     kube: Any,
@@ -725,15 +819,16 @@ def run_phase(
     pids: dict[str, int],
     play_log: Path,
 ) -> JSON:
-    namespace = f"scale-{n}-{report_interval:g}".replace(".", "-")
+    n, per_study = spec.studies, spec.trials
+    namespace = f"scale-{n}x{per_study}-{report_interval:g}-{reads}".replace(".", "-")
     kube.create(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
     )
     created = time.time()
     for i in range(n):
-        body = study_manifest(f"s{i:03d}", 1000 + i, args, report_interval)
+        body = study_manifest(f"s{i:03d}", 1000 + i, args, report_interval, per_study)
         kube.create(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies", body)
-    want = n * args.trials
+    want = n * per_study
 
     def running() -> int:
         return sum(
@@ -746,7 +841,11 @@ def run_phase(
     while running() < want and time.time() < deadline:
         time.sleep(1)
     warm = time.time()
-    print(f"{n} studies: {running()}/{want} trial pods running after {warm - created:.0f}s", flush=True)
+    start = {"running": running(), "wanted": want, "seconds": round(warm - created, 1)}
+    print(
+        f"{n}x{per_study} ({reads}): {start['running']}/{want} trial pods running after {start['seconds']}s",
+        flush=True,
+    )
     time.sleep(args.warmup)
     # The window.
     api0, op0, cpu0 = apiserver_requests(kube), operator_samples(operator), cpu_of(pids)
@@ -762,18 +861,25 @@ def run_phase(
     api1, op1, cpu1 = apiserver_requests(kube), operator_samples(operator), cpu_of(pids)
     studies = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies")["items"]
     trials = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
-    ends = []
+    ends, failed_in_window = [], 0
     for line in play_log.read_text().splitlines():
         record = json.loads(line)
         if record["event"] == "end":
             ends.append(record)
+        # Reports given up inside the window, in this phase's namespace (the teardown's 404s come
+        # after it; a pruned pod's reports held at its deletion are given up too, see the page).
+        failed_in_window += (
+            record["event"] == "failed" and record.get("ns") == namespace and t0 <= record["t"] <= t1
+        )
     players = [json.loads(line) for line in play_log.read_text().splitlines() if '"stats"' in line]
     players = [p for p in players if t0 <= p["t"] <= t1 + 5]
     wall = t1 - t0
     out: JSON = {
         "studies": n,
         "report_interval_s": report_interval,
-        "trials_per_study": args.trials,
+        "trials_per_study": per_study,
+        "reads": reads,
+        "start": start,
         "window_s": round(wall, 1),
     }
     out |= analyse(namespace, (t0, t1), watcher, studies, trials, ends)
@@ -797,7 +903,11 @@ def run_phase(
         "operator_requests_per_trial_by_verb_resource": {
             f"{v} {r}": round(c / trials_run, 2) for (v, r), c in sorted(mine.items(), key=lambda kv: -kv[1])
         },
+        "operator_requests_per_trial_split": split_requests(mine, trials_run),
         "operator_reconciles": reconcile_count(op1) - reconcile_count(op0),
+        "operator_requests_per_reconcile_split": split_requests(
+            mine, max(1.0, reconcile_count(op1) - reconcile_count(op0))
+        ),
         "operator_decision_latency_bucket_s": {
             f"p{int(q * 100)}": histogram_quantile(
                 histogram(op0, "hpo_decision_latency_seconds"),
@@ -817,7 +927,8 @@ def run_phase(
         "player": {
             "late_p50_max_s": max((p["late_p50"] or 0) for p in players) if players else None,
             "late_p99_max_s": max((p["late_p99"] or 0) for p in players) if players else None,
-            "failed_total": players[-1]["failed"] if players else None,
+            "failed_total": players[-1]["failed"] if players else None,  # since the run began
+            "failed_in_window": failed_in_window,
         },
     }
     # Tear down: the studies first (the operator stops starting trials), then the namespace.
@@ -831,37 +942,75 @@ def run_phase(
     return out
 
 
+def split_requests(requests: dict[tuple[str, str], float], per: float) -> JSON:
+    """The operator's requests divided by ``per``: lists, gets and writes, each list by resource."""
+    lists = {r: c for (v, r), c in requests.items() if v == "list"}
+    gets = sum(c for (v, _), c in requests.items() if v == "get")
+    writes = sum(c for (v, _), c in requests.items() if v not in READ_VERBS)
+    return {
+        "list": round(sum(lists.values()) / per, 3),
+        "get": round(gets / per, 3),
+        "writes": round(writes / per, 3),
+        "list_by_resource": {r: round(c / per, 3) for r, c in sorted(lists.items())},
+    }
+
+
 def reconcile_count(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
     return sum(v for (name, _), v in samples.items() if name == "hpo_reconcile_duration_seconds_count")
 
 
 def ratios(phases: list[JSON]) -> JSON:
-    """Each phase against the first (the smallest scale) of the same run."""
-    if len(phases) < 2:
-        return {}
-    base = phases[0]
+    """Each phase against the first (the smallest scale) of the same reads mode in the run; with
+    more than one mode, also each ``cache`` phase against the ``api`` phase of the same shape."""
+    modes = list(dict.fromkeys(p.get("reads", "cache") for p in phases))
     out = {}
-    for p in phases[1:]:
-        key = f"{p['studies']}/{base['studies']} studies"
-        if p.get("report_interval_s") != base.get("report_interval_s"):
-            key += f", report interval {p.get('report_interval_s'):g}/{base.get('report_interval_s'):g} s"
-        r: JSON = {}
-        for metric in ("decision_lag_s", "prune_report_to_deletion_s", "completed_end_to_next_pod_s"):
-            a, b = base[metric], p[metric]
-            if a.get("n") and b.get("n") and a["median"] > 0:
-                r[f"{metric} median"] = round(b["median"] / a["median"], 2)
-        r["operator_cpu_fraction"] = (
-            round(p["operator_cpu_fraction"] / base["operator_cpu_fraction"], 2)
-            if base["operator_cpu_fraction"]
-            else None
-        )
-        r["api_requests_per_trial"] = round(p["api_requests_per_trial"] / base["api_requests_per_trial"], 2)
-        for cost in ("kube-apiserver", "etcd"):
-            if base["cpu_seconds"].get(cost) and p["cpu_seconds"].get(cost):
-                per_report = [x["cpu_seconds"][cost] / max(1, x["reports"]) for x in (base, p)]
-                r[f"{cost} cpu per report"] = round(per_report[1] / per_report[0], 2)
-        out[key] = r
+    for mode in modes:
+        same = [p for p in phases if p.get("reads", "cache") == mode]
+        base = same[0]
+        for p in same[1:]:
+            key = f"{p['studies']}/{base['studies']} studies"
+            if p["trials_per_study"] != base["trials_per_study"]:
+                key += f", trials {p['trials_per_study']}/{base['trials_per_study']}"
+            if p.get("report_interval_s") != base.get("report_interval_s"):
+                key += f", report interval {p.get('report_interval_s'):g}/{base.get('report_interval_s'):g} s"
+            if len(modes) > 1:
+                key += f", reads {mode}"
+            out[key] = compare(base, p)
+    if "api" in modes and "cache" in modes:
+        api = {shape(p): p for p in phases if p.get("reads") == "api"}
+        for p in phases:
+            if p.get("reads") == "cache" and shape(p) in api:
+                out[f"reads cache/api, {p['studies']}x{p['trials_per_study']}"] = compare(api[shape(p)], p)
     return out
+
+
+def shape(phase: JSON) -> tuple[int, int, float | None]:
+    return phase["studies"], phase["trials_per_study"], phase.get("report_interval_s")
+
+
+def compare(base: JSON, p: JSON) -> JSON:
+    """Ratios of ``p`` to ``base``: latencies' medians, operator CPU and requests, control-plane CPU
+    per report."""
+    r: JSON = {}
+    for metric in ("decision_lag_s", "prune_report_to_deletion_s", "completed_end_to_next_pod_s"):
+        a, b = base[metric], p[metric]
+        if a.get("n") and b.get("n") and a["median"] > 0:
+            r[f"{metric} median"] = round(b["median"] / a["median"], 2)
+    r["operator_cpu_fraction"] = (
+        round(p["operator_cpu_fraction"] / base["operator_cpu_fraction"], 2)
+        if base["operator_cpu_fraction"]
+        else None
+    )
+    r["api_requests_per_trial"] = round(p["api_requests_per_trial"] / base["api_requests_per_trial"], 2)
+    if base["operator_requests_per_trial"]:
+        r["operator_requests_per_trial"] = round(
+            p["operator_requests_per_trial"] / base["operator_requests_per_trial"], 2
+        )
+    for cost in ("kube-apiserver", "etcd"):
+        if base["cpu_seconds"].get(cost) and p["cpu_seconds"].get(cost):
+            per_report = [x["cpu_seconds"][cost] / max(1, x["reports"]) for x in (base, p)]
+            r[f"{cost} cpu per report"] = round(per_report[1] / per_report[0], 2)
+    return r
 
 
 if __name__ == "__main__":

@@ -609,3 +609,71 @@ def test_optuna_harness_stops_at_the_report_that_pruned_a_trial(tmp_path: Path) 
     finished = harness(prune_at=None)
     assert finished.tell_reports(4) is False
     assert finished.trial.told == [1, 2, 3, 4] and len(finished.reports) == 4
+
+
+def test_operator_scale_phases_run_each_reads_mode_next_to_each_other() -> None:
+    from benchmarks.operator_scale import Phase, parser, phase_plan
+
+    args = parser().parse_args(["--phases", "1x8", "50x8:cache", "1x200", "--reads", "api", "cache"])
+    plan = [(p.studies, p.trials, interval, reads) for p, interval, reads in phase_plan(args)]
+    assert plan == [
+        (1, 8, 0.0, "api"),
+        (1, 8, 0.0, "cache"),
+        (50, 8, 0.0, "cache"),
+        (1, 200, 0.0, "api"),
+        (1, 200, 0.0, "cache"),
+    ]
+    default = phase_plan(parser().parse_args(["--studies", "1", "10", "--trials", "4"]))
+    assert default == [(Phase(1, 4), 0.0, "cache"), (Phase(10, 4), 0.0, "cache")]
+
+
+@pytest.mark.parametrize("bad", ["8", "1x", "0x8", "1x8:disk"])
+def test_operator_scale_rejects_a_malformed_phase(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.operator_scale import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--phases", bad])
+    assert f"phase {bad!r}" in capsys.readouterr().err
+
+
+def test_operator_scale_splits_the_operators_requests_into_lists_gets_and_writes() -> None:
+    from benchmarks.operator_scale import split_requests
+
+    requests = {
+        ("list", "pods"): 6.0,
+        ("list", "hpotrials"): 2.0,
+        ("get", "hpostudies"): 4.0,
+        ("patch", "hpotrials"): 8.0,
+    }
+    assert split_requests(requests, 2.0) == {
+        "list": 4.0,
+        "get": 2.0,
+        "writes": 4.0,
+        "list_by_resource": {"hpotrials": 1.0, "pods": 3.0},
+    }
+
+
+def test_operator_scale_ratios_compare_within_a_reads_mode_and_cache_against_api() -> None:
+    from benchmarks.operator_scale import ratios
+
+    def phase(studies: int, reads: str, lag: float, requests: float) -> dict[str, Any]:
+        return {
+            "studies": studies,
+            "trials_per_study": 8,
+            "report_interval_s": 2.0,
+            "reads": reads,
+            "decision_lag_s": {"n": 10, "median": lag},
+            "prune_report_to_deletion_s": {"n": 0},
+            "completed_end_to_next_pod_s": {"n": 0},
+            "operator_cpu_fraction": 0.1,
+            "api_requests_per_trial": 100.0,
+            "operator_requests_per_trial": requests,
+            "cpu_seconds": {},
+            "reports": 100,
+        }
+
+    out = ratios([phase(1, "api", 0.2, 80.0), phase(1, "cache", 0.1, 20.0), phase(10, "cache", 0.3, 20.0)])
+    assert set(out) == {"10/1 studies, reads cache", "reads cache/api, 1x8"}
+    assert out["10/1 studies, reads cache"]["decision_lag_s median"] == 3.0
+    assert out["reads cache/api, 1x8"]["operator_requests_per_trial"] == 0.25
+    assert out["reads cache/api, 1x8"]["decision_lag_s median"] == 0.5
