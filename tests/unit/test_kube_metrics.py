@@ -13,7 +13,7 @@ from typing import Any, cast
 import pytest
 from kubernetes.client import Configuration
 
-from hpo_operator.kube.api import Api, ApiError, verb_and_resource
+from hpo_operator.kube.api import Api, ApiError, ns_path, verb_and_resource
 from hpo_operator.kube.engine import Engine, EngineSettings
 from hpo_operator.kube.observe import to_rfc3339
 from hpo_operator.kube.policy import TrialPolicy
@@ -283,6 +283,13 @@ def test_a_failed_reconcile_counts_an_error_and_the_resync_loop_beats() -> None:
 )
 def test_requests_are_labelled_by_verb_and_resource(method: str, path: str, labels: tuple[str, str]) -> None:
     assert verb_and_resource(method, path) == labels
+
+
+def test_a_path_names_one_namespace_or_every_one() -> None:
+    assert ns_path("", "v1", "ns", "pods", "p") == "/api/v1/namespaces/ns/pods/p"
+    assert ns_path("batch", "v1", "ns", "jobs") == "/apis/batch/v1/namespaces/ns/jobs"
+    assert ns_path("", "v1", "", "pods") == "/api/v1/pods"
+    assert ns_path("hpo.dev", "v1alpha1", "", "hpotrials") == "/apis/hpo.dev/v1alpha1/hpotrials"
 
 
 @pytest.fixture

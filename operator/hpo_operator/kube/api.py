@@ -214,7 +214,8 @@ class Api:
 
 
 def ns_path(group: str, version: str, namespace: str, plural: str, name: str = "") -> str:
-    """The path of a namespaced collection or object; group "" is the core API."""
+    """The path of a namespaced collection or object; group "" is the core API, namespace "" the
+    collection across every namespace."""
     base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-    path = f"{base}/namespaces/{namespace}/{plural}"
+    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     return f"{path}/{name}" if name else path

@@ -105,18 +105,11 @@ class Caches:
             if self._informers:
                 return
             labelled = {"labelSelector": STUDY_LABEL}
-            for namespace in self.namespaces or ("",):
-                trials = (
-                    ns_path(GROUP, VERSION, namespace, TRIAL_PLURAL)
-                    if namespace
-                    else f"/apis/{GROUP}/{VERSION}/{TRIAL_PLURAL}"
-                )
-                jobs = ns_path("batch", "v1", namespace, "jobs") if namespace else "/apis/batch/v1/jobs"
-                pods = ns_path("", "v1", namespace, "pods") if namespace else "/api/v1/pods"
-                self._add(TRIALS, namespace, trials, {})
-                self._add(JOBS, namespace, jobs, labelled)
-                self._add(PODS, namespace, pods, labelled)
-            self._add(GPU_PODS, "", "/api/v1/pods", {"fieldSelector": ACTIVE})
+            for namespace in self.namespaces or ("",):  # "": every namespace
+                self._add(TRIALS, namespace, ns_path(GROUP, VERSION, namespace, TRIAL_PLURAL), {})
+                self._add(JOBS, namespace, ns_path("batch", "v1", namespace, "jobs"), labelled)
+                self._add(PODS, namespace, ns_path("", "v1", namespace, "pods"), labelled)
+            self._add(GPU_PODS, "", ns_path("", "v1", "", "pods"), {"fieldSelector": ACTIVE})
             self._add(NODES, "", "/api/v1/nodes", {})
             for informer in self._informers:
                 informer.start()

@@ -26,7 +26,6 @@ from .api import ApiError
 from .core_cache import CoreCache
 from .observe import to_timestamp
 from .reconcile import reconcile, reconcile_failed
-from .resources import GROUP, STUDY_PLURAL, VERSION
 from .study_metrics import Metrics, NullMetrics
 from .world import Cluster, study_path
 from .writes import Event
@@ -237,7 +236,7 @@ class Engine:
         status) a resync after its creation, gets one Warning event that says so: otherwise its
         user sees nothing at all."""
         now = self.clock()
-        for study in self.cluster.api.list(f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"):
+        for study in self.cluster.api.list(study_path("")):
             meta = study["metadata"]
             created = to_timestamp(meta.get("creationTimestamp"))
             if (
@@ -258,7 +257,7 @@ class Engine:
             self.cluster.event(study, Event("NotServed", message, "Warning"))
 
     def _list_studies(self) -> list[Key]:
-        paths = [study_path(ns) for ns in self.namespaces] or [f"/apis/{GROUP}/{VERSION}/{STUDY_PLURAL}"]
+        paths = [study_path(ns) for ns in self.namespaces or ("",)]  # "": every namespace
         pages = [self.cluster.api.list_page(path) for path in paths]
         studies = [study for page in pages for study in page.get("items") or []]
         if self.cluster.caches is not None:
