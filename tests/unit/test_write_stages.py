@@ -7,6 +7,7 @@ import threading
 from typing import Any, cast
 
 from hpo_operator.kube.api import Api
+from hpo_operator.kube.resources import job_name, job_trial
 from hpo_operator.kube.world import Cluster, trial_of, write_stages
 from hpo_operator.kube.writes import (
     CreateClaim,
@@ -32,38 +33,39 @@ def trial_manifest(name: str) -> JSON:
     return {"metadata": {"name": name, "namespace": "ns"}, "spec": {}}
 
 
-def job(name: str, trial: str) -> JSON:
-    return {"metadata": {"name": name, "labels": {"hpo.dev/trial": trial}}}
-
-
 def test_stages_keep_verdicts_before_deletions_before_creates_one_group_per_trial() -> None:
-    world = World(study=study(), jobs={"s-1-run2": job("s-1-run2", "s-1")})
     writes: list[Write] = [
         CreateClaim({"metadata": {"name": "claim"}}),
         PatchTrialStatus("s-0", {"phase": "Pruned"}, verdict={"phase": "Pruned"}),
         ScaleJobDown("s-0", "now"),
         CreateTrial(trial_manifest("s-2"), None, STARTED),
         PatchTrialStatus("s-1", {"phase": "Stopped"}),
-        DeleteJob("s-1-run2"),  # the Job of s-1's second run, found by its label
+        DeleteJob("s-1-run2"),  # the Job of s-1's second run
         DeleteJob("s-0"),
         CreateJob("s-3", {"metadata": {"name": "s-3"}}),
-        PatchJobDeadline("s-4-run1", 30),  # no Job read: the name says the trial
+        PatchJobDeadline("s-4-run1", 30),
         CreateCleanupJob({"metadata": {"name": "cleanup"}}, STARTED),
     ]
-    stages = write_stages(world, writes)
+    stages = write_stages(writes)
     assert stages == [
         [[writes[0]]],
         [[writes[1], writes[2], writes[6]], [writes[4], writes[5]], [writes[8]]],
         [[writes[3]], [writes[7]]],
         [[writes[9]]],
     ]
-    assert trial_of(world, writes[8]) == "s-4"
-    assert trial_of(world, writes[0]) == ""
+    assert trial_of(writes[8]) == "s-4"
+    assert trial_of(writes[0]) == ""
     # Nothing lost, nothing twice.
     assert sorted(map(id, (w for stage in stages for group in stage for w in group))) == sorted(
         map(id, writes)
     )
-    assert write_stages(world, []) == []
+    assert write_stages([]) == []
+
+
+def test_a_jobs_trial_is_the_inverse_of_its_name() -> None:
+    for trial in ("s-0", "study-run-12", "a-run1-3"):
+        for run in (0, 1, 12):
+            assert job_trial(job_name(trial, run)) == trial
 
 
 class SlowApi:

@@ -7,6 +7,7 @@ prune.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import Field
@@ -38,6 +39,11 @@ def job_name(trial: str, run: int) -> str:
     """The Job of a trial's run: the trial's name for its first run, ``<trial>-run<k>`` for a resume
     (a trial name ends in ``-<index>``, so no run's Job can take another trial's name)."""
     return trial if run == 0 else f"{trial}-run{run}"
+
+
+def job_trial(job: str) -> str:
+    """The trial whose run a Job named ``job`` is (the inverse of job_name)."""
+    return re.sub(r"-run\d+$", "", job)
 
 
 def created_claim_name(study: str) -> str:

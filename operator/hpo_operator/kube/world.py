@@ -9,7 +9,6 @@ those steps they are made at once, a thread per trial (write_stages).
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from collections import defaultdict
@@ -20,7 +19,7 @@ from typing import Any
 
 from .api import Api, ApiError, ns_path
 from .builders import build_claim, build_trial_identity, owner_reference
-from .caches import JOBS, PODS, TRIALS, Caches
+from .caches import ACTIVE, JOBS, PODS, TRIALS, Caches
 from .capacity import gpu_capacity
 from .observe import to_rfc3339
 from .policy import TrialPolicy
@@ -32,6 +31,7 @@ from .resources import (
     TRIAL_LABEL,
     TRIAL_PLURAL,
     VERSION,
+    job_trial,
     trial_identity_name,
 )
 from .stopping import SCALED_DOWN_AT
@@ -61,20 +61,18 @@ WRITE_THREADS = 8
 CREATES = (CreateIdentity, CreateTrial, CreateJob)
 
 
-def trial_of(world: World, write: Write) -> str:
+def trial_of(write: Write) -> str:
     """The trial a write is for ("" for the study's own: its claim, its cleanup Job)."""
     if isinstance(write, CreateTrial):
         return str(write.trial["metadata"]["name"])
     if isinstance(write, (CreateIdentity, CreateJob, PatchTrialStatus)):
         return write.trial
     if isinstance(write, (ScaleJobDown, DeleteJob, PatchJobDeadline)):
-        job = world.jobs.get(write.name) or {}
-        label = ((job.get("metadata") or {}).get("labels") or {}).get(TRIAL_LABEL)
-        return str(label) if label else re.sub(r"-run\d+$", "", write.name)
+        return job_trial(write.name)
     return ""
 
 
-def write_stages(world: World, writes: list[Write]) -> list[list[list[Write]]]:
+def write_stages(writes: list[Write]) -> list[list[list[Write]]]:
     """The writes in the order that keeps a crash harmless (module docstring), as stages run one
     after the other: the claim; every trial's verdicts, scale-downs and deletions; every trial's
     creates; the cleanup Job. Within a stage, one group per trial, in the order the reconcile gave."""
@@ -86,7 +84,7 @@ def write_stages(world: World, writes: list[Write]) -> list[list[list[Write]]]:
         if isinstance(write, (CreateClaim, CreateCleanupJob)):
             continue
         stage = create if isinstance(write, CREATES) else settle
-        stage.setdefault(trial_of(world, write), []).append(write)
+        stage.setdefault(trial_of(write), []).append(write)
     return [s for s in ([first], list(settle.values()), list(create.values()), [last]) if s and s[0]]
 
 
@@ -137,7 +135,7 @@ class Cluster:
         jobs = {j["metadata"]["name"]: j for j in jobs_list}
         pods: dict[str, list[JSON]] = defaultdict(list)
         for pod in pods_list:
-            pods[pod["metadata"].get("labels", {}).get(f"{GROUP}/trial", "")].append(pod)
+            pods[pod["metadata"].get("labels", {}).get(TRIAL_LABEL, "")].append(pod)
         return World(
             study=study,
             trials=tuple(trials),
@@ -179,9 +177,7 @@ class Cluster:
         pods = self.api.list(ns_path("", "v1", namespace, "pods"), **selector)
         trials = self.api.list(trial_path(namespace), **selector)
         nodes = self.api.list("/api/v1/nodes", **cached)
-        active = self.api.list(
-            "/api/v1/pods", fieldSelector="status.phase!=Succeeded,status.phase!=Failed", **cached
-        )
+        active = self.api.list("/api/v1/pods", fieldSelector=ACTIVE, **cached)
         return study, jobs, pods, trials, nodes, active
 
     def _claim_exists(self, study: JSON) -> bool:
@@ -230,7 +226,7 @@ class Cluster:
                 STUDY_PLURAL,
                 self.api.patch(study_path(namespace, name) + "/status", {"status": outcome.first_status}),
             )
-        for stage in write_stages(world, outcome.writes):
+        for stage in write_stages(outcome.writes):
             self._write_stage(world, stage)
         if outcome.status:
             self._seen(
