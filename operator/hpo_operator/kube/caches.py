@@ -208,14 +208,11 @@ class Caches:
     def deleted(self, kind: str, namespace: str, name: str, answer: JSON | None) -> None:
         """The operator deleted the object; ``answer`` is the API's (the object while it is still
         being deleted, else a Status)."""
-        if (
-            answer
-            and answer.get("kind") != "Status"
-            and (answer.get("metadata") or {}).get("deletionTimestamp")
-        ):
-            self.written(kind, answer)  # still there, being deleted (a pod holds its GPUs until gone)
+        shown = answer if answer and answer.get("kind") != "Status" else None  # the object, if any
+        if shown is not None and (shown.get("metadata") or {}).get("deletionTimestamp"):
+            self.written(kind, shown)  # still there, being deleted (a pod holds its GPUs until gone)
             return
-        version = version_of(answer) if answer and answer.get("kind") != "Status" else UNKNOWN
+        version = version_of(shown) if shown is not None else UNKNOWN
         self._store(kind, namespace).deleted(namespace, name, version)
 
 
