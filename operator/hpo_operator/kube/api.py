@@ -143,7 +143,7 @@ class Api:
             raise
 
     def list(self, path: str, **query: str | int) -> list[JSON]:
-        items: list[JSON] = self.request("GET", path, query=query or None).get("items") or []
+        items: list[JSON] = self.list_page(path, **query).get("items") or []
         return items
 
     def create(self, path: str, body: JSON) -> JSON | None:
