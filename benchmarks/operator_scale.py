@@ -682,6 +682,12 @@ def parser() -> argparse.ArgumentParser:
         default=[0.0],
         help="per phase: the SDK's report interval in seconds (0: each report waits for its delivery)",
     )
+    parser.add_argument(
+        "--resync",
+        type=float,
+        default=30.0,
+        help="the operator's --resync in seconds (the chart's default; the test harness uses 5)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--play", help=argparse.SUPPRESS)
     return parser
@@ -701,7 +707,9 @@ def run(args: argparse.Namespace) -> None:
         kubeconfig = install_chart_without_operator(cluster)
         plan = phase_plan(args)
         mode = plan[0][2]
-        operator = OperatorProcess(kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(mode))
+        operator = OperatorProcess(
+            kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(mode, args.resync)
+        )
         operator.start()
         assert operator.proc is not None
         play_log = cluster.root / "player.jsonl"
@@ -737,6 +745,7 @@ def run(args: argparse.Namespace) -> None:
             "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
             "source": source_state(),
             "cluster": {"nodes": args.nodes, "gpus_per_node": args.gpus_per_node, "kubernetes": "1.20.2"},
+            "operator": {"resync_s": args.resync},
             "study": {
                 "trials": args.trials,
                 "min_resource": args.min_resource,
@@ -753,7 +762,7 @@ def run(args: argparse.Namespace) -> None:
                 # The other mode: a fresh operator (the last phase's namespace is gone already).
                 operator.stop()
                 operator = OperatorProcess(
-                    kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(reads)
+                    kubeconfig, cluster.log_dir / "hpo-operator.log", operator_args(reads, args.resync)
                 )
                 operator.start()
                 assert operator.proc is not None
@@ -778,8 +787,8 @@ def run(args: argparse.Namespace) -> None:
             cluster.remove()
 
 
-def operator_args(reads: str) -> list[str]:
-    return ["--no-watch-caches"] if reads == "api" else []
+def operator_args(reads: str, resync: float) -> list[str]:
+    return ["--resync", f"{resync:g}", *(["--no-watch-caches"] if reads == "api" else [])]
 
 
 def source_state() -> JSON:

@@ -14,12 +14,13 @@ from typing import Any, cast
 import pytest
 
 from hpo_operator.kube.api import Api
-from hpo_operator.kube.caches import GPU_PODS, JOBS, NODES, PODS, TRIALS, Caches, NotSynced
+from hpo_operator.kube.builders import build_trial_identity
+from hpo_operator.kube.caches import ACCOUNTS, GPU_PODS, JOBS, NODES, PODS, TRIALS, Caches, NotSynced
 from hpo_operator.kube.reconcile import reconcile
 from hpo_operator.kube.resources import GROUP, STUDY_LABEL
 from hpo_operator.kube.store import Store
 from hpo_operator.kube.world import Cluster
-from hpo_operator.kube.writes import CreateJob, CreateTrial, DeleteJob, Outcome
+from hpo_operator.kube.writes import CreateIdentity, CreateJob, CreateTrial, DeleteJob, Outcome
 from tests.cluster.waiting import wait_for
 from tests.support.kube_world import T0, study
 
@@ -28,6 +29,7 @@ TRIAL_LABEL = f"{GROUP}/trial"
 NODES_PATH, ALL_PODS = "/api/v1/nodes", "/api/v1/pods"
 TRIALS_PATH = f"/apis/{GROUP}/v1alpha1/namespaces/ns/hpotrials"
 JOBS_PATH, PODS_PATH = "/apis/batch/v1/namespaces/ns/jobs", "/api/v1/namespaces/ns/pods"
+ACCOUNTS_PATH = "/api/v1/namespaces/ns/serviceaccounts"
 
 
 class FakeApi:
@@ -83,7 +85,9 @@ class FakeApi:
 
     def get_or_none(self, path: str) -> JSON | None:
         self._call("get", path)
-        return None
+        with self._lock:
+            found = self.objects.get(path)
+        return copy.deepcopy(found) if found is not None else None
 
     def list(self, path: str, **query: str | int) -> list[JSON]:
         self._call("list", path)
@@ -143,6 +147,7 @@ def listed(
     store(caches, TRIALS).replace([], "10")
     store(caches, JOBS).replace(jobs or [], "10")
     store(caches, PODS).replace(pods or [], "10")
+    store(caches, ACCOUNTS).replace([], "10")
     store(caches, GPU_PODS).replace(pods or [], "10")
     store(caches, NODES).replace([node("n1", gpus)], "10")
 
@@ -236,6 +241,37 @@ def test_a_deleted_job_is_gone_from_the_next_read_and_a_pod_being_deleted_stays(
     assert "s-0" not in (cluster.read("ns", "s") or after).jobs
 
 
+def test_a_trial_s_service_account_is_read_from_the_cache_and_one_that_existed_is_read_once() -> None:
+    api, cluster = cached_cluster()
+    assert cluster.caches is not None
+    listed(cluster.caches, gpus=1)
+    trial = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "HPOTrial", **child("s-0", 20)}
+    trial["metadata"]["uid"] = "uid-s-0"
+    store(cluster.caches, TRIALS).written(trial)  # a trial without a Job: its identity is read
+    accounts = ACCOUNTS_PATH
+
+    world = cluster.read("ns", "s")
+    assert world is not None and world.identities == {"s-0": "missing"}
+    cluster.apply(world, Outcome(writes=[CreateIdentity("s-0", tuple(build_trial_identity(trial)))]))
+    after = cluster.read("ns", "s")  # the created account, from the API's answer
+    assert after is not None and after.identities == {"s-0": "ready"}
+    assert [c for c in api.requests() if c[0] == "get"] == []
+
+    # An account of that name that is not the trial's: its create answers 409, and it is read once.
+    api2, other = cached_cluster()
+    assert other.caches is not None
+    listed(other.caches, gpus=1)
+    store(other.caches, TRIALS).written(trial)
+    api2.objects[f"{accounts}/s-0"] = {"metadata": {"name": "s-0", "namespace": "ns", "resourceVersion": "7"}}
+    world = other.read("ns", "s")
+    assert world is not None
+    other.apply(world, Outcome(writes=[CreateIdentity("s-0", tuple(build_trial_identity(trial)))]))
+    for _ in range(2):
+        again = other.read("ns", "s")
+        assert again is not None and again.identities == {"s-0": "foreign"}
+    assert [c for c in api2.requests() if c[0] == "get"] == [("get", f"{accounts}/s-0")]
+
+
 def test_a_pod_deleted_with_a_status_answer_is_gone_from_the_next_read() -> None:
     _, cluster = cached_cluster()
     assert cluster.caches is not None
@@ -247,7 +283,7 @@ def test_a_pod_deleted_with_a_status_answer_is_gone_from_the_next_read() -> None
     assert after is not None and after.pods == {}
 
 
-def test_the_listener_hears_of_a_study_s_trials_jobs_and_pods_and_not_of_nodes() -> None:
+def test_the_listener_hears_of_a_study_s_trials_jobs_pods_and_accounts_and_not_of_nodes() -> None:
     api = FakeApi()
     trial = {"kind": "HPOTrial", **child("s-0", 2)}
     other_study_pod = child("t-0-pod", 4, trial="t-0")
@@ -256,6 +292,7 @@ def test_the_listener_hears_of_a_study_s_trials_jobs_and_pods_and_not_of_nodes()
         TRIALS_PATH: deque([[{"type": "ADDED", "object": trial}]]),
         JOBS_PATH: deque([[{"type": "ADDED", "object": child("s-1", 3, trial="s-1")}]]),
         PODS_PATH: deque([[{"type": "MODIFIED", "object": other_study_pod}]]),
+        ACCOUNTS_PATH: deque([[{"type": "MODIFIED", "object": child("s-2", 5, trial="s-2")}]]),
         # The second node and pod follow the first on the same stream: once they are stored, the
         # first's change has been handed on.
         NODES_PATH: deque(
@@ -284,12 +321,12 @@ def test_the_listener_hears_of_a_study_s_trials_jobs_and_pods_and_not_of_nodes()
             0.005,
             "node and pod events",
         )
-        wait_for(lambda: len(heard) >= 3, 5.0, 0.005, "three changes")
+        wait_for(lambda: len(heard) >= 4, 5.0, 0.005, "four changes")
         with lock:
-            assert sorted(heard) == [("ns", "s"), ("ns", "s"), ("ns", "t")]
+            assert sorted(heard) == [("ns", "s"), ("ns", "s"), ("ns", "s"), ("ns", "t")]
         assert [p["metadata"]["name"] for p in caches.children(PODS, "ns", "t")] == ["t-0-pod"]
     finally:
         caches.stop()
         api.close()
     listed_paths = sorted(path for verb, path in api.calls if verb == "list")
-    assert listed_paths == sorted([TRIALS_PATH, JOBS_PATH, PODS_PATH, NODES_PATH, ALL_PODS])
+    assert listed_paths == sorted([TRIALS_PATH, JOBS_PATH, PODS_PATH, ACCOUNTS_PATH, NODES_PATH, ALL_PODS])

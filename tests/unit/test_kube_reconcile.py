@@ -12,7 +12,7 @@ import pytest
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.policy import parse_policy
 from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, reconcile
-from hpo_operator.kube.status import condition
+from hpo_operator.kube.status import COUNTS_EVERY_SECONDS, condition, counts_wait
 from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
 from hpo_operator.kube.writes import (
     CreateIdentity,
@@ -366,11 +366,38 @@ def test_reports_that_only_move_the_plan_figures_do_not_rewrite_the_study_status
     best = step(T0 + history[1][-1][2] + 0.1)
     assert best.status is not None and best.status["best"]["trial"] == "s-1"
     assert best.status["plan"]["epochSeconds"] != 1.0
-    # So is a verdict: trial 3 reaches rung 3 last and worst of four, and is pruned.
+    # So is a verdict, on its HPOTrial: trial 3 reaches rung 3 last and worst of four, and is pruned.
+    # The study's counts follow within COUNTS_EVERY_SECONDS of its last status write.
     history[3].append((3, 0.1, history[1][-1][2] + 0.5))
-    pruned = step(T0 + history[3][-1][2] + 0.1)
+    at = T0 + history[3][-1][2] + 0.1
+    pruned = step(at)
     assert any(isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Pruned" for w in pruned.writes)
-    assert pruned.status is not None and pruned.status["trials"]["pruned"] == 1
+    assert pruned.status is None and pruned.requeue_after is not None
+    assert 0 < pruned.requeue_after <= COUNTS_EVERY_SECONDS
+    counted = step(at + pruned.requeue_after)
+    assert counted.status is not None and counted.status["trials"]["pruned"] == 1
+
+
+def test_a_running_study_s_trial_counts_wait_for_the_next_status_write_and_nothing_else_does() -> None:
+    budget = {"startedAt": "2027-01-15T08:00:00Z", "usedSeconds": 20.0, "deadline": "2027-01-15T08:05:00Z"}
+    current = {"phase": "Running", "progress": "2/9", "trials": {"running": 4, "pruned": 2}, "budget": budget}
+    counts = {"progress": "3/9", "trials": {"running": 3, "pruned": 3}}
+    started = T0 - 20.0  # usedSeconds 20: the status was last written at T0
+    assert counts_wait(current, counts, started, T0 + 1.5) == pytest.approx(COUNTS_EVERY_SECONDS - 1.5)
+    assert counts_wait(current, counts, started, T0 + COUNTS_EVERY_SECONDS) is None  # due now
+    # With the clock: it moves at every write anyway.
+    clocked = {**counts, "budget": {**budget, "usedSeconds": 21.0}}
+    assert counts_wait(current, clocked, started, T0 + 1.0) == pytest.approx(COUNTS_EVERY_SECONDS - 1.0)
+    # Anything else in the patch is written at once, the counts with it.
+    for other in (
+        {"best": {"trial": "s-1", "value": 0.9}},
+        {"phase": "Succeeded"},
+        {"conditions": [{"type": "Ready", "status": "False", "reason": "Unschedulable"}]},
+        {"budget": {**budget, "deadline": "2027-01-15T08:06:00Z"}},
+    ):
+        assert counts_wait(current, {**counts, **other}, started, T0 + 1.0) is None, other
+    assert counts_wait({**current, "phase": "Pending"}, counts, started, T0 + 1.0) is None
+    assert counts_wait({k: v for k, v in current.items() if k != "budget"}, counts, started, T0 + 1.0) is None
 
 
 def test_a_finished_study_writes_its_plan_figures_however_little_they_moved() -> None:

@@ -1,6 +1,7 @@
 """What the reconciles read, kept in memory: the operator's watch-fed caches.
 
-* HPOTrials, trial Jobs and trial pods (those with the study label) of the served namespaces, and
+* HPOTrials, trial Jobs, trial pods and the trials' own ServiceAccounts (those with the study label)
+  of the served namespaces, and
   the Nodes and every pod that may hold GPUs (not Succeeded or Failed, cluster-wide), each kept by
   an informer (informer.py). The last two keep only what the GPU count reads (capacity.py).
 * HPOStudies: kopf watches them (handlers.py hands each event to ``study_seen``) and the engine's
@@ -36,6 +37,8 @@ JSON = dict[str, Any]
 Listener = Callable[[str, str], None]  # (namespace, study name) that changed
 SYNC_TIMEOUT_SECONDS = 10.0
 TRIALS, JOBS, PODS, GPU_PODS, NODES = "hpotrials", "jobs", "pods", "gpupods", "nodes"
+ACCOUNTS = "serviceaccounts"
+CHILDREN = (TRIALS, JOBS, PODS, ACCOUNTS)  # a change of one starts its study's reconcile
 ACTIVE = ",".join(f"status.phase!={phase}" for phase in sorted(TERMINAL_POD_PHASES))
 
 
@@ -92,7 +95,7 @@ class Caches:
         by_study = label_index(STUDY_LABEL)
         scopes = self.namespaces or ("",)
         for namespace in scopes:
-            for kind in (TRIALS, JOBS, PODS):
+            for kind in CHILDREN:
                 self._stores[(kind, namespace)] = Store(index=by_study)
         self._stores[(GPU_PODS, "")] = Store(transform=gpu_pod)
         self._stores[(NODES, "")] = Store(transform=gpu_node)
@@ -109,6 +112,7 @@ class Caches:
                 self._add(TRIALS, namespace, ns_path(GROUP, VERSION, namespace, TRIAL_PLURAL), {})
                 self._add(JOBS, namespace, ns_path("batch", "v1", namespace, "jobs"), labelled)
                 self._add(PODS, namespace, ns_path("", "v1", namespace, "pods"), labelled)
+                self._add(ACCOUNTS, namespace, ns_path("", "v1", namespace, ACCOUNTS), labelled)
             self._add(GPU_PODS, "", ns_path("", "v1", "", "pods"), {"fieldSelector": ACTIVE})
             self._add(NODES, "", "/api/v1/nodes", {})
             for informer in self._informers:
@@ -117,7 +121,7 @@ class Caches:
     def _add(self, kind: str, namespace: str, path: str, query: dict[str, str]) -> None:
         store = self._stores[(kind, namespace)]
         name = f"{kind} in {namespace}" if namespace else kind
-        notify = self._child_changed if kind in (TRIALS, JOBS, PODS) else _ignore
+        notify = self._child_changed if kind in CHILDREN else _ignore
         self._informers.append(Informer(self.api, path, store, query, notify, name))
 
     def stop(self) -> None:
@@ -183,6 +187,11 @@ class Caches:
     def trial(self, namespace: str, name: str) -> JSON | None:
         return self._store(TRIALS, namespace).get(namespace, name)
 
+    def account(self, namespace: str, name: str) -> JSON | None:
+        """A trial's own ServiceAccount (or one of the same name the operator was refused, see
+        ``written``)."""
+        return self._store(ACCOUNTS, namespace).get(namespace, name)
+
     def children(self, kind: str, namespace: str, study: str) -> list[JSON]:
         """The study's HPOTrials, Jobs or pods (kind: hpotrials, jobs, pods)."""
         return self._store(kind, namespace).select(namespace, study)
@@ -197,7 +206,7 @@ class Caches:
 
     def written(self, kind: str, obj: JSON | None) -> None:
         """The API's answer to the operator's create or update (kind: hpostudies, hpotrials, jobs,
-        pods); None (the object existed) changes nothing."""
+        pods, serviceaccounts), or an object it read; None (the object existed) changes nothing."""
         if not obj or not (obj.get("metadata") or {}).get("resourceVersion"):
             return
         if kind == STUDY_PLURAL:

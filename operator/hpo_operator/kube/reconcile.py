@@ -65,6 +65,7 @@ from .resources import (
 from .status import (
     FINAL_DONE,
     RESYNC_SECONDS,
+    counts_wait,
     merge_conditions,
     only_the_clock_moved,
     study_status,
@@ -232,6 +233,9 @@ def reconcile(
     patch = without_plan_noise(status, patch)
     if set(patch) == {"budget"} and only_the_clock_moved(status.get("budget") or {}, patch["budget"]):
         patch = {}
+    wait = counts_wait(status, patch, started_at, now)
+    if wait is not None:
+        patch, requeue = {}, min(requeue, wait + 0.02)
     return Outcome(
         writes=writes,
         status=patch or None,

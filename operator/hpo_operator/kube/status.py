@@ -151,6 +151,40 @@ def without_plan_noise(current: JSON, patch: JSON) -> JSON:
     return rest if status_patch(current.get("budget") or {}, others) == {} else patch
 
 
+# A running study's trial counts (status.trials, progress) change with every trial started and every
+# verdict; written at most this often when nothing else changed, as the Job controller batches its
+# status. The verdicts themselves are on the HPOTrials at once, and so are the best, the phase and
+# the conditions here.
+COUNTS_EVERY_SECONDS = 5.0
+COUNTS = ("trials", "progress")
+
+
+def only_counts_moved(current: JSON, patch: JSON) -> bool:
+    """True when a running study's status patch changes its trial counts and nothing else that
+    the noise rules (``without_plan_noise``, ``only_the_clock_moved``) would not drop."""
+    if current.get("phase") != "Running" or patch.get("phase", "Running") != "Running":
+        return False
+    if not set(patch) & set(COUNTS):
+        return False
+    rest = without_plan_noise(current, {k: v for k, v in patch.items() if k not in COUNTS})
+    if set(rest) == {"budget"} and only_the_clock_moved(current.get("budget") or {}, rest["budget"]):
+        return True
+    return not rest
+
+
+def counts_wait(current: JSON, patch: JSON, started_at: float, now: float) -> float | None:
+    """Seconds a count-only patch (``only_counts_moved``) waits before it is written, or None to
+    write it now. The last write's time is the status's own: budget.usedSeconds, rewritten with
+    every status write (to the second), so a restarted operator keeps the pace."""
+    if not only_counts_moved(current, patch):
+        return None
+    used = (current.get("budget") or {}).get("usedSeconds")
+    if not isinstance(used, int | float):
+        return None
+    wait = float(used) + COUNTS_EVERY_SECONDS - (now - started_at)
+    return wait if wait > 0 else None
+
+
 def _complete_reason(finalize: Finalize) -> str:
     """The Complete condition's reason: the core's code (GoalReached) for a success that has one."""
     if finalize.succeeded:

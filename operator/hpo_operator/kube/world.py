@@ -19,7 +19,7 @@ from typing import Any
 
 from .api import Api, ApiError, ns_path
 from .builders import build_claim, build_trial_identity, owner_reference
-from .caches import ACTIVE, JOBS, PODS, TRIALS, Caches
+from .caches import ACCOUNTS, ACTIVE, JOBS, PODS, TRIALS, Caches
 from .capacity import gpu_capacity
 from .observe import to_rfc3339
 from .policy import TrialPolicy
@@ -198,9 +198,11 @@ class Cluster:
         meta = trial["metadata"]
         if meta["uid"] in self._identity_ready:
             return "ready"
-        account = self.api.get_or_none(
-            ns_path("", "v1", meta["namespace"], "serviceaccounts", trial_identity_name(meta["name"]))
-        )
+        namespace, name = meta["namespace"], trial_identity_name(meta["name"])
+        if self.caches is not None and self.cached_reads:
+            account = self.caches.account(namespace, name)
+        else:
+            account = self.api.get_or_none(ns_path("", "v1", namespace, ACCOUNTS, name))
         if account is None:
             return "missing"
         owners = (account.get("metadata") or {}).get("ownerReferences") or []
@@ -212,11 +214,19 @@ class Cluster:
         return "ready"
 
     def _create_identity(self, namespace: str, objects: list[JSON]) -> None:
-        """Creates the objects; 409 (they exist) is fine: _identity checks whose the account is."""
-        plural = {"ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings"}
+        """Creates the objects; 409 (they exist) is fine: _identity checks whose the account is. An
+        account that existed is read once into the cache, which watches only accounts with the study
+        label: one of the same name without it is the user's, and the trial must not take it."""
+        plural = {"ServiceAccount": ACCOUNTS, "Role": "roles", "RoleBinding": "rolebindings"}
         for obj in objects:
             group, _, version = obj["apiVersion"].rpartition("/")
-            self.api.create(ns_path(group, version, namespace, plural[obj["kind"]]), obj)
+            path = ns_path(group, version, namespace, plural[obj["kind"]])
+            created = self.api.create(path, obj)
+            if obj["kind"] != "ServiceAccount" or self.caches is None:
+                continue
+            if created is None:
+                created = self.api.get_or_none(f"{path}/{obj['metadata']['name']}")
+            self._seen(ACCOUNTS, created)
 
     def apply(self, world: World, outcome: Outcome) -> None:
         study = world.study
