@@ -11,7 +11,7 @@ import pytest
 
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.policy import parse_policy
-from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, reconcile
+from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, FIRST_MIRROR_SECONDS, reconcile
 from hpo_operator.kube.status import COUNTS_EVERY_SECONDS, condition, counts_wait
 from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
 from hpo_operator.kube.writes import (
@@ -376,6 +376,35 @@ def test_reports_that_only_move_the_plan_figures_do_not_rewrite_the_study_status
     assert 0 < pruned.requeue_after <= COUNTS_EVERY_SECONDS
     counted = step(at + pruned.requeue_after)
     assert counted.status is not None and counted.status["trials"]["pruned"] == 1
+
+
+def test_a_new_trial_s_status_is_first_written_when_its_pod_runs_or_after_a_while_pending() -> None:
+    fresh = trial(0)
+    fresh["metadata"]["creationTimestamp"] = to_rfc3339(T0)
+    assert "phase" not in fresh["status"]
+    waiting = {
+        "metadata": {"name": "s-0-pod", "creationTimestamp": to_rfc3339(T0)},
+        "status": {"phase": "Pending"},
+    }
+
+    def trial_writes(pods: list[JSON], now: float) -> tuple[list[PatchTrialStatus], float | None]:
+        outcome = reconcile(world(study(), fresh, jobs=[job("s-0")], pods={"s-0": pods}, free=0), now)
+        patches = [w for w in outcome.writes if isinstance(w, PatchTrialStatus) and w.trial == "s-0"]
+        return patches, outcome.requeue_after
+
+    patches, requeue = trial_writes([waiting], T0 + 1.0)
+    assert patches == [] and requeue is not None and requeue <= FIRST_MIRROR_SECONDS - 1.0 + 0.05
+    # Still pending once the wait is over: written then.
+    (late,), _ = trial_writes([waiting], T0 + FIRST_MIRROR_SECONDS + 0.1)
+    assert late.patch["phase"] == "Pending" and late.verdict is None
+    # Running within the wait: one write of the verdict and the status, which says Running.
+    (started,), _ = trial_writes([pod("s-0")], T0 + 1.5)
+    assert started.patch["phase"] == "Running" and started.verdict is not None
+    assert started.verdict["startedAt"] == started.patch["startedAt"] == to_rfc3339(T0 + 1)
+    # A trial whose status was written once is never held back.
+    shown = {**fresh, "status": {**fresh["status"], "phase": "Running"}}
+    outcome = reconcile(world(study(), shown, jobs=[job("s-0")], pods={"s-0": [waiting]}, free=0), T0 + 1.0)
+    assert any(isinstance(w, PatchTrialStatus) and w.patch.get("phase") == "Pending" for w in outcome.writes)
 
 
 def test_a_running_study_s_trial_counts_wait_for_the_next_status_write_and_nothing_else_does() -> None:

@@ -201,8 +201,8 @@ def reconcile(
         return Outcome(outcome.writes, outcome.status, first_status, outcome.events, outcome.requeue_after)
     plan = decision.plan
     levels = (*plan.rungs, plan.max_resource) if plan else (config.max_resource,)
-    writes, events = _trial_writes(world, states, decision, levels, now)
-    requeue = RESYNC_SECONDS
+    writes, events, mirror_wait = _trial_writes(world, states, decision, levels, now)
+    requeue = RESYNC_SECONDS if mirror_wait is None else min(RESYNC_SECONDS, mirror_wait + 0.02)
     if any(
         isinstance(w, CreateIdentity) or (isinstance(w, CreateTrial) and w.job is None) for w in writes
     ) or any(world.identities.get(s.name) == "waiting" for s in states):
@@ -368,7 +368,8 @@ def _needs_own_identity(study: JSON, trial: str) -> bool:
 
 def _trial_writes(
     world: World, states: list[TrialState], decision: Decision, levels: tuple[float, ...], now: float
-) -> tuple[list[Write], list[Event]]:
+) -> tuple[list[Write], list[Event], float | None]:
+    """The trials' writes and events, and how soon a status held back (``first_mirror_wait``) is due."""
     study, name = world.study, world.study["metadata"]["name"]
     trials = {t["metadata"]["name"]: t for t in world.trials}
     writes: list[Write] = []
@@ -376,6 +377,7 @@ def _trial_writes(
     settled: dict[str, JSON] = {}
     by_index = {s.view.index: s for s in states}
     resumed: dict[str, ResumeTrial] = {}
+    waits: list[float] = []
     for action in decision.actions:
         if isinstance(action, ResumeTrial):
             state = by_index[action.index]
@@ -427,7 +429,10 @@ def _trial_writes(
                 f"trial {state.name}: {what}, from resource {action.start_from:g} to {action.stop_at:g}",
             )
         write = trial_patch(trial, desired, event)
-        if write is not None:
+        wait = first_mirror_wait(trial, write, now)
+        if wait is not None:
+            waits.append(wait)
+        elif write is not None:
             writes.append(write)
         identity = world.identities.get(state.name, "ready")
         own = _needs_own_identity(study, state.name)
@@ -481,7 +486,27 @@ def _trial_writes(
             job = None if own and world.token_secrets else build_job(study, trial, decision.deadline, now)
             started = Event("TrialStarted", f"trial {trial_name_}: {action.params}")
             writes.append(CreateTrial(trial, job, started, identity=own))
-    return writes, events
+    return writes, events, min(waits, default=None)
+
+
+# A new trial's status is first written once its pod runs (with its start, in the same writes), or
+# after this long still Pending: a pod that starts at once costs no write of "Pending".
+FIRST_MIRROR_SECONDS = 5.0
+
+
+def first_mirror_wait(trial: JSON, write: PatchTrialStatus | None, now: float) -> float | None:
+    """Seconds the first status write of a new trial waits (``FIRST_MIRROR_SECONDS``), or None to
+    make ``write`` now: it records no verdict and no event, it only shows "Pending" on a trial whose
+    status has no phase yet."""
+    if write is None or write.verdict is not None or write.event is not None:
+        return None
+    if write.patch.get("phase") != TrialPhase.PENDING or (trial.get("status") or {}).get("phase"):
+        return None
+    created = to_timestamp(trial["metadata"].get("creationTimestamp"))
+    if created is None:
+        return None
+    wait = created + FIRST_MIRROR_SECONDS - now
+    return wait if wait > 0 else None
 
 
 def _later_job_deadline(job: JSON, deadline: float) -> int | None:
