@@ -12,8 +12,8 @@ To the cluster, the reports written are also thinned (:class:`Thinning`), since 
 HPOTrial sends and stores the whole object: besides the ones that go out at once, a report is
 written only when its resource is ``max_resource / points`` beyond the last one written. The latest
 report left unwritten is held and written when the queue is flushed, so a run's final value is never
-lost; every report, written or not, is also kept in the trial's log and its report journal
-(journal.py).
+lost. A report not written is logged (INFO), and every report goes to the report journal
+(journal.py) where one is given.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ _SPACING_SLACK = 1e-9
 
 @dataclass
 class Urgency:
-    """Which reports go out at once: they may change a decision. Each is urgent once: the first two,
-    the first at or past each rung level, the first at or past the last resource."""
+    """Which reports go out at once: they may change a decision. These are the first two, the first
+    at or past each rung level and the first at or past the last resource; a later report at the
+    same level is not urgent, so a trainer reporting often at the last resource is still coalesced."""
 
     rung_levels: Sequence[float] = ()
     last_resource: float | None = None
@@ -171,7 +172,7 @@ class BackgroundReporter:
         self.reporter = reporter
         self.interval = interval
         self._urgent = urgent or Urgency()
-        self._thinning = thinning or Thinning()
+        self._thinning = Thinning() if thinning is None else thinning
         self._journal = journal
         self._held: dict[str, Any] | None = None  # the latest report not written (yet)
         self._max_pending = max_pending
