@@ -3,20 +3,26 @@ files, in this process (tests/integration/test_collect_commands.py runs it aroun
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hpo_trial.collect import (
+    Collector,
     Extractor,
     FileSource,
     FollowedFile,
     LineParser,
+    Options,
     TensorBoardSource,
     expand_variables,
 )
+from hpo_trial.transports import FileTransport
+from tests.support.fake_kube_api import FakeApi, cluster_reporter, make_sa_dir, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,6 +93,48 @@ def test_records_become_reports_at_their_resource() -> None:
     )
     found = x.take({"step": 9, "epoch": 1, "accuracy": 0.7})
     assert found is not None and (found.resource, found.extra) == (2, {"step": 9})
+
+
+def send_records(collector: Collector, epochs: Sequence[float]) -> None:
+    """What the collector's sender does with records read in this order, up to the command's end."""
+    for epoch in epochs:
+        collector._found({"epoch": epoch, "score": epoch / 10})
+    collector._queue.put(None)
+    collector._send_all()
+
+
+def test_reports_to_the_cluster_are_thinned_the_last_written_and_all_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in {
+        "HPO_MAX_RESOURCE": "10",
+        "HPO_STATUS_POINTS": "2",
+        "HPO_CHECKPOINT_DIR": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HPO_RUNG_LEVELS", raising=False)
+    monkeypatch.delenv("HPO_STOP_RESOURCE", raising=False)
+    api = FakeApi()
+    with serving(api) as url:
+        transport = cluster_reporter(url, make_sa_dir(tmp_path)).transport
+        collector = Collector(Options(kind="stdout", command=["train"], metric="score"), transport=transport)
+        send_records(collector, range(1, 10))
+    # 5 apart: the two sizing reports, 7, and 9 (the last, held, written at the command's end).
+    assert [(r["seq"], r["resource"]) for r in api.reports] == [(0, 1), (1, 2), (6, 7), (8, 9)]
+    assert collector.delivered == 4
+    journal = [json.loads(line) for line in (tmp_path / "reports.jsonl").read_text().splitlines()]
+    assert [r["seq"] for r in journal] == list(range(9))
+
+
+def test_reports_to_a_report_file_are_not_thinned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPO_MAX_RESOURCE", "10")
+    monkeypatch.setenv("HPO_STATUS_POINTS", "2")
+    path = tmp_path / "reports.jsonl"
+    collector = Collector(
+        Options(kind="stdout", command=["train"], metric="score"), transport=FileTransport(path)
+    )
+    send_records(collector, [k / 2 for k in range(1, 20)])
+    assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == list(range(19))
 
 
 def test_variables_in_a_path_are_expanded_from_the_environment() -> None:

@@ -138,6 +138,21 @@ def test_file_transport_appends_one_line_per_report_with_seq_from_zero(
     assert all(isinstance(line["time"], float) for line in lines)
 
 
+def test_a_report_file_keeps_every_report_however_many(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "reports.jsonl"
+    monkeypatch.setenv("HPO_REPORT_FILE", str(path))
+    monkeypatch.setenv("HPO_MAX_RESOURCE", "10")
+    monkeypatch.setenv("HPO_STATUS_POINTS", "2")  # thins the cluster's reports only
+    monkeypatch.setenv("HPO_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    for k in range(1, 101):
+        assert hpo_trial.report(k / 10, 0.5)
+    assert hpo_trial.flush(5)
+    assert [line["seq"] for line in read_lines(path)] == list(range(100))
+    assert not (tmp_path / "ckpt" / "reports.jsonl").exists()  # the report file is the full curve
+
+
 def test_null_transport_logs_the_report_and_sends_nothing(caplog: pytest.LogCaptureFixture) -> None:
     assert isinstance(transport_from_env({}), NullTransport)
     with caplog.at_level(logging.INFO, logger="hpo_trial"):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hpo_trial import reporting
 from hpo_trial.reporting import Reporter, RetryPolicy
 from hpo_trial.sending import BackgroundReporter
 from hpo_trial.transports import transport_from_env
@@ -208,3 +209,31 @@ def test_a_status_written_by_the_operator_during_the_init_does_not_lose_the_repo
     assert cluster_reporter(api_url, sa_dir).report(1, 0.5)
     assert [r["seq"] for r in api.reports] == [0]
     assert api.obj["status"]["phase"] == "Running"
+
+
+def test_the_process_reporter_thins_the_status_and_keeps_the_full_curve_in_the_journal(
+    api: FakeApi, api_url: str, sa_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reporting, "_default", None)
+    environ = {
+        "HPO_TRIAL": "flowers-2",
+        "HPO_NAMESPACE": "team-a",
+        "HPO_API_URL": api_url,
+        "HPO_SA_DIR": str(sa_dir),
+        "HPO_MAX_RESOURCE": "10",
+        "HPO_STATUS_POINTS": "2",  # written 5 apart
+        "HPO_REPORT_INTERVAL_SECONDS": "0",
+        "HPO_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("HPO_REPORT_FILE", raising=False)
+    monkeypatch.delenv("HPO_RUNG_LEVELS", raising=False)
+    resources = [0.5 * k for k in range(1, 20)]  # 0.5 .. 9.5
+    for resource in resources:
+        assert reporting.report(resource, resource / 10)
+    assert reporting.flush(10)
+    # The two sizing reports, the first 5 beyond 1.0, and the last one (held, written at flush).
+    assert [(r["seq"], r["resource"]) for r in api.reports] == [(0, 0.5), (1, 1.0), (11, 6.0), (18, 9.5)]
+    journal = (tmp_path / "ckpt" / "reports.jsonl").read_text().splitlines()
+    assert [json.loads(line)["resource"] for line in journal] == resources

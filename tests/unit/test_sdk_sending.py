@@ -3,14 +3,20 @@ never dropped while the process lives, flushed on exit and on SIGTERM."""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hpo_trial.journal import ReportJournal
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.sending import BackgroundReporter, Urgency, interval_from_env
+from hpo_trial.sending import BackgroundReporter, Thinning, Urgency, interval_from_env
 from hpo_trial.transports import SendError
 from tests.cluster.waiting import wait_for
 
@@ -181,3 +187,118 @@ def test_flush_sends_everything_queued_in_batches_of_at_most_100(count: int) -> 
     assert sender.flush(10)
     assert transport.seqs == list(range(count))
     assert max(len(r) for r in transport.requests) <= 100
+
+
+# --- thinning: what reaches the HPOTrial status --------------------------------------------------
+
+RUNGS = [1, 3, 9, 27, 81]
+
+
+def thinning_sender(
+    transport: RecordingTransport, max_resource: float, points: int, **kw: Any
+) -> BackgroundReporter:
+    return background(
+        transport,
+        urgency=Urgency(rung_levels=RUNGS, last_resource=max_resource),
+        thinning=Thinning(spacing=max_resource / points),
+        **kw,
+    )
+
+
+def test_many_fast_reports_write_a_bounded_number_and_the_last_one_at_flush() -> None:
+    transport = RecordingTransport()
+    sender = thinning_sender(transport, 90, 32, interval=0.5)
+    steps = 10_000
+    for k in range(1, steps):  # up to just below 90: the last report is an ordinary one
+        assert sender.report(90 * k / steps, 1 - 1 / k)
+    assert sender.flush(10)
+    seqs = transport.seqs
+    assert len(seqs) <= 32 + len(RUNGS) + 3
+    assert seqs == sorted(set(seqs))  # in seq order, none twice
+    assert seqs[-1] == steps - 2  # the latest, held back and written at flush
+    assert transport.requests[-1][-1]["value"] == pytest.approx(1 - 1 / (steps - 1))
+
+
+def test_a_held_report_is_written_at_flush_and_dropped_once_a_later_one_is_written() -> None:
+    transport = RecordingTransport()
+    sender = background(transport, thinning=Thinning(spacing=10.0))
+    for resource in (1, 2, 4, 5):  # the first two are urgent; 4 is held, then superseded by 5
+        sender.report(resource, 0.1)
+    assert sender.flush(5)
+    assert transport.seqs == [0, 1, 3]
+    for resource in (14, 15, 16):  # 14 is within 10 of 5 (written at the flush): held; 15 is not
+        sender.report(resource, 0.2)
+    assert sender.flush(5)
+    assert transport.seqs == [0, 1, 3, 5, 6]  # 15, then 16 held and written at this flush
+    assert sender.flush(5) and transport.seqs == [0, 1, 3, 5, 6]  # nothing twice
+
+
+def test_every_report_is_logged_or_written_and_all_go_to_the_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = RecordingTransport()
+    journal = ReportJournal(tmp_path / "ckpt" / "reports.jsonl", interval=3600.0)
+    sender = background(transport, thinning=Thinning(spacing=1.0), journal=journal)
+    resources = [0.25 * k for k in range(1, 21)]
+    with caplog.at_level(logging.INFO, logger="hpo_trial"):
+        for resource in resources:
+            sender.report(resource, resource / 10)
+        assert sender.flush(5)
+    logged = [
+        json.loads(r.getMessage().split(": ", 1)[1])["seq"]
+        for r in caplog.records
+        if r.getMessage().startswith("report (not written to the status)")
+    ]
+    assert sorted(set(logged) | set(transport.seqs)) == list(range(len(resources)))
+    assert len(transport.seqs) < len(resources) / 2
+    lines = [json.loads(line) for line in journal.path.read_text().splitlines()]
+    assert [line["seq"] for line in lines] == list(range(len(resources)))
+    assert [line["resource"] for line in lines] == resources
+
+
+def test_a_journal_that_cannot_be_written_is_logged_once_and_reports_still_go(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    transport = RecordingTransport()
+    journal = ReportJournal(tmp_path / "file" / "reports.jsonl", interval=0.0)
+    sender = background(transport, journal=journal)
+    with caplog.at_level(logging.WARNING, logger="hpo_trial"):
+        for resource in range(1, 6):
+            assert sender.report(resource, 0.5)
+            assert sender.flush(5)  # each report's line is written (and fails) on its own
+    assert transport.seqs == [0, 1, 2, 3, 4]
+    assert journal.failed == 5
+    assert len([r for r in caplog.records if "report journal" in r.getMessage()]) == 1
+
+
+def test_a_full_journal_drops_lines_instead_of_waiting() -> None:
+    # The writer waits up to an hour for more lines: these five stay queued, as on a stuck volume.
+    journal = ReportJournal(Path("/nonexistent-unused"), interval=3600.0, max_lines=3)
+    for seq in range(5):
+        journal.append({"seq": seq})
+    assert journal.dropped == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.integers(1, 1000), min_size=1, max_size=300),
+    max_resource=st.integers(1, 500),
+    points=st.integers(1, 64),
+)
+def test_any_run_writes_its_urgent_reports_and_its_last_and_a_bounded_number(
+    steps: list[int], max_resource: int, points: int
+) -> None:
+    resources = [max_resource * s / 1000 for s in sorted(steps)]  # non-decreasing, in (0, R]
+    transport = RecordingTransport()
+    sender = thinning_sender(transport, max_resource, points, interval=3600.0)
+    for resource in resources:
+        sender.report(resource, 0.5)
+    assert sender.flush(10)
+    urgency = Urgency(rung_levels=RUNGS, last_resource=max_resource)
+    urgent = {i for i, r in enumerate(resources) if urgency(r)}
+    written = transport.seqs
+    assert written == sorted(set(written))
+    assert urgent <= set(written)
+    assert written[-1] == len(resources) - 1
+    assert len(written) <= points + len([lv for lv in RUNGS if lv <= max_resource]) + 3

@@ -61,9 +61,13 @@ from pathlib import Path
 from typing import Any
 
 from hpo_trial import env
+from hpo_trial.journal import ReportJournal
 from hpo_trial.lines import LineTail
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.transports import Transport, transport_from_env
+from hpo_trial.sending import JOURNAL_FLUSH_SECONDS, Thinning, Urgency
+from hpo_trial.transports import ClusterTransport, Transport, transport_from_env
+
+log = logging.getLogger("hpo_trial")
 
 KINDS = ("stdout", "file", "tensorboard")
 DEFAULT_RESOURCE_KEYS = ("epoch", "step")
@@ -471,6 +475,7 @@ class Collector:
     options: Options
     transport: Transport | None = None  # None: from the environment, as the SDK chooses
     policy: RetryPolicy | None = None
+    thinning: Thinning | None = None  # None: from the environment to the cluster, else none
     stdout_fd: int = 1
     stderr_fd: int = 2
     sent: int = 0
@@ -638,13 +643,45 @@ class Collector:
         transport = self.transport or transport_from_env()
         # The report's time is when its record was read, not when a slow delivery got to it.
         reporter = Reporter(transport, self.policy or RetryPolicy.from_env(), clock=lambda: self._sending_at)
+        # To the cluster the HPOTrial status is thinned as the SDK's (sending.Thinning): the full
+        # curve is in what the collector reads, and in the journal.
+        cluster = isinstance(transport, ClusterTransport)
+        thinning = self.thinning
+        if thinning is None:
+            thinning = Thinning.from_env() if cluster else Thinning()
+        journal = ReportJournal.from_env() if cluster else None
+        urgency = Urgency.from_env()
+        held: dict[str, Any] | None = None  # the latest report not written (yet)
         while True:
             found = self._queue.get()
             if found is None:
-                return
+                break
             self._sending_at = found.at
-            if reporter.report(found.resource, found.value, **found.extra):
-                self.delivered += 1
+            try:
+                body = reporter.build(found.resource, found.value, found.extra)
+            except Exception:
+                log.exception("report(%r, %r) failed and was dropped", found.resource, found.value)
+                continue
+            if journal is not None:
+                journal.append(body)
+            if thinning(body["resource"], urgency(body["resource"])):
+                held = None
+                self._deliver(reporter, body)
+            else:
+                held = body  # the command's output or files hold it: logged for debugging only
+                log.debug("report (not written to the status): %s", json.dumps(body, sort_keys=True))
+        if held is not None:  # the command's last report always reaches the status
+            self._deliver(reporter, held)
+        if journal is not None:
+            journal.flush(JOURNAL_FLUSH_SECONDS)
+
+    def _deliver(self, reporter: Reporter, body: dict[str, Any]) -> None:
+        try:
+            delivered = reporter.deliver([body])
+        except Exception:
+            log.exception("report seq=%s failed and was dropped", body["seq"])
+            delivered = False
+        self.delivered += delivered
 
     # --- signals ------------------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_trial.sending import BackgroundReporter, Urgency, chain_sigterm_flush, interval_from_env
+from hpo_trial.journal import ReportJournal
+from hpo_trial.sending import BackgroundReporter, Thinning, Urgency, chain_sigterm_flush, interval_from_env
 from hpo_trial.transports import ClusterTransport, SendError, Transport, send_all, transport_from_env
 
 log = logging.getLogger("hpo_trial")
@@ -191,18 +192,23 @@ _default_lock = threading.Lock()
 def default_reporter() -> BackgroundReporter:
     """The process's reporter, its transport chosen from the environment on first use. Reports to
     the cluster are coalesced (a write costs the API server, etcd and every watcher); a report
-    file is appended to at once."""
+    file is appended to at once. Only the cluster's reports are thinned (sending.Thinning)."""
     global _default
     with _default_lock:
         if _default is None:
             transport = transport_from_env()
             log.debug("hpo_trial reports go to %s", transport.describe())
             policy = RetryPolicy.from_env()
-            interval = CLUSTER_REPORT_INTERVAL if isinstance(transport, ClusterTransport) else 0.0
+            cluster = isinstance(transport, ClusterTransport)
+            interval = CLUSTER_REPORT_INTERVAL if cluster else 0.0
             reporter = BackgroundReporter(
                 Reporter(transport, policy),
                 interval=interval_from_env(interval),
                 urgent=Urgency.from_env(),
+                # The HPOTrial is rewritten whole for each write: its reports are thinned, and the
+                # full curve kept in the journal. A report file keeps every report.
+                thinning=Thinning.from_env() if cluster else None,
+                journal=ReportJournal.from_env() if cluster else None,
             )
             # Flushing on exit and SIGTERM is bounded by the retry bound of the last batch.
             limit = policy.total_seconds + policy.request_timeout

@@ -7,10 +7,18 @@ first at or past each rung level, and the last (the maximum or stop resource). O
 ``interval`` seconds and go out together in one request, so a trial reporting every second costs
 one write every few seconds. The queue is flushed on exit and on SIGTERM; a full queue makes
 ``report()`` wait rather than drop a report.
+
+To the cluster, the reports written are also thinned (:class:`Thinning`), since every write of the
+HPOTrial sends and stores the whole object: besides the ones that go out at once, a report is
+written only when its resource is ``max_resource / points`` beyond the last one written. The latest
+report left unwritten is held and written when the queue is flushed, so a run's final value is never
+lost. A report not written is logged (INFO), and every report goes to the report journal
+(journal.py) where one is given.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from hpo_trial.journal import ReportJournal
 
 if TYPE_CHECKING:  # reporting.py builds the process's BackgroundReporter
     from hpo_trial.reporting import Reporter
@@ -38,11 +48,21 @@ MAX_BATCH = 100
 MAX_PENDING = 10_000
 #: The reports the budget is sized from.
 SIZING_REPORTS = 2
+#: Points of the learning curve the HPOTrial status keeps besides the reports that go out at once.
+HPO_STATUS_POINTS = "HPO_STATUS_POINTS"
+DEFAULT_STATUS_POINTS = 256
+#: Seconds a flush waits at most for the report journal, after the reports are sent.
+JOURNAL_FLUSH_SECONDS = 5.0
+# A report this share of the spacing short of it still counts as spaced: float resources (0.1
+# steps, say) must not lose a point to rounding.
+_SPACING_SLACK = 1e-9
 
 
 @dataclass
 class Urgency:
-    """Which reports go out at once: they may change a decision."""
+    """Which reports go out at once: they may change a decision. These are the first two, the first
+    at or past each rung level and the first at or past the last resource; a later report at the
+    same level is not urgent, so a trainer reporting often at the last resource is still coalesced."""
 
     rung_levels: Sequence[float] = ()
     last_resource: float | None = None
@@ -52,10 +72,10 @@ class Urgency:
 
     def __call__(self, resource: float) -> bool:
         self._seen += 1
-        crossed = {level for level in self.rung_levels if resource >= level} - self._passed
+        ends = self.rung_levels if self.last_resource is None else (*self.rung_levels, self.last_resource)
+        crossed = {level for level in ends if resource >= level} - self._passed
         self._passed |= crossed
-        last = self.last_resource is not None and resource >= self.last_resource
-        return self._seen <= SIZING_REPORTS or bool(crossed) or last
+        return self._seen <= SIZING_REPORTS or bool(crossed)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Urgency:
@@ -64,6 +84,58 @@ class Urgency:
         ends = [_number(source.get(name, "")) for name in ("HPO_STOP_RESOURCE", "HPO_MAX_RESOURCE")]
         last = min((e for e in ends if e is not None), default=None)
         return cls(rung_levels=sorted(lv for lv in levels if lv is not None), last_resource=last)
+
+
+@dataclass
+class Thinning:
+    """Which reports are written to the HPOTrial status, decided for each report in order: every
+    urgent one (:class:`Urgency`), and an ordinary one only when its resource is at least
+    ``spacing`` beyond the resource of the last report written. With ``spacing = max_resource /
+    points`` a run writes at most ``points + rungs + 3`` reports over resources in (0, max_resource]
+    however often it reports: two sizing reports, one per rung, the one at the stop or maximum
+    resource, the held latest (:class:`BackgroundReporter` writes it at flush) and fewer than
+    ``points`` spaced ones. Reports at whole resources that increase (once per epoch) are all
+    written while ``max_resource <= points``: their spacing is then at most 1."""
+
+    spacing: float = 0.0
+    """0: every report is written."""
+    last_written: float | None = None
+
+    def __call__(self, resource: float, urgent: bool) -> bool:
+        """Whether the report at ``resource`` is written; it is then the last one written."""
+        last = self.last_written
+        spaced = last is None or resource >= last + self.spacing * (1 - _SPACING_SLACK)
+        if urgent or self.spacing <= 0 or spaced:
+            self.last_written = resource
+            return True
+        return False
+
+    def wrote(self, resource: float) -> None:
+        """A report held back was written after all (at a flush): later ones are spaced from it."""
+        self.last_written = resource
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Thinning:
+        """Spaced by ``HPO_MAX_RESOURCE / HPO_STATUS_POINTS``; no thinning without a maximum resource."""
+        source = os.environ if environ is None else environ
+        max_resource = _number(source.get("HPO_MAX_RESOURCE", "").strip() or "none")
+        if max_resource is None or max_resource <= 0:
+            return cls()
+        return cls(spacing=max_resource / status_points_from_env(source))
+
+
+def status_points_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``HPO_STATUS_POINTS``: a whole number >= 1, else (logged) ``DEFAULT_STATUS_POINTS``."""
+    raw = (os.environ if environ is None else environ).get(HPO_STATUS_POINTS, "").strip()
+    if not raw:
+        return DEFAULT_STATUS_POINTS
+    value = _number(raw)
+    if value is None or not value.is_integer() or value < 1:
+        log.warning(
+            "ignoring %s=%r: not a whole number >= 1; using %d", HPO_STATUS_POINTS, raw, DEFAULT_STATUS_POINTS
+        )
+        return DEFAULT_STATUS_POINTS
+    return int(value)
 
 
 def _number(raw: str) -> float | None:
@@ -92,12 +164,17 @@ class BackgroundReporter:
         *,
         interval: float = 0.0,
         urgent: Callable[[float], bool] | None = None,
+        thinning: Thinning | None = None,
+        journal: ReportJournal | None = None,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reporter = reporter
         self.interval = interval
         self._urgent = urgent or Urgency()
+        self._thinning = Thinning() if thinning is None else thinning
+        self._journal = journal
+        self._held: dict[str, Any] | None = None  # the latest report not written (yet)
         self._max_pending = max_pending
         self._clock = clock
         self._cond = threading.Condition(threading.RLock())  # RLock: a signal handler may flush
@@ -115,14 +192,24 @@ class BackgroundReporter:
         logged and dropped (False)."""
         try:
             with self._cond:
-                # Built under the lock: the queue's order is the seq order.
-                body = self.reporter.build(resource, value, extra)
                 while len(self._pending) >= self._max_pending:
                     self._cond.wait()
-                self._pending.append(body)
-                self._due = self._urgent(body["resource"]) or self._due
-                self._start()
-                self._cond.notify_all()
+                # Built and queued without letting go of the lock: the queue's order is the seq order.
+                body = self.reporter.build(resource, value, extra)
+                urgent = self._urgent(body["resource"])
+                written = self._thinning(body["resource"], urgent)
+                if self._journal is not None:
+                    self._journal.append(body)
+                if written:
+                    self._held = None  # superseded: it stays in the log and the journal
+                    self._pending.append(body)
+                    self._due = urgent or self._due
+                    self._start()
+                    self._cond.notify_all()
+                else:
+                    self._held = body
+                    if log.isEnabledFor(logging.INFO):
+                        log.info("report (not written to the status): %s", json.dumps(body, sort_keys=True))
             return True
         except Exception:
             log.exception("report(%r, %r) failed and was dropped", resource, value)
@@ -135,17 +222,29 @@ class BackgroundReporter:
             # A forked child (a data-loader worker, say) has a copy of the queue but no sender:
             # its reports are the parent's to send.
             return True
+        journal = self._journal
+        started = time.monotonic()
         with self._cond:
+            held, self._held = self._held, None
+            if held is not None:  # the latest report must reach the status: written now
+                self._thinning.wrote(held["resource"])
+                self._pending.append(held)
+                self._start()
             self._flushing += 1
             self._cond.notify_all()
             try:
                 idle = self._cond.wait_for(lambda: not self._pending and not self._sending, timeout)
             finally:
                 self._flushing -= 1
-            return idle and self._lost == 0
+            sent = idle and self._lost == 0
+        if journal is not None:  # best effort: bounded on its own, and not part of the result
+            left = JOURNAL_FLUSH_SECONDS if timeout is None else timeout - (time.monotonic() - started)
+            journal.flush(min(JOURNAL_FLUSH_SECONDS, max(left, 1.0)))
+        return sent
 
     @property
     def pending(self) -> int:
+        """Reports queued or being sent; a report held back from the status is not counted."""
         with self._cond:
             return len(self._pending) + self._sending
 
