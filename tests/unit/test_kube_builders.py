@@ -85,6 +85,17 @@ def test_once_the_plan_is_known_trials_learn_the_rung_levels_their_reports_are_u
     assert env_of(build_job(s, trial_with_uid(s), None, 0))["HPO_RUNG_LEVELS"] == "1,3,9.5"
 
 
+def test_a_study_with_a_goal_tells_its_trials_so_that_the_report_reaching_it_is_sent_at_once() -> None:
+    plain = env_of(build_job(study(), trial_with_uid(study()), None, 0))
+    assert not {"HPO_GOAL", "HPO_GOAL_RESOURCE", "HPO_MODE"} & set(plain)
+    s = study(goal=0.25, mode="min")
+    env = env_of(build_job(s, trial_with_uid(s), None, 0))
+    assert (env["HPO_GOAL"], env["HPO_GOAL_RESOURCE"], env["HPO_MODE"]) == ("0.25", "30", "min")
+    s = study(goal=0.9, goalResource=10)
+    env = env_of(build_job(s, trial_with_uid(s), None, 0))
+    assert (env["HPO_GOAL"], env["HPO_GOAL_RESOURCE"], env["HPO_MODE"]) == ("0.9", "10", "max")
+
+
 def test_template_may_not_override_the_trial_identity_but_may_move_checkpoints() -> None:
     s = study()
     s["spec"]["trialTemplate"]["spec"]["containers"][0]["env"] = [

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from hpo_trial.journal import ReportJournal
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.sending import BackgroundReporter, Thinning, Urgency, interval_from_env
+from hpo_trial.sending import BackgroundReporter, Goal, Thinning, Urgency, interval_from_env
 from hpo_trial.transports import SendError
 from tests.cluster.waiting import wait_for
 
@@ -217,6 +217,40 @@ def test_many_fast_reports_write_a_bounded_number_and_the_last_one_at_flush() ->
     assert seqs == sorted(set(seqs))  # in seq order, none twice
     assert seqs[-1] == steps - 2  # the latest, held back and written at flush
     assert transport.requests[-1][-1]["value"] == pytest.approx(1 - 1 / (steps - 1))
+
+
+def test_the_first_report_that_reaches_the_goal_is_written_however_thin_the_status() -> None:
+    # Per-step reports whose value wobbles: the one that reaches the goal (0.9 at resource 50 or
+    # beyond) falls between two spaced ones, and the next ones fall back below the goal.
+    transport = RecordingTransport()
+    goal = Goal(value=0.9, resource=50.0, mode="max")
+    sender = thinning_sender(transport, 90, 8, goal=goal)
+    values = {k: 0.95 for k in (2000, 7001)}  # below resource 50 (k < 5556) it does not count
+    steps = 10_000
+    for k in range(1, steps):
+        sender.report(90 * k / steps, values.get(k, 0.5))
+    assert sender.flush(10)
+    written = {r["seq"]: r for request in transport.requests for r in request}
+    assert 7000 in written and written[7000]["value"] == 0.95  # seq = k - 1
+    assert 1999 not in written  # reaching the value below the goal's resource is no goal
+    # Without the goal the same report is thinned away: what the test rests on.
+    plain = RecordingTransport()
+    other = thinning_sender(plain, 90, 8)
+    for k in range(1, steps):
+        other.report(90 * k / steps, values.get(k, 0.5))
+    assert other.flush(10)
+    assert 7000 not in plain.seqs
+
+
+def test_the_goal_comes_from_the_environment() -> None:
+    assert Goal.from_env({}) is None
+    assert Goal.from_env({"HPO_GOAL": "high"}) is None
+    goal = Goal.from_env({"HPO_GOAL": "0.2", "HPO_MODE": "min", "HPO_MAX_RESOURCE": "30"})
+    assert goal == Goal(value=0.2, resource=30.0, mode="min")
+    assert goal.reached(30, 0.1) and not goal.reached(29, 0.1) and not goal.reached(30, 0.3)
+    assert not goal.reached(30, None)  # a value that is not finite reaches nothing
+    at = Goal.from_env({"HPO_GOAL": "0.9", "HPO_GOAL_RESOURCE": "5", "HPO_MAX_RESOURCE": "30"})
+    assert at == Goal(value=0.9, resource=5.0, mode="max") and at.reached(5, 0.9)
 
 
 def test_a_held_report_is_written_at_flush_and_dropped_once_a_later_one_is_written() -> None:

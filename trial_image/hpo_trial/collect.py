@@ -64,7 +64,7 @@ from hpo_trial import env
 from hpo_trial.journal import ReportJournal
 from hpo_trial.lines import LineTail
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.sending import JOURNAL_FLUSH_SECONDS, Thinning, Urgency
+from hpo_trial.sending import JOURNAL_FLUSH_SECONDS, Goal, Thinning, Urgency
 from hpo_trial.transports import ClusterTransport, Transport, transport_from_env
 
 log = logging.getLogger("hpo_trial")
@@ -650,7 +650,7 @@ class Collector:
         if thinning is None:
             thinning = Thinning.from_env() if cluster else Thinning()
         journal = ReportJournal.from_env() if cluster else None
-        urgency = Urgency.from_env()
+        urgency, goal = Urgency.from_env(), Goal.from_env()
         held: dict[str, Any] | None = None  # the latest report not written (yet)
         while True:
             found = self._queue.get()
@@ -664,7 +664,10 @@ class Collector:
                 continue
             if journal is not None:
                 journal.append(body)
-            if thinning(body["resource"], urgency(body["resource"])):
+            urgent = urgency(body["resource"]) or (
+                goal is not None and goal.reached(body["resource"], body["value"])
+            )
+            if thinning(body["resource"], urgent):
                 held = None
                 self._deliver(reporter, body)
             else:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo_trial.journal import ReportJournal
-from hpo_trial.sending import BackgroundReporter, Thinning, Urgency, chain_sigterm_flush, interval_from_env
+from hpo_trial.sending import (
+    BackgroundReporter,
+    Goal,
+    Thinning,
+    Urgency,
+    chain_sigterm_flush,
+    interval_from_env,
+)
 from hpo_trial.transports import ClusterTransport, SendError, Transport, send_all, transport_from_env
 
 log = logging.getLogger("hpo_trial")
@@ -205,6 +212,7 @@ def default_reporter() -> BackgroundReporter:
                 Reporter(transport, policy),
                 interval=interval_from_env(interval),
                 urgent=Urgency.from_env(),
+                goal=Goal.from_env(),
                 # The HPOTrial is rewritten whole for each write: its reports are thinned, and the
                 # full curve kept in the journal. A report file keeps every report.
                 thinning=Thinning.from_env() if cluster else None,

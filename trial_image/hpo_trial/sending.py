@@ -42,6 +42,8 @@ log = logging.getLogger("hpo_trial")
 HPO_REPORT_INTERVAL_SECONDS = "HPO_REPORT_INTERVAL_SECONDS"
 #: The study's rung levels, comma-separated: a report reaching one is sent at once.
 HPO_RUNG_LEVELS = "HPO_RUNG_LEVELS"
+#: The study's goal, the resource from which a report can reach it, and the metric's direction.
+HPO_GOAL, HPO_GOAL_RESOURCE, HPO_MODE = "HPO_GOAL", "HPO_GOAL_RESOURCE", "HPO_MODE"
 #: Reports of one request at most; more pending go out in the next one, at once.
 MAX_BATCH = 100
 #: Reports waiting at most before ``report()`` waits for room.
@@ -84,6 +86,33 @@ class Urgency:
         ends = [_number(source.get(name, "")) for name in ("HPO_STOP_RESOURCE", "HPO_MAX_RESOURCE")]
         last = min((e for e in ends if e is not None), default=None)
         return cls(rung_levels=sorted(lv for lv in levels if lv is not None), last_resource=last)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """The study's goal (``HPO_GOAL``, from ``HPO_GOAL_RESOURCE`` on, ``HPO_MODE``): a report that
+    reaches it ends the study, so it goes out at once and is never thinned away."""
+
+    value: float
+    resource: float
+    mode: str = "max"
+
+    def reached(self, resource: float, value: float | None) -> bool:
+        if value is None or not math.isfinite(value) or resource < self.resource:
+            return False
+        return value <= self.value if self.mode == "min" else value >= self.value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Goal | None:
+        """None without a goal (or with a value that is no number)."""
+        source = os.environ if environ is None else environ
+        value = _number(source.get(HPO_GOAL, "").strip() or "none")
+        if value is None:
+            return None
+        at = _number(source.get(HPO_GOAL_RESOURCE, "").strip() or "none")
+        at = at if at is not None else _number(source.get("HPO_MAX_RESOURCE", "").strip() or "none")
+        mode = "min" if source.get(HPO_MODE, "").strip().lower() == "min" else "max"
+        return cls(value=value, resource=at if at is not None else 0.0, mode=mode)
 
 
 @dataclass
@@ -164,6 +193,7 @@ class BackgroundReporter:
         *,
         interval: float = 0.0,
         urgent: Callable[[float], bool] | None = None,
+        goal: Goal | None = None,
         thinning: Thinning | None = None,
         journal: ReportJournal | None = None,
         max_pending: int = MAX_PENDING,
@@ -172,6 +202,7 @@ class BackgroundReporter:
         self.reporter = reporter
         self.interval = interval
         self._urgent = urgent or Urgency()
+        self._goal = goal
         self._thinning = Thinning() if thinning is None else thinning
         self._journal = journal
         self._held: dict[str, Any] | None = None  # the latest report not written (yet)
@@ -197,6 +228,9 @@ class BackgroundReporter:
                 # Built and queued without letting go of the lock: the queue's order is the seq order.
                 body = self.reporter.build(resource, value, extra)
                 urgent = self._urgent(body["resource"])
+                urgent = urgent or (
+                    self._goal is not None and self._goal.reached(body["resource"], body["value"])
+                )
                 written = self._thinning(body["resource"], urgent)
                 if self._journal is not None:
                     self._journal.append(body)

@@ -231,6 +231,13 @@ def trial_env(study: Mapping[str, Any], trial: Mapping[str, Any]) -> list[JSON]:
     if rungs:
         # The SDK sends a report reaching a rung at once and may hold the others a moment.
         values["HPO_RUNG_LEVELS"] = ",".join(_number_text(level) for level in rungs)
+    if spec.get("goal") is not None:
+        # A report that reaches the goal ends the study: the SDK sends it at once, never thinned.
+        values["HPO_GOAL"] = _number_text(spec["goal"])
+        values["HPO_GOAL_RESOURCE"] = _number_text(
+            spec.get("goalResource") or spec.get("maximumResource", 10)
+        )
+        values["HPO_MODE"] = str(spec.get("mode", "max"))
     run = run_of(trial)
     if run.start_from is not None:
         values["HPO_START_RESOURCE"] = _number_text(run.start_from)
