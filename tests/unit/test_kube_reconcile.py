@@ -11,7 +11,12 @@ import pytest
 
 from hpo_operator.kube.observe import observe_trial, to_rfc3339
 from hpo_operator.kube.policy import parse_policy
-from hpo_operator.kube.reconcile import ACCESS_RETRY_SECONDS, FIRST_MIRROR_SECONDS, reconcile
+from hpo_operator.kube.reconcile import (
+    ACCESS_RETRY_SECONDS,
+    FIRST_MIRROR_SECONDS,
+    PROGRESS_SECONDS,
+    reconcile,
+)
 from hpo_operator.kube.status import COUNTS_EVERY_SECONDS, condition, counts_wait
 from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
 from hpo_operator.kube.writes import (
@@ -199,6 +204,31 @@ def test_a_trial_whose_pod_exited_zero_is_completed_before_its_job_says_so() -> 
     patch = next(w for w in outcome.writes if isinstance(w, PatchTrialStatus))
     assert patch.patch["phase"] == "Completed" and patch.patch["exitCode"] == 0
     assert patch.patch["resource"] == 9 and patch.patch["lastValue"] == 0.9
+
+
+def test_a_running_trial_s_progress_waits_a_moment_for_a_verdict_to_carry_it() -> None:
+    # Trial 0 runs alone (1 slot), started at T0 + 1 (recorded), and reaches rung 1 (resource 1 of
+    # R 9 with the default eta 3) with the report made at T0 + 3.
+    shown = {"startedAt": to_rfc3339(T0 + 1)}
+
+    def progress_writes(t0: JSON, now: float, pods: list[JSON] | None = None) -> Any:
+        ran = {"s-0": pods or [pod("s-0")]}
+        outcome = reconcile(world(study(parallelTrials=1), t0, jobs=[job("s-0")], pods=ran, free=0), now)
+        return [w for w in outcome.writes if isinstance(w, PatchTrialStatus)], outcome.requeue_after
+
+    reached = trial(0, (1, 0.5, 3), phase="Running", **shown)
+    writes, requeue = progress_writes(reached, T0 + 4)
+    assert writes == [] and requeue == pytest.approx(PROGRESS_SECONDS - 1 + 0.02)
+    (late,), _ = progress_writes(reached, T0 + 3 + PROGRESS_SECONDS)
+    assert (late.patch, late.verdict) == ({"resource": 1, "lastValue": 0.5}, None)
+    # A trial that reaches R and ends within the wait: one verdict write carries its progress.
+    done = trial(0, (1, 0.5, 3), (9, 0.8, 4), phase="Running", **shown)
+    (completed,), _ = progress_writes(done, T0 + 5, [pod("s-0", "Succeeded", 0)])
+    assert completed.patch["phase"] == "Completed" and completed.patch["resource"] == 9
+    # A report stamped ahead of the operator's clock does not hold the progress back.
+    ahead = trial(0, (1, 0.5, 30), phase="Running", **shown)
+    (now,), _ = progress_writes(ahead, T0 + 4)
+    assert now.patch == {"resource": 1, "lastValue": 0.5}
 
 
 def test_a_failed_job_marks_the_trial_failed_with_its_exit_code() -> None:

@@ -50,6 +50,7 @@ from .observe import (
     current_job_name,
     observe_trial,
     progress,
+    progress_reached_at,
     refused,
     status_patch,
     to_rfc3339,
@@ -430,6 +431,8 @@ def _trial_writes(
             )
         write = trial_patch(trial, desired, event)
         wait = first_mirror_wait(trial, write, now)
+        if wait is None and phase not in ENDED_PHASE_NAMES:
+            wait = progress_wait(write, progress_reached_at(state.view.reports, levels), now)
         if wait is not None:
             waits.append(wait)
         elif write is not None:
@@ -492,6 +495,24 @@ def _trial_writes(
 # A new trial's status is first written once its pod runs (with its start, in the same writes), or
 # after this long still Pending: a pod that starts at once costs no write of "Pending".
 FIRST_MIRROR_SECONDS = 5.0
+
+
+# A running trial's progress (status.resource, lastValue: display only) waits this long after the
+# report that moved it, so that a verdict made meanwhile (a trial that reached R ends a moment later)
+# carries it in its own write.
+PROGRESS_SECONDS = 5.0
+
+
+def progress_wait(write: PatchTrialStatus | None, reached_at: float | None, now: float) -> float | None:
+    """Seconds a write of a running trial's progress alone waits (``PROGRESS_SECONDS`` from the
+    report that moved it), or None to make ``write`` now. A report stamped later than ``now`` (a
+    trial's clock ahead of the operator's) is written at once, so nothing waits longer."""
+    if write is None or write.verdict is not None or write.event is not None or reached_at is None:
+        return None
+    if not write.patch or set(write.patch) - {"resource", "lastValue"}:
+        return None
+    waited = now - reached_at
+    return PROGRESS_SECONDS - waited if 0 <= waited < PROGRESS_SECONDS else None
 
 
 def first_mirror_wait(trial: JSON, write: PatchTrialStatus | None, now: float) -> float | None:
