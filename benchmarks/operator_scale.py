@@ -787,6 +787,27 @@ def run(args: argparse.Namespace) -> None:
             cluster.remove()
 
 
+def listed(kube: Any, path: str, attempts: int = 5) -> list[JSON]:
+    """Every item of a collection, in pages, each retried: on a saturated API server one read of
+    hundreds of trials with their reports can outlast the client's timeout."""
+    items: list[JSON] = []
+    query: dict[str, Any] = {"limit": 50}
+    while True:
+        for attempt in range(attempts):
+            try:
+                page = kube.get(path, **query)
+                break
+            except (TimeoutError, OSError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(2.0)
+        items += page.get("items") or []
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+        query = {"limit": 50, "continue": token}
+
+
 def operator_args(reads: str, resync: float) -> list[str]:
     return ["--resync", f"{resync:g}", *(["--no-watch-caches"] if reads == "api" else [])]
 
@@ -868,8 +889,8 @@ def run_phase(
         counts.append(running())
     t1 = time.time()
     api1, op1, cpu1 = apiserver_requests(kube), operator_samples(operator), cpu_of(pids)
-    studies = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpostudies")["items"]
-    trials = kube.get(f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")["items"]
+    studies = listed(kube, f"{GROUP_PATH}/namespaces/{namespace}/hpostudies")
+    trials = listed(kube, f"{GROUP_PATH}/namespaces/{namespace}/hpotrials")
     ends, failed_in_window = [], 0
     for line in play_log.read_text().splitlines():
         record = json.loads(line)

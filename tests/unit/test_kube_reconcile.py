@@ -206,9 +206,9 @@ def test_a_trial_whose_pod_exited_zero_is_completed_before_its_job_says_so() -> 
     assert patch.patch["resource"] == 9 and patch.patch["lastValue"] == 0.9
 
 
-def test_a_running_trial_s_progress_waits_a_moment_for_a_verdict_to_carry_it() -> None:
-    # Trial 0 runs alone (1 slot), started at T0 + 1 (recorded), and reaches rung 1 (resource 1 of
-    # R 9 with the default eta 3) with the report made at T0 + 3.
+def test_a_running_trial_s_progress_to_its_last_level_waits_a_moment_for_its_verdict() -> None:
+    # Trial 0 runs alone (1 slot), started at T0 + 1 (recorded). R is 9 with the default eta 3 (rungs
+    # 1 and 3). Its progress to a rung is written at once.
     shown = {"startedAt": to_rfc3339(T0 + 1)}
 
     def progress_writes(t0: JSON, now: float, pods: list[JSON] | None = None) -> Any:
@@ -216,19 +216,21 @@ def test_a_running_trial_s_progress_waits_a_moment_for_a_verdict_to_carry_it() -
         outcome = reconcile(world(study(parallelTrials=1), t0, jobs=[job("s-0")], pods=ran, free=0), now)
         return [w for w in outcome.writes if isinstance(w, PatchTrialStatus)], outcome.requeue_after
 
-    reached = trial(0, (1, 0.5, 3), phase="Running", **shown)
-    writes, requeue = progress_writes(reached, T0 + 4)
+    (rung,), _ = progress_writes(trial(0, (1, 0.5, 3), phase="Running", **shown), T0 + 3.1)
+    assert (rung.patch, rung.verdict) == ({"resource": 1, "lastValue": 0.5}, None)
+    # At R (the report made at T0 + 4) it waits for the verdict, and without one it is written.
+    at_r = trial(0, (1, 0.5, 3), (9, 0.8, 4), phase="Running", resource=1, lastValue=0.5, **shown)
+    writes, requeue = progress_writes(at_r, T0 + 5)
     assert writes == [] and requeue == pytest.approx(PROGRESS_SECONDS - 1 + 0.02)
-    (late,), _ = progress_writes(reached, T0 + 3 + PROGRESS_SECONDS)
-    assert (late.patch, late.verdict) == ({"resource": 1, "lastValue": 0.5}, None)
-    # A trial that reaches R and ends within the wait: one verdict write carries its progress.
-    done = trial(0, (1, 0.5, 3), (9, 0.8, 4), phase="Running", **shown)
-    (completed,), _ = progress_writes(done, T0 + 5, [pod("s-0", "Succeeded", 0)])
+    (late,), _ = progress_writes(at_r, T0 + 4 + PROGRESS_SECONDS)
+    assert (late.patch, late.verdict) == ({"resource": 9, "lastValue": 0.8}, None)
+    # The run ends within the wait: one verdict write carries its progress.
+    (completed,), _ = progress_writes(at_r, T0 + 5, [pod("s-0", "Succeeded", 0)])
     assert completed.patch["phase"] == "Completed" and completed.patch["resource"] == 9
     # A report stamped ahead of the operator's clock does not hold the progress back.
-    ahead = trial(0, (1, 0.5, 30), phase="Running", **shown)
-    (now,), _ = progress_writes(ahead, T0 + 4)
-    assert now.patch == {"resource": 1, "lastValue": 0.5}
+    ahead = trial(0, (1, 0.5, 3), (9, 0.8, 40), phase="Running", resource=1, lastValue=0.5, **shown)
+    (now,), _ = progress_writes(ahead, T0 + 5)
+    assert now.patch == {"resource": 9, "lastValue": 0.8}
 
 
 def test_a_failed_job_marks_the_trial_failed_with_its_exit_code() -> None:

@@ -298,10 +298,11 @@ def progress(reports: Sequence[Report], levels: Sequence[float], final: bool) ->
     return {"resource": reached[1].resource, "lastValue": _finite(reached[1].value)}
 
 
-def progress_reached_at(reports: Sequence[Report], levels: Sequence[float]) -> float | None:
-    """When the report that ``progress`` shows for a running trial was made (its own time)."""
+def progress_reached_at(reports: Sequence[Report], levels: Sequence[float], at: float) -> float | None:
+    """When the report that ``progress`` shows for a running trial was made (its own time), if it is
+    at ``at`` or beyond; else None."""
     reached = furthest_level(sorted(reports, key=lambda r: (r.time, r.resource)), levels)
-    return None if reached is None else reached[1].time
+    return None if reached is None or reached[1].resource < at else reached[1].time
 
 
 def _finite(value: float) -> float | None:

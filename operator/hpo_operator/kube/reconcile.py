@@ -432,7 +432,8 @@ def _trial_writes(
         write = trial_patch(trial, desired, event)
         wait = first_mirror_wait(trial, write, now)
         if wait is None and phase not in ENDED_PHASE_NAMES:
-            wait = progress_wait(write, progress_reached_at(state.view.reports, levels), now)
+            last = (state.run.stop_at or levels[-1], levels[-1])  # where this run ends
+            wait = progress_wait(write, progress_reached_at(state.view.reports, levels, min(last)), now)
         if wait is not None:
             waits.append(wait)
         elif write is not None:
@@ -497,16 +498,17 @@ def _trial_writes(
 FIRST_MIRROR_SECONDS = 5.0
 
 
-# A running trial's progress (status.resource, lastValue: display only) waits this long after the
-# report that moved it, so that a verdict made meanwhile (a trial that reached R ends a moment later)
-# carries it in its own write.
+# A running trial's progress to the level where its run ends (R, or the stop resource of a run that
+# pauses) waits this long after the report that reached it: the run ends a moment later, and its
+# verdict carries the progress in its own write. Progress to a rung below is written at once.
 PROGRESS_SECONDS = 5.0
 
 
 def progress_wait(write: PatchTrialStatus | None, reached_at: float | None, now: float) -> float | None:
     """Seconds a write of a running trial's progress alone waits (``PROGRESS_SECONDS`` from the
-    report that moved it), or None to make ``write`` now. A report stamped later than ``now`` (a
-    trial's clock ahead of the operator's) is written at once, so nothing waits longer."""
+    report that reached the run's last level; ``reached_at`` None: it did not), or None to make
+    ``write`` now. A report stamped later than ``now`` (a trial's clock ahead of the operator's) is
+    written at once, so nothing waits longer."""
     if write is None or write.verdict is not None or write.event is not None or reached_at is None:
         return None
     if not write.patch or set(write.patch) - {"resource", "lastValue"}:
