@@ -677,3 +677,19 @@ def test_operator_scale_ratios_compare_within_a_reads_mode_and_cache_against_api
     assert out["10/1 studies, reads cache"]["decision_lag_s median"] == 3.0
     assert out["reads cache/api, 1x8"]["operator_requests_per_trial"] == 0.25
     assert out["reads cache/api, 1x8"]["decision_lag_s median"] == 0.5
+
+
+def test_status_size_thins_per_step_reports_and_keeps_every_per_epoch_one(tmp_path: Path) -> None:
+    from benchmarks.status_size import main as status_size_main
+    from benchmarks.status_size import run as status_size_run
+
+    per_epoch = status_size_run(1, 90, (10.0, 30.0), 256, thin=True)
+    assert per_epoch == status_size_run(1, 90, (10.0, 30.0), 256, thin=False)
+    assert per_epoch["entries"] == per_epoch["reports"] == 90
+    per_step = status_size_run(100, 90, (10.0, 30.0), 256, thin=True)
+    assert per_step["reports"] == 9000 and per_step["entries"] <= 256 + 2 + 3
+    assert per_step["decision_reports_written"] and per_step["last_written"]
+    out = tmp_path / "size.json"
+    status_size_main(["--reports-per-epoch", "1", "10", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["reports_per_epoch"] for r in rows] == [1, 10] and rows[1]["bytes_ratio"] < 1
