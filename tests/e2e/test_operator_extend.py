@@ -183,7 +183,10 @@ def test_a_paused_trial_is_resumed_from_its_checkpoint_after_an_extension(
         assert float(env["HPO_START_RESOURCE"]) >= paused_at, env
         assert env["HPO_CHECKPOINT_DIR"].endswith(f"/{name}"), env
         job = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}-run{run_of(trial)}"
-        assert kube.get_or_none(job) is not None
+        # A run promoted a moment before the deadline may be stopped there, which deletes its Job.
+        shown = trial["status"]
+        stopped = shown.get("phase") == "Stopped" and shown.get("reason") == "Deadline"
+        assert stopped or kube.get_or_none(job) is not None, shown
 
     # The other finished trials are as they were; the model is still the best's, trained to R.
     for name, old in before.items():
