@@ -64,7 +64,7 @@ from hpo_trial import env
 from hpo_trial.journal import ReportJournal
 from hpo_trial.lines import LineTail
 from hpo_trial.reporting import Reporter, RetryPolicy
-from hpo_trial.sending import JOURNAL_FLUSH_SECONDS, Goal, Thinning, Urgency
+from hpo_trial.sending import JOURNAL_FLUSH_SECONDS, Goal, Thinning, Urgency, is_urgent
 from hpo_trial.transports import ClusterTransport, Transport, transport_from_env
 
 log = logging.getLogger("hpo_trial")
@@ -664,9 +664,7 @@ class Collector:
                 continue
             if journal is not None:
                 journal.append(body)
-            urgent = urgency(body["resource"]) or (
-                goal is not None and goal.reached(body["resource"], body["value"])
-            )
+            urgent = is_urgent(urgency, goal, body)
             if thinning(body["resource"], urgent):
                 held = None
                 self._deliver(reporter, body)

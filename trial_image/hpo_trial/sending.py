@@ -115,6 +115,12 @@ class Goal:
         return cls(value=value, resource=at if at is not None else 0.0, mode=mode)
 
 
+def is_urgent(urgency: Callable[[float], bool], goal: Goal | None, report: Mapping[str, Any]) -> bool:
+    """Whether a built report goes out at once: by ``urgency``'s rule, or because it reaches the goal."""
+    urgent = urgency(report["resource"])  # called for every report: it counts those it has seen
+    return urgent or (goal is not None and goal.reached(report["resource"], report["value"]))
+
+
 @dataclass
 class Thinning:
     """Which reports are written to the HPOTrial status, decided for each report in order: every
@@ -227,10 +233,7 @@ class BackgroundReporter:
                     self._cond.wait()
                 # Built and queued without letting go of the lock: the queue's order is the seq order.
                 body = self.reporter.build(resource, value, extra)
-                urgent = self._urgent(body["resource"])
-                urgent = urgent or (
-                    self._goal is not None and self._goal.reached(body["resource"], body["value"])
-                )
+                urgent = is_urgent(self._urgent, self._goal, body)
                 written = self._thinning(body["resource"], urgent)
                 if self._journal is not None:
                     self._journal.append(body)
