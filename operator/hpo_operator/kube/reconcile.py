@@ -13,7 +13,7 @@ them from API objects.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..asha import tie_note
@@ -30,7 +30,7 @@ from ..study import (
     StudyError,
 )
 from ..trial_command import template_problems
-from ..trials import ENDED_PHASE_NAMES, StopMargin, TrialPhase, final_training_seconds, model_trial
+from ..trials import ENDED_PHASE_NAMES, Report, StopMargin, TrialPhase, final_training_seconds, model_trial
 from .builders import (
     build_claim,
     build_cleanup_job,
@@ -202,8 +202,8 @@ def reconcile(
         return Outcome(outcome.writes, outcome.status, first_status, outcome.events, outcome.requeue_after)
     plan = decision.plan
     levels = (*plan.rungs, plan.max_resource) if plan else (config.max_resource,)
-    writes, events, mirror_wait = _trial_writes(world, states, decision, levels, now)
-    requeue = RESYNC_SECONDS if mirror_wait is None else min(RESYNC_SECONDS, mirror_wait + 0.02)
+    writes, events, held = _trial_writes(world, states, decision, levels, now)
+    requeue = RESYNC_SECONDS if held is None else min(RESYNC_SECONDS, held + 0.02)
     if any(
         isinstance(w, CreateIdentity) or (isinstance(w, CreateTrial) and w.job is None) for w in writes
     ) or any(world.identities.get(s.name) == "waiting" for s in states):
@@ -370,7 +370,8 @@ def _needs_own_identity(study: JSON, trial: str) -> bool:
 def _trial_writes(
     world: World, states: list[TrialState], decision: Decision, levels: tuple[float, ...], now: float
 ) -> tuple[list[Write], list[Event], float | None]:
-    """The trials' writes and events, and how soon a status held back (``first_mirror_wait``) is due."""
+    """The trials' writes and events, and how soon the first trial status held back is due
+    (``first_mirror_wait``, ``progress_wait``)."""
     study, name = world.study, world.study["metadata"]["name"]
     trials = {t["metadata"]["name"]: t for t in world.trials}
     writes: list[Write] = []
@@ -432,8 +433,8 @@ def _trial_writes(
         write = trial_patch(trial, desired, event)
         wait = first_mirror_wait(trial, write, now)
         if wait is None and phase not in ENDED_PHASE_NAMES:
-            last = (state.run.stop_at or levels[-1], levels[-1])  # where this run ends
-            wait = progress_wait(write, progress_reached_at(state.view.reports, levels, min(last)), now)
+            ends_at = min(state.run.stop_at or levels[-1], levels[-1])
+            wait = progress_wait(write, state.view.reports, levels, ends_at, now)
         if wait is not None:
             waits.append(wait)
         elif write is not None:
@@ -493,28 +494,37 @@ def _trial_writes(
     return writes, events, min(waits, default=None)
 
 
-# A new trial's status is first written once its pod runs (with its start, in the same writes), or
-# after this long still Pending: a pod that starts at once costs no write of "Pending".
-FIRST_MIRROR_SECONDS = 5.0
-
-
 # A running trial's progress to the level where its run ends (R, or the stop resource of a run that
 # pauses) waits this long after the report that reached it: the run ends a moment later, and its
 # verdict carries the progress in its own write. Progress to a rung below is written at once.
 PROGRESS_SECONDS = 5.0
 
 
-def progress_wait(write: PatchTrialStatus | None, reached_at: float | None, now: float) -> float | None:
+def progress_wait(
+    write: PatchTrialStatus | None,
+    reports: Sequence[Report],
+    levels: Sequence[float],
+    ends_at: float,
+    now: float,
+) -> float | None:
     """Seconds a write of a running trial's progress alone waits (``PROGRESS_SECONDS`` from the
-    report that reached the run's last level; ``reached_at`` None: it did not), or None to make
-    ``write`` now. A report stamped later than ``now`` (a trial's clock ahead of the operator's) is
-    written at once, so nothing waits longer."""
-    if write is None or write.verdict is not None or write.event is not None or reached_at is None:
+    report that reached ``ends_at``, the level where its run ends), or None to make ``write`` now.
+    A report stamped later than ``now`` (a trial's clock ahead of the operator's) is written at
+    once, so nothing waits longer."""
+    if write is None or write.verdict is not None or write.event is not None:
         return None
     if not write.patch or set(write.patch) - {"resource", "lastValue"}:
         return None
+    reached_at = progress_reached_at(reports, levels, ends_at)  # only for a write of progress alone
+    if reached_at is None:
+        return None
     waited = now - reached_at
     return PROGRESS_SECONDS - waited if 0 <= waited < PROGRESS_SECONDS else None
+
+
+# A new trial's status is first written once its pod runs (with its start, in the same writes), or
+# after this long still Pending: a pod that starts at once costs no write of "Pending".
+FIRST_MIRROR_SECONDS = 5.0
 
 
 def first_mirror_wait(trial: JSON, write: PatchTrialStatus | None, now: float) -> float | None:
