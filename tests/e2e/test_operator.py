@@ -119,13 +119,15 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     )
     assert sample(samples, "hpo_decision_latency_seconds_count") > 0
     # The reconciles read the operator's watch-fed caches: over the whole study the only reads are
-    # the periodic listing of the studies (the trials' ServiceAccounts are watched too).
+    # the periodic listing of the studies (the trials' ServiceAccounts are watched too), and the
+    # server's version, read once in the operator's life at its first reconcile.
     made = {k: v - requests_before.get(k, 0) for k, v in api_requests(samples).items()}
     made = {k: v for k, v in made.items() if v}
     reads = {k: v for k, v in made.items() if k[0] in ("get", "list")}
     count = ("hpo_reconcile_duration_seconds_count", frozenset())
     reconciles = samples[count] - scraped_before.get(count, 0)
-    assert set(reads) <= {("list", "hpostudies")}, reads
+    assert set(reads) <= {("list", "hpostudies"), ("get", "version")}, reads
+    assert reads.get(("get", "version"), 0) <= 1, reads
     assert reads.get(("list", "hpostudies"), 0) < reconciles / 4, (reads, reconciles)
     assert made.get(("patch", "hpostudies"), 0) > 0, made  # the counts do count this operator
     assert operator.get("/healthz", operator.port) == (200, "ok\n")
@@ -158,6 +160,40 @@ def test_parallel_trials_one_runs_one_trial_at_a_time(
     assert watch.max_at_once("added") == 1
     print()
     print(summary("sequential: trial pod end -> next trial pod created", next_pod_latencies(watch)))
+
+
+def test_a_long_run_writes_the_reports_that_decide_and_few_others(
+    operator: OperatorProcess, kube: Kube, namespace: str
+) -> None:
+    # 27 reports a run, at most 3 spaced points: the SDK writes the first two, the first at each
+    # rung, the last, and a few between (trial_image/README.md); the decisions and the best are
+    # those of every report, since none that can change them is left out.
+    manifest = study_manifest("thin", deadline="20s", max_resource=27, epoch_seconds=0.05)
+    container = manifest["spec"]["trialTemplate"]["spec"]["containers"][0]
+    container["env"].append({"name": "HPO_STATUS_POINTS", "value": "3"})
+    create_study(kube, namespace, manifest)
+    status = wait_phase(kube, namespace, "thin", {"Succeeded", "Failed"}, 60)["status"]
+    assert status["phase"] == "Succeeded", status
+    plan = status["plan"]
+    levels = [*plan["rungs"], plan["maximumResource"]]
+    assert levels == [1, 3, 9, 27], plan
+    trials = [t for t in trials_of(kube, namespace, "thin") if (t.get("status") or {}).get("reports")]
+    bound = 3 + len(plan["rungs"]) + 3
+    for trial in trials:
+        written = sorted(r["resource"] for r in trial["status"]["reports"])
+        assert len(written) == len(set(written)) <= bound, (trial["metadata"]["name"], written)
+        # The trainer reports 1, 2, ... so the first report at or past a level is at the level.
+        assert written[:2] == [r for r in (1, 2) if r <= max(written)], written
+        assert all(level in written for level in levels if level <= max(written)), written
+    completed = [t for t in trials if t["status"].get("phase") == "Completed"]
+    assert completed, [(t["metadata"]["name"], t["status"].get("phase")) for t in trials]
+    assert all(max(r["resource"] for r in t["status"]["reports"]) == 27 for t in completed)
+    for trial in trials:
+        if trial["status"].get("phase") == "Pruned":
+            rung = plan["rungs"][trial["status"]["rung"]]
+            assert first_report_at(trial, rung)["resource"] == rung, trial["status"]
+    name, value = expected_best(trials, levels)
+    assert (status["best"]["trial"], status["best"]["value"]) == (name, value), status["best"]
 
 
 def test_invalid_study_gets_its_condition_and_no_pod(

@@ -173,7 +173,9 @@ def scaled_down(name: str, at: float) -> JSON:
     return body
 
 
-def test_a_scaled_down_job_goes_once_its_pod_stops_and_with_its_pod_if_the_controller_never_acts() -> None:
+def test_a_scaled_down_job_stays_once_its_pod_stops_and_goes_with_its_pod_if_the_controller_never_acts() -> (
+    None
+):
     t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5,
                startedAt=to_rfc3339(T0 + 1))  # fmt: skip
     t0 = trial(0, (1, 0.9, 2))
@@ -188,12 +190,15 @@ def test_a_scaled_down_job_goes_once_its_pod_stops_and_with_its_pod_if_the_contr
     writes, requeue = stops({"s-0": [pod("s-0")], "s-1": [pod("s-1")]}, T0 + 5)
     assert writes == []
     assert requeue is not None and requeue <= T0 + 4 + JOB_CONTROLLER_WAIT_SECONDS - (T0 + 5) + 0.1
-    # It did: the Job goes, and no pod is deleted by name.
+    # It did: the scaled-down Job stays as the run's record, now and after the controller's time.
     deleting = pod("s-1")
     deleting["metadata"]["deletionTimestamp"] = to_rfc3339(T0 + 4.1)
-    assert stops({"s-0": [pod("s-0")], "s-1": [deleting]}, T0 + 5)[0] == [DeleteJob("s-1", ())]
-    # It never did: the Job and the pod by name.
     late = T0 + 4 + JOB_CONTROLLER_WAIT_SECONDS + 0.01
+    for now in (T0 + 5, late):
+        assert stops({"s-0": [pod("s-0")], "s-1": [deleting]}, now)[0] == []
+        assert stops({"s-0": [pod("s-0")], "s-1": []}, now)[0] == []
+        assert stops({"s-0": [pod("s-0")], "s-1": [pod("s-1", "Failed", exit_code=143)]}, now)[0] == []
+    # It never did: the Job and the pod by name.
     assert stops({"s-0": [pod("s-0")], "s-1": [pod("s-1")]}, late)[0] == [DeleteJob("s-1", ("s-1-pod",))]
 
 

@@ -1,7 +1,12 @@
-"""How a stopped trial's Job ends: scaled to no pods first, so that the Job controller deletes the
-pod itself and never replaces it; deleted once its pod stops, or JOB_CONTROLLER_WAIT_SECONDS after
-the scale-down (pods by name) when the controller did not act. A pod whose Job is gone is deleted
-by name at once."""
+"""How a stopped trial's Job ends: scaled to no pods, one request, so that the Job controller deletes
+the pod itself and never replaces it. The Job stays, with no pod, as the record of the trial's run
+(like a finished trial's), and goes with its HPOTrial. If the pod still runs JOB_CONTROLLER_WAIT_SECONDS
+after the scale-down, the operator deletes the Job and the pod by name. A pod whose Job is gone is
+deleted by name at once.
+
+Deleting the Job instead, in the foreground, is also one request, but leaves the pod to the garbage
+collector, whose queue and client rate limit delayed it by seconds on a busy control plane, where
+the Job controller acts on the scale-down at once."""
 
 from __future__ import annotations
 
@@ -34,26 +39,32 @@ def live_pods(world: World, trial: str) -> tuple[str, ...]:
     )
 
 
+def scaled_down(job: JSON) -> bool:
+    return (job.get("spec") or {}).get("parallelism") == 0
+
+
 def still_running(world: World, trial: str, job: JSON | None) -> bool:
-    """The trial's Job has not finished, or its Job is gone and a pod of it still runs: a crash or
-    an API outage between deleting the Job and deleting its pods leaves the pod to the garbage
-    collector, which may take long or, after an outage, not come at all."""
-    if job is not None:
+    """The trial's Job has not finished and is not scaled down, or a pod of it still runs: a Job
+    controller that has not acted yet, or a Job gone while its pod runs (a crash or an API outage
+    between deleting the Job and deleting its pods leaves the pod to the garbage collector, which
+    may take long or, after an outage, not come at all)."""
+    if job is not None and not scaled_down(job):
         return not job_finished(job)
     return bool(live_pods(world, trial))
 
 
 def stop_job(world: World, trial: str, job_name: str, job: JSON | None, now: float) -> list[Write]:
-    """The writes that end a stopped trial's Job: scale it down, then delete it once its pod stops
-    (or JOB_CONTROLLER_WAIT_SECONDS after the scale-down, pods by name); a pod whose Job is gone is
-    deleted by name at once. Nothing while the Job controller is given its time."""
+    """The writes that end a stopped trial's Job: scale it down; if its pod still runs
+    JOB_CONTROLLER_WAIT_SECONDS after, delete the Job and the pod by name. A pod whose Job is gone
+    is deleted by name at once. Nothing while the Job controller is given its time, nor once the
+    scaled-down Job has no pod left."""
     live = live_pods(world, trial)
     if job is None:
-        return [DeleteJob(job_name, live)]
-    if (job.get("spec") or {}).get("parallelism") != 0:
+        return [DeleteJob(job_name, live)] if live else []
+    if not scaled_down(job):
         return [ScaleJobDown(job_name, to_rfc3339(now, micro=True))]
     waited = scale_down_wait(job, now)
-    if live and waited is not None and waited > 0:
+    if not live or (waited is not None and waited > 0):
         return []
     return [DeleteJob(job_name, live)]
 
@@ -71,7 +82,7 @@ def stop_check_after(world: World, now: float) -> float | None:
         wait
         for trial in world.trials
         if (job := world.jobs.get(current_job_name(trial))) is not None
-        and (job.get("spec") or {}).get("parallelism") == 0
+        and scaled_down(job)
         and live_pods(world, trial["metadata"]["name"])
         and (wait := scale_down_wait(job, now)) is not None
     ]

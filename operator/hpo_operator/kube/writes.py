@@ -109,8 +109,8 @@ class ScaleJobDown:
 @dataclass(frozen=True)
 class DeleteJob:
     """The Job goes (background propagation), and the pods named are deleted right after instead of
-    waiting for the garbage collector: a Job whose pods already stop, or whose controller did not act
-    on ``ScaleJobDown`` in time, or a pod whose Job is already gone."""
+    waiting for the garbage collector: a Job whose controller did not act on ``ScaleJobDown`` in
+    time, or a pod whose Job is already gone."""
 
     name: str
     pods: tuple[str, ...] = ()
