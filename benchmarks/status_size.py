@@ -5,10 +5,11 @@
 
 One run of R epochs (90 by default, rungs 10 and 30 as a study with minimum resource 10 and eta 3
 has) reports ``--reports-per-epoch`` times an epoch, each report with one extra (a loss), as a
-trainer that reports per step does. Each report goes through the rule the SDK applies to the
-cluster (hpo_trial.sending: Urgency for the reports that go out at once, Thinning for the rest,
-the latest left unwritten written at the end) or, for the peer, is written as it comes (the SDK
-before thinning, and any report file). Reported per rate: the reports made, the entries in
+trainer that reports per step does. The reports go through the SDK's background sender
+(hpo_trial.sending.BackgroundReporter: Urgency for the reports that go out at once, Thinning for the
+rest, the latest left unwritten written at its flush) into a transport that records what it is
+given, or, for the peer, are all written as they come (the SDK before thinning, and any report
+file). Reported per rate: the reports made, the entries in
 ``status.reports`` and their JSON size at the end of the run, and whether every report that can
 change a decision (the first two, the first at or past each rung and at R) was written. A write of
 the HPOTrial moves the whole object through the API server, etcd and every watcher, and etcd
@@ -18,43 +19,56 @@ refuses objects over about 1.5 MB.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hpo_trial.reporting import make_report
-from hpo_trial.sending import DEFAULT_STATUS_POINTS, Thinning, Urgency
+from hpo_trial.reporting import Reporter
+from hpo_trial.sending import DEFAULT_STATUS_POINTS, BackgroundReporter, Thinning, Urgency
 
 JSON = dict[str, Any]
 ETCD_LIMIT_BYTES = 1_572_864  # etcd's default request size limit, which bounds an object
 RESULTS = Path(__file__).resolve().parent / "results" / "status_size.json"
 
 
+class Recorded:
+    """A transport that keeps what it is given: what the HPOTrial status would hold."""
+
+    def __init__(self) -> None:
+        self.reports: list[JSON] = []
+
+    def send(self, report: Mapping[str, Any], *, timeout: float) -> None:
+        self.reports.append(dict(report))
+
+    def describe(self) -> str:
+        return "recorded"
+
+
 def run(per_epoch: int, max_resource: int, rungs: tuple[float, ...], points: int, thin: bool) -> JSON:
-    """One run's reports through the SDK's rule (``thin``) or all written; what the status holds."""
-    urgency = Urgency(rung_levels=rungs, last_resource=float(max_resource))
+    """One run's reports through the SDK's sender, thinned (``thin``) or not; what the status holds."""
+    urgency = Urgency(rung_levels=rungs, last_resource=float(max_resource))  # stateful: one each
+    judged = Urgency(rung_levels=rungs, last_resource=float(max_resource))
     thinning = Thinning(spacing=max_resource / points) if thin else Thinning()
-    written: list[JSON] = []
+    transport = Recorded()
+    stamps = itertools.count(1_800_000_000)  # one second a report: sizes that do not vary by run
+    reporter = Reporter(transport, clock=lambda: float(next(stamps)))
+    sender = BackgroundReporter(reporter, urgent=urgency, thinning=thinning)
     urgent_seqs: list[int] = []
-    held: JSON | None = None
     total = per_epoch * max_resource
     for seq in range(total):
         resource = (seq + 1) / per_epoch
         value = 1.0 - math.exp(-resource / 30.0)
-        report = make_report(seq, resource, value, 1_800_000_000.0 + seq, {"loss": 1.0 - value})
-        urgent = urgency(resource)
-        if urgent:
+        if judged(resource):
             urgent_seqs.append(seq)
-        if thinning(resource, urgent):
-            written.append(report)
-            held = None
-        else:
-            held = report
-    if held is not None:  # flushed at exit
-        written.append(held)
+        sender.report(resource, value, loss=1.0 - value)
+    if not sender.flush(timeout=60):
+        raise RuntimeError("the sender did not flush within 60 s")
+    written = sorted(transport.reports, key=lambda r: r["seq"])
     size = len(json.dumps(written, separators=(",", ":")))
     seqs = {r["seq"] for r in written}
     return {

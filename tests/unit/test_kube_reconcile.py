@@ -17,7 +17,7 @@ from hpo_operator.kube.reconcile import (
     PROGRESS_SECONDS,
     reconcile,
 )
-from hpo_operator.kube.status import COUNTS_EVERY_SECONDS, condition, counts_wait
+from hpo_operator.kube.status import COUNTS_EVERY_SECONDS, RESYNC_SECONDS, condition, counts_wait
 from hpo_operator.kube.stopping import JOB_CONTROLLER_WAIT_SECONDS, SCALED_DOWN_AT
 from hpo_operator.kube.writes import (
     CreateIdentity,
@@ -464,6 +464,29 @@ def test_a_running_study_s_trial_counts_wait_for_the_next_status_write_and_nothi
         assert counts_wait(current, {**counts, **other}, started, T0 + 1.0) is None, other
     assert counts_wait({**current, "phase": "Pending"}, counts, started, T0 + 1.0) is None
     assert counts_wait({k: v for k, v in current.items() if k != "budget"}, counts, started, T0 + 1.0) is None
+
+
+def test_a_running_study_s_clock_alone_is_written_every_30_s_not_at_every_resync() -> None:
+    # One trial runs and nothing happens for a minute: the resyncs every 5 s find only the clock moved.
+    t0 = trial(0, (1, 0.9, 2))
+    s = study(parallelTrials=1)
+    writes: list[tuple[float, JSON]] = []
+    now = T0 + 3
+    while now <= T0 + 63:
+        outcome = reconcile(world(s, t0, **running(t0)), now)
+        for patch in (outcome.first_status, outcome.status):
+            if patch:
+                before = s["status"].get("budget") or {}
+                writes.append((now - T0, patch))
+                s = {**s, "status": merge_patch(s["status"], patch)}
+                if len(writes) > 1:  # the clock alone: the budget's other fields as they were
+                    assert set(patch) == {"budget"}, patch
+                    assert {k: v for k, v in patch["budget"].items() if before.get(k) != v} == {
+                        "usedSeconds": now - T0
+                    }
+        now += RESYNC_SECONDS
+    assert [at for at, _ in writes] == [3, 33, 63], writes
+    assert s["status"]["budget"]["usedSeconds"] == 63
 
 
 def test_a_finished_study_writes_its_plan_figures_however_little_they_moved() -> None:

@@ -147,7 +147,13 @@ def study_crd() -> Schema:
         _column("Trials", "string", ".status.progress", "Finished/planned trials"),
         _column("Best", "number", ".status.best.value", "The best value so far"),
         _column("Metric", "string", ".spec.metric", "The metric optimised"),
-        _column("Used", "number", ".status.budget.usedSeconds", "Seconds of the budget used", 1),
+        _column(
+            "Used",
+            "number",
+            ".status.budget.usedSeconds",
+            "Seconds of the budget used (at most 30 s old while running)",
+            1,
+        ),
         _AGE,
     ]
     spec = model_schema(StudySpec)

@@ -97,7 +97,11 @@ class BudgetStatus(_Model):
     )
     deadline: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     budget_seconds: float | None = None
-    used_seconds: float = 0
+    used_seconds: float = Field(
+        default=0,
+        description="Seconds of the budget used, as of the last status write: while the study runs "
+        "it is written with every other change and at least every 30 s",
+    )
     stop_margin_seconds: float | None = Field(
         default=None, description="Running trials are stopped this long before the deadline"
     )

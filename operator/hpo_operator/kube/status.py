@@ -61,11 +61,18 @@ def merge_conditions(current: list[JSON], wanted: list[tuple[str, bool, str, str
     return kept + [condition(current, *w, now=now) for w in wanted]
 
 
+# A running study's clock (budget.usedSeconds) alone is written once it moved this far: it is
+# derived (budget.startedAt gives it), the operator's metrics have it live, and written at every
+# resync it made each running study a whole-status write every 5 s, whatever happened.
+CLOCK_EVERY_SECONDS = 30.0
+
+
 def only_the_clock_moved(current: JSON, desired: JSON) -> bool:
-    """True when the budget changed by usedSeconds alone, and by less than a resync: not worth a write."""
+    """True when the budget changed by usedSeconds alone, and by less than CLOCK_EVERY_SECONDS: not
+    worth a write of its own (any other write carries the clock)."""
     others = {k: v for k, v in desired.items() if k != "usedSeconds"}
     moved = abs(float(desired.get("usedSeconds", 0)) - float(current.get("usedSeconds", 0)))
-    return status_patch(current, others) == {} and moved < RESYNC_SECONDS
+    return status_patch(current, others) == {} and moved < CLOCK_EVERY_SECONDS
 
 
 # Plan figures re-measured from every report, and how far each may move from what the status says
