@@ -757,7 +757,7 @@ def run(args: argparse.Namespace) -> None:
             "phases": [],
         }
         print(f"idle: {json.dumps(result['idle'])}", flush=True)
-        for spec, interval, reads in plan:
+        for index, (spec, interval, reads) in enumerate(plan):
             if reads != mode:
                 # The other mode: a fresh operator (the last phase's namespace is gone already).
                 operator.stop()
@@ -768,7 +768,9 @@ def run(args: argparse.Namespace) -> None:
                 assert operator.proc is not None
                 pids["operator"], mode = operator.proc.pid, reads
                 print(f"operator restarted, reads: {reads}", flush=True)
-            phase = run_phase(spec, interval, reads, args, cluster, kube, operator, watcher, pids, play_log)
+            phase = run_phase(
+                spec, interval, reads, args, cluster, kube, operator, watcher, pids, play_log, index
+            )
             result["phases"].append(phase)
             print(json.dumps(phase, indent=1), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -848,9 +850,12 @@ def run_phase(
     watcher: Watcher,
     pids: dict[str, int],
     play_log: Path,
+    index: int,
 ) -> JSON:
     n, per_study = spec.studies, spec.trials
-    namespace = f"scale-{n}x{per_study}-{report_interval:g}-{reads}".replace(".", "-")
+    # The phase's place in the run is in the name: a phase run twice must not find the trials of
+    # the first in the watcher's records, which are keyed by namespace and name.
+    namespace = f"scale-{index}-{n}x{per_study}-{report_interval:g}-{reads}".replace(".", "-")
     kube.create(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
     )
