@@ -92,6 +92,12 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     print(f"study: {len(trials)} trials, {len(pruned)} pruned, {time.time() - started:.1f}s, budget {budget}")
     print(f"trials with more than one pod: { ({t: n for t, n in watch.added_per_trial.items() if n > 1}) }")
     assert max(to_gone) < 5, to_gone
+    # Their Jobs stay, scaled to no pod and without a deadline that would fail them at the study's.
+    listed = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
+    jobs = {j["metadata"]["name"]: j for j in listed}
+    for trial in pruned:
+        spec = jobs[trial["metadata"]["name"]]["spec"]
+        assert spec["parallelism"] == 0 and "activeDeadlineSeconds" not in spec, spec
 
     # Events for humans: starts, prunes, the finish.
     events = kube.get(f"/api/v1/namespaces/{namespace}/events")["items"]

@@ -90,8 +90,9 @@ def test_a_prune_and_the_start_it_frees_count_once_with_their_latency_from_the_r
     assert h.value("hpo_reconcile_duration_seconds_count") == 1
     # The pruned trial's Job is scaled to no pod and stamped; nothing is deleted yet.
     job_path = "/apis/batch/v1/namespaces/ns/jobs/s-1"
-    assert (job_path, {"metadata": {"annotations": {SCALED_DOWN_AT: to_rfc3339(T0 + 4, micro=True)}},
-                       "spec": {"parallelism": 0}}) in h.api.patches  # fmt: skip
+    stamp = {SCALED_DOWN_AT: to_rfc3339(T0 + 4, micro=True)}
+    scaled = {"metadata": {"annotations": stamp}, "spec": {"parallelism": 0, "activeDeadlineSeconds": None}}
+    assert (job_path, scaled) in h.api.patches
     assert h.api.deleted == []
 
     # The same world reconciled again (a stale read): the verdict's patch repeats, the trial's create

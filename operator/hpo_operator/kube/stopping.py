@@ -1,6 +1,7 @@
 """How a stopped trial's Job ends: scaled to no pods, one request, so that the Job controller deletes
 the pod itself and never replaces it. The Job stays, with no pod, as the record of the trial's run
-(like a finished trial's), and goes with its HPOTrial. If the pod still runs JOB_CONTROLLER_WAIT_SECONDS
+(like a finished trial's), and goes with its HPOTrial; the same request removes its deadline, which
+would otherwise fail it at the study's deadline. If the pod still runs JOB_CONTROLLER_WAIT_SECONDS
 after the scale-down, the operator deletes the Job and the pod by name. A pod whose Job is gone is
 deleted by name at once.
 

@@ -302,7 +302,9 @@ class Cluster:
         elif isinstance(write, ScaleJobDown):
             scale: JSON = {
                 "metadata": {"annotations": {SCALED_DOWN_AT: write.at}},
-                "spec": {"parallelism": 0},
+                # The kept Job has no pod left to bound; with its deadline it would turn Failed
+                # (DeadlineExceeded, a Warning event) at the study's deadline.
+                "spec": {"parallelism": 0, "activeDeadlineSeconds": None},
             }
             try:
                 self._seen(JOBS, self.api.patch(job_path(namespace, write.name), scale))

@@ -97,10 +97,11 @@ class PatchTrialStatus:
 
 @dataclass(frozen=True)
 class ScaleJobDown:
-    """``spec.parallelism: 0`` on a stopped trial's Job, stamped with ``at``: the Job controller
-    deletes the pod, and having seen parallelism 0 before the pod's deletion it never replaces it. A
-    pod deleted by anyone else is replaced by a controller whose cache still wants one, and the
-    replacement takes a GPU until the garbage collector removes it."""
+    """``spec.parallelism: 0`` on a stopped trial's Job, stamped with ``at``, and its deadline
+    removed: the Job controller deletes the pod, and having seen parallelism 0 before the pod's
+    deletion it never replaces it. A pod deleted by anyone else is replaced by a controller whose
+    cache still wants one, and the replacement takes a GPU until the garbage collector removes it.
+    The Job is kept, with no pod, as the run's record (stopping.py)."""
 
     name: str
     at: str
