@@ -73,25 +73,27 @@ def test_study_runs_to_success_inside_its_budget_and_prunes_fast(
     best_trial = next(t for t in trials if t["metadata"]["name"] == name)
     assert status["best"]["hyperparameters"] == best_trial["spec"]["hyperparameters"]
 
-    # Pruned trials' pods went within seconds of the report that pruned them.
+    # Pruned trials' pods stopped within seconds of the report that pruned them: deleted by the Job
+    # controller, or ended on their own first (such a pod stays with its kept Job, as a completed
+    # trial's does, and holds no GPU).
     pods = watch.by_trial()
     pruned = [t for t in trials if t["status"].get("phase") == "Pruned"]
     assert pruned, "a study of this size prunes"
-    to_deleting, to_gone = [], []
+    to_deleting, to_stopped = [], []
     for trial in pruned:
         reported = first_report_at(trial, plan["rungs"][trial["status"]["rung"]])["time"]
         pod = pods[trial["metadata"]["name"]]
-        assert pod.gone is not None, f"{trial['metadata']['name']}'s pod still exists"
+        assert pod.gone is not None or pod.ended is not None, f"{trial['metadata']['name']}'s pod still runs"
         if pod.deleting is not None:
             to_deleting.append(pod.deleting - reported)
-        to_gone.append(pod.gone - reported)
+        to_stopped.append(pod.holds_gpu_until() - reported)
     print()
     print(summary("pruning report -> pod deletionTimestamp", to_deleting))
-    print(summary("pruning report -> pod gone", to_gone))
+    print(summary("pruning report -> pod gone or ended", to_stopped))
     print(summary("trial pod end -> next trial pod created", next_pod_latencies(watch)))
     print(f"study: {len(trials)} trials, {len(pruned)} pruned, {time.time() - started:.1f}s, budget {budget}")
     print(f"trials with more than one pod: { ({t: n for t, n in watch.added_per_trial.items() if n > 1}) }")
-    assert max(to_gone) < 5, to_gone
+    assert max(to_stopped) < 5, to_stopped
     # Their Jobs stay, scaled to no pod and without a deadline that would fail them at the study's.
     listed = kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs")["items"]
     jobs = {j["metadata"]["name"]: j for j in listed}
