@@ -51,7 +51,8 @@ class Recorded:
 
 def run(per_epoch: int, max_resource: int, rungs: tuple[float, ...], points: int, thin: bool) -> JSON:
     """One run's reports through the SDK's sender, thinned (``thin``) or not; what the status holds."""
-    urgency = Urgency(rung_levels=rungs, last_resource=float(max_resource))  # stateful: one each
+    # An Urgency counts the reports it has seen: the sender's own, and a second for the check here.
+    urgency = Urgency(rung_levels=rungs, last_resource=float(max_resource))
     judged = Urgency(rung_levels=rungs, last_resource=float(max_resource))
     thinning = Thinning(spacing=max_resource / points) if thin else Thinning()
     transport = Recorded()

@@ -88,7 +88,7 @@ def test_a_prune_and_the_start_it_frees_count_once_with_their_latency_from_the_r
     assert h.value("hpo_decision_latency_seconds_count") == 2
     assert h.value("hpo_decision_latency_seconds_sum") == pytest.approx(1.5 + 1.5)
     assert h.value("hpo_reconcile_duration_seconds_count") == 1
-    # The pruned trial's Job is scaled to no pod and stamped; nothing is deleted yet.
+    # The pruned trial's Job is scaled to no pod and stamped; nothing is deleted (the Job is kept).
     job_path = "/apis/batch/v1/namespaces/ns/jobs/s-1"
     stamp = {SCALED_DOWN_AT: to_rfc3339(T0 + 4, micro=True)}
     scaled = {"metadata": {"annotations": stamp}, "spec": {"parallelism": 0, "activeDeadlineSeconds": None}}

@@ -173,9 +173,7 @@ def scaled_down(name: str, at: float) -> JSON:
     return body
 
 
-def test_a_scaled_down_job_stays_once_its_pod_stops_and_goes_with_its_pod_if_the_controller_never_acts() -> (
-    None
-):
+def test_a_scaled_down_job_stays_and_goes_by_name_only_if_its_controller_never_acts() -> None:
     t1 = trial(1, (1, 0.5, 3), phase="Pruned", rung=0, cutoff=0.9, resource=1, lastValue=0.5,
                startedAt=to_rfc3339(T0 + 1))  # fmt: skip
     t0 = trial(0, (1, 0.9, 2))
